@@ -1,0 +1,48 @@
+//! The contract between the manager and the instances it starts.
+//!
+//! An instance started by `charond` (*managed mode*) finds, at fixed fd
+//! numbers, exactly these and nothing else besides 0, 1 and 2:
+//!
+//! | fd | what | how the instance uses it |
+//! |----|------|---------------------------|
+//! | 3  | [`LISTEN_FD`]: the service's rendezvous socket, listening (`AF_UNIX`, `SOCK_STREAM`) | `accept()`s connections on it, one at a time |
+//! | 4  | [`SCOREBOARD_FD`]: the service's scoreboard, a sealed memfd (see [`crate::scoreboard`]) | maps it shared and updates its own slot |
+//! | 5  | [`REPORT_FD`]: its end of a `SOCK_SEQPACKET` socketpair to the manager | sends [`crate::report`] messages, never blocks on it |
+//!
+//! and these environment variables:
+//!
+//! | variable | value |
+//! |----------|-------|
+//! | [`ENV_SLOT`] | its slot index in the scoreboard (decimal); its presence means managed mode |
+//! | [`ENV_SERVICE_KEY`] | the configured key it serves (may be a wildcard) |
+//! | [`ENV_RUN_DIR`] | the run dir, so it can call other services |
+//!
+//! Standalone and accept mode use other variables, listed here so that all
+//! names live in one place.
+
+use std::os::fd::RawFd;
+
+/// The rendezvous socket in managed mode.
+pub const LISTEN_FD: RawFd = 3;
+/// The scoreboard memfd in managed mode.
+pub const SCOREBOARD_FD: RawFd = 4;
+/// The report channel in managed mode.
+pub const REPORT_FD: RawFd = 5;
+
+/// Standalone mode: the request packet is read from this fd.
+pub const STANDALONE_REQUEST_FD: RawFd = 3;
+/// Standalone mode: the response packet is written to this fd.
+pub const STANDALONE_RESPONSE_FD: RawFd = 4;
+
+/// Managed mode: the instance's scoreboard slot. Set only by the manager.
+pub const ENV_SLOT: &str = "CHARON_SLOT";
+/// Managed mode: the configured service key.
+pub const ENV_SERVICE_KEY: &str = "CHARON_SERVICE_KEY";
+/// The run dir holding the rendezvous sockets (also read by clients).
+pub const ENV_RUN_DIR: &str = "CHARON_RUN_DIR";
+/// Accept mode: the service binds and listens on this socket path itself.
+pub const ENV_ACCEPT_SOCKET: &str = "CHARON_ACCEPT_SOCKET";
+/// How long, in milliseconds, an instance waits for a request's bytes after
+/// accepting a connection before giving up on it (default in the service
+/// library).
+pub const ENV_READ_TIMEOUT_MS: &str = "CHARON_READ_TIMEOUT_MS";
