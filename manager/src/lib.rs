@@ -1,1 +1,4 @@
-//! placeholder
+//! The Charon manager (`charond`).
+#![deny(unsafe_code)]
+
+pub mod config;

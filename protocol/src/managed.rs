@@ -16,6 +16,8 @@
 //! | [`ENV_SLOT`] | its slot index in the scoreboard (decimal); its presence means managed mode |
 //! | [`ENV_SERVICE_KEY`] | the configured key it serves (may be a wildcard) |
 //! | [`ENV_RUN_DIR`] | the run dir, so it can call other services |
+//! | [`ENV_AFFINITY_TIMEOUT_MS`] | how long a kept (affinity) connection may sit idle |
+//! | [`ENV_READ_TIMEOUT_MS`] | how long an accepted connection may take to send its request |
 //!
 //! Standalone and accept mode use other variables, listed here so that all
 //! names live in one place.
@@ -46,3 +48,6 @@ pub const ENV_ACCEPT_SOCKET: &str = "CHARON_ACCEPT_SOCKET";
 /// accepting a connection before giving up on it (default in the service
 /// library).
 pub const ENV_READ_TIMEOUT_MS: &str = "CHARON_READ_TIMEOUT_MS";
+/// How long, in milliseconds, an instance keeps an affinity connection open
+/// waiting for the client's next request.
+pub const ENV_AFFINITY_TIMEOUT_MS: &str = "CHARON_AFFINITY_TIMEOUT_MS";
