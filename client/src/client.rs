@@ -1,0 +1,368 @@
+//! The [`Client`]: options shared by every request, the connections kept for
+//! affinity, and the blocking one-request call.
+//!
+//! The call path waits with a single poll(2) on its one socket, so a request
+//! costs socket, connect, one sendmsg, poll, read(s) and close. Many requests
+//! at once are left to [`crate::Batch`].
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use charon_protocol::{Attributes, Limits, ServiceKey, MAX_CLIENT_NAME};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::batch::Batch;
+use crate::error::{Error, ErrorKind};
+use crate::exchange::{Exchange, Step};
+use crate::locate::{connect_key, default_run_dir};
+use crate::request::{encode_parts, Request};
+
+/// The default timeout of a call or a batch: 4 seconds.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Options for a [`Client`], validated by [`ClientBuilder::build`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// let client = charon_client::Client::builder()
+///     .run_dir("/tmp/charon-test")
+///     .timeout(Duration::from_secs(1))
+///     .name("billing")
+///     .build()?;
+/// # Ok::<(), charon_client::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ClientBuilder {
+    run_dir: Option<PathBuf>,
+    timeout: Option<Duration>,
+    limits: Option<Limits>,
+    name: Option<String>,
+}
+
+impl ClientBuilder {
+    /// The run dir holding the services' sockets. Default: see
+    /// [`crate::default_run_dir`].
+    #[must_use]
+    pub fn run_dir(mut self, dir: impl Into<PathBuf>) -> ClientBuilder {
+        self.run_dir = Some(dir.into());
+        self
+    }
+
+    /// The timeout of each call and of each batch's clock. Default 4 s.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The sizes requests must respect and responses may reach. Default:
+    /// the protocol's documented limits.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> ClientBuilder {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// The client name sent in every request (for services' logs and
+    /// statistics). Default: the program's file name.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> ClientBuilder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Builds the client.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidOption`] for a zero timeout or a client name
+    /// longer than the protocol allows.
+    pub fn build(self) -> Result<Client, Error> {
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(
+                ErrorKind::InvalidOption("timeout must be greater than zero".to_string()).into(),
+            );
+        }
+        let name = self.name.unwrap_or_else(program_name);
+        if name.len() > usize::from(MAX_CLIENT_NAME) {
+            return Err(ErrorKind::InvalidOption(format!(
+                "client name of {} bytes is too long: at most {MAX_CLIENT_NAME} bytes",
+                name.len()
+            ))
+            .into());
+        }
+        Ok(Client {
+            run_dir: self.run_dir.unwrap_or_else(default_run_dir),
+            timeout,
+            limits: self.limits.unwrap_or_default(),
+            name,
+            head: Vec::new(),
+            kept: HashMap::new(),
+        })
+    }
+}
+
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .map(|mut n| {
+            // Cut on a character boundary so the name always encodes.
+            while n.len() > usize::from(MAX_CLIENT_NAME) {
+                n.pop();
+            }
+            n
+        })
+        .unwrap_or_default()
+}
+
+/// A client of Charon services.
+///
+/// It holds the options (run dir, timeout, limits, client name) and the
+/// connections kept by keep-affinity requests, so calls take `&mut self`.
+/// Use one client per thread.
+#[derive(Debug)]
+pub struct Client {
+    run_dir: PathBuf,
+    timeout: Duration,
+    limits: Limits,
+    name: String,
+    /// Reused encoding buffer for request heads.
+    head: Vec<u8>,
+    /// Connections kept for affinity, by requested key.
+    kept: HashMap<String, UnixStream>,
+}
+
+impl Client {
+    /// A client with the default options.
+    ///
+    /// # Errors
+    ///
+    /// None in practice; the signature matches [`ClientBuilder::build`].
+    pub fn new() -> Result<Client, Error> {
+        ClientBuilder::default().build()
+    }
+
+    /// A builder for a client with chosen options.
+    #[must_use]
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// The run dir this client looks services up in.
+    #[must_use]
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The timeout of a call, and the default clock of a batch.
+    #[must_use]
+    pub const fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The limits requests are checked against.
+    #[must_use]
+    pub const fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts a batch of requests sharing one timeout clock.
+    #[must_use]
+    pub fn batch(&mut self) -> Batch<'_> {
+        Batch::new(self)
+    }
+
+    /// True when a keep-affinity request left a connection for `key`.
+    #[must_use]
+    pub fn has_affinity(&self, key: &str) -> bool {
+        self.kept.contains_key(key)
+    }
+
+    /// Closes the connection kept for `key`, ending the conversation.
+    pub fn drop_affinity(&mut self, key: &str) {
+        self.kept.remove(key);
+    }
+
+    /// Sends `body` to the service `key` and waits for its response.
+    ///
+    /// # Errors
+    ///
+    /// Any [`ErrorKind`]: the service's fault, or the framework's reason
+    /// for having no response (see the crate docs' `# Retries` and
+    /// `# Timeouts`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let mut client = charon_client::Client::new()?;
+    /// let echo = client.call("system.echo.0.raw", b"ping")?;
+    /// assert_eq!(echo, b"ping");
+    /// # Ok::<(), charon_client::Error>(())
+    /// ```
+    pub fn call(&mut self, key: &str, body: &[u8]) -> Result<Vec<u8>, Error> {
+        self.call_parts(key, &[] as &[(&str, &[u8])], body, Attributes::NONE)
+    }
+
+    /// Sends a [`Request`] (with its context and attributes) and waits for
+    /// its response. A no-wait request returns an empty body once sent.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call`], plus [`ErrorKind::NoAffinity`] for a
+    /// need-affinity request with no kept connection.
+    pub fn call_request(&mut self, req: &Request) -> Result<Vec<u8>, Error> {
+        self.call_parts(
+            req.key(),
+            req.context_entries(),
+            req.body(),
+            req.attributes(),
+        )
+    }
+
+    fn call_parts<K: AsRef<str>, V: AsRef<[u8]>>(
+        &mut self,
+        key: &str,
+        context: &[(K, V)],
+        body: &[u8],
+        attrs: Attributes,
+    ) -> Result<Vec<u8>, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let limits = self.limits;
+        let mut head = std::mem::take(&mut self.head);
+        let mut attempt = 1;
+        let result = loop {
+            if let Err(e) = encode_parts(
+                key,
+                &self.name,
+                context,
+                body.len(),
+                attrs,
+                attempt,
+                &limits,
+                &mut head,
+            ) {
+                break Err(e);
+            }
+            let stream = match self.open(key, attrs, attempt) {
+                Ok(s) => s,
+                Err(e) => break Err(e),
+            };
+            let mut ex = Exchange::new(stream, &limits);
+            let no_wait = attrs.contains(Attributes::NO_WAIT);
+            match self.drive(&mut ex, &head, body, no_wait, deadline) {
+                Err(kind) => break Err(Error::with_key(kind, key)),
+                Ok(Step::Sent) => break Ok(Vec::new()),
+                Ok(Step::Response(r)) => {
+                    self.keep_if_asked(key, attrs, &r, ex);
+                    break r.map_err(|k| Error::with_key(k, key));
+                }
+                Ok(Step::SilentClose) if may_retry(attrs, attempt) => attempt = 2,
+                Ok(_) => {
+                    break Err(Error::with_key(
+                        ErrorKind::Disconnected { received: 0 },
+                        key,
+                    ))
+                }
+            }
+        };
+        self.head = head;
+        result
+    }
+
+    /// The connection a request goes over: the kept one for affinity, or a
+    /// fresh one. A retry (attempt 2) always gets a fresh one.
+    pub(crate) fn open(
+        &mut self,
+        key: &str,
+        attrs: Attributes,
+        attempt: u8,
+    ) -> Result<UnixStream, Error> {
+        if attempt == 1
+            && (attrs.contains(Attributes::NEED_AFFINITY)
+                || attrs.contains(Attributes::KEEP_AFFINITY))
+        {
+            if let Some(s) = self.kept.remove(key) {
+                return Ok(s);
+            }
+        }
+        if attrs.contains(Attributes::NEED_AFFINITY) {
+            return Err(Error::with_key(ErrorKind::NoAffinity, key));
+        }
+        let candidates = ServiceKey::parse(key)
+            .map_err(|e| Error::with_key(ErrorKind::InvalidKey(e), key))?
+            .lookup_order();
+        connect_key(&self.run_dir, key, &candidates)
+    }
+
+    /// After a response, keeps the connection if the request asked for it
+    /// and the service answered (it keeps reading on the connection).
+    pub(crate) fn keep_if_asked(
+        &mut self,
+        key: &str,
+        attrs: Attributes,
+        result: &Result<Vec<u8>, ErrorKind>,
+        ex: Exchange,
+    ) {
+        let answered = matches!(result, Ok(_) | Err(ErrorKind::ServiceFault { .. }));
+        if attrs.contains(Attributes::KEEP_AFFINITY) && answered {
+            self.kept.insert(key.to_string(), ex.into_stream());
+        }
+    }
+
+    /// Runs one exchange to its end with poll(2), or fails with Timeout.
+    fn drive(
+        &self,
+        ex: &mut Exchange,
+        head: &[u8],
+        body: &[u8],
+        no_wait: bool,
+        deadline: Instant,
+    ) -> Result<Step, ErrorKind> {
+        loop {
+            let flags = match ex.advance(head, body, no_wait, &self.limits) {
+                Step::WantWrite => PollFlags::POLLOUT,
+                Step::WantRead => PollFlags::POLLIN,
+                done => return Ok(done),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ErrorKind::Timeout {
+                    after: self.timeout,
+                });
+            }
+            let mut fds = [PollFd::new(ex.fd(), flags)];
+            match poll(&mut fds, poll_timeout(left)) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(Error::io("wait for the service", e.into())),
+            }
+        }
+    }
+}
+
+/// True when a silent close may be resent: first attempt, no no-retry, and
+/// not bound to a kept connection.
+pub(crate) fn may_retry(attrs: Attributes, attempt: u8) -> bool {
+    attempt == 1
+        && !attrs.contains(Attributes::NO_RETRY)
+        && !attrs.contains(Attributes::NEED_AFFINITY)
+}
+
+/// poll(2) counts milliseconds; round up so a wait never ends just before
+/// the deadline and spins.
+fn poll_timeout(left: Duration) -> PollTimeout {
+    let ms = left.as_micros().div_ceil(1000);
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+}
