@@ -1,0 +1,160 @@
+//! The `charon` command line: argument parsing, the exit status table, and
+//! dispatch to one module per subcommand.
+//!
+//! This is the only place where outcomes become exit statuses and stderr
+//! lines; the subcommands return a [`Failure`] and leave printing it here.
+//!
+//! # Exit statuses
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 0 | ok |
+//! | 1 | the service answered a fault (stderr: `fault CODE: TEXT`) |
+//! | 2 | usage error (bad option, invalid key, reserved context name) |
+//! | 3 | the service is unavailable or overloaded (stderr says which, the reason and retry-after) |
+//! | 4 | no such service |
+//! | 5 | timeout |
+//! | 6 | connection lost |
+//! | 7 | any other error |
+//!
+//! Whenever the status is not 0, stderr gets a one-line message.
+
+mod common;
+mod lookup;
+mod ping;
+mod send;
+mod standalone;
+
+use std::process::ExitCode;
+
+use charon_client::{Error, ErrorKind};
+use clap::{Parser, Subcommand};
+
+/// Talk to Charon services.
+#[derive(Debug, Parser)]
+#[command(name = "charon", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send one request and print the response body.
+    Send(send::Args),
+    /// Run a service program standalone on one request (fds 3 and 4).
+    Test(standalone::Args),
+    /// Print the socket path each key resolves to.
+    Lookup(lookup::Args),
+    /// Send echo requests and report the rate and latency.
+    Ping(ping::Args),
+}
+
+/// Exit statuses, as documented above.
+pub mod status {
+    /// The service answered a fault.
+    pub const FAULT: u8 = 1;
+    /// Usage error.
+    pub const USAGE: u8 = 2;
+    /// Unavailable or overloaded.
+    pub const UNAVAILABLE: u8 = 3;
+    /// No such service.
+    pub const NOT_FOUND: u8 = 4;
+    /// Timeout.
+    pub const TIMEOUT: u8 = 5;
+    /// Connection lost.
+    pub const LOST: u8 = 6;
+    /// Any other error.
+    pub const OTHER: u8 = 7;
+}
+
+/// Why a subcommand did not succeed: its exit status and one line for
+/// stderr.
+#[derive(Debug)]
+pub struct Failure {
+    pub status: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(status: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure::new(status::USAGE, message)
+    }
+
+    pub fn other(message: impl Into<String>) -> Failure {
+        Failure::new(status::OTHER, message)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::new(status_of(&e), message_of(&e))
+    }
+}
+
+/// The exit status for a client error.
+pub fn status_of(e: &Error) -> u8 {
+    match e.kind() {
+        ErrorKind::ServiceFault { .. } => status::FAULT,
+        ErrorKind::Unavailable { .. } | ErrorKind::Overloaded => status::UNAVAILABLE,
+        ErrorKind::NotFound { .. } => status::NOT_FOUND,
+        ErrorKind::Timeout { .. } => status::TIMEOUT,
+        ErrorKind::Disconnected { .. } => status::LOST,
+        ErrorKind::InvalidKey(_) | ErrorKind::ReservedContext { .. } => status::USAGE,
+        _ => status::OTHER,
+    }
+}
+
+/// The stderr line for a client error: a fault as `fault CODE: TEXT`,
+/// everything else as the library says it.
+pub fn message_of(e: &Error) -> String {
+    match e.kind() {
+        ErrorKind::ServiceFault { code, text } => format!("fault {code}: {text}"),
+        _ => e.to_string(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid usage");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("charon: {first} (see charon --help)");
+            return ExitCode::from(status::USAGE);
+        }
+    };
+    let outcome = match cli.command {
+        Command::Send(args) => send::run(args),
+        Command::Test(args) => standalone::run(args),
+        Command::Lookup(args) => lookup::run(args),
+        Command::Ping(args) => ping::run(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let line = f.message.replace('\n', " ");
+            // A fault is the service's own answer: print it bare, as
+            // `fault CODE: TEXT`, so scripts can match it.
+            if f.status == status::FAULT {
+                eprintln!("{line}");
+            } else {
+                eprintln!("charon: {line}");
+            }
+            ExitCode::from(f.status)
+        }
+    }
+}
