@@ -1,1 +1,177 @@
-//! placeholder
+//! The Charon service library: the request loop a service program links.
+//!
+//! A service is a plain program that serves one request at a time:
+//!
+//! ```no_run
+//! use charon_service::{fault, Service};
+//!
+//! fn main() {
+//!     let mut svc = match Service::init("demo.upper.1.raw") {
+//!         Ok(svc) => svc,
+//!         Err(e) => {
+//!             eprintln!("demo: cannot start: {e}");
+//!             std::process::exit(2);
+//!         }
+//!     };
+//!     loop {
+//!         let req = match svc.next_request() {
+//!             Ok(Some(req)) => req,
+//!             Ok(None) => break, // told to stop: exit 0
+//!             Err(e) => {
+//!                 eprintln!("demo: {e}");
+//!                 std::process::exit(1);
+//!             }
+//!         };
+//!         let answered = match std::str::from_utf8(req.body()) {
+//!             Ok(text) => req.respond(text.to_uppercase().as_bytes()),
+//!             Err(_) => req.fault(fault::DESERIALIZATION_FAILED, "the body is not UTF-8"),
+//!         };
+//!         if let Err(e) = answered {
+//!             eprintln!("demo: {e}");
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! # Brief overview
+//!
+//! - [`Service`]: [`Service::init`] picks the mode and sets it up;
+//!   [`Service::next_request`] waits for the next request and returns
+//!   `None` when the program should exit 0.
+//! - [`Request`]: the key and its parts, the client's name, the attempt,
+//!   the attributes, the context and the body, all borrowed from the read
+//!   buffer; answered once with [`Request::respond`] or [`Request::fault`].
+//! - [`Options`]: size limits and timeouts; [`Error`] / [`ErrorKind`].
+//! - [`fault`]: the reserved fault codes.
+//!
+//! # Theory of operation
+//!
+//! ## Three ways to run
+//!
+//! [`Service::init`] chooses, in this order, and the program never needs to
+//! know which ([`Service::mode`] tells, for logs):
+//!
+//! 1. **Managed**: `CHARON_SLOT` is set. The manager (`charond`) started
+//!    the process with fd 3 = the service's listening rendezvous socket,
+//!    fd 4 = the service's scoreboard (a sealed memfd), fd 5 = a
+//!    `SOCK_SEQPACKET` report channel (see [`charon_protocol::managed`]).
+//!    Each is checked (fd 3 must be a listening `AF_UNIX` stream socket) and
+//!    made close-on-exec, so the service's own children do not inherit
+//!    them. Instances share the listening socket and `accept()` on it
+//!    directly: the manager is not in the data path. The instance keeps its
+//!    scoreboard slot current (idle while waiting in accept, busy with the
+//!    request's start time, client and size while serving, exiting when
+//!    leaving) and batches one record per request (time, sizes, outcome,
+//!    attempt) on the report channel, sent without blocking when 64 are
+//!    batched, when the oldest is a second old, and when the instance goes
+//!    idle: a busy instance wakes the manager about once a second, never
+//!    per request, and a full channel loses a batch rather than delay a
+//!    client. When the manager asks for hints and no instance is idle, the
+//!    instance says it is saturated (rate-limited across instances); when
+//!    the slot's request limit is reached it says it is retiring, once, and
+//!    serves on until the manager, having started a replacement, sends
+//!    SIGTERM. If the manager goes away (its end of the report channel
+//!    closes), the instance finishes the request in hand and stops.
+//! 2. **Accept mode**: `CHARON_ACCEPT_SOCKET=PATH`. The service binds and
+//!    listens on PATH itself, to run one instance by hand. A stale socket
+//!    file there (nobody listening) is replaced; a live one, or a file that
+//!    is not a socket, is an error. The socket file is removed when the
+//!    [`Service`] is dropped.
+//! 3. **Standalone**: neither variable is set and fds 3 and 4 are open. One
+//!    request frame is read from fd 3 (up to the end of the frame or of
+//!    the input), its response frame is written to fd 4, and then
+//!    [`Service::next_request`] returns `None`; so `service 3<request
+//!    4>response` is a regression test, and `charon test` wraps it.
+//!
+//! Otherwise `init` fails with a message naming the three ways.
+//!
+//! ## One request at a time
+//!
+//! The instance accepts one connection, reads one request frame within the
+//! read timeout, hands it to the program and writes the response with one
+//! `sendmsg` (header and body, the body not copied; `MSG_NOSIGNAL`, so a
+//! client that vanished gives `EPIPE`, counted as unanswered, and never
+//! kills the instance with SIGPIPE). The connection is then closed, unless
+//! the request carried the keep-affinity attribute: then the next request
+//! is read from the same connection, before any new connection is accepted,
+//! for as long as the client sends it within the affinity timeout. While it
+//! waits on such a connection the slot stays busy (with no request start
+//! time), since the instance is not available to other clients.
+//!
+//! ## Bad input
+//!
+//! Bad input never reaches the program and never stops the instance:
+//!
+//! | input | answer |
+//! |-------|--------|
+//! | bytes that are not a frame, a truncated frame, a bad field | `ERROR MALFORMED_REQUEST`, connection closed |
+//! | a frame over the size limits (even one claiming 4 GiB: nothing is allocated for it) | `ERROR REQUEST_TOO_LARGE` |
+//! | another protocol version | `ERROR UNSUPPORTED_VERSION` |
+//! | no whole request within the read timeout (`CHARON_READ_TIMEOUT_MS`, default 10 000) | `ERROR READ_TIMEOUT` |
+//! | a connection closed before any byte | nothing: closed |
+//!
+//! ## Stopping
+//!
+//! SIGTERM or SIGINT means: finish the request in hand, then
+//! [`Service::next_request`] returns `None` and the program exits 0. The
+//! handler only sets a flag and writes to a self-pipe that every wait polls
+//! beside the listening socket, so a signal arriving just before the wait is
+//! never lost. The handler uses `SA_RESTART`, so the program's own blocking
+//! calls are not disturbed.
+//!
+//! ## Answering
+//!
+//! [`Request::respond`] and [`Request::fault`] consume the request: a
+//! second answer does not compile. A request dropped unanswered sends the
+//! client `ERROR NO_ANSWER` at once. A program that exits mid-request
+//! (`std::process::exit`) sends nothing: the client sees a silent close,
+//! which it retries once on a new connection, as the framework intends for
+//! an instance that leaves.
+//!
+//! # Reserved fault codes
+//!
+//! Faults are the program's answer that a request cannot be served; they
+//! reach the client as a fault with code and text, and are never retried.
+//! Codes 1-99 are reserved, 100 and up are the service's own, 0 is not a
+//! fault code:
+//!
+//! | code | constant | meaning |
+//! |------|----------|---------|
+//! | 1 | [`fault::DESERIALIZATION_FAILED`] | the body could not be deserialized |
+//! | 2 | [`fault::UNKNOWN_FUNCTION`] | the service does not implement the requested function |
+//! | 3 | [`fault::REQUEST_TOO_LARGE`] | the request is larger than the service accepts |
+//! | 4 | [`fault::INVALID_ARGUMENT`] | an argument is invalid |
+//! | 5 | [`fault::BAD_CONTEXT`] | a context entry is missing or invalid |
+//! | 6 | [`fault::INTERNAL`] | the service failed in a way a retry will not fix |
+//! | 7 | [`fault::UNSUPPORTED_VERSION`] | the service does not support this version |
+//!
+//! # Environment
+//!
+//! | variable | meaning |
+//! |----------|---------|
+//! | `CHARON_SLOT` | managed mode: the scoreboard slot (set by the manager) |
+//! | `CHARON_ACCEPT_SOCKET` | accept mode: the socket path to listen on |
+//! | `CHARON_READ_TIMEOUT_MS` | [`Options::read_timeout`] in ms (default 10000) |
+//! | `CHARON_AFFINITY_TIMEOUT_MS` | [`Options::affinity_timeout`] in ms (default 60000) |
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod error;
+mod io;
+mod managed;
+mod mode;
+mod options;
+mod request;
+mod service;
+mod sys;
+
+pub use charon_protocol::fault;
+pub use charon_protocol::{Attributes, ContextIter, Limits, Serialization};
+pub use error::{Error, ErrorKind};
+pub use mode::Mode;
+pub use options::{Options, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT};
+pub use request::Request;
+pub use service::Service;

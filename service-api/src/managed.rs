@@ -1,0 +1,177 @@
+//! Managed mode's side channels: the instance's scoreboard slot and the
+//! report channel to the manager.
+//!
+//! Per-request records are batched and sent without blocking, so the
+//! manager is woken about once a second per busy instance, never per
+//! request; a batch that cannot be sent at once is dropped rather than
+//! delay a request. Deciding *when* the instance is idle or leaving is left
+//! to `service.rs`; this module only keeps the slot and the batch honest.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use charon_protocol::report::{encode_records, encode_signal, Message, Record, MAX_RECORDS};
+use charon_protocol::scoreboard::{now_ns, Scoreboard, Slot, SlotState};
+use nix::errno::Errno;
+use nix::sys::socket::{recv, send, MsgFlags};
+
+/// How old the oldest unsent record may grow before the batch is sent.
+const FLUSH_AGE: Duration = Duration::from_secs(1);
+/// Least gap between two saturation hints from all instances of a service.
+const HINT_GAP_NS: u64 = 2_000_000;
+
+/// The scoreboard slot and report channel of a managed instance.
+#[derive(Debug)]
+pub(crate) struct Managed {
+    scoreboard: Scoreboard,
+    slot: u32,
+    report: OwnedFd,
+    batch: Vec<Record>,
+    oldest: Option<Instant>,
+    retiring_sent: bool,
+    manager_gone: bool,
+}
+
+impl Managed {
+    /// `slot` was checked against the scoreboard's slot count by the caller.
+    pub(crate) fn new(scoreboard: Scoreboard, slot: u32, report: OwnedFd) -> Managed {
+        Managed {
+            scoreboard,
+            slot,
+            report,
+            batch: Vec::with_capacity(MAX_RECORDS),
+            oldest: None,
+            retiring_sent: false,
+            manager_gone: false,
+        }
+    }
+
+    fn slot(&self) -> Option<&Slot> {
+        self.scoreboard.slot(self.slot)
+    }
+
+    /// The report channel, to poll for the manager hanging up.
+    pub(crate) fn report_fd(&self) -> BorrowedFd<'_> {
+        self.report.as_fd()
+    }
+
+    /// True once the manager is known to be gone.
+    pub(crate) const fn manager_gone(&self) -> bool {
+        self.manager_gone
+    }
+
+    /// Marks the slot.
+    pub(crate) fn set_state(&self, state: SlotState) {
+        if let Some(s) = self.slot() {
+            s.set_state(state);
+        }
+    }
+
+    /// A request has been read: mark the slot busy and, if the manager
+    /// asked for hints and no instance is idle, tell it we are saturated.
+    pub(crate) fn begin(&mut self, attempt: u8, request_bytes: u64, client: &str) {
+        let now = now_ns();
+        if let Some(s) = self.slot() {
+            s.begin(now, attempt, request_bytes, client);
+        }
+        let sb = &self.scoreboard;
+        if sb.header().want_hints.load(Ordering::Relaxed) != 0
+            && !sb.any_idle()
+            && sb.claim_hint(now, HINT_GAP_NS)
+        {
+            self.send_now(&encode_signal(&Message::Saturated));
+        }
+    }
+
+    /// The request in hand is done: count it, batch its record, and ask to
+    /// retire once the request limit is reached.
+    pub(crate) fn finish(&mut self, record: Record) {
+        let served = self.slot().map_or(0, |s| s.finish(now_ns()));
+        if self.batch.is_empty() {
+            self.oldest = Some(Instant::now());
+        }
+        self.batch.push(record);
+        if self.batch.len() >= MAX_RECORDS || self.oldest.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
+        {
+            self.flush();
+        }
+        let limit = self
+            .slot()
+            .map_or(0, |s| s.request_limit.load(Ordering::Relaxed));
+        if limit > 0 && served >= limit && !self.retiring_sent {
+            self.retiring_sent = true;
+            self.flush();
+            self.send_now(&encode_signal(&Message::Retiring));
+        }
+    }
+
+    /// A record for a connection refused before it became a request
+    /// (garbage, timeout): batched, but not counted in the slot.
+    pub(crate) fn note(&mut self, record: Record) {
+        if self.batch.is_empty() {
+            self.oldest = Some(Instant::now());
+        }
+        self.batch.push(record);
+        if self.batch.len() >= MAX_RECORDS {
+            self.flush();
+        }
+    }
+
+    /// Sends the batch now (going idle or leaving), or drops it if the
+    /// channel is full.
+    pub(crate) fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let msg = encode_records(&self.batch);
+        self.batch.clear();
+        self.oldest = None;
+        self.send_now(&msg);
+    }
+
+    fn send_now(&mut self, msg: &[u8]) {
+        if self.manager_gone {
+            return;
+        }
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        loop {
+            match send(self.report.as_raw_fd(), msg, flags) {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN | Errno::EBADF) => {
+                    self.manager_gone = true;
+                }
+                // Full (EAGAIN) or any other trouble: the batch is lost, the
+                // request path never waits on the manager.
+                Ok(_) | Err(_) => {}
+            }
+            return;
+        }
+    }
+
+    /// Called when the report channel polled readable or hung up: the
+    /// manager sends nothing, so this is its end closing.
+    pub(crate) fn check_channel(&mut self) {
+        let mut byte = [0u8; 16];
+        match recv(self.report.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => self.manager_gone = true,
+            Err(Errno::EAGAIN | Errno::EINTR) | Ok(_) => {}
+            Err(_) => self.manager_gone = true,
+        }
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.flush();
+        self.set_state(SlotState::Exiting);
+    }
+}
+
+/// Checks that `fd` is a `SOCK_SEQPACKET` socket, as the report channel
+/// must be.
+pub(crate) fn check_report_fd(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    use nix::sys::socket::{getsockopt, sockopt, SockType};
+    Ok(getsockopt(&fd, sockopt::SockType)? == SockType::SeqPacket)
+}

@@ -1,0 +1,607 @@
+//! The request loop: accepting connections, reading one request frame at a
+//! time under the read timeout, refusing bad input with a framework error,
+//! keeping affinity connections, and stopping cleanly on SIGTERM.
+//!
+//! The request itself, and how it is answered, is `request.rs`; which mode
+//! runs is `mode.rs`; the manager's side channels are `managed.rs`.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use charon_protocol::report::{Outcome, Record};
+use charon_protocol::scoreboard::SlotState;
+use charon_protocol::{
+    decode_request, encode_ok_head, encode_response, Attributes, DecodeError, ErrorCode, Fill,
+    FrameBuf, FrameKind, ReadError, Response,
+};
+use nix::poll::{PollFd, PollFlags};
+
+use crate::error::{Error, ErrorKind};
+use crate::io::{ready, wait, write_all2, READABLE};
+use crate::managed::Managed;
+use crate::mode::{self, Bound, Mode, Source};
+use crate::options::Options;
+use crate::request::{split_key, Request};
+use crate::sys;
+
+/// Pause after `accept` fails for lack of fds or memory, so the loop does
+/// not spin while the shortage lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A service instance: the request loop a service program runs.
+///
+/// See the [crate documentation](crate) for the theory of operation.
+#[derive(Debug)]
+pub struct Service {
+    buf: FrameBuf,
+    core: Core,
+}
+
+/// Everything but the read buffer, so that a [`Request`] can borrow the
+/// buffer shared (its body) and this mutably (to answer) at once.
+#[derive(Debug)]
+pub(crate) struct Core {
+    name: String,
+    mode: Mode,
+    opts: Options,
+    stop_fd: BorrowedFd<'static>,
+    source: Source,
+    conn: Option<Conn>,
+    managed: Option<Managed>,
+    // Dropped last among what matters: removes the accept-mode socket file.
+    _bound: Option<Bound>,
+    head: Vec<u8>,
+    inflight: Option<InFlight>,
+    finished: bool,
+}
+
+/// A connection we are reading a request from, or keeping for affinity.
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    /// When its current request started (accept, or first byte when kept).
+    started: Instant,
+    /// Until when the current request may take to arrive.
+    deadline: Instant,
+    /// Kept after a response, waiting for the next request's first byte.
+    idle_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    started: Instant,
+    request_bytes: u32,
+    attempt: u8,
+    keep: bool,
+}
+
+impl Service {
+    /// Starts a service named `name` (its key, for messages), choosing the
+    /// mode from the environment with default [`Options`].
+    ///
+    /// Call it first thing in `main`: in managed and standalone mode it
+    /// takes ownership of the inherited fds 3 to 5, which the program must
+    /// not have used. It installs a SIGTERM and SIGINT handler.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NoMode`] if none of the three ways to run applies (the
+    /// message names all three); [`ErrorKind::BadEnv`] or
+    /// [`ErrorKind::BadFd`] if the environment or an inherited fd is not
+    /// what its mode needs; [`ErrorKind::Socket`] if accept mode cannot bind
+    /// its path; [`ErrorKind::AlreadyInitialized`] on a second call.
+    pub fn init(name: &str) -> Result<Service, Error> {
+        Service::init_with(name, Options::default())
+    }
+
+    /// As [`Service::init`], with the program's own [`Options`]. The
+    /// `CHARON_READ_TIMEOUT_MS` and `CHARON_AFFINITY_TIMEOUT_MS`
+    /// environment variables override them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Service::init`].
+    pub fn init_with(name: &str, opts: Options) -> Result<Service, Error> {
+        let env = |k: &str| std::env::var(k).ok();
+        let opts = opts.with_env(env)?;
+        if !sys::claim_process() {
+            return Err(Error::new(ErrorKind::AlreadyInitialized));
+        }
+        let stop_fd =
+            sys::install_stop_handler().map_err(|e| Error::io("install the SIGTERM handler", e))?;
+        let setup = mode::setup(&env)?;
+        let max = opts.limits.max_request_payload();
+        Ok(Service {
+            buf: FrameBuf::new(FrameKind::Request, max),
+            core: Core {
+                name: name.to_string(),
+                mode: setup.mode,
+                opts,
+                stop_fd,
+                source: setup.source,
+                conn: None,
+                managed: setup.managed,
+                _bound: setup.bound,
+                head: Vec::with_capacity(64),
+                inflight: None,
+                finished: false,
+            },
+        })
+    }
+
+    /// The name given to [`Service::init`].
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// How this process is being run.
+    #[must_use]
+    pub const fn mode(&self) -> Mode {
+        self.core.mode
+    }
+
+    /// Waits for the next request. `Ok(None)` means "stop now and exit 0":
+    /// SIGTERM or SIGINT arrived, the manager is gone, standalone mode's
+    /// one request was served, or the program should otherwise leave.
+    ///
+    /// Bad input (garbage, a truncated or oversized frame, a client that
+    /// sends nothing within the read timeout) is answered with a framework
+    /// error and dropped here; it never reaches the program.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] if accepting or waiting fails in a way that will
+    /// not heal (the listening socket was closed under us, for instance).
+    pub fn next_request(&mut self) -> Result<Option<Request<'_>>, Error> {
+        let limits = self.core.opts.limits;
+        self.clear_buf();
+        let frame_len = loop {
+            if !self.core.take_frame(&mut self.buf)? {
+                self.core.leave();
+                return Ok(None);
+            }
+            match decode_request(self.buf.payload(), &limits) {
+                Ok(_) => break self.buf.frame().len(),
+                Err(e) => {
+                    self.core.refuse_decode(&e);
+                    self.clear_buf();
+                }
+            }
+        };
+        let view = decode_request(self.buf.payload(), &limits).map_err(|e| {
+            // Decoded successfully just above: the bytes have not changed.
+            Error::io("decode a request", io::Error::other(e))
+        })?;
+        let keep = view.head.attributes.contains(Attributes::KEEP_AFFINITY)
+            && self.core.mode != Mode::Standalone;
+        self.core.begin(&view, frame_len, keep);
+        let parts = split_key(view.head.key);
+        Ok(Some(Request::new(view, parts, &mut self.core)))
+    }
+
+    /// Forgets the last frame; bytes a client pipelined after it are kept
+    /// only while its connection is.
+    fn clear_buf(&mut self) {
+        if self.core.conn.is_none() && self.buf.surplus() > 0 {
+            self.buf = FrameBuf::new(
+                FrameKind::Request,
+                self.core.opts.limits.max_request_payload(),
+            );
+        } else {
+            self.buf.reset();
+        }
+    }
+}
+
+impl Core {
+    fn stopping(&self) -> bool {
+        self.finished
+            || sys::stop_requested()
+            || self.managed.as_ref().is_some_and(Managed::manager_gone)
+    }
+
+    /// Gets a whole frame into `buf`. False: time to stop.
+    fn take_frame(&mut self, buf: &mut FrameBuf) -> Result<bool, Error> {
+        loop {
+            if let Source::Standalone { .. } = self.source {
+                return Ok(self.standalone_frame(buf));
+            }
+            if self.conn.is_none() && !self.accept()? {
+                return Ok(false);
+            }
+            match self.read_conn(buf) {
+                Step::Frame => return Ok(true),
+                Step::Stop => {
+                    self.conn = None;
+                    return Ok(false);
+                }
+                Step::Next => {
+                    if self.conn.is_none() && buf.surplus() > 0 {
+                        *buf = FrameBuf::new(
+                            FrameKind::Request,
+                            self.opts.limits.max_request_payload(),
+                        );
+                    } else {
+                        buf.reset();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for and accepts one connection. False: time to stop.
+    fn accept(&mut self) -> Result<bool, Error> {
+        let Core {
+            source,
+            conn,
+            managed,
+            stop_fd,
+            opts,
+            finished,
+            ..
+        } = self;
+        let Source::Listener(listener) = source else {
+            return Ok(false);
+        };
+        let listener: &UnixListener = listener;
+        loop {
+            if *finished
+                || sys::stop_requested()
+                || managed.as_ref().is_some_and(Managed::manager_gone)
+            {
+                return Ok(false);
+            }
+            let e = match sys::accept_nonblocking(listener.as_fd()) {
+                Ok(stream) => {
+                    let now = Instant::now();
+                    *conn = Some(Conn {
+                        stream,
+                        started: now,
+                        deadline: now + opts.read_timeout,
+                        idle_since: None,
+                    });
+                    return Ok(true);
+                }
+                Err(e) => e,
+            };
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    // Going idle: the batch goes out now, then we wait.
+                    if let Some(m) = managed.as_mut() {
+                        m.set_state(SlotState::Idle);
+                        m.flush();
+                    }
+                    let mut fds = Vec::with_capacity(3);
+                    fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+                    fds.push(PollFd::new(*stop_fd, PollFlags::POLLIN));
+                    if let Some(m) = managed.as_ref() {
+                        fds.push(PollFd::new(m.report_fd(), PollFlags::POLLIN));
+                    }
+                    wait(&mut fds, None).map_err(|e| Error::io("wait for a connection", e))?;
+                    let hup = fds.get(2).is_some_and(|f| ready(f, READABLE));
+                    drop(fds);
+                    if hup {
+                        if let Some(m) = managed.as_mut() {
+                            m.check_channel();
+                        }
+                    }
+                }
+                Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => {}
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    let mut fds = [PollFd::new(*stop_fd, PollFlags::POLLIN)];
+                    wait(&mut fds, Some(Instant::now() + ACCEPT_BACKOFF))
+                        .map_err(|e| Error::io("wait for a connection", e))?;
+                }
+                _ => return Err(Error::io("accept a connection", e)),
+            }
+        }
+    }
+
+    /// Reads from the current connection until a frame is complete.
+    fn read_conn(&mut self, buf: &mut FrameBuf) -> Step {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Step::Next;
+            };
+            match buf.read_from(&mut conn.stream) {
+                Ok(Fill::Complete) => {
+                    if conn.idle_since.take().is_some() {
+                        conn.started = Instant::now();
+                    }
+                    return Step::Frame;
+                }
+                Ok(Fill::Pending) => {
+                    if conn.idle_since.is_some() && buf.received() == 0 {
+                        match self.wait_kept() {
+                            Some(step) => return step,
+                            None => continue,
+                        }
+                    }
+                    if conn.idle_since.take().is_some() {
+                        // The next request has begun: its clock starts.
+                        let now = Instant::now();
+                        conn.started = now;
+                        conn.deadline = now + self.opts.read_timeout;
+                    }
+                    let deadline = conn.deadline;
+                    let mut fds = [PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN)];
+                    match wait(&mut fds, Some(deadline)) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let text = format!(
+                                "no complete request within the read timeout of {} ms",
+                                self.opts.read_timeout.as_millis()
+                            );
+                            self.refuse(ErrorCode::READ_TIMEOUT, &text, buf.received());
+                            return Step::Next;
+                        }
+                        Err(_) => {
+                            self.conn = None;
+                            return Step::Next;
+                        }
+                    }
+                }
+                Ok(Fill::Eof { received: 0 }) => {
+                    // A clean close between requests.
+                    self.conn = None;
+                    return Step::Next;
+                }
+                Ok(Fill::Eof { received }) => {
+                    let text =
+                        format!("the connection closed after {received} bytes of a request frame");
+                    self.refuse(ErrorCode::MALFORMED_REQUEST, &text, received);
+                    return Step::Next;
+                }
+                Err(ReadError::Decode(e)) => {
+                    self.refuse_decode_at(&e, buf.received());
+                    return Step::Next;
+                }
+                Err(ReadError::Io(_)) => {
+                    self.conn = None;
+                    return Step::Next;
+                }
+            }
+        }
+    }
+
+    /// A kept connection has no bytes: wait for the client's next request,
+    /// a stop signal, or the affinity timeout. `None`: data arrived.
+    fn wait_kept(&mut self) -> Option<Step> {
+        if let Some(m) = &mut self.managed {
+            m.flush();
+        }
+        let conn = self.conn.as_ref()?;
+        let deadline = conn.idle_since? + self.opts.affinity_timeout;
+        let mut fds = Vec::with_capacity(3);
+        fds.push(PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.stop_fd, PollFlags::POLLIN));
+        if let Some(m) = &self.managed {
+            fds.push(PollFd::new(m.report_fd(), PollFlags::POLLIN));
+        }
+        let woke = wait(&mut fds, Some(deadline));
+        let hup = fds.get(2).is_some_and(|f| ready(f, READABLE));
+        drop(fds);
+        if hup {
+            if let Some(m) = &mut self.managed {
+                m.check_channel();
+            }
+        }
+        match woke {
+            Ok(true) if self.stopping() => Some(Step::Stop),
+            // Data, or a spurious wake-up: let the read find out.
+            Ok(true) => None,
+            Ok(false) | Err(_) => {
+                // Affinity expired: the client's next request will find
+                // the connection closed and start afresh.
+                self.conn = None;
+                Some(Step::Next)
+            }
+        }
+    }
+
+    fn standalone_frame(&mut self, buf: &mut FrameBuf) -> bool {
+        if self.finished {
+            return false;
+        }
+        let Source::Standalone { input, .. } = &mut self.source else {
+            return false;
+        };
+        let refusal = match buf.read_from(input) {
+            Ok(Fill::Complete) => {
+                self.finished = true;
+                return true;
+            }
+            Ok(Fill::Pending) => (
+                ErrorCode::INTERNAL,
+                "fd 3 is non-blocking and had no data".to_string(),
+            ),
+            Ok(Fill::Eof { received: 0 }) => (
+                ErrorCode::MALFORMED_REQUEST,
+                "fd 3 held no request (empty input)".to_string(),
+            ),
+            Ok(Fill::Eof { received }) => (
+                ErrorCode::MALFORMED_REQUEST,
+                format!("fd 3 ended after {received} bytes of a request frame"),
+            ),
+            Err(ReadError::Decode(e)) => (error_code_for(&e), e.to_string()),
+            Err(ReadError::Io(e)) => (ErrorCode::INTERNAL, format!("cannot read fd 3: {e}")),
+        };
+        self.refuse(refusal.0, &refusal.1, buf.received());
+        self.finished = true;
+        false
+    }
+
+    fn refuse_decode(&mut self, e: &DecodeError) {
+        self.refuse_decode_at(e, 0);
+    }
+
+    fn refuse_decode_at(&mut self, e: &DecodeError, received: usize) {
+        self.refuse(error_code_for(e), &e.to_string(), received);
+    }
+
+    /// Answers the current connection (or standalone output) with a
+    /// framework error and closes it; the instance carries on.
+    fn refuse(&mut self, code: ErrorCode, text: &str, received: usize) {
+        self.head.clear();
+        let resp = Response::Error { code, text };
+        if encode_response(&resp, &self.opts.limits, &mut self.head).is_err() {
+            return;
+        }
+        let started = self.conn.as_ref().map_or_else(Instant::now, |c| c.started);
+        let sent = self.write_out(&[]).is_ok();
+        self.conn = None;
+        if self.mode == Mode::Standalone {
+            self.finished = true;
+        }
+        if let Some(m) = &mut self.managed {
+            m.note(record(
+                started,
+                received,
+                if sent { self.head.len() } else { 0 },
+                Outcome::Error,
+                1,
+            ));
+        }
+    }
+
+    /// Writes `self.head` and `body` to where the response goes.
+    fn write_out(&mut self, body: &[u8]) -> io::Result<()> {
+        let deadline = Instant::now() + self.opts.write_timeout;
+        match (&self.source, &self.conn) {
+            (Source::Standalone { output, .. }, _) => {
+                write_all2(output.as_fd(), false, &self.head, body, deadline)
+            }
+            (_, Some(conn)) => write_all2(conn.stream.as_fd(), true, &self.head, body, deadline),
+            (_, None) => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn begin(&mut self, view: &charon_protocol::RequestView<'_>, frame_len: usize, keep: bool) {
+        let started = self.conn.as_ref().map_or_else(Instant::now, |c| c.started);
+        self.inflight = Some(InFlight {
+            started,
+            request_bytes: u32::try_from(frame_len).unwrap_or(u32::MAX),
+            attempt: view.head.attempt,
+            keep,
+        });
+        if let Some(m) = &mut self.managed {
+            m.begin(view.head.attempt, frame_len as u64, view.head.client);
+        }
+    }
+
+    /// Sends an OK response.
+    pub(crate) fn answer_ok(&mut self, body: &[u8]) -> Result<(), Error> {
+        self.head.clear();
+        if encode_ok_head(body.len(), &self.opts.limits, &mut self.head).is_err() {
+            let limit = self.opts.limits.max_response_body;
+            let text = format!(
+                "the service produced a response of {} bytes, over the limit of {limit} bytes",
+                body.len()
+            );
+            self.answer(
+                &Response::Error {
+                    code: ErrorCode::RESPONSE_TOO_LARGE,
+                    text: &text,
+                },
+                Outcome::Error,
+            );
+            return Err(Error::new(ErrorKind::ResponseTooLarge {
+                len: body.len(),
+                limit,
+            }));
+        }
+        let ok = self.write_out(body).is_ok();
+        let bytes = self.head.len() + body.len();
+        self.complete(
+            if ok { Outcome::Ok } else { Outcome::NoAnswer },
+            if ok { bytes } else { 0 },
+            ok,
+        );
+        Ok(())
+    }
+
+    /// Sends a fault or framework error response.
+    pub(crate) fn answer(&mut self, resp: &Response<'_>, outcome: Outcome) {
+        self.head.clear();
+        let ok = encode_response(resp, &self.opts.limits, &mut self.head).is_ok()
+            && self.write_out(&[]).is_ok();
+        let bytes = self.head.len();
+        self.complete(
+            if ok { outcome } else { Outcome::NoAnswer },
+            if ok { bytes } else { 0 },
+            ok,
+        );
+    }
+
+    /// Bookkeeping after a response was written (or failed to be).
+    fn complete(&mut self, outcome: Outcome, response_bytes: usize, written: bool) {
+        let Some(f) = self.inflight.take() else {
+            return;
+        };
+        if let Some(m) = &mut self.managed {
+            let mut r = record(
+                f.started,
+                f.request_bytes as usize,
+                response_bytes,
+                outcome,
+                f.attempt,
+            );
+            r.request_bytes = f.request_bytes;
+            m.finish(r);
+        }
+        match &mut self.conn {
+            Some(c) if f.keep && written => c.idle_since = Some(Instant::now()),
+            _ => self.conn = None,
+        }
+    }
+
+    /// Leaving: the slot says so and the last records go out.
+    fn leave(&mut self) {
+        self.conn = None;
+        if let Some(m) = &mut self.managed {
+            m.flush();
+            m.set_state(SlotState::Exiting);
+        }
+    }
+}
+
+/// What reading a connection came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A whole frame is in the buffer.
+    Frame,
+    /// This connection is done with; accept the next.
+    Next,
+    /// Time to stop.
+    Stop,
+}
+
+fn record(
+    started: Instant,
+    request: usize,
+    response: usize,
+    outcome: Outcome,
+    attempt: u8,
+) -> Record {
+    Record {
+        elapsed_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
+        request_bytes: u32::try_from(request).unwrap_or(u32::MAX),
+        response_bytes: u32::try_from(response).unwrap_or(u32::MAX),
+        outcome,
+        attempt,
+    }
+}
+
+/// The framework error code that answers a frame that failed to decode.
+pub(crate) fn error_code_for(e: &DecodeError) -> ErrorCode {
+    match e {
+        DecodeError::TooLarge { .. } | DecodeError::FieldTooLarge { .. } => {
+            ErrorCode::REQUEST_TOO_LARGE
+        }
+        DecodeError::UnsupportedVersion(_) => ErrorCode::UNSUPPORTED_VERSION,
+        _ => ErrorCode::MALFORMED_REQUEST,
+    }
+}

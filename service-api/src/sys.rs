@@ -1,0 +1,151 @@
+//! The one home of `unsafe` in this crate: the SIGTERM/SIGINT handler and
+//! its self-pipe, adopting the file descriptors a launcher arranged (fds 3,
+//! 4 and 5), mapping the scoreboard, and a non-blocking `accept4`.
+//!
+//! Everything here is a thin, checked wrapper returning `io::Result`; the
+//! policy (which mode, when to stop) is left to `mode.rs` and `service.rs`.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::OnceLock;
+
+use charon_protocol::scoreboard::Scoreboard;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+/// Set by the handler; never cleared (a stop request is final).
+static STOP: AtomicBool = AtomicBool::new(false);
+/// Write end of the self-pipe, read by the handler; -1 until installed.
+static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
+/// The self-pipe, kept for the life of the process (the handler may run at
+/// any moment, so the write end must never be closed).
+static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+/// Set by the first successful [`claim_process`]: the fds and handlers are
+/// adopted once per process.
+static CLAIMED: AtomicBool = AtomicBool::new(false);
+
+/// Claims the process-wide resources (inherited fds, signal handlers) for
+/// the one `Service` a process may have. False if already claimed.
+pub(crate) fn claim_process() -> bool {
+    !CLAIMED.swap(true, Ordering::AcqRel)
+}
+
+/// True once SIGTERM or SIGINT has arrived.
+pub(crate) fn stop_requested() -> bool {
+    STOP.load(Ordering::Acquire)
+}
+
+extern "C" fn on_stop_signal(_sig: libc::c_int) {
+    // Only async-signal-safe work: an atomic store and write(2). errno is
+    // saved and restored so the interrupted code never sees it change.
+    STOP.store(true, Ordering::Release);
+    let fd = PIPE_WR.load(Ordering::Acquire);
+    if fd >= 0 {
+        // SAFETY: __errno_location returns this thread's errno slot, valid
+        // for the thread's life; reading and writing it is signal-safe.
+        let saved = unsafe { *libc::__errno_location() };
+        let byte = 1u8;
+        // SAFETY: `fd` is the write end of a pipe that is never closed (it
+        // lives in a static); `byte` is a valid 1-byte buffer on our stack.
+        // A full pipe (EAGAIN, the fd is non-blocking) is fine: it is
+        // already readable, which is all the reader needs.
+        let _ = unsafe { libc::write(fd, std::ptr::addr_of!(byte).cast(), 1) };
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = saved };
+    }
+}
+
+/// Installs the SIGTERM and SIGINT handler and returns the read end of its
+/// self-pipe, which becomes readable (and stays so) once a stop signal has
+/// arrived. Polling it beside the listening socket makes the wait race-free:
+/// a signal that lands just before `poll` leaves the pipe readable.
+pub(crate) fn install_stop_handler() -> io::Result<BorrowedFd<'static>> {
+    let pipe = match PIPE.get() {
+        Some(p) => p,
+        None => {
+            let p = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+            PIPE.get_or_init(|| p)
+        }
+    };
+    PIPE_WR.store(pipe.1.as_raw_fd(), Ordering::Release);
+    // SA_RESTART: a service's own blocking calls resume after the handler
+    // instead of failing with EINTR; our waits poll the pipe anyway.
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only performs async-signal-safe operations
+        // (atomic load/store, write(2), errno save/restore), and it reads
+        // only statics that are initialized before it is installed.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    // A launcher may have blocked them; the handler is useless if so.
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_unblock()?;
+    Ok(pipe.0.as_fd())
+}
+
+/// True if `fd` is open in this process.
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor table; an fd that is not
+    // open gives EBADF and touches nothing.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Takes ownership of an inherited fd and marks it close-on-exec, so a
+/// service's own children do not inherit it.
+///
+/// The caller must have won [`claim_process`]: that is what makes this the
+/// only owner (the crate docs require a program not to use fds 3-5 itself
+/// before `Service::init`).
+pub(crate) fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    debug_assert!(CLAIMED.load(Ordering::Acquire));
+    if !fd_is_open(fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` is open (checked just above), and nothing else in the
+    // process owns it: the launcher put it there for the service library,
+    // the process claimed it once (claim_process), and the documented
+    // contract forbids the program from using it before Service::init.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(owned)
+}
+
+/// Maps the scoreboard the manager passed.
+pub(crate) fn map_scoreboard(fd: BorrowedFd<'_>) -> io::Result<Scoreboard> {
+    // SAFETY: in managed mode fd 4 is the memfd made by Scoreboard::create
+    // in the manager, sealed against shrinking (F_SEAL_SHRINK and
+    // F_SEAL_SEAL), so no process can shrink it while we map it; map()
+    // itself checks size, magic and layout version.
+    unsafe { Scoreboard::map(fd) }
+}
+
+/// Accepts one connection without blocking; the new socket is non-blocking
+/// and close-on-exec from birth (one syscall, no fcntl after).
+pub(crate) fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<UnixStream> {
+    // SAFETY: accept4 with null address pointers is allowed (we do not want
+    // the peer address); `listener` is a valid open fd for the call.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4 succeeded, so `fd` is a new descriptor nobody else
+    // owns.
+    Ok(UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
