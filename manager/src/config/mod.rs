@@ -6,15 +6,17 @@
 //! and key (syntax, unknown keys, TOML types), then `validate.rs` turns
 //! them into a [`ServiceConfig`] (units, ranges, relations, paths).
 //! `load.rs` finds and reads the files; `units.rs` parses durations and
-//! sizes; `error.rs` is the [`ConfigError`] every phase reports with.
-//! Every error carries the file, and where it has one the line and key.
-//! Running services from the result is the runtime's business. CONFIG.md
-//! at the repository root documents every key for operators.
+//! sizes; `suggest.rs` finds the key a misspelt one meant; `error.rs` is
+//! the [`ConfigError`] every phase reports with. Every error carries the
+//! file, and where it has one the line and key. Running services from the
+//! result is the runtime's business. CONFIG.md at the repository root
+//! documents every key for operators.
 
 mod error;
 mod load;
 mod raw;
 mod service;
+mod suggest;
 mod units;
 mod validate;
 
