@@ -335,9 +335,14 @@ impl<'a> Field<'a> {
                     key,
                 }),
                 None => {
+                    let hint = if KEYS.contains(&name) {
+                        "; keys written after [env] belong to env, so move it above the \
+                         [env] line"
+                    } else {
+                        " (quote numbers: \"8080\")"
+                    };
                     let message = format!(
-                        "an environment value must be a string, but this is {} \
-                         (quote numbers: \"8080\")",
+                        "an environment value must be a string, but this is {}{hint}",
                         item_type(item)
                     );
                     self.errors.at(line, &key, message);

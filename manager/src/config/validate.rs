@@ -12,7 +12,7 @@ use std::time::Duration;
 use charon_protocol::ServiceKey;
 
 use super::error::Errors;
-use super::raw::{At, Exec, IntOrText, RawService};
+use super::raw::{At, Exec, IntOrText, RawService, KEYS};
 use super::units::{parse_duration, parse_octal_mode, parse_size};
 use super::ServiceConfig;
 
@@ -174,6 +174,13 @@ impl Validator<'_> {
                 Some("an environment name must not contain '='".to_string())
             } else if name.contains('\0') || value.contains('\0') {
                 Some("an environment name or value must not contain a NUL character".to_string())
+            } else if KEYS.contains(&name.as_str()) {
+                // TOML puts every line after `[env]` into env, so a key
+                // written below the table lands here by mistake.
+                Some(format!(
+                    "{name:?} is a service key, not an environment name: keys written \
+                     after [env] belong to env, so move it above the [env] line"
+                ))
             } else if name.starts_with(RESERVED_ENV_PREFIX) {
                 Some(format!(
                     "names starting with {RESERVED_ENV_PREFIX} are reserved: the manager sets them"
