@@ -1,1 +1,67 @@
-fn main() {}
+//! `charond`: the Charon manager. Turns arguments into options and calls the
+//! manager library; the only place where errors become exit codes (see
+//! doc/charond.md: 0 clean stop or valid config, 1 config errors found by
+//! `--check`, 2 usage, 100 fatal start-up problem).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Runs Charon services: one rendezvous socket per configured service,
+/// instances forked on demand, scaled, recycled and supervised.
+#[derive(Parser, Debug)]
+#[command(name = "charond", version)]
+struct Args {
+    /// Directory of `<service key>.toml` files.
+    #[arg(long, value_name = "DIR")]
+    config_dir: PathBuf,
+    /// Directory for the rendezvous sockets and the lock (created if missing).
+    #[arg(long, value_name = "DIR", required_unless_present = "check")]
+    run_dir: Option<PathBuf>,
+    /// Validate the config files, print each error, and exit (1 if any).
+    #[arg(long)]
+    check: bool,
+    /// Seconds between the per-service statistics log lines.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    stats_interval: u64,
+}
+
+/// Exit status for a fatal start-up problem.
+const FATAL: u8 = 100;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.check {
+        return match charon_manager::check(&args.config_dir) {
+            Ok(errors) if errors.is_empty() => ExitCode::SUCCESS,
+            Ok(errors) => {
+                for e in errors {
+                    println!("{e}");
+                }
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("charond: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let Some(run_dir) = args.run_dir else {
+        eprintln!("charond: --run-dir is required to run");
+        return ExitCode::from(2);
+    };
+    let opts = charon_manager::Options {
+        config_dir: args.config_dir,
+        run_dir,
+        stats_interval: Duration::from_secs(args.stats_interval),
+    };
+    match charon_manager::run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("charond: {e}");
+            ExitCode::from(FATAL)
+        }
+    }
+}

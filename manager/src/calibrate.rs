@@ -1,0 +1,239 @@
+//! Scaling decisions: a pure `(limits, instance views, why) -> Decision`
+//! with no syscalls, so that its rules can be property-tested. Growing is
+//! driven by saturation hints while connections wait; shrinking by
+//! `idle-timeout` and by occupancy (busy time over wall time) with a
+//! hysteresis margin. The loop gathers the views and carries out the
+//! decision.
+
+use std::time::Duration;
+
+use charon_protocol::scoreboard::SlotState;
+
+use crate::service::state::KillReason;
+
+/// Most instances started for one saturation hint (fork-storm guard; the
+/// loop also rate-limits hints).
+pub(crate) const MAX_BURST: u32 = 16;
+/// Occupancy points below the target before an instance counts as excess.
+pub(crate) const HYSTERESIS_PERCENT: f64 = 15.0;
+/// An instance idle for less than this is never stopped as excess.
+pub(crate) const EXCESS_MIN_IDLE: Duration = Duration::from_secs(2);
+
+/// The configured bounds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub minimum: u32,
+    pub maximum: u32,
+    pub occupancy_percent: u8,
+    pub idle_timeout: Duration,
+}
+
+/// What the loop knows of one instance.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View {
+    /// The loop's handle for it.
+    pub id: usize,
+    /// Scoreboard state (`None`: garbage in the slot).
+    pub state: Option<SlotState>,
+    /// Already being stopped or replaced: not capacity any more.
+    pub leaving: bool,
+    /// Time since it last served or started.
+    pub idle_for: Duration,
+    /// Busy fraction (0..=1) over the last measuring window.
+    pub busy: f64,
+}
+
+/// Why the decision is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// The periodic tick.
+    Tick,
+    /// An instance said every instance is busy; `waiting` is whether
+    /// connections wait in the socket's queue.
+    Saturated { waiting: bool },
+}
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Nothing,
+    Start(u32),
+    Stop(usize, KillReason),
+}
+
+/// Decides.
+pub(crate) fn decide(l: &Limits, views: &[View], why: Why) -> Decision {
+    let live: Vec<&View> = views.iter().filter(|v| !v.leaving).collect();
+    let n = live.len() as u32;
+    match why {
+        Why::Saturated { waiting: false } => Decision::Nothing,
+        Why::Saturated { waiting: true } => {
+            if n >= l.maximum {
+                return Decision::Nothing;
+            }
+            let starting = live
+                .iter()
+                .filter(|v| v.state == Some(SlotState::Starting))
+                .count() as u32;
+            // Double, capped by the maximum and the burst guard; capacity
+            // already starting counts.
+            let want = n.max(1).min(l.maximum - n).min(MAX_BURST);
+            match want.saturating_sub(starting) {
+                0 => Decision::Nothing,
+                k => Decision::Start(k),
+            }
+        }
+        Why::Tick => shrink(l, &live),
+    }
+}
+
+fn shrink(l: &Limits, live: &[&View]) -> Decision {
+    let n = live.len() as u32;
+    if n <= l.minimum {
+        return Decision::Nothing;
+    }
+    let idle = live
+        .iter()
+        .filter(|v| v.state == Some(SlotState::Idle))
+        .max_by_key(|v| v.idle_for);
+    let Some(victim) = idle else {
+        return Decision::Nothing;
+    };
+    if victim.idle_for >= l.idle_timeout {
+        return Decision::Stop(victim.id, KillReason::Idle);
+    }
+    let busy: f64 = live.iter().map(|v| v.busy.clamp(0.0, 1.0)).sum();
+    let with_one_fewer = 100.0 * busy / f64::from(n - 1);
+    if victim.idle_for >= EXCESS_MIN_IDLE
+        && with_one_fewer < f64::from(l.occupancy_percent) - HYSTERESIS_PERCENT
+    {
+        return Decision::Stop(victim.id, KillReason::Excess);
+    }
+    Decision::Nothing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits(min: u32, max: u32) -> Limits {
+        Limits {
+            minimum: min,
+            maximum: max,
+            occupancy_percent: 70,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn view(id: usize, state: SlotState, idle_s: u64, busy: f64) -> View {
+        View {
+            id,
+            state: Some(state),
+            leaving: false,
+            idle_for: Duration::from_secs(idle_s),
+            busy,
+        }
+    }
+
+    #[test]
+    fn saturation_with_waiters_doubles() {
+        let l = limits(1, 8);
+        let v = [view(0, SlotState::Busy, 0, 1.0)];
+        assert_eq!(
+            decide(&l, &v, Why::Saturated { waiting: true }),
+            Decision::Start(1)
+        );
+        let v: Vec<View> = (0..3).map(|i| view(i, SlotState::Busy, 0, 1.0)).collect();
+        assert_eq!(
+            decide(&l, &v, Why::Saturated { waiting: true }),
+            Decision::Start(3)
+        );
+        assert_eq!(
+            decide(&l, &v, Why::Saturated { waiting: false }),
+            Decision::Nothing
+        );
+        let v: Vec<View> = (0..6).map(|i| view(i, SlotState::Busy, 0, 1.0)).collect();
+        assert_eq!(
+            decide(&l, &v, Why::Saturated { waiting: true }),
+            Decision::Start(2)
+        );
+    }
+
+    #[test]
+    fn idle_timeout_stops_the_longest_idle() {
+        let l = limits(1, 8);
+        let v = [
+            view(0, SlotState::Idle, 61, 0.0),
+            view(1, SlotState::Idle, 70, 0.0),
+        ];
+        assert_eq!(
+            decide(&l, &v, Why::Tick),
+            Decision::Stop(1, KillReason::Idle)
+        );
+    }
+
+    #[test]
+    fn low_occupancy_stops_excess_with_hysteresis() {
+        let l = limits(1, 8);
+        // 2 instances, 0.6 busy in total: 60% with one fewer, above 55%.
+        let v = [
+            view(0, SlotState::Busy, 0, 0.6),
+            view(1, SlotState::Idle, 5, 0.0),
+        ];
+        assert_eq!(decide(&l, &v, Why::Tick), Decision::Nothing);
+        let v = [
+            view(0, SlotState::Busy, 0, 0.3),
+            view(1, SlotState::Idle, 5, 0.0),
+        ];
+        assert_eq!(
+            decide(&l, &v, Why::Tick),
+            Decision::Stop(1, KillReason::Excess)
+        );
+        // Just went idle: not yet.
+        let v = [
+            view(0, SlotState::Busy, 0, 0.3),
+            view(1, SlotState::Idle, 1, 0.0),
+        ];
+        assert_eq!(decide(&l, &v, Why::Tick), Decision::Nothing);
+    }
+
+    fn arb_state() -> impl Strategy<Value = Option<SlotState>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(SlotState::Starting)),
+            Just(Some(SlotState::Idle)),
+            Just(Some(SlotState::Busy)),
+            Just(Some(SlotState::Exiting)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_past_the_bounds(
+            min in 0u32..5, extra in 0u32..20,
+            states in prop::collection::vec((arb_state(), any::<bool>(), 0u64..200, 0.0f64..1.5), 0..30),
+            saturated in any::<bool>(), waiting in any::<bool>(),
+        ) {
+            let l = limits(min, min + extra.max(1));
+            let views: Vec<View> = states.iter().enumerate().map(|(i, &(state, leaving, idle, busy))| View {
+                id: i, state, leaving, idle_for: Duration::from_secs(idle), busy,
+            }).collect();
+            let live = views.iter().filter(|v| !v.leaving).count() as u32;
+            let why = if saturated { Why::Saturated { waiting } } else { Why::Tick };
+            match decide(&l, &views, why) {
+                Decision::Nothing => {}
+                Decision::Start(k) => {
+                    prop_assert!(saturated && waiting);
+                    prop_assert!(k >= 1 && live + k <= l.maximum && k <= MAX_BURST);
+                }
+                Decision::Stop(id, _) => {
+                    prop_assert!(!saturated);
+                    prop_assert!(live > l.minimum);
+                    let v = &views[id];
+                    prop_assert!(!v.leaving && v.state == Some(SlotState::Idle));
+                }
+            }
+        }
+    }
+}

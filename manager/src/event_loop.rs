@@ -1,0 +1,413 @@
+//! The manager's one thread: a mio poll over the signalfd, the rendezvous
+//! sockets it currently watches, and each instance's stderr pipe and report
+//! channel, with the poll timeout set by the earliest deadline. It maps each
+//! token to its owner and calls a small named handler; policy lives in the
+//! service transitions (`service/`) and in `calibrate.rs`, the work on
+//! instances in `instances.rs` and `scaling.rs`.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use charon_protocol::scoreboard::Scoreboard;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::fcntl::Flock;
+
+use crate::config::ServiceConfig;
+use crate::log::{info, warning};
+use crate::process_table::ProcessTable;
+use crate::service::backoff::{Backoff, CrashTally};
+use crate::service::state::{Mode, ServiceState};
+use crate::service::transition::{self, Action, Event};
+use crate::signals::{Sig, Signals};
+use crate::stats::Stats;
+use crate::stderr::RateLimit;
+
+pub(crate) const SIGNALS: Token = Token(0);
+const LISTEN_BASE: usize = 1;
+const INSTANCE_BASE: usize = 1 << 24;
+
+/// What a token names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    Signals,
+    Listener(usize),
+    Stderr(usize),
+    Report(usize),
+}
+
+pub(crate) fn token(o: Owner) -> Token {
+    Token(match o {
+        Owner::Signals => 0,
+        Owner::Listener(s) => LISTEN_BASE + s,
+        Owner::Stderr(i) => INSTANCE_BASE + 2 * i,
+        Owner::Report(i) => INSTANCE_BASE + 2 * i + 1,
+    })
+}
+
+pub(crate) fn owner(t: Token) -> Owner {
+    match t.0 {
+        0 => Owner::Signals,
+        n if n < INSTANCE_BASE => Owner::Listener(n - LISTEN_BASE),
+        n => {
+            let i = n - INSTANCE_BASE;
+            if i % 2 == 0 {
+                Owner::Stderr(i / 2)
+            } else {
+                Owner::Report(i / 2)
+            }
+        }
+    }
+}
+
+/// What the manager does with a service's socket right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Not registered: instances accept on it.
+    Off,
+    /// Fork one on the first connect.
+    Demand,
+    /// Accept and answer Unavailable.
+    FastFail,
+}
+
+/// One configured service at run time.
+pub(crate) struct Svc {
+    pub config: ServiceConfig,
+    pub listen: OwnedFd,
+    pub sock_path: PathBuf,
+    pub board: Scoreboard,
+    pub board_fd: OwnedFd,
+    pub used_slots: Vec<bool>,
+    pub state: ServiceState,
+    pub watch: Watch,
+    pub stats: Stats,
+    pub stderr_limit: RateLimit,
+    /// Re-check saturation at this time (while every instance is busy).
+    pub sat_check: Option<Instant>,
+}
+
+impl Svc {
+    pub(crate) fn key(&self) -> &str {
+        self.config.key.as_str()
+    }
+}
+
+/// Paths and options the loop needs.
+pub(crate) struct Paths {
+    pub config_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub stats_interval: Duration,
+}
+
+/// The manager.
+pub(crate) struct Manager {
+    pub poll: Poll,
+    pub signals: Signals,
+    pub services: Vec<Svc>,
+    pub procs: ProcessTable,
+    pub paths: Paths,
+    pub devnull: OwnedFd,
+    pub events: VecDeque<(usize, Event)>,
+    pub stopping: bool,
+    pub next_tick: Instant,
+    pub next_stats: Instant,
+    pub rng: u64,
+    _lock: Flock<File>,
+}
+
+/// The periodic tick: scoreboard scan, shrink, unresponsive, rss.
+pub(crate) const TICK: Duration = Duration::from_secs(1);
+
+impl Manager {
+    /// Builds the manager around already-bound services.
+    pub(crate) fn new(
+        paths: Paths,
+        lock: Flock<File>,
+        signals: Signals,
+        services: Vec<(ServiceConfig, OwnedFd, PathBuf, Scoreboard, OwnedFd)>,
+        devnull: OwnedFd,
+    ) -> io::Result<Manager> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut SourceFd(&signals.raw()), SIGNALS, Interest::READABLE)?;
+        let now = Instant::now();
+        let services = services
+            .into_iter()
+            .map(|(config, listen, sock_path, board, board_fd)| {
+                let state = ServiceState::new(
+                    config.minimum_processes,
+                    config.prestart_processes,
+                    Backoff::new(config.backoff_initial, config.exec_failure_backoff),
+                    CrashTally::new(config.crash_loop_count, config.crash_loop_interval),
+                );
+                let slots = board.slot_count() as usize;
+                Svc {
+                    config,
+                    listen,
+                    sock_path,
+                    board,
+                    board_fd,
+                    used_slots: vec![false; slots],
+                    state,
+                    watch: Watch::Off,
+                    stats: Stats::new(),
+                    stderr_limit: RateLimit::new(now),
+                    sat_check: None,
+                }
+            })
+            .collect();
+        let seed = u64::from(std::process::id()) ^ crate::scaling::clock_seed();
+        Ok(Manager {
+            poll,
+            signals,
+            services,
+            procs: ProcessTable::default(),
+            paths,
+            devnull,
+            events: VecDeque::new(),
+            stopping: false,
+            next_tick: now + TICK,
+            next_stats: now,
+            rng: seed | 1,
+            _lock: lock,
+        })
+    }
+
+    /// Runs until a stop signal has been handled and every instance is gone.
+    ///
+    /// # Errors
+    ///
+    /// Only an error of the poll itself, which leaves the loop unable to go
+    /// on.
+    pub(crate) fn run(&mut self) -> io::Result<()> {
+        self.next_stats = Instant::now() + self.paths.stats_interval;
+        for s in 0..self.services.len() {
+            self.events.push_back((s, Event::Begin));
+        }
+        self.process_events();
+        let mut events = Events::with_capacity(256);
+        loop {
+            if self.stopping && self.procs.is_empty() {
+                info!(None, None, "all instances gone; exiting");
+                return Ok(());
+            }
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for ev in &events {
+                self.dispatch(owner(ev.token()));
+            }
+            self.on_deadlines(Instant::now());
+            self.process_events();
+        }
+    }
+
+    fn dispatch(&mut self, o: Owner) {
+        match o {
+            Owner::Signals => {
+                for sig in self.signals.drain() {
+                    match sig {
+                        Sig::Child => self.reap_all(),
+                        Sig::Terminate => self.begin_shutdown(),
+                        Sig::Hangup => info!(
+                            None,
+                            None, "SIGHUP: reload is not implemented yet; config unchanged"
+                        ),
+                    }
+                }
+            }
+            Owner::Listener(s) => self.on_listener(s),
+            Owner::Stderr(i) => self.read_stderr(i, false),
+            Owner::Report(i) => self.read_reports(i),
+        }
+    }
+
+    /// Feeds queued events to the service automata and performs their
+    /// actions (which may queue more events).
+    pub(crate) fn process_events(&mut self) {
+        while let Some((s, ev)) = self.events.pop_front() {
+            let now = Instant::now();
+            let Some(svc) = self.services.get_mut(s) else {
+                continue;
+            };
+            let actions = transition::on_event(&mut svc.state, ev, now);
+            for a in actions {
+                self.perform(s, a);
+            }
+        }
+    }
+
+    fn perform(&mut self, s: usize, a: Action) {
+        match a {
+            Action::Spawn { count, why } => {
+                for _ in 0..count {
+                    self.spawn_one(s, why);
+                }
+            }
+            Action::WatchDemand => self.set_watch(s, Watch::Demand),
+            Action::WatchFastFail => self.set_watch(s, Watch::FastFail),
+            Action::Unwatch => self.set_watch(s, Watch::Off),
+            Action::BackoffEntered(wait) => {
+                let svc = &mut self.services[s];
+                svc.stats.backoff_entries += 1;
+                info!(
+                    Some(svc.key()),
+                    None,
+                    "backoff: no launch for {}s",
+                    wait.as_secs_f64()
+                );
+            }
+            Action::Recovered => {
+                info!(
+                    Some(self.services[s].key()),
+                    None, "healthy again: backoff reset"
+                );
+            }
+        }
+    }
+
+    pub(crate) fn set_watch(&mut self, s: usize, w: Watch) {
+        let svc = &mut self.services[s];
+        let raw = svc.listen.as_raw_fd();
+        let reg = self.poll.registry();
+        if svc.watch != Watch::Off {
+            if let Err(e) = reg.deregister(&mut SourceFd(&raw)) {
+                warning!(
+                    Some(svc.config.key.as_str()),
+                    None,
+                    "warning: unable to unwatch socket: {e}"
+                );
+            }
+        }
+        svc.watch = Watch::Off;
+        if w != Watch::Off {
+            // Registering reports a connection already waiting, so the
+            // first request of an on-demand service is never missed.
+            match reg.register(
+                &mut SourceFd(&raw),
+                token(Owner::Listener(s)),
+                Interest::READABLE,
+            ) {
+                Ok(()) => svc.watch = w,
+                Err(e) => warning!(
+                    Some(svc.config.key.as_str()),
+                    None,
+                    "warning: unable to watch socket: {e}"
+                ),
+            }
+        }
+        if w != Watch::Off {
+            // A connection queued before registration: handle it now.
+            self.on_listener(s);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut d = vec![self.next_tick, self.next_stats];
+        for svc in &self.services {
+            if let Mode::Backoff { until, .. } = svc.state.mode {
+                d.push(until);
+            }
+            d.extend(svc.sat_check);
+        }
+        for (_, i) in self.procs.iter() {
+            d.extend(i.kill_at);
+        }
+        d.into_iter().min()
+    }
+
+    fn on_deadlines(&mut self, now: Instant) {
+        for s in 0..self.services.len() {
+            if let Mode::Backoff { until, .. } = self.services[s].state.mode {
+                if until <= now {
+                    self.events.push_back((s, Event::BackoffOver));
+                }
+            }
+            if self.services[s].sat_check.is_some_and(|t| t <= now) {
+                self.services[s].sat_check = None;
+                self.recycle_step(s);
+                self.check_saturation(s);
+            }
+        }
+        self.kill_overdue(now);
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            self.tick(now);
+        }
+        if now >= self.next_stats {
+            self.next_stats = now + self.paths.stats_interval;
+            for (s, svc) in self.services.iter().enumerate() {
+                let n = self.procs.iter().filter(|(_, i)| i.service == s).count();
+                info!(Some(svc.key()), None, "{}", svc.stats.summary(n));
+            }
+        }
+    }
+
+    /// SIGTERM/SIGINT: stop watching, remove the sockets, ask every instance
+    /// to finish, and SIGKILL after the grace period.
+    fn begin_shutdown(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        info!(
+            None,
+            None,
+            "stopping: {} instance(s) to finish",
+            self.procs.len()
+        );
+        for s in 0..self.services.len() {
+            self.events.push_back((s, Event::Shutdown));
+            let path = self.services[s].sock_path.clone();
+            remove_socket(&path, self.services[s].key());
+        }
+        self.process_events();
+        let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            self.stop_instance(id, crate::service::state::KillReason::Shutdown);
+        }
+    }
+}
+
+pub(crate) fn remove_socket(path: &Path, key: &str) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warning!(
+                Some(key),
+                None,
+                "warning: unable to remove socket {}: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for o in [
+            Owner::Signals,
+            Owner::Listener(0),
+            Owner::Listener(41),
+            Owner::Stderr(0),
+            Owner::Report(0),
+            Owner::Stderr(977),
+            Owner::Report(977),
+        ] {
+            assert_eq!(owner(token(o)), o);
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The loop's work on single instances: launch one into a free scoreboard
+//! slot, read its stderr and reports, signal its process group, and reap it
+//! (classify the exit, count it, free its slot, tell the automaton). Which
+//! instances to start or stop is decided by the transitions and
+//! `calibrate.rs`.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use charon_protocol::report::{self, Message, MAX_MESSAGE_LEN};
+use mio::unix::SourceFd;
+use mio::Interest;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{recv, MsgFlags};
+use nix::unistd::Pid;
+
+use crate::event_loop::{token, Manager, Owner};
+use crate::log::{info, warning};
+use crate::process_table::Instance;
+use crate::service::state::{ExitClass, KillReason, Mode};
+use crate::service::transition::{Event, StartWhy};
+use crate::spawn::{self, Launch};
+use crate::stats::LastExit;
+use crate::stderr::LineBuf;
+use crate::sys::{self, WaitStatus};
+
+impl Manager {
+    /// Launches one instance of service `s`. Returns its id, or None (the
+    /// failure is logged and counted, and fed back as a launch failure).
+    pub(crate) fn spawn_one(&mut self, s: usize, why: StartWhy) -> Option<usize> {
+        let limit = self.request_limit(s);
+        let svc = &mut self.services[s];
+        let key = svc.config.key.as_str().to_string();
+        let Some(slot) = svc.used_slots.iter().position(|u| !u) else {
+            warning!(
+                Some(&key),
+                None,
+                "warning: unable to start an instance: all {} scoreboard slots in use",
+                svc.used_slots.len()
+            );
+            return None;
+        };
+        let slot_u32 = slot as u32;
+        if let Some(sl) = svc.board.slot(slot_u32) {
+            // Written before the fork: the instance reads its limit at start.
+            sl.reset(u32::MAX, limit);
+        }
+        let launch = Launch {
+            config: &svc.config,
+            config_dir: &self.paths.config_dir,
+            run_dir: &self.paths.run_dir,
+            slot: slot_u32,
+            listen: &svc.listen,
+            scoreboard: &svc.board_fd,
+            devnull: &self.devnull,
+        };
+        let spawned = match spawn::spawn(&launch) {
+            Ok(sp) => sp,
+            Err(e) => {
+                if let Some(sl) = svc.board.slot(slot_u32) {
+                    sl.reset(0, 0);
+                }
+                warning!(
+                    Some(&key),
+                    None,
+                    "warning: unable to start an instance: {e}"
+                );
+                svc.stats.launch_failures += 1;
+                svc.stats.exit("launch_failure");
+                svc.stats.last_exit = Some(LastExit {
+                    pid: 0,
+                    status: format!("could not be started: {e}"),
+                    stderr: String::new(),
+                });
+                let remaining = self.live_count(s);
+                self.events.push_back((
+                    s,
+                    Event::Exited {
+                        class: ExitClass::LaunchFailure(17),
+                        remaining,
+                    },
+                ));
+                return None;
+            }
+        };
+        svc.used_slots[slot] = true;
+        if let Some(sl) = svc.board.slot(slot_u32) {
+            sl.pid.store(spawned.pid as u32, Ordering::Relaxed);
+        }
+        let in_use = svc.used_slots.iter().rposition(|u| *u).map_or(0, |i| i + 1);
+        svc.board
+            .header()
+            .slots_in_use
+            .store(in_use as u32, Ordering::Relaxed);
+        svc.stats.launches += 1;
+        let now = Instant::now();
+        let pid = spawned.pid;
+        let id = self.procs.insert(Instance {
+            pid,
+            service: s,
+            slot: slot_u32,
+            started: now,
+            stderr: Some(spawned.stderr),
+            lines: LineBuf::default(),
+            report: Some(spawned.report),
+            asked: None,
+            kill_at: None,
+            retire: None,
+            served: 0,
+            seen_requests: 0,
+            seen_busy_ns: 0,
+            idle_since: now,
+            busy: 0.0,
+        });
+        self.register_instance(id);
+        info!(
+            Some(&key),
+            Some(pid),
+            "started (slot {slot}, {}, request limit {limit})",
+            why.name()
+        );
+        self.update_hints(s);
+        Some(id)
+    }
+
+    fn register_instance(&mut self, id: usize) {
+        let Some(inst) = self.procs.get(id) else {
+            return;
+        };
+        let reg = self.poll.registry();
+        for (fd, o) in [
+            (&inst.stderr, Owner::Stderr(id)),
+            (&inst.report, Owner::Report(id)),
+        ] {
+            if let Some(fd) = fd {
+                if let Err(e) =
+                    reg.register(&mut SourceFd(&fd.as_raw_fd()), token(o), Interest::READABLE)
+                {
+                    warning!(
+                        None,
+                        Some(inst.pid),
+                        "warning: unable to watch instance fd: {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn unregister(&self, fd: &OwnedFd) {
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&fd.as_raw_fd()));
+    }
+
+    /// `maximum-requests` minus a random share of up to the jitter percent,
+    /// so that instances started together do not retire together.
+    fn request_limit(&mut self, s: usize) -> u64 {
+        let c = &self.services[s].config;
+        let (max, jitter) = (c.maximum_requests, u64::from(c.maximum_requests_jitter));
+        if max == 0 {
+            return 0;
+        }
+        let span = max * jitter / 100;
+        // xorshift64: cheap, good enough to spread limits.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        max - if span == 0 { 0 } else { self.rng % (span + 1) }
+    }
+
+    /// Instances of `s` that are capacity (not being stopped or replaced).
+    pub(crate) fn live_count(&self, s: usize) -> u32 {
+        self.procs
+            .iter()
+            .filter(|(_, i)| i.service == s && !i.is_leaving())
+            .count() as u32
+    }
+
+    /// Sets `want_hints` while more instances may be started.
+    pub(crate) fn update_hints(&self, s: usize) {
+        let svc = &self.services[s];
+        let want = matches!(svc.state.mode, Mode::Running)
+            && self.live_count(s) < svc.config.maximum_processes;
+        svc.board
+            .header()
+            .want_hints
+            .store(u32::from(want), Ordering::Relaxed);
+    }
+
+    /// Signals an instance's process group (falling back to the pid while
+    /// the child has not made its group yet). Only called for instances in
+    /// the table, i.e. not yet reaped, so the pid cannot have been reused.
+    pub(crate) fn signal(&self, id: usize, sig: Signal) {
+        let Some(inst) = self.procs.get(id) else {
+            return;
+        };
+        let group = nix::sys::signal::kill(Pid::from_raw(-inst.pid), sig);
+        if group.is_err() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(inst.pid), sig);
+        }
+    }
+
+    /// Asks an instance to finish its request and exit (SIGTERM), counting
+    /// its exit under `reason`; SIGKILL follows after `stop-grace`.
+    pub(crate) fn stop_instance(&mut self, id: usize, reason: KillReason) {
+        let Some(inst) = self.procs.get_mut(id) else {
+            return;
+        };
+        if inst.asked.is_some() && reason != KillReason::Shutdown {
+            return;
+        }
+        let grace = self.services[inst.service].config.stop_grace;
+        inst.asked = Some(reason);
+        inst.kill_at = Some(Instant::now() + grace);
+        let (pid, s) = (inst.pid, inst.service);
+        info!(
+            Some(self.services[s].key()),
+            Some(pid),
+            "stopping ({})",
+            reason.name()
+        );
+        self.signal(id, Signal::SIGTERM);
+        self.update_hints(s);
+    }
+
+    /// SIGKILLs an instance at once.
+    pub(crate) fn kill_instance(&mut self, id: usize, reason: KillReason) {
+        let Some(inst) = self.procs.get_mut(id) else {
+            return;
+        };
+        inst.asked = Some(reason);
+        inst.kill_at = None;
+        self.signal(id, Signal::SIGKILL);
+    }
+
+    /// SIGKILLs instances whose grace period is over.
+    pub(crate) fn kill_overdue(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .procs
+            .iter()
+            .filter(|(_, i)| i.kill_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| id)
+            .collect();
+        for id in due {
+            if let Some(inst) = self.procs.get_mut(id) {
+                inst.kill_at = None;
+                let (pid, s) = (inst.pid, inst.service);
+                warning!(Some(self.services[s].key()), Some(pid), "warning: unable to stop instance gracefully: still running after stop-grace; sending SIGKILL");
+                self.signal(id, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Reads an instance's stderr into whole log lines.
+    pub(crate) fn read_stderr(&mut self, id: usize, final_drain: bool) {
+        let mut buf = [0u8; 8192];
+        let now = Instant::now();
+        loop {
+            let Some(inst) = self.procs.get_mut(id) else {
+                return;
+            };
+            let Some(fd) = &inst.stderr else { return };
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => {
+                    let rest = inst.lines.finish();
+                    let fd = inst.stderr.take();
+                    let (pid, s) = (inst.pid, inst.service);
+                    if let Some(fd) = fd {
+                        self.unregister(&fd);
+                    }
+                    if let Some(line) = rest {
+                        self.log_line(s, pid, &line, now);
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    let lines = inst.lines.push(&buf[..n]);
+                    let (pid, s) = (inst.pid, inst.service);
+                    for l in lines {
+                        self.log_line(s, pid, &l, now);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => {
+                    // EAGAIN: nothing more now. After the exit a grandchild
+                    // may keep the pipe open: flush what we have.
+                    if final_drain {
+                        if let Some(line) = inst.lines.finish() {
+                            let (pid, s) = (inst.pid, inst.service);
+                            self.log_line(s, pid, &line, now);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn log_line(&mut self, s: usize, pid: i32, line: &str, now: Instant) {
+        let svc = &mut self.services[s];
+        if svc.stderr_limit.admit(now) {
+            info!(Some(svc.config.key.as_str()), Some(pid), "stderr: {line}");
+        }
+    }
+
+    /// Reads report messages until none is left.
+    pub(crate) fn read_reports(&mut self, id: usize) {
+        let mut buf = [0u8; MAX_MESSAGE_LEN + 1];
+        loop {
+            let Some(inst) = self.procs.get_mut(id) else {
+                return;
+            };
+            let Some(fd) = &inst.report else { return };
+            let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    if let Some(fd) = inst.report.take() {
+                        self.unregister(&fd);
+                    }
+                    return;
+                }
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            let (pid, s) = (inst.pid, inst.service);
+            match report::decode(&buf[..n]) {
+                Ok(Message::Records(recs)) => {
+                    inst.served += recs.len() as u64;
+                    inst.idle_since = Instant::now();
+                    self.services[s].stats.records(&recs);
+                    self.check_trial(s, id);
+                }
+                Ok(Message::Saturated) => self.on_saturated(s),
+                Ok(Message::Retiring) => self.retire(id, KillReason::MaxRequests),
+                Err(e) => warning!(
+                    Some(self.services[s].key()),
+                    Some(pid),
+                    "warning: unable to decode report: {e}"
+                ),
+            }
+        }
+    }
+
+    /// SIGCHLD: reap every exited child.
+    pub(crate) fn reap_all(&mut self) {
+        loop {
+            match sys::reap_one() {
+                Ok(Some(r)) => self.on_reaped(r),
+                Ok(None) => return,
+                Err(e) => {
+                    warning!(None, None, "warning: unable to reap children: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_reaped(&mut self, r: sys::Reaped) {
+        let Some(id) = self.procs.id_of(r.pid) else {
+            // Not ours (cannot happen: every child is an instance).
+            return;
+        };
+        self.read_stderr(id, true);
+        self.read_reports(id);
+        let Some((_, inst)) = self.procs.remove_pid(r.pid) else {
+            return;
+        };
+        for fd in [&inst.stderr, &inst.report].into_iter().flatten() {
+            self.unregister(fd);
+        }
+        let s = inst.service;
+        let now = Instant::now();
+        let class = ExitClass::of(r.status, inst.asked);
+        let svc = &mut self.services[s];
+        if let Some(sl) = svc.board.slot(inst.slot) {
+            sl.reset(0, 0);
+        }
+        if let Some(u) = svc.used_slots.get_mut(inst.slot as usize) {
+            *u = false;
+        }
+        let in_use = svc.used_slots.iter().rposition(|u| *u).map_or(0, |i| i + 1);
+        svc.board
+            .header()
+            .slots_in_use
+            .store(in_use as u32, Ordering::Relaxed);
+        svc.stats.exit(class.name());
+        if matches!(class, ExitClass::LaunchFailure(_)) {
+            svc.stats.launch_failures += 1;
+        }
+        svc.stats.exited_cpu_us += r.cpu_us;
+        svc.stats.exited_maxrss_kib = svc.stats.exited_maxrss_kib.max(r.maxrss_kib);
+        let status = match r.status {
+            WaitStatus::Exited(c) => format!("exit {c}"),
+            WaitStatus::Signaled(sig) => format!("signal {sig}"),
+        };
+        svc.stats.last_exit = Some(LastExit {
+            pid: inst.pid,
+            status: class.to_string(),
+            stderr: inst.lines.last.clone(),
+        });
+        info!(
+            Some(svc.config.key.as_str()),
+            Some(inst.pid),
+            "exited: {class} [{status}] after {:.3}s, {} request(s); counted as {}",
+            now.saturating_duration_since(inst.started).as_secs_f64(),
+            inst.served,
+            class.name()
+        );
+        // An instance waiting for this one as its replacement retires now.
+        let remaining = self.live_count(s);
+        self.events
+            .push_back((s, Event::Exited { class, remaining }));
+        self.update_hints(s);
+    }
+}

@@ -1,0 +1,106 @@
+//! One log line per event, to stderr: time, level, service key, pid, what
+//! happened (`2026-11-21T17:40:00.123Z info system.echo.0.raw pid=1234:
+//! started`). Formatting only; deciding what to log is left to callers.
+
+use std::fmt;
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Severity of a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Level {
+    Info,
+    Warn,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+        })
+    }
+}
+
+/// Writes one line. `key` and `pid` are omitted when not known. A failing
+/// stderr is ignored: the manager must not stop because its log is gone.
+pub(crate) fn line(level: Level, key: Option<&str>, pid: Option<i32>, msg: fmt::Arguments<'_>) {
+    let mut s = String::with_capacity(128);
+    s.push_str(&timestamp(SystemTime::now()));
+    s.push(' ');
+    s.push_str(&level.to_string());
+    if let Some(k) = key {
+        s.push(' ');
+        s.push_str(k);
+    }
+    if let Some(p) = pid {
+        s.push_str(&format!(" pid={p}"));
+    }
+    s.push_str(": ");
+    s.push_str(&msg.to_string());
+    s.push('\n');
+    let _ = std::io::stderr().lock().write_all(s.as_bytes());
+}
+
+/// `info` line.
+macro_rules! info {
+    ($key:expr, $pid:expr, $($arg:tt)*) => {
+        $crate::log::line($crate::log::Level::Info, $key, $pid, format_args!($($arg)*))
+    };
+}
+
+/// `warn` line; the message should read `warning: unable to <verb> <object>:
+/// <cause>`.
+macro_rules! warning {
+    ($key:expr, $pid:expr, $($arg:tt)*) => {
+        $crate::log::line($crate::log::Level::Warn, $key, $pid, format_args!($($arg)*))
+    };
+}
+
+pub(crate) use info;
+pub(crate) use warning;
+
+/// RFC 3339 UTC with milliseconds, computed without a calendar crate.
+pub(crate) fn timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's algorithm
+/// (<http://howardhinnant.github.io/date_algorithms.html#civil_from_days>).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_utc_with_millis() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_283_200_123);
+        assert_eq!(timestamp(t), "2026-11-21T17:46:40.123Z");
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,332 @@
+//! The loop's service-wide work: the watched socket (a first connect on
+//! demand, fast fail in backoff), saturation hints (grow), the periodic
+//! tick (shrink, unresponsive instances, memory, recycling, trial health)
+//! and retiring instances. Decisions come from `calibrate.rs` and the
+//! transitions; this file gathers their inputs and carries them out.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use charon_protocol::scoreboard::{now_ns, SlotState};
+use charon_protocol::{encode_response, Limits as WireLimits, Response};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{send, MsgFlags};
+
+use crate::calibrate::{self, Decision, View, Why};
+use crate::event_loop::{Manager, Watch};
+use crate::log::{info, warning};
+use crate::service::state::{KillReason, Mode};
+use crate::service::transition::{Event, StartWhy};
+
+/// An instance up this long without failing has proved healthy.
+pub(crate) const HEALTHY_UPTIME: Duration = Duration::from_secs(10);
+/// While saturated and below the maximum, re-check this often.
+const SAT_RECHECK: Duration = Duration::from_millis(10);
+/// Instances being recycled at once, per service.
+const MAX_RECYCLING: usize = 2;
+
+pub(crate) fn clock_seed() -> u64 {
+    now_ns()
+}
+
+/// True if a connection waits in the socket's queue.
+pub(crate) fn waiting(fd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+impl Manager {
+    /// The socket is readable while we watch it.
+    pub(crate) fn on_listener(&mut self, s: usize) {
+        let svc = &self.services[s];
+        match svc.watch {
+            Watch::Off => {}
+            Watch::Demand => {
+                if waiting(&svc.listen) {
+                    self.events.push_back((s, Event::Demand));
+                    self.process_events();
+                }
+            }
+            Watch::FastFail => self.fast_fail(s),
+        }
+    }
+
+    /// Accepts every waiting connection and answers it with Unavailable at
+    /// once. Only done while no instance exists, so `accept` cannot block
+    /// (nobody else takes the connection `poll` saw).
+    fn fast_fail(&mut self, s: usize) {
+        let svc = &mut self.services[s];
+        let Mode::Backoff { until, .. } = svc.state.mode else {
+            return;
+        };
+        let left = until.saturating_duration_since(Instant::now());
+        let retry_after = u32::try_from(left.as_millis().div_ceil(1000))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let reason = svc
+            .stats
+            .last_exit
+            .as_ref()
+            .map_or_else(|| "service is in backoff".to_string(), |e| e.reason());
+        let mut frame = Vec::new();
+        let resp = Response::Unavailable {
+            retry_after,
+            reason: &reason,
+        };
+        if let Err(e) = encode_response(&resp, &WireLimits::default(), &mut frame) {
+            warning!(
+                Some(svc.config.key.as_str()),
+                None,
+                "warning: unable to encode an unavailable answer: {e}"
+            );
+            return;
+        }
+        while waiting(&svc.listen) {
+            let conn = match crate::sys::accept(svc.listen.as_fd()) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    warning!(
+                        Some(svc.config.key.as_str()),
+                        None,
+                        "warning: unable to accept a connection: {e}"
+                    );
+                    return;
+                }
+            };
+            // A full socket buffer or a gone client: nothing to do either way.
+            let _ = send(
+                conn.as_raw_fd(),
+                &frame,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            );
+            svc.stats.fast_failed += 1;
+        }
+    }
+
+    /// An instance says every instance is busy.
+    pub(crate) fn on_saturated(&mut self, s: usize) {
+        let svc = &self.services[s];
+        if !matches!(svc.state.mode, Mode::Running) || self.stopping {
+            return;
+        }
+        self.check_saturation(s);
+    }
+
+    /// Grows if connections wait; keeps checking while every instance is
+    /// busy and more may be started.
+    pub(crate) fn check_saturation(&mut self, s: usize) {
+        if !matches!(self.services[s].state.mode, Mode::Running) || self.stopping {
+            return;
+        }
+        let views = self.views(s);
+        let waiting = waiting(&self.services[s].listen);
+        let decision = calibrate::decide(&self.limits(s), &views, Why::Saturated { waiting });
+        if let Decision::Start(k) = decision {
+            for _ in 0..k {
+                self.spawn_one(s, StartWhy::Grow);
+            }
+        }
+        let all_busy = !self.services[s].board.any_idle();
+        let below_max = self.live_count(s) < self.services[s].config.maximum_processes;
+        let every = if waiting {
+            SAT_RECHECK
+        } else {
+            SAT_RECHECK * 5
+        };
+        self.services[s].sat_check = (all_busy && below_max).then(|| Instant::now() + every);
+    }
+
+    fn limits(&self, s: usize) -> calibrate::Limits {
+        let c = &self.services[s].config;
+        calibrate::Limits {
+            minimum: c.minimum_processes,
+            maximum: c.maximum_processes,
+            occupancy_percent: c.occupancy_percent,
+            idle_timeout: c.idle_timeout,
+        }
+    }
+
+    fn views(&self, s: usize) -> Vec<View> {
+        let now = Instant::now();
+        let board = &self.services[s].board;
+        self.procs
+            .iter()
+            .filter(|(_, i)| i.service == s)
+            .map(|(id, i)| View {
+                id,
+                state: board.slot(i.slot).and_then(|sl| sl.state()),
+                leaving: i.is_leaving(),
+                idle_for: now.saturating_duration_since(i.idle_since),
+                busy: i.busy,
+            })
+            .collect()
+    }
+
+    /// The periodic tick.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
+        let ns = now_ns();
+        for id in ids {
+            self.observe(id, now, ns);
+        }
+        for s in 0..self.services.len() {
+            if let Some(n) = self.services[s].stderr_limit.summary(now) {
+                let key = self.services[s].key().to_string();
+                warning!(
+                    Some(&key),
+                    None,
+                    "warning: unable to log all stderr: {n} line(s) dropped by the rate limit"
+                );
+            }
+            self.recycle_step(s);
+            if self.stopping || !matches!(self.services[s].state.mode, Mode::Running) {
+                continue;
+            }
+            let views = self.views(s);
+            if let Decision::Stop(id, reason) =
+                calibrate::decide(&self.limits(s), &views, Why::Tick)
+            {
+                self.stop_instance(id, reason);
+            }
+        }
+    }
+
+    /// Reads one instance's slot: busy share, idleness, stuck requests,
+    /// memory, trial health.
+    fn observe(&mut self, id: usize, now: Instant, ns: u64) {
+        let Some(inst) = self.procs.get_mut(id) else {
+            return;
+        };
+        let s = inst.service;
+        let svc = &self.services[s];
+        let Some(slot) = svc.board.slot(inst.slot) else {
+            return;
+        };
+        let snap = slot.snapshot();
+        let dt = crate::event_loop::TICK.as_nanos() as f64;
+        inst.busy =
+            (snap.busy_total_ns.saturating_sub(inst.seen_busy_ns) as f64 / dt).clamp(0.0, 1.0);
+        inst.seen_busy_ns = snap.busy_total_ns;
+        if snap.requests != inst.seen_requests || snap.state == Some(SlotState::Busy) {
+            inst.seen_requests = snap.requests;
+            inst.idle_since = now;
+        }
+        let pid = inst.pid;
+        if let Some(limit) = svc.config.unresponsive_timeout {
+            let busy_for = Duration::from_nanos(ns.saturating_sub(snap.busy_since_ns));
+            if snap.busy_since_ns != 0
+                && busy_for > limit
+                && inst.asked != Some(KillReason::Unresponsive)
+            {
+                warning!(
+                    Some(svc.config.key.as_str()),
+                    Some(pid),
+                    "warning: unable to get an answer from instance: busy {:.1}s on one request (client {:?}, attempt {}, {} bytes); killing it",
+                    busy_for.as_secs_f64(),
+                    snap.client,
+                    snap.attempt,
+                    snap.request_bytes
+                );
+                self.kill_instance(id, KillReason::Unresponsive);
+                return;
+            }
+        }
+        if let Some(max) = svc.config.maximum_rss {
+            if let Some(rss) = rss_bytes(pid) {
+                if rss > max && inst.retire.is_none() && inst.asked.is_none() {
+                    info!(
+                        Some(svc.config.key.as_str()),
+                        Some(pid),
+                        "resident memory {rss} bytes is over maximum-rss {max}: recycling"
+                    );
+                    self.retire(id, KillReason::MaxRss);
+                }
+            }
+        }
+        if snap.requests > 0 {
+            self.check_trial(s, id);
+        }
+        if let Some(inst) = self.procs.get(id) {
+            if now.saturating_duration_since(inst.started) >= HEALTHY_UPTIME {
+                self.check_trial(s, id);
+            }
+        }
+    }
+
+    /// The trial instance after a backoff served or stayed up: healthy.
+    pub(crate) fn check_trial(&mut self, s: usize, _id: usize) {
+        if matches!(self.services[s].state.mode, Mode::Trial { .. }) {
+            self.events.push_back((s, Event::Healthy));
+        }
+    }
+
+    /// Marks an instance for recycling; the replacement starts first.
+    pub(crate) fn retire(&mut self, id: usize, reason: KillReason) {
+        let Some(inst) = self.procs.get_mut(id) else {
+            return;
+        };
+        if inst.retire.is_some() || inst.asked.is_some() {
+            return;
+        }
+        inst.retire = Some((reason, None));
+        let s = inst.service;
+        self.recycle_step(s);
+    }
+
+    /// Advances recycling: start replacements (a few at a time), then stop
+    /// each retiree once its replacement is idle (or gone).
+    pub(crate) fn recycle_step(&mut self, s: usize) {
+        let mut active = 0;
+        let mut pending = Vec::new();
+        let mut ready = Vec::new();
+        for (id, i) in self
+            .procs
+            .iter()
+            .filter(|(_, i)| i.service == s && i.asked.is_none())
+        {
+            match i.retire {
+                None => {}
+                Some((_, None)) => pending.push(id),
+                Some((reason, Some(rep))) => {
+                    active += 1;
+                    let rep_state = self
+                        .procs
+                        .get(rep)
+                        .and_then(|r| self.services[s].board.slot(r.slot))
+                        .and_then(|sl| sl.state());
+                    if matches!(rep_state, None | Some(SlotState::Idle | SlotState::Busy)) {
+                        ready.push((id, reason));
+                    }
+                }
+            }
+        }
+        for (id, reason) in ready {
+            self.stop_instance(id, reason);
+            active -= 1;
+        }
+        let can_start = !self.stopping && !self.services[s].state.mode.is_backoff();
+        for id in pending {
+            if active >= MAX_RECYCLING || !can_start {
+                break;
+            }
+            let rep = self.spawn_one(s, StartWhy::Recycle);
+            if let Some(inst) = self.procs.get_mut(id) {
+                if let Some((reason, _)) = inst.retire {
+                    // No replacement could start: stop it anyway below.
+                    inst.retire = Some((reason, rep.or(Some(usize::MAX))));
+                }
+            }
+            active += 1;
+        }
+        self.services[s].sat_check = self.services[s]
+            .sat_check
+            .or_else(|| (active > 0).then(|| Instant::now() + Duration::from_millis(20)));
+    }
+}
+
+/// Resident memory of a pid from `/proc/PID/statm` (second field, pages).
+fn rss_bytes(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * crate::sys::page_size())
+}

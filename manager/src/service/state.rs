@@ -1,0 +1,156 @@
+//! The per-service state the transitions act on, and the vocabulary of
+//! exits: why the manager stopped an instance, and how every exit is
+//! classified (DESIGN.md's table). No I/O here.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::backoff::{Backoff, CrashTally};
+use crate::sys::{code, WaitStatus};
+
+/// Why the manager stopped an instance; set before it signals, so the exit
+/// is counted under this reason rather than as a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum KillReason {
+    Unresponsive,
+    Idle,
+    Excess,
+    MaxRequests,
+    MaxRss,
+    Shutdown,
+}
+
+impl KillReason {
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            KillReason::Unresponsive => "unresponsive",
+            KillReason::Idle => "idle",
+            KillReason::Excess => "excess",
+            KillReason::MaxRequests => "max_requests",
+            KillReason::MaxRss => "max_rss",
+            KillReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How an exit is counted and what it leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExitClass {
+    /// Exit 0, not asked for: replace when needed.
+    Clean,
+    /// Exit 1-10 or another non-reserved code: backoff.
+    Failed(i32),
+    /// Exit 11-30: the manager's own launch failure: backoff.
+    LaunchFailure(i32),
+    /// Killed by a signal the manager did not send.
+    Crash(i32),
+    /// Stopped by the manager for this reason.
+    Killed(KillReason),
+}
+
+impl ExitClass {
+    /// Classifies a wait status; `asked` is the reason the manager signalled
+    /// the instance, if it did.
+    pub(crate) fn of(status: WaitStatus, asked: Option<KillReason>) -> ExitClass {
+        match (status, asked) {
+            (_, Some(r)) => ExitClass::Killed(r),
+            (WaitStatus::Exited(0), None) => ExitClass::Clean,
+            (WaitStatus::Exited(c @ 11..=30), None) => ExitClass::LaunchFailure(c),
+            (WaitStatus::Exited(c), None) => ExitClass::Failed(c),
+            (WaitStatus::Signaled(s), None) => ExitClass::Crash(s),
+        }
+    }
+
+    /// True for exits that put the service in backoff by themselves.
+    pub(crate) const fn is_failure(self) -> bool {
+        matches!(self, ExitClass::Failed(_) | ExitClass::LaunchFailure(_))
+    }
+
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            ExitClass::Clean => "clean",
+            ExitClass::Failed(_) => "failed",
+            ExitClass::LaunchFailure(_) => "launch_failure",
+            ExitClass::Crash(_) => "crash",
+            ExitClass::Killed(r) => r.name(),
+        }
+    }
+}
+
+impl fmt::Display for ExitClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitClass::Clean => f.write_str("exit 0 (clean)"),
+            ExitClass::Failed(c) => write!(f, "exit {c} (unrecoverable)"),
+            ExitClass::LaunchFailure(c) => write!(
+                f,
+                "exit {c} (launch failure: {})",
+                code::describe(c).unwrap_or("unknown")
+            ),
+            ExitClass::Crash(s) => write!(f, "killed by signal {s} (crash)"),
+            ExitClass::Killed(r) => write!(f, "stopped by the manager ({})", r.name()),
+        }
+    }
+}
+
+/// Where a service is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// No instance; the listening socket is watched for a first connect.
+    Watching,
+    /// Instances run (or are starting).
+    Running,
+    /// No launches until `until`; with no instance left, connections are
+    /// answered with Unavailable.
+    Backoff { until: Instant, wait: Duration },
+    /// One trial instance runs after a backoff; no more launches until it
+    /// proves healthy.
+    Trial { since: Instant },
+    /// Shutting down: nothing starts again.
+    Stopped,
+}
+
+impl Mode {
+    #[must_use]
+    pub(crate) const fn is_backoff(&self) -> bool {
+        matches!(self, Mode::Backoff { .. })
+    }
+}
+
+/// A service's state as the transitions see it.
+#[derive(Debug)]
+pub(crate) struct ServiceState {
+    pub mode: Mode,
+    pub backoff: Backoff,
+    pub crashes: CrashTally,
+    /// Instances to keep when not in backoff.
+    pub minimum: u32,
+    /// Start `minimum` without waiting for a connect.
+    pub prestart: bool,
+    /// A connect has arrived once (on-demand services keep their minimum
+    /// from then on).
+    pub demanded: bool,
+}
+
+impl ServiceState {
+    pub(crate) fn new(minimum: u32, prestart: bool, backoff: Backoff, crashes: CrashTally) -> Self {
+        ServiceState {
+            mode: Mode::Watching,
+            backoff,
+            crashes,
+            minimum,
+            prestart,
+            demanded: false,
+        }
+    }
+
+    /// How many instances should exist at least.
+    #[must_use]
+    pub(crate) const fn wanted(&self) -> u32 {
+        if self.prestart || self.demanded {
+            self.minimum
+        } else {
+            0
+        }
+    }
+}

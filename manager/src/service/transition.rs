@@ -1,0 +1,473 @@
+//! The service automaton: `on_event(&mut ServiceState, Event, Instant) ->
+//! Actions`, one named handler per (mode, event) pair. Pure: the event loop
+//! performs the actions (forks, socket registration) and feeds back events.
+//! Scaling between minimum and maximum is `calibrate.rs`'s job.
+
+use std::time::{Duration, Instant};
+
+use super::state::{ExitClass, Mode, ServiceState};
+
+/// Why an instance is started (logged with it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StartWhy {
+    Prestart,
+    OnDemand,
+    Replace,
+    Trial,
+    Grow,
+    Recycle,
+}
+
+impl StartWhy {
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            StartWhy::Prestart => "prestart",
+            StartWhy::OnDemand => "on demand",
+            StartWhy::Replace => "replacement",
+            StartWhy::Trial => "trial after backoff",
+            StartWhy::Grow => "grow",
+            StartWhy::Recycle => "recycle",
+        }
+    }
+}
+
+/// What happened to a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The manager has started (or the service was just configured).
+    Begin,
+    /// A connection waits on the socket while no instance exists.
+    Demand,
+    /// An instance exited; `remaining` instances of the service are left.
+    Exited { class: ExitClass, remaining: u32 },
+    /// The backoff deadline passed.
+    BackoffOver,
+    /// The trial instance served a request or stayed up a while.
+    Healthy,
+    /// The manager is stopping.
+    Shutdown,
+}
+
+/// What the loop must do for a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start this many instances.
+    Spawn { count: u32, why: StartWhy },
+    /// Watch the socket for a first connect (on demand).
+    WatchDemand,
+    /// Accept and answer every connection with Unavailable.
+    WatchFastFail,
+    /// Stop watching the socket.
+    Unwatch,
+    /// Backoff entered for this long.
+    BackoffEntered(Duration),
+    /// The service is healthy again after a backoff.
+    Recovered,
+}
+
+/// Actions, usually none or one or two.
+pub(crate) type Actions = Vec<Action>;
+
+/// Advances the automaton.
+pub(crate) fn on_event(s: &mut ServiceState, ev: Event, now: Instant) -> Actions {
+    match (s.mode, ev) {
+        (Mode::Stopped, _) => Vec::new(),
+        (_, Event::Shutdown) => shutdown(s),
+        (Mode::Watching, Event::Begin) => begin(s),
+        (Mode::Watching, Event::Demand) => demand(s),
+        (Mode::Backoff { .. }, Event::Demand) => Vec::new(),
+        (Mode::Backoff { .. }, Event::BackoffOver) => trial(s, now),
+        (Mode::Trial { .. }, Event::Healthy) => recovered(s, 0),
+        (Mode::Trial { .. }, Event::Exited { class, remaining })
+            if !class.is_failure() && !matches!(class, ExitClass::Crash(_)) =>
+        {
+            // A clean or manager-made exit proves nothing either way: try
+            // again at once.
+            let _ = remaining;
+            vec![Action::Spawn {
+                count: 1,
+                why: StartWhy::Trial,
+            }]
+        }
+        (Mode::Trial { .. }, Event::Exited { remaining, .. }) => enter_backoff(s, remaining, now),
+        (Mode::Running | Mode::Watching, Event::Exited { class, remaining }) => {
+            exited(s, class, remaining, now)
+        }
+        (Mode::Backoff { .. }, Event::Exited { remaining, .. }) => {
+            if remaining == 0 {
+                vec![Action::WatchFastFail]
+            } else {
+                Vec::new()
+            }
+        }
+        // Can't happen: these events are only sent in the modes above.
+        // Ignoring them keeps the state consistent.
+        (Mode::Running | Mode::Trial { .. } | Mode::Backoff { .. }, Event::Begin)
+        | (Mode::Running | Mode::Trial { .. }, Event::Demand)
+        | (Mode::Watching | Mode::Running | Mode::Trial { .. }, Event::BackoffOver)
+        | (Mode::Watching | Mode::Running | Mode::Backoff { .. }, Event::Healthy) => Vec::new(),
+    }
+}
+
+fn shutdown(s: &mut ServiceState) -> Actions {
+    s.mode = Mode::Stopped;
+    vec![Action::Unwatch]
+}
+
+fn begin(s: &mut ServiceState) -> Actions {
+    if s.prestart && s.minimum > 0 {
+        s.mode = Mode::Running;
+        vec![Action::Spawn {
+            count: s.minimum,
+            why: StartWhy::Prestart,
+        }]
+    } else {
+        vec![Action::WatchDemand]
+    }
+}
+
+fn demand(s: &mut ServiceState) -> Actions {
+    s.demanded = true;
+    s.mode = Mode::Running;
+    vec![
+        Action::Unwatch,
+        Action::Spawn {
+            count: s.minimum.max(1),
+            why: StartWhy::OnDemand,
+        },
+    ]
+}
+
+fn trial(s: &mut ServiceState, now: Instant) -> Actions {
+    s.mode = Mode::Trial { since: now };
+    vec![
+        Action::Unwatch,
+        Action::Spawn {
+            count: 1,
+            why: StartWhy::Trial,
+        },
+    ]
+}
+
+fn recovered(s: &mut ServiceState, remaining: u32) -> Actions {
+    s.backoff.reset();
+    s.mode = Mode::Running;
+    let mut a = vec![Action::Recovered];
+    // The trial instance is one of `remaining + 1`.
+    let have = remaining + 1;
+    if s.wanted() > have {
+        a.push(Action::Spawn {
+            count: s.wanted() - have,
+            why: StartWhy::Replace,
+        });
+    }
+    a
+}
+
+fn enter_backoff(s: &mut ServiceState, remaining: u32, now: Instant) -> Actions {
+    let wait = s.backoff.next_wait();
+    s.mode = Mode::Backoff {
+        until: now + wait,
+        wait,
+    };
+    let mut a = vec![Action::BackoffEntered(wait)];
+    if remaining == 0 {
+        a.push(Action::WatchFastFail);
+    }
+    a
+}
+
+fn exited(s: &mut ServiceState, class: ExitClass, remaining: u32, now: Instant) -> Actions {
+    if class.is_failure() || (matches!(class, ExitClass::Crash(_)) && s.crashes.crash(now)) {
+        return enter_backoff(s, remaining, now);
+    }
+    let wanted = s.wanted();
+    if remaining < wanted {
+        s.mode = Mode::Running;
+        vec![Action::Spawn {
+            count: wanted - remaining,
+            why: StartWhy::Replace,
+        }]
+    } else if remaining == 0 {
+        s.mode = Mode::Watching;
+        vec![Action::WatchDemand]
+    } else {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::backoff::{Backoff, CrashTally};
+    use super::super::state::KillReason;
+    use super::*;
+
+    fn state(min: u32, prestart: bool) -> ServiceState {
+        ServiceState::new(
+            min,
+            prestart,
+            Backoff::new(Duration::from_secs(1), Duration::from_secs(8)),
+            CrashTally::new(3, Duration::from_secs(10)),
+        )
+    }
+
+    fn running(min: u32) -> ServiceState {
+        let mut s = state(min, true);
+        s.mode = Mode::Running;
+        s
+    }
+
+    fn exit(class: ExitClass, remaining: u32) -> Event {
+        Event::Exited { class, remaining }
+    }
+
+    const ALL_EVENTS: [Event; 6] = [
+        Event::Begin,
+        Event::Demand,
+        Event::Exited {
+            class: ExitClass::Clean,
+            remaining: 0,
+        },
+        Event::BackoffOver,
+        Event::Healthy,
+        Event::Shutdown,
+    ];
+
+    #[test]
+    fn watching_begin_prestarts_or_watches() {
+        let now = Instant::now();
+        let mut s = state(3, true);
+        assert_eq!(
+            on_event(&mut s, Event::Begin, now),
+            [Action::Spawn {
+                count: 3,
+                why: StartWhy::Prestart
+            }]
+        );
+        assert_eq!(s.mode, Mode::Running);
+        let mut s = state(3, false);
+        assert_eq!(on_event(&mut s, Event::Begin, now), [Action::WatchDemand]);
+        assert_eq!(s.mode, Mode::Watching);
+    }
+
+    #[test]
+    fn watching_demand_starts_the_minimum() {
+        let mut s = state(2, false);
+        let a = on_event(&mut s, Event::Demand, Instant::now());
+        assert_eq!(
+            a,
+            [
+                Action::Unwatch,
+                Action::Spawn {
+                    count: 2,
+                    why: StartWhy::OnDemand
+                }
+            ]
+        );
+        assert!(s.demanded);
+        let mut s = state(0, false);
+        let a = on_event(&mut s, Event::Demand, Instant::now());
+        assert_eq!(
+            a[1],
+            Action::Spawn {
+                count: 1,
+                why: StartWhy::OnDemand
+            }
+        );
+    }
+
+    #[test]
+    fn clean_exit_is_replaced_up_to_the_minimum() {
+        let now = Instant::now();
+        let mut s = running(2);
+        assert_eq!(
+            on_event(&mut s, exit(ExitClass::Clean, 0), now),
+            [Action::Spawn {
+                count: 2,
+                why: StartWhy::Replace
+            }]
+        );
+        let mut s = running(2);
+        assert_eq!(on_event(&mut s, exit(ExitClass::Clean, 3), now), []);
+        // On demand, never demanded, none left: watch again.
+        let mut s = state(1, false);
+        s.mode = Mode::Running;
+        assert_eq!(
+            on_event(&mut s, exit(ExitClass::Killed(KillReason::Idle), 0), now),
+            [Action::WatchDemand]
+        );
+        assert_eq!(s.mode, Mode::Watching);
+    }
+
+    #[test]
+    fn failures_enter_backoff_and_fast_fail_when_none_left() {
+        let now = Instant::now();
+        for class in [ExitClass::Failed(1), ExitClass::LaunchFailure(15)] {
+            let mut s = running(1);
+            let a = on_event(&mut s, exit(class, 0), now);
+            assert_eq!(
+                a,
+                [
+                    Action::BackoffEntered(Duration::from_secs(1)),
+                    Action::WatchFastFail
+                ]
+            );
+            assert!(s.mode.is_backoff());
+            let mut s = running(1);
+            let a = on_event(&mut s, exit(class, 2), now);
+            assert_eq!(a, [Action::BackoffEntered(Duration::from_secs(1))]);
+        }
+    }
+
+    #[test]
+    fn crashes_are_replaced_until_a_loop() {
+        let now = Instant::now();
+        let mut s = running(1);
+        for _ in 0..2 {
+            assert_eq!(
+                on_event(&mut s, exit(ExitClass::Crash(11), 0), now),
+                [Action::Spawn {
+                    count: 1,
+                    why: StartWhy::Replace
+                }]
+            );
+        }
+        let a = on_event(&mut s, exit(ExitClass::Crash(11), 0), now);
+        assert_eq!(a[0], Action::BackoffEntered(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn backoff_then_trial_then_recovery_resets() {
+        let now = Instant::now();
+        let mut s = running(2);
+        on_event(&mut s, exit(ExitClass::Failed(1), 0), now);
+        // Demand during backoff: fast fail is the loop's job, no change.
+        assert_eq!(on_event(&mut s, Event::Demand, now), []);
+        assert_eq!(
+            on_event(&mut s, Event::BackoffOver, now),
+            [
+                Action::Unwatch,
+                Action::Spawn {
+                    count: 1,
+                    why: StartWhy::Trial
+                }
+            ]
+        );
+        assert!(matches!(s.mode, Mode::Trial { .. }));
+        // The trial fails: the backoff doubles.
+        assert_eq!(
+            on_event(&mut s, exit(ExitClass::Failed(1), 0), now)[0],
+            Action::BackoffEntered(Duration::from_secs(2))
+        );
+        on_event(&mut s, Event::BackoffOver, now);
+        let a = on_event(&mut s, Event::Healthy, now);
+        assert_eq!(
+            a,
+            [
+                Action::Recovered,
+                Action::Spawn {
+                    count: 1,
+                    why: StartWhy::Replace
+                }
+            ]
+        );
+        assert_eq!(s.mode, Mode::Running);
+        // Reset: the next failure waits the initial backoff again.
+        assert_eq!(
+            on_event(&mut s, exit(ExitClass::Failed(1), 0), now)[0],
+            Action::BackoffEntered(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn trial_clean_exit_retries_the_trial() {
+        let now = Instant::now();
+        let mut s = running(1);
+        s.mode = Mode::Trial { since: now };
+        assert_eq!(
+            on_event(&mut s, exit(ExitClass::Clean, 0), now),
+            [Action::Spawn {
+                count: 1,
+                why: StartWhy::Trial
+            }]
+        );
+        assert_eq!(
+            on_event(&mut s, exit(ExitClass::Crash(9), 0), now)[0],
+            Action::BackoffEntered(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn exits_during_backoff_only_fast_fail_when_none_left() {
+        let now = Instant::now();
+        let mut s = running(1);
+        s.mode = Mode::Backoff {
+            until: now,
+            wait: Duration::from_secs(1),
+        };
+        assert_eq!(on_event(&mut s, exit(ExitClass::Clean, 1), now), []);
+        assert_eq!(
+            on_event(&mut s, exit(ExitClass::Crash(9), 0), now),
+            [Action::WatchFastFail]
+        );
+    }
+
+    #[test]
+    fn shutdown_from_every_mode_stops_everything() {
+        let now = Instant::now();
+        let modes = [
+            Mode::Watching,
+            Mode::Running,
+            Mode::Backoff {
+                until: now,
+                wait: Duration::ZERO,
+            },
+            Mode::Trial { since: now },
+        ];
+        for m in modes {
+            let mut s = running(1);
+            s.mode = m;
+            assert_eq!(on_event(&mut s, Event::Shutdown, now), [Action::Unwatch]);
+            assert_eq!(s.mode, Mode::Stopped);
+            for ev in ALL_EVENTS {
+                assert_eq!(on_event(&mut s, ev, now), [], "{ev:?} after shutdown");
+            }
+        }
+    }
+
+    #[test]
+    fn impossible_pairs_change_nothing() {
+        let now = Instant::now();
+        let cases = [
+            (Mode::Running, Event::Begin),
+            (Mode::Running, Event::Demand),
+            (Mode::Running, Event::BackoffOver),
+            (Mode::Running, Event::Healthy),
+            (Mode::Watching, Event::BackoffOver),
+            (Mode::Watching, Event::Healthy),
+            (Mode::Trial { since: now }, Event::Begin),
+            (Mode::Trial { since: now }, Event::Demand),
+            (Mode::Trial { since: now }, Event::BackoffOver),
+            (
+                Mode::Backoff {
+                    until: now,
+                    wait: Duration::ZERO,
+                },
+                Event::Begin,
+            ),
+            (
+                Mode::Backoff {
+                    until: now,
+                    wait: Duration::ZERO,
+                },
+                Event::Healthy,
+            ),
+        ];
+        for (m, ev) in cases {
+            let mut s = running(1);
+            s.mode = m;
+            assert_eq!(on_event(&mut s, ev, now), [], "{m:?} x {ev:?}");
+            assert_eq!(s.mode, m);
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! SIGCHLD, SIGHUP, SIGTERM and SIGINT as one signalfd in the event loop's
+//! poll (the signals are blocked, so they arrive only through the fd).
+//! SIGPIPE is ignored: a client that went away must not kill the manager.
+//! What each signal means is the loop's business.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+/// The signals the manager handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sig {
+    Child,
+    Hangup,
+    Terminate,
+}
+
+/// The signalfd.
+pub(crate) struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    /// Blocks the handled signals, ignores SIGPIPE and opens the fd. Must
+    /// run before any instance is forked (children reset the mask
+    /// themselves before exec).
+    ///
+    /// # Errors
+    ///
+    /// The failing system call's error.
+    pub(crate) fn new() -> io::Result<Signals> {
+        let mut set = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGHUP,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+        ] {
+            set.add(s);
+        }
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // Installing SIG_IGN calls no handler code, so nothing unsafe happens;
+        // nix marks sigaction unsafe for handler functions only.
+        #[allow(unsafe_code)]
+        // SAFETY: SIG_IGN installs no Rust handler, so no signal-safety rule
+        // can be broken.
+        unsafe {
+            sigaction(Signal::SIGPIPE, &ignore)?;
+        }
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
+    }
+
+    /// The raw fd, for registration.
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_fd().as_raw_fd()
+    }
+
+    /// Drains pending signals.
+    pub(crate) fn drain(&mut self) -> Vec<Sig> {
+        let mut out = Vec::new();
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            let s = match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => Sig::Child,
+                Ok(Signal::SIGHUP) => Sig::Hangup,
+                Ok(Signal::SIGTERM | Signal::SIGINT) => Sig::Terminate,
+                _ => continue,
+            };
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
+    }
+}
+
+impl AsFd for Signals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

@@ -1,0 +1,146 @@
+//! Start-up of the run dir: create it, take the exclusive lock that keeps a
+//! second `charond` out, remove sockets a dead manager left behind, and bind
+//! a service's rendezvous socket with its backlog, mode and group. Any
+//! failure here is fatal for the manager (or, for one socket, for that
+//! service); the caller decides which.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::socket::{
+    bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
+
+use crate::config::ServiceConfig;
+
+/// Name of the lock file in the run dir.
+pub(crate) const LOCK_FILE: &str = "charond.lock";
+
+/// Creates the run dir (0755) if missing and locks it for this manager's
+/// lifetime (the lock goes when the returned value or the process does).
+///
+/// # Errors
+///
+/// A message fit for the single fatal line.
+pub(crate) fn lock_run_dir(run_dir: &Path) -> Result<Flock<File>, String> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(run_dir)
+        .map_err(|e| format!("unable to create run dir {}: {e}", run_dir.display()))?;
+    let path = run_dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| format!("run dir {} is not writable: {e}", run_dir.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            format!(
+                "another charond already runs on {} (it holds {})",
+                run_dir.display(),
+                path.display()
+            )
+        } else {
+            format!("unable to lock {}: {e}", path.display())
+        }
+    })
+}
+
+/// Removes every socket in the run dir: they belong to a dead manager (we
+/// hold the lock). Returns the paths removed.
+pub(crate) fn remove_stale_sockets(run_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(run_dir)? {
+        let entry = entry?;
+        if entry.file_type().is_ok_and(|t| t.is_socket()) {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
+/// Binds and listens on `<run-dir>/<key>.sock` with the configured backlog,
+/// mode and group. The fd is close-on-exec and blocking: instances inherit
+/// the same open file and may `accept()` in blocking mode.
+///
+/// # Errors
+///
+/// A message naming the socket and the failing step.
+pub(crate) fn bind_socket(c: &ServiceConfig, run_dir: &Path) -> Result<(OwnedFd, PathBuf), String> {
+    let path = run_dir.join(c.key.socket_file_name());
+    let what = |step: &str, e: &dyn std::fmt::Display| {
+        format!("unable to {step} socket {}: {e}", path.display())
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| what("create", &e))?;
+    let addr = UnixAddr::new(&path).map_err(|e| what("name", &e))?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(what("replace", &e)),
+    }
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(|e| what("bind", &e))?;
+    let backlog = Backlog::new(i32::try_from(c.listen_backlog).unwrap_or(i32::MAX))
+        .map_err(|e| what("set the backlog of", &e))?;
+    listen(&fd, backlog).map_err(|e| what("listen on", &e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(c.socket_mode))
+        .map_err(|e| what("chmod", &e))?;
+    if let Some(g) = &c.socket_group {
+        let group = nix::unistd::Group::from_name(g)
+            .map_err(|e| what("look up the group of", &e))?
+            .ok_or_else(|| what("set the group of", &format!("no such group {g:?}")))?;
+        nix::unistd::chown(&path, None, Some(group.gid)).map_err(|e| what("chown", &e))?;
+    }
+    Ok((fd, path))
+}
+
+/// `/dev/null`, for instances' stdin and stdout.
+pub(crate) fn devnull() -> io::Result<OwnedFd> {
+    Ok(OwnedFd::from(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/null")?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_the_same_dir_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let _held = lock_run_dir(&run).unwrap();
+        let err = lock_run_dir(&run).unwrap_err();
+        assert!(err.contains("another charond already runs"), "{err}");
+    }
+
+    #[test]
+    fn stale_sockets_are_removed_other_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("a.b.0.raw.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::fs::write(dir.path().join("keep.txt"), "x").unwrap();
+        let removed = remove_stale_sockets(dir.path()).unwrap();
+        assert_eq!(removed, std::slice::from_ref(&sock));
+        assert!(!sock.exists());
+        assert!(dir.path().join("keep.txt").exists());
+    }
+}

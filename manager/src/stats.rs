@@ -1,0 +1,167 @@
+//! Per-service figures kept for operators: requests, faults, retries,
+//! latency (hdrhistogram), exits by reason, launches and their failures,
+//! backoff entries, fast-failed connections, resources of exited instances
+//! and the last exit. Counting only; reading them out (control socket,
+//! `charon stats`) is left to others, and the loop logs a summary line.
+
+use std::collections::BTreeMap;
+
+use charon_protocol::report::{Outcome, Record};
+use hdrhistogram::Histogram;
+
+/// The last exit of a service, for Unavailable reasons and stats.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LastExit {
+    pub pid: i32,
+    pub status: String,
+    pub stderr: String,
+}
+
+impl LastExit {
+    /// The Unavailable reason text.
+    pub(crate) fn reason(&self) -> String {
+        if self.stderr.is_empty() {
+            format!("last instance (pid {}) {}", self.pid, self.status)
+        } else {
+            format!(
+                "last instance (pid {}) {}; last stderr line: {}",
+                self.pid, self.status, self.stderr
+            )
+        }
+    }
+}
+
+/// Counters of one service.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    pub requests: u64,
+    pub faults: u64,
+    pub errors: u64,
+    pub unanswered: u64,
+    pub retried: u64,
+    pub latency_us: Option<Histogram<u64>>,
+    pub exits: BTreeMap<&'static str, u64>,
+    pub launches: u64,
+    pub launch_failures: u64,
+    pub backoff_entries: u64,
+    pub fast_failed: u64,
+    pub exited_cpu_us: u64,
+    pub exited_maxrss_kib: u64,
+    pub last_exit: Option<LastExit>,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Stats {
+        Stats {
+            requests: 0,
+            faults: 0,
+            errors: 0,
+            unanswered: 0,
+            retried: 0,
+            // 1 µs to 1 hour, 3 significant digits; cannot fail for these
+            // bounds, and None only disables the histogram.
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).ok(),
+            exits: BTreeMap::new(),
+            launches: 0,
+            launch_failures: 0,
+            backoff_entries: 0,
+            fast_failed: 0,
+            exited_cpu_us: 0,
+            exited_maxrss_kib: 0,
+            last_exit: None,
+        }
+    }
+
+    /// Adds a batch of per-request records.
+    pub(crate) fn records(&mut self, recs: &[Record]) {
+        for r in recs {
+            self.requests += 1;
+            match r.outcome {
+                Outcome::Ok => {}
+                Outcome::Fault => self.faults += 1,
+                Outcome::Error => self.errors += 1,
+                Outcome::NoAnswer => self.unanswered += 1,
+            }
+            if r.attempt > 1 {
+                self.retried += 1;
+            }
+            if let Some(h) = &mut self.latency_us {
+                h.saturating_record(u64::from(r.elapsed_us).max(1));
+            }
+        }
+    }
+
+    /// Counts an exit under its class name.
+    pub(crate) fn exit(&mut self, class: &'static str) {
+        *self.exits.entry(class).or_insert(0) += 1;
+    }
+
+    /// One log line's worth.
+    pub(crate) fn summary(&self, instances: usize) -> String {
+        let (p50, p99) = self.latency_us.as_ref().map_or((0, 0), |h| {
+            (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+        });
+        let exits: Vec<String> = self.exits.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "stats: instances={instances} requests={} faults={} errors={} unanswered={} retried={} p50_us={p50} p99_us={p99} launches={} launch_failures={} backoffs={} fast_failed={} exits=[{}] exited_cpu_ms={} exited_maxrss_kib={}",
+            self.requests,
+            self.faults,
+            self.errors,
+            self.unanswered,
+            self.retried,
+            self.launches,
+            self.launch_failures,
+            self.backoff_entries,
+            self.fast_failed,
+            exits.join(","),
+            self.exited_cpu_us / 1000,
+            self.exited_maxrss_kib,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_records_by_outcome() {
+        let mut s = Stats::new();
+        let rec = |outcome, attempt| Record {
+            elapsed_us: 100,
+            request_bytes: 1,
+            response_bytes: 1,
+            outcome,
+            attempt,
+        };
+        s.records(&[
+            rec(Outcome::Ok, 1),
+            rec(Outcome::Fault, 2),
+            rec(Outcome::NoAnswer, 1),
+        ]);
+        assert_eq!(
+            (s.requests, s.faults, s.unanswered, s.retried),
+            (3, 1, 1, 1)
+        );
+        s.exit("clean");
+        s.exit("clean");
+        let line = s.summary(2);
+        assert!(
+            line.contains("requests=3") && line.contains("exits=[clean=2]"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn reason_names_status_and_stderr() {
+        let e = LastExit {
+            pid: 7,
+            status: "exit 1 (unrecoverable)".into(),
+            stderr: "boom".into(),
+        };
+        assert_eq!(
+            e.reason(),
+            "last instance (pid 7) exit 1 (unrecoverable); last stderr line: boom"
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Instances' stderr, line by line: split the pipe's bytes into whole lines
+//! (never cutting one mid-line unless it outgrows [`MAX_LINE`]) and ration
+//! them per service so that a crash loop cannot flood the log. Reading the
+//! pipe and writing the log are the loop's.
+
+use std::time::Instant;
+
+/// A line longer than this is logged in pieces marked `[continued]`.
+pub(crate) const MAX_LINE: usize = 16 * 1024;
+/// Lines a service may log per second, on average.
+pub(crate) const LINES_PER_SEC: u32 = 100;
+/// Lines a service may log in a burst.
+pub(crate) const BURST: u32 = 200;
+
+/// Bytes not yet ending in a newline, plus the last whole line seen.
+#[derive(Debug, Default)]
+pub(crate) struct LineBuf {
+    partial: Vec<u8>,
+    /// Last complete non-empty line (for exit reasons).
+    pub last: String,
+}
+
+impl LineBuf {
+    /// Adds bytes, returning the whole lines they complete (without their
+    /// newline).
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.partial).into_owned();
+                self.partial.clear();
+                self.keep(&line);
+                out.push(line);
+            } else {
+                self.partial.push(b);
+                if self.partial.len() >= MAX_LINE {
+                    let mut line = String::from_utf8_lossy(&self.partial).into_owned();
+                    line.push_str(" [continued]");
+                    self.partial.clear();
+                    out.push(line);
+                }
+            }
+        }
+        out
+    }
+
+    /// At end of stream: the unterminated rest, if any.
+    pub(crate) fn finish(&mut self) -> Option<String> {
+        if self.partial.is_empty() {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&self.partial).into_owned();
+        self.partial.clear();
+        self.keep(&line);
+        Some(line)
+    }
+
+    fn keep(&mut self, line: &str) {
+        if !line.trim().is_empty() {
+            self.last = line.chars().take(512).collect();
+        }
+    }
+}
+
+/// A token bucket of lines per service, counting what it drops.
+#[derive(Debug)]
+pub(crate) struct RateLimit {
+    tokens: f64,
+    last: Instant,
+    /// Lines dropped since the last summary.
+    pub dropped: u64,
+}
+
+impl RateLimit {
+    pub(crate) fn new(now: Instant) -> RateLimit {
+        RateLimit {
+            tokens: f64::from(BURST),
+            last: now,
+            dropped: 0,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * f64::from(LINES_PER_SEC)).min(f64::from(BURST));
+    }
+
+    /// May a line be logged now? Counts it as dropped if not.
+    pub(crate) fn admit(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+
+    /// The count of dropped lines to report, once there is room to log a
+    /// summary again (at most every second).
+    pub(crate) fn summary(&mut self, now: Instant) -> Option<u64> {
+        self.refill(now);
+        if self.dropped > 0 && self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.dropped))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn splits_whole_lines_only() {
+        let mut b = LineBuf::default();
+        assert!(b.push(b"hel").is_empty());
+        assert_eq!(b.push(b"lo\nwor"), ["hello"]);
+        assert_eq!(b.push(b"ld\n\n"), ["world", ""]);
+        assert_eq!(b.last, "world");
+        assert_eq!(b.push(b"tail"), Vec::<String>::new());
+        assert_eq!(b.finish().as_deref(), Some("tail"));
+        assert_eq!(b.finish(), None);
+    }
+
+    #[test]
+    fn overlong_lines_are_split_not_lost() {
+        let mut b = LineBuf::default();
+        let long = vec![b'x'; MAX_LINE + 10];
+        let out = b.push(&long);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].ends_with("[continued]"));
+        assert_eq!(b.finish().map(|s| s.len()), Some(10));
+    }
+
+    #[test]
+    fn rate_limit_drops_and_summarises() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(t0);
+        let admitted = (0..BURST + 50).filter(|_| r.admit(t0)).count();
+        assert_eq!(admitted, BURST as usize);
+        assert_eq!(r.summary(t0), None);
+        assert_eq!(r.summary(t0 + Duration::from_secs(1)), Some(50));
+        assert_eq!(r.summary(t0 + Duration::from_secs(2)), None);
+    }
+}

@@ -1,0 +1,365 @@
+//! The only home of `unsafe` in the manager: fork and the child's work up to
+//! `execve`, and `wait4`. Everything the child needs is prepared by the
+//! caller (`spawn.rs`) before the fork, so that between fork and exec only
+//! async-signal-safe system calls run: no allocation, no locks, no Rust
+//! standard library I/O. Launch failures exit with the documented codes
+//! 11-30 (doc/charond.md).
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::ptr;
+
+/// Exit codes of a child that failed between fork and exec.
+pub(crate) mod code {
+    /// `chdir` to the `cd` directory failed.
+    pub const CHDIR: i32 = 11;
+    /// `setgroups` or `setgid` failed.
+    pub const SETGID: i32 = 12;
+    /// `setuid` failed.
+    pub const SETUID: i32 = 13;
+    /// `setrlimit` failed.
+    pub const SETRLIMIT: i32 = 14;
+    /// The program was not found.
+    pub const EXEC_NOT_FOUND: i32 = 15;
+    /// The program may not be executed (permissions).
+    pub const EXEC_DENIED: i32 = 16;
+    /// `execve` failed for another reason.
+    pub const EXEC_OTHER: i32 = 17;
+    /// Arranging fds 0-5 failed.
+    pub const FDS: i32 = 18;
+    /// `setpgid` failed.
+    pub const SETPGID: i32 = 19;
+    /// `prctl(PR_SET_PDEATHSIG)` failed.
+    pub const PRCTL: i32 = 20;
+    /// The manager died before the child could exec.
+    pub const ORPHANED: i32 = 21;
+    /// Resetting the signal mask failed.
+    pub const SIGMASK: i32 = 22;
+
+    /// What a launch-failure code means, for log lines and Unavailable
+    /// reasons.
+    #[must_use]
+    pub fn describe(c: i32) -> Option<&'static str> {
+        Some(match c {
+            CHDIR => "chdir to the cd directory failed",
+            SETGID => "setgroups/setgid failed",
+            SETUID => "setuid failed",
+            SETRLIMIT => "setrlimit failed",
+            EXEC_NOT_FOUND => "executable not found",
+            EXEC_DENIED => "executable not permitted",
+            EXEC_OTHER => "exec failed",
+            FDS => "fd setup failed",
+            SETPGID => "setpgid failed",
+            PRCTL => "prctl(PR_SET_PDEATHSIG) failed",
+            ORPHANED => "manager exited during launch",
+            SIGMASK => "signal mask reset failed",
+            23..=30 => "launch failure (reserved code)",
+            _ => return None,
+        })
+    }
+}
+
+/// Everything the child does before exec, prepared before the fork.
+pub(crate) struct ChildPlan {
+    pub path: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: Option<CString>,
+    /// (resource, soft = hard limit).
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// (uid, gid, supplementary groups) when switching user.
+    pub ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    pub manager_pid: libc::pid_t,
+}
+
+/// The fds the child gets at 0-5, in order: stdin, stdout, stderr, then
+/// `charon_protocol::managed`'s LISTEN_FD, SCOREBOARD_FD, REPORT_FD.
+pub(crate) struct ChildFds<'a> {
+    pub fds: [BorrowedFd<'a>; 6],
+}
+
+/// Forks; the child arranges itself per `plan` and execs. Returns the
+/// child's pid.
+///
+/// # Errors
+///
+/// The error of `fork` (the child's own failures show as its exit code).
+pub(crate) fn spawn(plan: &ChildPlan, fds: &ChildFds<'_>) -> io::Result<libc::pid_t> {
+    let argv: Vec<*const c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect();
+    let envp: Vec<*const c_char> = plan
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect();
+    let raw: [RawFd; 6] = [
+        fds.fds[0].as_raw_fd(),
+        fds.fds[1].as_raw_fd(),
+        fds.fds[2].as_raw_fd(),
+        fds.fds[3].as_raw_fd(),
+        fds.fds[4].as_raw_fd(),
+        fds.fds[5].as_raw_fd(),
+    ];
+    // SAFETY: the manager is single-threaded (one mio loop), so the child
+    // cannot inherit a lock held by another thread; the child only runs
+    // `child_after_fork`, which makes async-signal-safe calls on memory
+    // prepared above (argv/envp pointers into `plan`, alive across the fork
+    // because the child has a copy of this address space) and never
+    // returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: we are the child of a fork of a single-threaded process;
+        // `argv`/`envp` are NULL-terminated arrays of pointers to
+        // NUL-terminated strings owned by `plan`, and `raw` holds fds that
+        // were open in the parent at fork time.
+        unsafe { child_after_fork(plan, &raw, &argv, &envp) }
+    }
+    Ok(pid)
+}
+
+/// The child's side. Never returns: execs or `_exit`s with a code.
+///
+/// # Safety
+///
+/// Must only run in the child right after `fork` of a single-threaded
+/// process, with `argv`/`envp` NULL-terminated pointer arrays into live
+/// CStrings and `fds` open descriptors.
+unsafe fn child_after_fork(
+    plan: &ChildPlan,
+    fds: &[RawFd; 6],
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+) -> ! {
+    // Fds first, so that later failure messages reach the stderr pipe.
+    // Copy every source above 9 first: a source may itself be one of 0-5.
+    let mut high = [0 as RawFd; 6];
+    for (h, &src) in high.iter_mut().zip(fds) {
+        *h = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 10);
+        if *h < 0 {
+            fail(code::FDS, b"dup fd");
+        }
+    }
+    for (target, &h) in high.iter().enumerate() {
+        // dup2 clears close-on-exec on the target, which is what we want
+        // for 0-5 only.
+        if libc::dup2(h, target as RawFd) < 0 {
+            fail(code::FDS, b"dup2 fd");
+        }
+    }
+    // Everything else is close-on-exec already; close_range is belt and
+    // braces (ENOSYS on old kernels is fine to ignore for that reason).
+    libc::syscall(
+        libc::SYS_close_range,
+        6 as libc::c_uint,
+        libc::c_uint::MAX,
+        0 as libc::c_uint,
+    );
+
+    if libc::setpgid(0, 0) != 0 {
+        fail(code::SETPGID, b"setpgid");
+    }
+    if libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGTERM as libc::c_ulong,
+        0,
+        0,
+        0,
+    ) != 0
+    {
+        fail(code::PRCTL, b"prctl");
+    }
+    // The manager may have died before PDEATHSIG was armed.
+    if libc::getppid() != plan.manager_pid {
+        fail(code::ORPHANED, b"find the manager");
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    if libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) != 0 {
+        fail(code::SIGMASK, b"sigprocmask");
+    }
+    // SIG_IGN survives exec (the manager ignores SIGPIPE); reset them all.
+    // Errors for the signals libc reserves are expected and harmless.
+    for sig in 1..libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    for &(res, lim) in &plan.rlimits {
+        let rl = libc::rlimit {
+            rlim_cur: lim,
+            rlim_max: lim,
+        };
+        if libc::setrlimit(res, &rl) != 0 {
+            fail(code::SETRLIMIT, b"setrlimit");
+        }
+    }
+    if let Some(cwd) = &plan.cwd {
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            fail(code::CHDIR, b"chdir");
+        }
+    }
+    if let Some((uid, gid, groups)) = &plan.ids {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(*gid) != 0 {
+            fail(code::SETGID, b"setgid");
+        }
+        if libc::setuid(*uid) != 0 {
+            fail(code::SETUID, b"setuid");
+        }
+    }
+    libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    let c = match errno() {
+        libc::ENOENT | libc::ENOTDIR => code::EXEC_NOT_FOUND,
+        libc::EACCES | libc::EPERM => code::EXEC_DENIED,
+        _ => code::EXEC_OTHER,
+    };
+    fail(c, b"exec")
+}
+
+fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot, always
+    // valid to read.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Writes `charond: unable to <what> before exec: errno N` to fd 2 and
+/// exits with `code`. Async-signal-safe: a stack buffer, write, _exit.
+fn fail(code: i32, what: &[u8]) -> ! {
+    let e = errno();
+    let mut buf = [0u8; 128];
+    let mut n = 0;
+    for part in [&b"charond: unable to "[..], what, b" before exec: errno "] {
+        let take = part.len().min(buf.len() - n - 12);
+        buf[n..n + take].copy_from_slice(&part[..take]);
+        n += take;
+    }
+    let mut digits = [0u8; 10];
+    let mut d = 0;
+    let mut v = e.unsigned_abs();
+    loop {
+        digits[d] = b'0' + (v % 10) as u8;
+        d += 1;
+        v /= 10;
+        if v == 0 || d == digits.len() {
+            break;
+        }
+    }
+    while d > 0 {
+        d -= 1;
+        buf[n] = digits[d];
+        n += 1;
+    }
+    buf[n] = b'\n';
+    n += 1;
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; buf is a live
+    // stack array of at least n bytes.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), n);
+        libc::_exit(code)
+    }
+}
+
+/// How an instance ended, from `wait4`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitStatus {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+/// One reaped child with its resource usage.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reaped {
+    pub pid: libc::pid_t,
+    pub status: WaitStatus,
+    /// User + system CPU time in microseconds.
+    pub cpu_us: u64,
+    /// Peak resident set size in KiB.
+    pub maxrss_kib: u64,
+}
+
+/// Reaps one exited child without blocking; `Ok(None)` when none is left
+/// to reap (none exited, or no children at all).
+///
+/// # Errors
+///
+/// An unexpected `wait4` error.
+pub(crate) fn reap_one() -> io::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data, valid zeroed.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both out-pointers point to live locals of the right types.
+    let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut ru) };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ECHILD) => Ok(None),
+            Some(libc::EINTR) => reap_one(),
+            _ => Err(e),
+        };
+    }
+    if pid == 0 {
+        return Ok(None);
+    }
+    let ws = if libc::WIFEXITED(status) {
+        WaitStatus::Exited(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        WaitStatus::Signaled(libc::WTERMSIG(status))
+    } else {
+        // Stopped/continued are not requested (no WUNTRACED); report as a
+        // signal so the caller never loses the pid.
+        WaitStatus::Signaled(0)
+    };
+    let tv = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    Ok(Some(Reaped {
+        pid,
+        status: ws,
+        cpu_us: tv(ru.ru_utime) + tv(ru.ru_stime),
+        maxrss_kib: ru.ru_maxrss.max(0) as u64,
+    }))
+}
+
+/// Page size for `/proc/PID/statm`.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Accepts one connection (close-on-exec, non-blocking).
+///
+/// # Errors
+///
+/// The error of `accept4`.
+pub(crate) fn accept(listen: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: null address pointers are allowed by accept4(2) when the
+    // peer address is not wanted.
+    let fd = unsafe {
+        libc::accept4(
+            listen.as_raw_fd(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
