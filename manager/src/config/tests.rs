@@ -602,3 +602,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn config_md_example_loads_as_documented() {
+    let doc = include_str!("../../../CONFIG.md");
+    let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
+    let text = &doc[start..start + doc[start..].find("```").unwrap()];
+    let key = ServiceKey::parse_config("mail.send.1.JSON").unwrap();
+    let file = Path::new("/etc/charon/mail.send.1.JSON.toml");
+    let config = load_bytes(text.as_bytes(), key, file, Path::new("/etc/charon")).unwrap();
+    assert_eq!(
+        config.exec,
+        [
+            "/etc/charon/bin/mail-send",
+            "--queue",
+            "/var/spool/mail out"
+        ]
+    );
+    assert_eq!(config.backoff_initial, Duration::from_millis(500));
+    assert_eq!(config.ulimit_data_memory, Some(1 << 30));
+    assert_eq!(config.allowed_gids, Some(vec![1200]));
+    assert_eq!(config.env.len(), 2);
+}
