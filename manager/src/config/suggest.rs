@@ -59,6 +59,7 @@ fn abbreviates(short: &str, long: &str) -> bool {
 /// from every key anyway).
 fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b) = (a.as_bytes(), b.as_bytes());
+    // Never empty (it holds b.len() + 1 entries), so row[0] exists.
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, &ca) in a.iter().enumerate() {
         let mut diagonal = row[0];

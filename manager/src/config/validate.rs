@@ -121,11 +121,10 @@ impl Validator<'_> {
         let mut argv: Vec<String> = words.into_iter().map(|(w, _)| w).collect();
         // A bare name is looked up in PATH at spawn time; a relative path
         // with a '/' would otherwise depend on the manager's own cwd.
-        if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
-            let resolved = self.resolve(Path::new(&argv[0]));
-            match resolved.to_str() {
-                Some(s) => argv[0] = s.to_string(),
-                None => {
+        if let Some(program) = argv.first_mut() {
+            if program.contains('/') && Path::new(program.as_str()).is_relative() {
+                let resolved = self.resolve(Path::new(program.as_str()));
+                let Some(resolved) = resolved.to_str() else {
                     self.errors.at(
                         exec.line,
                         &exec.key,
@@ -133,7 +132,8 @@ impl Validator<'_> {
                          path cannot be resolved: use an absolute path",
                     );
                     return None;
-                }
+                };
+                *program = resolved.to_string();
             }
         }
         Some(argv)
@@ -178,7 +178,7 @@ impl Validator<'_> {
                 // TOML puts every line after `[env]` into env, so a key
                 // written below the table lands here by mistake.
                 Some(format!(
-                    "{name:?} is a service key, not an environment name: keys written \
+                    "{name:?} is a config key, not an environment name: keys written \
                      after [env] belong to env, so move it above the [env] line"
                 ))
             } else if name.starts_with(RESERVED_ENV_PREFIX) {
