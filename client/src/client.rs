@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use charon_protocol::{Attributes, Limits, ServiceKey, MAX_CLIENT_NAME};
+use charon_protocol::{Attributes, Limits, MAX_CLIENT_NAME};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -301,10 +301,7 @@ impl Client {
         if attrs.contains(Attributes::NEED_AFFINITY) {
             return Err(Error::with_key(ErrorKind::NoAffinity, key));
         }
-        let candidates = ServiceKey::parse(key)
-            .map_err(|e| Error::with_key(ErrorKind::InvalidKey(e), key))?
-            .lookup_order();
-        connect_key(&self.run_dir, key, &candidates)
+        connect_key(&self.run_dir, key)
     }
 
     /// After a response, keeps the connection if the request asked for it

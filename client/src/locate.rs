@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use charon_protocol::ServiceKey;
+use charon_protocol::{ServiceKey, SOCKET_SUFFIX};
 use nix::errno::Errno;
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use std::os::fd::AsRawFd;
@@ -49,17 +49,15 @@ pub fn resolve(run_dir: &Path, key: &ServiceKey) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Opens a non-blocking connection to the service for `key`, trying the
-/// exact key, then its wildcard.
+/// Opens a non-blocking connection to the service for `key` (already
+/// checked against the key rules), trying the exact key, then its wildcard.
 ///
 /// A missing socket (ENOENT) or one nobody listens on (ECONNREFUSED) falls
 /// through to the next candidate; a full backlog (EAGAIN on the
-/// non-blocking connect) is [`ErrorKind::Overloaded`] at once.
-pub(crate) fn connect_key(
-    run_dir: &Path,
-    key: &str,
-    candidates: &[ServiceKey],
-) -> Result<UnixStream, Error> {
+/// non-blocking connect) is [`ErrorKind::Overloaded`] at once. The wildcard
+/// is only worked out when the exact key has no listener, so the common
+/// path costs one path allocation.
+pub(crate) fn connect_key(run_dir: &Path, key: &str) -> Result<UnixStream, Error> {
     let fd: OwnedFd = socket(
         AddressFamily::Unix,
         SockType::Stream,
@@ -68,25 +66,16 @@ pub(crate) fn connect_key(
     )
     .map_err(|e| Error::with_key(Error::io("create a socket", e.into()), key))?;
     let mut stale = None;
-    for candidate in candidates {
-        let path = run_dir.join(candidate.socket_file_name());
-        let addr = UnixAddr::new(&path)
-            .map_err(|e| Error::with_key(Error::io("form the socket address", e.into()), key))?;
-        // A failed connect leaves an AF_UNIX socket unconnected and reusable,
-        // so the fallback costs no second socket(2).
-        match connect(fd.as_raw_fd(), &addr) {
-            Ok(()) => return Ok(UnixStream::from(fd)),
-            Err(Errno::ENOENT) => {}
-            Err(Errno::ECONNREFUSED) => {
-                stale.get_or_insert(path);
-            }
-            Err(Errno::EAGAIN) => return Err(Error::with_key(ErrorKind::Overloaded, key)),
-            Err(e) => {
-                return Err(Error::with_key(
-                    Error::io("connect to the service socket", e.into()),
-                    key,
-                ))
-            }
+    let exact = socket_path(run_dir, key);
+    if try_connect(&fd, &exact, key, &mut stale)? {
+        return Ok(UnixStream::from(fd));
+    }
+    let wildcard = ServiceKey::parse(key)
+        .map_err(|e| Error::with_key(ErrorKind::InvalidKey(e), key))?
+        .wildcard();
+    if let Some(w) = wildcard {
+        if try_connect(&fd, &socket_path(run_dir, w.as_str()), key, &mut stale)? {
+            return Ok(UnixStream::from(fd));
         }
     }
     Err(Error::with_key(
@@ -96,6 +85,41 @@ pub(crate) fn connect_key(
         },
         key,
     ))
+}
+
+fn socket_path(run_dir: &Path, key: &str) -> PathBuf {
+    let mut p = PathBuf::with_capacity(run_dir.as_os_str().len() + key.len() + 8);
+    p.push(run_dir);
+    p.push(key);
+    p.as_mut_os_string().push(SOCKET_SUFFIX);
+    p
+}
+
+/// One connect attempt: `Ok(true)` connected, `Ok(false)` nobody there
+/// (try the next candidate).
+fn try_connect(
+    fd: &OwnedFd,
+    path: &Path,
+    key: &str,
+    stale: &mut Option<PathBuf>,
+) -> Result<bool, Error> {
+    let addr = UnixAddr::new(path)
+        .map_err(|e| Error::with_key(Error::io("form the socket address", e.into()), key))?;
+    // A failed connect leaves an AF_UNIX socket unconnected and reusable,
+    // so the fallback costs no second socket(2).
+    match connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(Errno::ECONNREFUSED) => {
+            stale.get_or_insert_with(|| path.to_path_buf());
+            Ok(false)
+        }
+        Err(Errno::EAGAIN) => Err(Error::with_key(ErrorKind::Overloaded, key)),
+        Err(e) => Err(Error::with_key(
+            Error::io("connect to the service socket", e.into()),
+            key,
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -125,7 +149,7 @@ mod tests {
         let path = dir.path().join("app.fn.0.raw.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         let key: ServiceKey = "app.fn.0.raw".parse().unwrap();
-        let err = connect_key(dir.path(), "app.fn.0.raw", &key.lookup_order()).unwrap_err();
+        let err = connect_key(dir.path(), key.as_str()).unwrap_err();
         match err.kind() {
             ErrorKind::NotFound { stale, .. } => assert_eq!(stale.as_deref(), Some(&*path)),
             other => panic!("{other:?}"),
