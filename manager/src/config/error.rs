@@ -51,7 +51,7 @@ impl ConfigError {
     }
 
     /// The order errors are reported in: by file, then line, then key.
-    pub(crate) fn sort(errors: &mut [ConfigError]) {
+    fn sort(errors: &mut [ConfigError]) {
         errors.sort_by(|a, b| {
             (&a.file, a.line, &a.key, &a.message).cmp(&(&b.file, b.line, &b.key, &b.message))
         });
@@ -72,6 +72,9 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Errors reported per file: a file of garbage must not flood the log.
+pub(crate) const MAX_ERRORS_PER_FILE: usize = 50;
 
 /// Collects the errors of one file, so that parsing and validation can go
 /// on after a problem and report every one.
@@ -112,9 +115,19 @@ impl Errors {
         self.list.is_empty()
     }
 
+    /// The errors in line order, at most [`MAX_ERRORS_PER_FILE`] of them
+    /// and then one that counts the rest.
     pub(crate) fn into_vec(self) -> Vec<ConfigError> {
         let mut list = self.list;
         ConfigError::sort(&mut list);
+        if list.len() > MAX_ERRORS_PER_FILE {
+            let more = list.len() - MAX_ERRORS_PER_FILE;
+            list.truncate(MAX_ERRORS_PER_FILE);
+            list.push(ConfigError::whole_file(
+                &self.file,
+                format!("{more} more errors in this file not shown"),
+            ));
+        }
         list
     }
 }
@@ -122,6 +135,22 @@ impl Errors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_errors_is_cut_and_counted() {
+        let mut errors = Errors::new(Path::new("x.toml"));
+        for line in (1..=120).rev() {
+            errors.at(Some(line), "k", "bad");
+        }
+        let list = errors.into_vec();
+        assert_eq!(list.len(), MAX_ERRORS_PER_FILE + 1);
+        assert_eq!(list[0].line, Some(1));
+        assert_eq!(list[MAX_ERRORS_PER_FILE - 1].line, Some(50));
+        assert_eq!(
+            list[MAX_ERRORS_PER_FILE].to_string(),
+            "x.toml: 70 more errors in this file not shown"
+        );
+    }
 
     #[test]
     fn display_leaves_out_what_does_not_apply() {

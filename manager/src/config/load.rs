@@ -239,7 +239,8 @@ pub fn scan_dir(dir: &Path) -> Result<Scan, ConfigError> {
         }
     }
     scan.services.sort_by(|a, b| a.key.cmp(&b.key));
-    ConfigError::sort(&mut scan.errors);
+    // Stable, so each file's errors keep load_file's order.
+    scan.errors.sort_by(|a, b| a.file.cmp(&b.file));
     scan.ignored.sort_by(|a, b| a.file.cmp(&b.file));
     Ok(scan)
 }

@@ -624,3 +624,13 @@ fn config_md_example_loads_as_documented() {
     assert_eq!(config.allowed_gids, Some(vec![1200]));
     assert_eq!(config.env.len(), 2);
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let depth = 100_000;
+    let text = format!("exec = {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    let errors = errors_of(&text);
+    assert_eq!(errors[0].0, Some(1), "{errors:?}");
+    let text = format!("exec = \"x\"\nenv = {}\n", "{ a = ".repeat(depth));
+    assert!(load(&text).is_err());
+}
