@@ -634,3 +634,17 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
     let text = format!("exec = \"x\"\nenv = {}\n", "{ a = ".repeat(depth));
     assert!(load(&text).is_err());
 }
+
+#[test]
+fn every_listed_key_is_read() {
+    for key in KEYS.iter().filter(|k| **k != "exec") {
+        let errors = errors_of(&format!("exec = \"x\"\n{key} = 1979-05-27\n"));
+        assert_eq!(errors.len(), 1, "{key}: {errors:?}");
+        assert_eq!(errors[0].1.as_deref(), Some(*key));
+        assert!(errors[0].2.starts_with("expected "), "{key}: {errors:?}");
+        assert!(
+            errors[0].2.ends_with("found a date-time"),
+            "{key}: {errors:?}"
+        );
+    }
+}
