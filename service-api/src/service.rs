@@ -109,9 +109,11 @@ impl Service {
         if !sys::claim_process() {
             return Err(Error::new(ErrorKind::AlreadyInitialized));
         }
+        // The mode first: it looks at fds 3 and 4, which the self-pipe
+        // would otherwise take.
+        let setup = mode::setup(&env)?;
         let stop_fd =
             sys::install_stop_handler().map_err(|e| Error::io("install the SIGTERM handler", e))?;
-        let setup = mode::setup(&env)?;
         let max = opts.limits.max_request_payload();
         Ok(Service {
             buf: FrameBuf::new(FrameKind::Request, max),
