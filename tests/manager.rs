@@ -560,3 +560,96 @@ fn stale_sockets_are_removed_and_missing_config_dir_is_fatal() {
         "{err}"
     );
 }
+
+#[test]
+fn instances_exit_when_the_manager_is_killed_and_a_new_one_starts_clean() {
+    let mut d = Daemon::start(&[(
+        KEY,
+        &echo("prestart-processes = true\nminimum-processes = 2"),
+    )]);
+    wait_for(LONG, "two instances", || d.instances().len() == 2);
+    // SIGKILL charond alone (not its group): the instances must notice.
+    d.proc.as_ref().expect("proc").signal(Signal::SIGKILL);
+    d.proc.as_mut().expect("proc").wait_timeout(LONG);
+    wait_for(LONG, "the orphaned instances to exit", || {
+        d.instances().is_empty()
+    });
+    assert!(
+        d.run.join(format!("{KEY}.sock")).exists(),
+        "left behind by the dead manager"
+    );
+    let dir = std::mem::replace(&mut d.dir, TestDir::new());
+    let (conf, run) = (d.conf.clone(), d.run.clone());
+    drop(d);
+    let d2 = Daemon::start_in(dir, conf, run);
+    assert!(d2.log().contains("removed stale socket"), "{}", d2.log());
+    assert_eq!(d2.client().call(KEY, b"new").expect("answered"), b"new");
+}
+
+#[test]
+fn instances_over_maximum_rss_are_recycled_gracefully() {
+    let d = Daemon::start(&[(
+        KEY,
+        &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-rss = \"64K\""),
+    )]);
+    d.wait_log("a memory recycle", |l| l.contains("counted as max_rss"));
+    let log = d.log();
+    assert!(
+        log.contains("is over maximum-rss 65536: recycling"),
+        "{log}"
+    );
+    assert!(
+        log.find(", recycle,") < log.find("stopping (max_rss)"),
+        "{log}"
+    );
+    // Requests keep being answered while instances come and go.
+    let mut c = d.client();
+    for i in 0..20u8 {
+        assert_eq!(c.call(KEY, &[i]).expect("answered"), [i]);
+    }
+}
+
+/// Voluntary context switches of a process: each time it went to sleep.
+fn wakeups(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+#[test]
+fn the_manager_is_not_woken_per_request_at_maximum() {
+    let d = Daemon::start(&[(
+        KEY,
+        &echo("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2"),
+    )]);
+    wait_for(LONG, "two instances", || d.instances().len() == 2);
+    let mut c = d.client();
+    assert_eq!(c.call(KEY, b"warm").expect("warm-up"), b"warm");
+    let before = wakeups(d.pid());
+    let mut batch = c.batch();
+    // 60 requests of 20 ms on 2 instances: the queue never empties, so
+    // instances report in batches and the manager is not told per request.
+    let ids: Vec<_> = (0..60u8)
+        .map(|i| {
+            batch
+                .add(Request::new(KEY, vec![i]).context("echo.sleep-ms", "20"))
+                .expect("add")
+        })
+        .collect();
+    batch.wait_all();
+    let woken = wakeups(d.pid()) - before;
+    for (i, id) in ids.into_iter().enumerate() {
+        assert_eq!(
+            batch.take(id).expect("result").expect("answered"),
+            [i as u8]
+        );
+    }
+    assert!(
+        woken < 30,
+        "manager woken {woken} times for 60 requests; log:\n{}",
+        d.log()
+    );
+}

@@ -42,9 +42,9 @@ impl Manager {
         match svc.watch {
             Watch::Off => {}
             Watch::Demand => {
+                // The caller processes the queued event.
                 if waiting(&svc.listen) {
                     self.events.push_back((s, Event::Demand));
-                    self.process_events();
                 }
             }
             Watch::FastFail => self.fast_fail(s),
@@ -84,6 +84,9 @@ impl Manager {
         while waiting(&svc.listen) {
             let conn = match crate::sys::accept(svc.listen.as_fd()) {
                 Ok(fd) => fd,
+                // The service library makes the shared socket non-blocking:
+                // a connection taken by a leaving instance is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     warning!(
                         Some(svc.config.key.as_str()),
@@ -179,6 +182,7 @@ impl Manager {
                 );
             }
             self.recycle_step(s);
+            self.update_hints(s);
             if self.stopping || !matches!(self.services[s].state.mode, Mode::Running) {
                 continue;
             }
