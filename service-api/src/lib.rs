@@ -164,6 +164,7 @@ mod io;
 mod managed;
 mod mode;
 mod options;
+mod read;
 mod request;
 mod service;
 mod sys;

@@ -119,6 +119,11 @@ impl Managed {
         }
     }
 
+    /// When the oldest unsent record will be due for sending, if any.
+    pub(crate) fn flush_due(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + FLUSH_AGE)
+    }
+
     /// Sends the batch now (going idle or leaving), or drops it if the
     /// channel is full.
     pub(crate) fn flush(&mut self) {
@@ -174,4 +179,127 @@ impl Drop for Managed {
 pub(crate) fn check_report_fd(fd: BorrowedFd<'_>) -> io::Result<bool> {
     use nix::sys::socket::{getsockopt, sockopt, SockType};
     Ok(getsockopt(&fd, sockopt::SockType)? == SockType::SeqPacket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use charon_protocol::report::{decode, Outcome, MAX_MESSAGE_LEN};
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+    fn setup(slots: u32, limit: u64) -> (Managed, OwnedFd) {
+        let (sb, _fd) = Scoreboard::create(c"managed-test", slots).unwrap();
+        sb.slot(0).unwrap().reset(1, limit);
+        sb.header().slots_in_use.store(slots, Ordering::Relaxed);
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        (Managed::new(sb, 0, ours), theirs)
+    }
+
+    fn received(fd: &OwnedFd) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; MAX_MESSAGE_LEN];
+        while let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            if n == 0 {
+                break;
+            }
+            out.push(decode(&buf[..n]).unwrap());
+        }
+        out
+    }
+
+    fn rec(i: u32) -> Record {
+        Record {
+            elapsed_us: i,
+            request_bytes: 10,
+            response_bytes: 20,
+            outcome: Outcome::Ok,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn records_go_out_in_full_batches_not_one_by_one() {
+        let (mut m, peer) = setup(1, 0);
+        for i in 0..(MAX_RECORDS as u32 - 1) {
+            m.begin(1, 10, "c");
+            m.finish(rec(i));
+        }
+        assert!(
+            received(&peer).is_empty(),
+            "nothing before the batch is full"
+        );
+        m.begin(1, 10, "c");
+        m.finish(rec(99));
+        let msgs = received(&peer);
+        assert_eq!(msgs.len(), 1);
+        assert!(matches!(&msgs[0], Message::Records(r) if r.len() == MAX_RECORDS));
+        assert_eq!(m.slot().unwrap().snapshot().requests, MAX_RECORDS as u64);
+        m.note(rec(7));
+        assert!(m.flush_due().is_some());
+        m.flush();
+        assert_eq!(received(&peer), vec![Message::Records(vec![rec(7)])]);
+        assert!(m.flush_due().is_none());
+    }
+
+    #[test]
+    fn retiring_is_said_once_after_flushing() {
+        let (mut m, peer) = setup(1, 2);
+        for i in 0..4 {
+            m.begin(1, 10, "c");
+            m.finish(rec(i));
+        }
+        m.flush();
+        let msgs = received(&peer);
+        assert_eq!(
+            msgs,
+            vec![
+                Message::Records(vec![rec(0), rec(1)]),
+                Message::Retiring,
+                Message::Records(vec![rec(2), rec(3)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn saturation_hint_only_when_wanted_and_nobody_is_idle() {
+        let (mut m, peer) = setup(2, 0);
+        m.scoreboard.slot(1).unwrap().set_state(SlotState::Busy);
+        m.begin(1, 10, "c");
+        assert!(received(&peer).is_empty(), "hints not wanted");
+        m.scoreboard.header().want_hints.store(1, Ordering::Relaxed);
+        m.scoreboard.slot(1).unwrap().set_state(SlotState::Idle);
+        m.begin(1, 10, "c");
+        assert!(received(&peer).is_empty(), "another instance is idle");
+        m.scoreboard.slot(1).unwrap().set_state(SlotState::Busy);
+        m.begin(1, 10, "c");
+        assert_eq!(received(&peer), vec![Message::Saturated]);
+    }
+
+    #[test]
+    fn a_closed_channel_means_the_manager_is_gone() {
+        let (mut m, peer) = setup(1, 0);
+        assert!(!m.manager_gone());
+        drop(peer);
+        m.check_channel();
+        assert!(m.manager_gone());
+        let (mut m, peer) = setup(1, 0);
+        drop(peer);
+        m.note(rec(1));
+        m.flush();
+        assert!(m.manager_gone(), "a failed send says so too");
+    }
+
+    #[test]
+    fn dropping_flushes_the_batch() {
+        let (mut m, peer) = setup(1, 0);
+        m.note(rec(3));
+        drop(m);
+        assert_eq!(received(&peer), vec![Message::Records(vec![rec(3)])]);
+    }
 }

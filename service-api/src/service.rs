@@ -10,11 +10,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use charon_protocol::report::{Outcome, Record};
+use charon_protocol::report::Outcome;
 use charon_protocol::scoreboard::SlotState;
 use charon_protocol::{
-    decode_request, encode_ok_head, encode_response, Attributes, DecodeError, ErrorCode, Fill,
-    FrameBuf, FrameKind, ReadError, Response,
+    decode_request, encode_ok_head, encode_response, Attributes, ErrorCode, FrameBuf, FrameKind,
+    Response,
 };
 use nix::poll::{PollFd, PollFlags};
 
@@ -23,6 +23,7 @@ use crate::io::{ready, wait, write_all2, READABLE};
 use crate::managed::Managed;
 use crate::mode::{self, Bound, Mode, Source};
 use crate::options::Options;
+use crate::read::{record, Step};
 use crate::request::{split_key, Request};
 use crate::sys;
 
@@ -44,29 +45,29 @@ pub struct Service {
 #[derive(Debug)]
 pub(crate) struct Core {
     name: String,
-    mode: Mode,
-    opts: Options,
-    stop_fd: BorrowedFd<'static>,
-    source: Source,
-    conn: Option<Conn>,
-    managed: Option<Managed>,
+    pub(crate) mode: Mode,
+    pub(crate) opts: Options,
+    pub(crate) stop_fd: BorrowedFd<'static>,
+    pub(crate) source: Source,
+    pub(crate) conn: Option<Conn>,
+    pub(crate) managed: Option<Managed>,
     // Dropped last among what matters: removes the accept-mode socket file.
     _bound: Option<Bound>,
-    head: Vec<u8>,
+    pub(crate) head: Vec<u8>,
     inflight: Option<InFlight>,
-    finished: bool,
+    pub(crate) finished: bool,
 }
 
 /// A connection we are reading a request from, or keeping for affinity.
 #[derive(Debug)]
-struct Conn {
-    stream: UnixStream,
+pub(crate) struct Conn {
+    pub(crate) stream: UnixStream,
     /// When its current request started (accept, or first byte when kept).
-    started: Instant,
+    pub(crate) started: Instant,
     /// Until when the current request may take to arrive.
-    deadline: Instant,
+    pub(crate) deadline: Instant,
     /// Kept after a response, waiting for the next request's first byte.
-    idle_since: Option<Instant>,
+    pub(crate) idle_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -199,7 +200,7 @@ impl Service {
 }
 
 impl Core {
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.finished
             || sys::stop_requested()
             || self.managed.as_ref().is_some_and(Managed::manager_gone)
@@ -302,175 +303,8 @@ impl Core {
         }
     }
 
-    /// Reads from the current connection until a frame is complete.
-    fn read_conn(&mut self, buf: &mut FrameBuf) -> Step {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return Step::Next;
-            };
-            match buf.read_from(&mut conn.stream) {
-                Ok(Fill::Complete) => {
-                    if conn.idle_since.take().is_some() {
-                        conn.started = Instant::now();
-                    }
-                    return Step::Frame;
-                }
-                Ok(Fill::Pending) => {
-                    if conn.idle_since.is_some() && buf.received() == 0 {
-                        match self.wait_kept() {
-                            Some(step) => return step,
-                            None => continue,
-                        }
-                    }
-                    if conn.idle_since.take().is_some() {
-                        // The next request has begun: its clock starts.
-                        let now = Instant::now();
-                        conn.started = now;
-                        conn.deadline = now + self.opts.read_timeout;
-                    }
-                    let deadline = conn.deadline;
-                    let mut fds = [PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN)];
-                    match wait(&mut fds, Some(deadline)) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            let text = format!(
-                                "no complete request within the read timeout of {} ms",
-                                self.opts.read_timeout.as_millis()
-                            );
-                            self.refuse(ErrorCode::READ_TIMEOUT, &text, buf.received());
-                            return Step::Next;
-                        }
-                        Err(_) => {
-                            self.conn = None;
-                            return Step::Next;
-                        }
-                    }
-                }
-                Ok(Fill::Eof { received: 0 }) => {
-                    // A clean close between requests.
-                    self.conn = None;
-                    return Step::Next;
-                }
-                Ok(Fill::Eof { received }) => {
-                    let text =
-                        format!("the connection closed after {received} bytes of a request frame");
-                    self.refuse(ErrorCode::MALFORMED_REQUEST, &text, received);
-                    return Step::Next;
-                }
-                Err(ReadError::Decode(e)) => {
-                    self.refuse_decode_at(&e, buf.received());
-                    return Step::Next;
-                }
-                Err(ReadError::Io(_)) => {
-                    self.conn = None;
-                    return Step::Next;
-                }
-            }
-        }
-    }
-
-    /// A kept connection has no bytes: wait for the client's next request,
-    /// a stop signal, or the affinity timeout. `None`: data arrived.
-    fn wait_kept(&mut self) -> Option<Step> {
-        if let Some(m) = &mut self.managed {
-            m.flush();
-        }
-        let conn = self.conn.as_ref()?;
-        let deadline = conn.idle_since? + self.opts.affinity_timeout;
-        let mut fds = Vec::with_capacity(3);
-        fds.push(PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN));
-        fds.push(PollFd::new(self.stop_fd, PollFlags::POLLIN));
-        if let Some(m) = &self.managed {
-            fds.push(PollFd::new(m.report_fd(), PollFlags::POLLIN));
-        }
-        let woke = wait(&mut fds, Some(deadline));
-        let hup = fds.get(2).is_some_and(|f| ready(f, READABLE));
-        drop(fds);
-        if hup {
-            if let Some(m) = &mut self.managed {
-                m.check_channel();
-            }
-        }
-        match woke {
-            Ok(true) if self.stopping() => Some(Step::Stop),
-            // Data, or a spurious wake-up: let the read find out.
-            Ok(true) => None,
-            Ok(false) | Err(_) => {
-                // Affinity expired: the client's next request will find
-                // the connection closed and start afresh.
-                self.conn = None;
-                Some(Step::Next)
-            }
-        }
-    }
-
-    fn standalone_frame(&mut self, buf: &mut FrameBuf) -> bool {
-        if self.finished {
-            return false;
-        }
-        let Source::Standalone { input, .. } = &mut self.source else {
-            return false;
-        };
-        let refusal = match buf.read_from(input) {
-            Ok(Fill::Complete) => {
-                self.finished = true;
-                return true;
-            }
-            Ok(Fill::Pending) => (
-                ErrorCode::INTERNAL,
-                "fd 3 is non-blocking and had no data".to_string(),
-            ),
-            Ok(Fill::Eof { received: 0 }) => (
-                ErrorCode::MALFORMED_REQUEST,
-                "fd 3 held no request (empty input)".to_string(),
-            ),
-            Ok(Fill::Eof { received }) => (
-                ErrorCode::MALFORMED_REQUEST,
-                format!("fd 3 ended after {received} bytes of a request frame"),
-            ),
-            Err(ReadError::Decode(e)) => (error_code_for(&e), e.to_string()),
-            Err(ReadError::Io(e)) => (ErrorCode::INTERNAL, format!("cannot read fd 3: {e}")),
-        };
-        self.refuse(refusal.0, &refusal.1, buf.received());
-        self.finished = true;
-        false
-    }
-
-    fn refuse_decode(&mut self, e: &DecodeError) {
-        self.refuse_decode_at(e, 0);
-    }
-
-    fn refuse_decode_at(&mut self, e: &DecodeError, received: usize) {
-        self.refuse(error_code_for(e), &e.to_string(), received);
-    }
-
-    /// Answers the current connection (or standalone output) with a
-    /// framework error and closes it; the instance carries on.
-    fn refuse(&mut self, code: ErrorCode, text: &str, received: usize) {
-        self.head.clear();
-        let resp = Response::Error { code, text };
-        if encode_response(&resp, &self.opts.limits, &mut self.head).is_err() {
-            return;
-        }
-        let started = self.conn.as_ref().map_or_else(Instant::now, |c| c.started);
-        let sent = self.write_out(&[]).is_ok();
-        self.conn = None;
-        if self.mode == Mode::Standalone {
-            self.finished = true;
-        }
-        if let Some(m) = &mut self.managed {
-            m.note(record(
-                started,
-                received,
-                if sent { self.head.len() } else { 0 },
-                Outcome::Error,
-                1,
-            ));
-        }
-    }
-
     /// Writes `self.head` and `body` to where the response goes.
-    fn write_out(&mut self, body: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_out(&mut self, body: &[u8]) -> io::Result<()> {
         let deadline = Instant::now() + self.opts.write_timeout;
         match (&self.source, &self.conn) {
             (Source::Standalone { output, .. }, _) => {
@@ -544,14 +378,13 @@ impl Core {
             return;
         };
         if let Some(m) = &mut self.managed {
-            let mut r = record(
+            let r = record(
                 f.started,
                 f.request_bytes as usize,
                 response_bytes,
                 outcome,
                 f.attempt,
             );
-            r.request_bytes = f.request_bytes;
             m.finish(r);
         }
         match &mut self.conn {
@@ -567,43 +400,5 @@ impl Core {
             m.flush();
             m.set_state(SlotState::Exiting);
         }
-    }
-}
-
-/// What reading a connection came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// A whole frame is in the buffer.
-    Frame,
-    /// This connection is done with; accept the next.
-    Next,
-    /// Time to stop.
-    Stop,
-}
-
-fn record(
-    started: Instant,
-    request: usize,
-    response: usize,
-    outcome: Outcome,
-    attempt: u8,
-) -> Record {
-    Record {
-        elapsed_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
-        request_bytes: u32::try_from(request).unwrap_or(u32::MAX),
-        response_bytes: u32::try_from(response).unwrap_or(u32::MAX),
-        outcome,
-        attempt,
-    }
-}
-
-/// The framework error code that answers a frame that failed to decode.
-pub(crate) fn error_code_for(e: &DecodeError) -> ErrorCode {
-    match e {
-        DecodeError::TooLarge { .. } | DecodeError::FieldTooLarge { .. } => {
-            ErrorCode::REQUEST_TOO_LARGE
-        }
-        DecodeError::UnsupportedVersion(_) => ErrorCode::UNSUPPORTED_VERSION,
-        _ => ErrorCode::MALFORMED_REQUEST,
     }
 }
