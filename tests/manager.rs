@@ -653,3 +653,43 @@ fn the_manager_is_not_woken_per_request_at_maximum() {
         d.log()
     );
 }
+
+#[test]
+fn after_backoff_a_trial_instance_brings_the_service_back() {
+    let dir = TestDir::new();
+    let flag = dir.join("failed-once");
+    let script = format!(
+        "if [ -e {f} ]; then exec {echo}; else touch {f}; echo first start fails >&2; exit 3; fi",
+        f = flag.display(),
+        echo = bin("charon-echo").display()
+    );
+    let conf = dir.mkdir("conf");
+    dir.write(
+        &format!("conf/{KEY}.toml"),
+        format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\nbackoff-initial = \"1s\"\n"),
+    );
+    let run_dir = dir.join("run");
+    let d = Daemon::start_in(dir, conf, run_dir);
+    d.wait_log("backoff", |l| l.contains("backoff: no launch for 1s"));
+    match d.client().call(KEY, b"x") {
+        Err(e) => match e.into_kind() {
+            ErrorKind::Unavailable { reason, .. } => {
+                assert!(
+                    reason.contains("exit 3") && reason.contains("first start fails"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        },
+        // The trial may already be up on a slow machine.
+        Ok(body) => assert_eq!(body, b"x"),
+    }
+    d.wait_log("the trial", |l| l.contains("trial after backoff"));
+    assert_eq!(
+        d.client()
+            .call(KEY, b"back")
+            .expect("answered by the trial"),
+        b"back"
+    );
+    d.wait_log("recovery", |l| l.contains("healthy again"));
+}

@@ -329,8 +329,9 @@ impl Manager {
                 Ok(Message::Records(recs)) => {
                     inst.served += recs.len() as u64;
                     inst.idle_since = Instant::now();
+                    let started = inst.started;
                     self.services[s].stats.records(&recs);
-                    self.check_trial(s, id);
+                    self.check_trial(s, started);
                 }
                 Ok(Message::Saturated) => self.on_saturated(s),
                 Ok(Message::Retiring) => self.retire(id, KillReason::MaxRequests),
@@ -408,7 +409,19 @@ impl Manager {
             inst.served,
             class.name()
         );
-        // An instance waiting for this one as its replacement retires now.
+        // A retiree whose replacement died waits for a new one (the id may
+        // be reused by an unrelated instance).
+        let retirees: Vec<usize> = self
+            .procs
+            .iter()
+            .filter(|(_, i)| matches!(i.retire, Some((_, Some(rep))) if rep == id))
+            .map(|(rid, _)| rid)
+            .collect();
+        for rid in retirees {
+            if let Some(r) = self.procs.get_mut(rid) {
+                r.retire = r.retire.map(|(reason, _)| (reason, None));
+            }
+        }
         let remaining = self.live_count(s);
         self.events
             .push_back((s, Event::Exited { class, remaining }));

@@ -247,20 +247,21 @@ impl Manager {
                 }
             }
         }
-        if snap.requests > 0 {
-            self.check_trial(s, id);
-        }
-        if let Some(inst) = self.procs.get(id) {
-            if now.saturating_duration_since(inst.started) >= HEALTHY_UPTIME {
-                self.check_trial(s, id);
+        if let Some(started) = self.procs.get(id).map(|i| i.started) {
+            if snap.requests > 0 || now.saturating_duration_since(started) >= HEALTHY_UPTIME {
+                self.check_trial(s, started);
             }
         }
     }
 
     /// The trial instance after a backoff served or stayed up: healthy.
-    pub(crate) fn check_trial(&mut self, s: usize, _id: usize) {
-        if matches!(self.services[s].state.mode, Mode::Trial { .. }) {
-            self.events.push_back((s, Event::Healthy));
+    /// Only an instance started since the trial began counts: others may
+    /// have outlived the failure that caused the backoff.
+    pub(crate) fn check_trial(&mut self, s: usize, started: Instant) {
+        if let Mode::Trial { since } = self.services[s].state.mode {
+            if started >= since {
+                self.events.push_back((s, Event::Healthy));
+            }
         }
     }
 
