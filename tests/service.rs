@@ -701,3 +701,77 @@ fn managed_mode_refuses_a_non_listening_fd_3() {
         "{err}"
     );
 }
+
+// ------------------------------------------------------- echo controls
+
+#[test]
+fn echo_help_lists_the_controls() {
+    let (status, out, _) = run(
+        {
+            let mut c = Command::new(bin("charon-echo"));
+            c.arg("--help");
+            c
+        },
+        LONG,
+    );
+    assert_eq!(status.code(), Some(0));
+    let out = String::from_utf8_lossy(&out);
+    for control in [
+        "echo.sleep-ms",
+        "echo.fault",
+        "echo.exit",
+        "echo.signal",
+        "echo.die-once",
+        "echo.log",
+    ] {
+        assert!(out.contains(control), "{out}");
+    }
+}
+
+#[test]
+fn echo_die_once_dies_then_echoes() {
+    let e = Echo::start(&[]);
+    let marker = e._dir.join("died");
+    let marker_s = marker.to_str().expect("utf-8 path");
+    let req = || frame(&[("echo.die-once", marker_s)], b"again", Attributes::NONE);
+    let mut e = e;
+    assert_eq!(
+        exchange(&e.sock, req()),
+        None,
+        "silent close the first time"
+    );
+    let status = e.proc.wait_timeout(LONG);
+    assert_eq!(status.code(), Some(0));
+    assert!(marker.exists());
+    let e2 = Echo::start(&[]);
+    assert_eq!(exchange(&e2.sock, req()), Some(Resp::Ok(b"again".to_vec())));
+}
+
+#[test]
+fn echo_log_writes_one_line_and_echoes() {
+    let e = Echo::start(&[]);
+    let req = frame(&[("echo.log", "hello from a test")], b"b", Attributes::NONE);
+    assert_eq!(exchange(&e.sock, req), Some(Resp::Ok(b"b".to_vec())));
+    e.wait_for_line("charon-echo: hello from a test");
+}
+
+#[test]
+fn echo_signal_kills_with_that_signal() {
+    use std::os::unix::process::ExitStatusExt;
+    let req = frame(&[("echo.signal", "9")], b"x", Attributes::NONE);
+    let (status, resp, _) = standalone(&req);
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    assert_eq!(resp, None);
+}
+
+#[test]
+fn echo_fault_code_zero_is_bad_context() {
+    // Code 0 is not a fault code: the echo refuses it before acting.
+    let req = frame(&[("echo.fault", "0:zero")], b"x", Attributes::NONE);
+    let (status, resp, _) = standalone(&req);
+    assert_eq!(status.code(), Some(0));
+    match resp {
+        Some(Resp::Fault(5, text)) => assert!(text.contains("from 1"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+}
