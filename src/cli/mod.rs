@@ -18,6 +18,10 @@
 //! | 7 | any other error |
 //!
 //! Whenever the status is not 0, stderr gets a one-line message.
+//!
+//! A new subcommand (`stats`, `ps`, `reload`, `restart` for the manager) is
+//! a module here with an `Args` (clap derive) and a
+//! `run(Args) -> Result<(), Failure>`, plus one variant in [`Command`].
 
 mod common;
 mod lookup;
@@ -130,10 +134,17 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's message spans lines (what is wrong, then usage); keep
+            // its first paragraph on one line.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid usage");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("charon: {first} (see charon --help)");
+            let what: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let what = what.join(" ");
+            let what = what.strip_prefix("error: ").unwrap_or(&what);
+            eprintln!("charon: {what} (see charon --help)");
             return ExitCode::from(status::USAGE);
         }
     };
