@@ -101,6 +101,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let how = describe(exit);
     eprintln!("charon: program {program} {how}");
 
+    if exit.code() == Some(126) || exit.code() == Some(127) {
+        // sh's own statuses for a program it could not execute.
+        return Err(Failure::other(format!(
+            "unable to run {program}: not found or not executable (give a path to a service program)"
+        )));
+    }
     let wire = std::fs::read(&resp_path)
         .map_err(|e| Failure::other(format!("unable to read {}: {e}", resp_path.display())))?;
     let response_body = answer(&wire, &limits, program, &how)?;
