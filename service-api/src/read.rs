@@ -108,15 +108,17 @@ impl Core {
         // when it is due.
         let due = self.managed.as_ref().and_then(Managed::flush_due);
         let until = due.map_or(expires, |d| d.min(expires));
-        let mut fds = Vec::with_capacity(3);
-        fds.push(PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN));
-        fds.push(PollFd::new(self.stop_fd, PollFlags::POLLIN));
-        if let Some(m) = &self.managed {
-            fds.push(PollFd::new(m.report_fd(), PollFlags::POLLIN));
-        }
-        let woke = wait(&mut fds, Some(until));
+        // A fixed array, so waiting allocates nothing; the report channel
+        // (managed mode only) is the optional third entry.
+        let report = self.managed.as_ref().map(Managed::report_fd);
+        let mut all = [
+            PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.stop_fd, PollFlags::POLLIN),
+            PollFd::new(report.unwrap_or(self.stop_fd), PollFlags::POLLIN),
+        ];
+        let fds = &mut all[..if report.is_some() { 3 } else { 2 }];
+        let woke = wait(fds, Some(until));
         let hup = fds.get(2).is_some_and(|f| ready(f, READABLE));
-        drop(fds);
         if hup {
             if let Some(m) = &mut self.managed {
                 m.check_channel();

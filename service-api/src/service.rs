@@ -277,15 +277,17 @@ impl Core {
                         m.set_state(SlotState::Idle);
                         m.flush();
                     }
-                    let mut fds = Vec::with_capacity(3);
-                    fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-                    fds.push(PollFd::new(*stop_fd, PollFlags::POLLIN));
-                    if let Some(m) = managed.as_ref() {
-                        fds.push(PollFd::new(m.report_fd(), PollFlags::POLLIN));
-                    }
-                    wait(&mut fds, None).map_err(|e| Error::io("wait for a connection", e))?;
+                    // A fixed array, so waiting allocates nothing; the
+                    // report channel (managed mode only) is the third entry.
+                    let report = managed.as_ref().map(Managed::report_fd);
+                    let mut all = [
+                        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                        PollFd::new(*stop_fd, PollFlags::POLLIN),
+                        PollFd::new(report.unwrap_or(*stop_fd), PollFlags::POLLIN),
+                    ];
+                    let fds = &mut all[..if report.is_some() { 3 } else { 2 }];
+                    wait(fds, None).map_err(|e| Error::io("wait for a connection", e))?;
                     let hup = fds.get(2).is_some_and(|f| ready(f, READABLE));
-                    drop(fds);
                     if hup {
                         if let Some(m) = managed.as_mut() {
                             m.check_channel();
