@@ -48,9 +48,10 @@ pub(crate) struct View {
 pub(crate) enum Why {
     /// The periodic tick.
     Tick,
-    /// An instance said every instance is busy; `waiting` is whether
-    /// connections wait in the socket's queue.
-    Saturated { waiting: bool },
+    /// An instance said every instance is busy (or the loop re-checks);
+    /// `waiting` connections wait in the socket's queue, an exact count if
+    /// `exact`, else "at least this many".
+    Saturated { waiting: u32, exact: bool },
 }
 
 /// What to do.
@@ -66,8 +67,8 @@ pub(crate) fn decide(l: &Limits, views: &[View], why: Why) -> Decision {
     let live: Vec<&View> = views.iter().filter(|v| !v.leaving).collect();
     let n = live.len() as u32;
     match why {
-        Why::Saturated { waiting: false } => Decision::Nothing,
-        Why::Saturated { waiting: true } => {
+        Why::Saturated { waiting: 0, .. } => Decision::Nothing,
+        Why::Saturated { waiting, exact } => {
             if n >= l.maximum {
                 return Decision::Nothing;
             }
@@ -75,9 +76,11 @@ pub(crate) fn decide(l: &Limits, views: &[View], why: Why) -> Decision {
                 .iter()
                 .filter(|v| v.state == Some(SlotState::Starting))
                 .count() as u32;
-            // Double, capped by the maximum and the burst guard; capacity
-            // already starting counts.
-            let want = n.max(1).min(l.maximum - n).min(MAX_BURST);
+            // One per waiting client when the count is known, else double;
+            // capped by the maximum and the burst guard. Instances already
+            // starting will take waiting clients too.
+            let want = if exact { waiting } else { n.max(1) };
+            let want = want.min(l.maximum - n).min(MAX_BURST);
             match want.saturating_sub(starting) {
                 0 => Decision::Nothing,
                 k => Decision::Start(k),
@@ -137,25 +140,71 @@ mod tests {
     }
 
     #[test]
+    fn exact_queue_depth_starts_one_per_waiting_client() {
+        let l = limits(1, 8);
+        let exact = |waiting| Why::Saturated {
+            waiting,
+            exact: true,
+        };
+        let v = [view(0, SlotState::Busy, 0, 1.0)];
+        assert_eq!(decide(&l, &v, exact(7)), Decision::Start(7));
+        assert_eq!(decide(&l, &v, exact(30)), Decision::Start(7));
+        let v = [
+            view(0, SlotState::Busy, 0, 1.0),
+            view(1, SlotState::Starting, 0, 0.0),
+        ];
+        assert_eq!(decide(&l, &v, exact(3)), Decision::Start(2));
+        assert_eq!(decide(&l, &v, exact(1)), Decision::Nothing);
+    }
+
+    #[test]
     fn saturation_with_waiters_doubles() {
         let l = limits(1, 8);
         let v = [view(0, SlotState::Busy, 0, 1.0)];
         assert_eq!(
-            decide(&l, &v, Why::Saturated { waiting: true }),
+            decide(
+                &l,
+                &v,
+                Why::Saturated {
+                    waiting: 1,
+                    exact: false
+                }
+            ),
             Decision::Start(1)
         );
         let v: Vec<View> = (0..3).map(|i| view(i, SlotState::Busy, 0, 1.0)).collect();
         assert_eq!(
-            decide(&l, &v, Why::Saturated { waiting: true }),
+            decide(
+                &l,
+                &v,
+                Why::Saturated {
+                    waiting: 1,
+                    exact: false
+                }
+            ),
             Decision::Start(3)
         );
         assert_eq!(
-            decide(&l, &v, Why::Saturated { waiting: false }),
+            decide(
+                &l,
+                &v,
+                Why::Saturated {
+                    waiting: 0,
+                    exact: false
+                }
+            ),
             Decision::Nothing
         );
         let v: Vec<View> = (0..6).map(|i| view(i, SlotState::Busy, 0, 1.0)).collect();
         assert_eq!(
-            decide(&l, &v, Why::Saturated { waiting: true }),
+            decide(
+                &l,
+                &v,
+                Why::Saturated {
+                    waiting: 1,
+                    exact: false
+                }
+            ),
             Decision::Start(2)
         );
     }
@@ -213,19 +262,20 @@ mod tests {
         fn never_past_the_bounds(
             min in 0u32..5, extra in 0u32..20,
             states in prop::collection::vec((arb_state(), any::<bool>(), 0u64..200, 0.0f64..1.5), 0..30),
-            saturated in any::<bool>(), waiting in any::<bool>(),
+            saturated in any::<bool>(), waiting in 0u32..50, exact in any::<bool>(),
         ) {
             let l = limits(min, min + extra.max(1));
             let views: Vec<View> = states.iter().enumerate().map(|(i, &(state, leaving, idle, busy))| View {
                 id: i, state, leaving, idle_for: Duration::from_secs(idle), busy,
             }).collect();
             let live = views.iter().filter(|v| !v.leaving).count() as u32;
-            let why = if saturated { Why::Saturated { waiting } } else { Why::Tick };
+            let why = if saturated { Why::Saturated { waiting, exact } } else { Why::Tick };
             match decide(&l, &views, why) {
                 Decision::Nothing => {}
                 Decision::Start(k) => {
-                    prop_assert!(saturated && waiting);
+                    prop_assert!(saturated && waiting > 0);
                     prop_assert!(k >= 1 && live + k <= l.maximum && k <= MAX_BURST);
+                    prop_assert!(!exact || k <= waiting);
                 }
                 Decision::Stop(id, _) => {
                     prop_assert!(!saturated);

@@ -20,6 +20,7 @@ use nix::fcntl::Flock;
 use crate::config::ServiceConfig;
 use crate::log::{info, warning};
 use crate::process_table::ProcessTable;
+use crate::queue::QueueProbe;
 use crate::service::backoff::{Backoff, CrashTally};
 use crate::service::state::{Mode, ServiceState};
 use crate::service::transition::{self, Action, Event};
@@ -89,6 +90,8 @@ pub(crate) struct Svc {
     pub stderr_limit: RateLimit,
     /// Re-check saturation at this time (while every instance is busy).
     pub sat_check: Option<Instant>,
+    /// Inode of the listening socket, for queue-depth queries.
+    pub ino: u64,
 }
 
 impl Svc {
@@ -117,6 +120,8 @@ pub(crate) struct Manager {
     pub next_tick: Instant,
     pub next_stats: Instant,
     pub rng: u64,
+    /// sock_diag queries; None where the kernel does not offer them.
+    pub probe: Option<QueueProbe>,
     _lock: Flock<File>,
 }
 
@@ -146,6 +151,7 @@ impl Manager {
                     CrashTally::new(config.crash_loop_count, config.crash_loop_interval),
                 );
                 let slots = board.slot_count() as usize;
+                let ino = nix::sys::stat::fstat(&listen).map_or(0, |st| st.st_ino);
                 Svc {
                     config,
                     listen,
@@ -158,6 +164,7 @@ impl Manager {
                     stats: Stats::new(),
                     stderr_limit: RateLimit::new(now),
                     sat_check: None,
+                    ino,
                 }
             })
             .collect();
@@ -174,6 +181,7 @@ impl Manager {
             next_tick: now + TICK,
             next_stats: now,
             rng: seed | 1,
+            probe: QueueProbe::new().ok(),
             _lock: lock,
         })
     }

@@ -39,6 +39,7 @@ mod event_loop;
 mod instances;
 mod log;
 mod process_table;
+mod queue;
 mod scaling;
 mod service;
 mod signals;

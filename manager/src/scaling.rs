@@ -122,8 +122,9 @@ impl Manager {
             return;
         }
         let views = self.views(s);
-        let waiting = waiting(&self.services[s].listen);
-        let decision = calibrate::decide(&self.limits(s), &views, Why::Saturated { waiting });
+        let (waiting, exact) = self.queue_depth(s);
+        let decision =
+            calibrate::decide(&self.limits(s), &views, Why::Saturated { waiting, exact });
         if let Decision::Start(k) = decision {
             for _ in 0..k {
                 self.spawn_one(s, StartWhy::Grow);
@@ -131,12 +132,28 @@ impl Manager {
         }
         let all_busy = !self.services[s].board.any_idle();
         let below_max = self.live_count(s) < self.services[s].config.maximum_processes;
-        let every = if waiting {
+        let every = if waiting > 0 {
             SAT_RECHECK
         } else {
             SAT_RECHECK * 5
         };
         self.services[s].sat_check = (all_busy && below_max).then(|| Instant::now() + every);
+    }
+
+    /// Connections waiting on the socket: an exact count from sock_diag,
+    /// else 1 or 0 from a zero-timeout poll. A full queue means clients are
+    /// being refused as overloaded: counted once per look.
+    pub(crate) fn queue_depth(&mut self, s: usize) -> (u32, bool) {
+        let svc = &mut self.services[s];
+        if let Some(probe) = &mut self.probe {
+            if let Ok(d) = probe.depth(svc.ino) {
+                if d.backlog > 0 && d.waiting >= d.backlog {
+                    svc.stats.overload_seen += 1;
+                }
+                return (d.waiting, true);
+            }
+        }
+        (u32::from(waiting(&svc.listen)), false)
     }
 
     fn limits(&self, s: usize) -> calibrate::Limits {

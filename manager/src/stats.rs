@@ -45,6 +45,8 @@ pub(crate) struct Stats {
     pub launch_failures: u64,
     pub backoff_entries: u64,
     pub fast_failed: u64,
+    /// Times the accept queue was seen full (clients refused as overloaded).
+    pub overload_seen: u64,
     pub exited_cpu_us: u64,
     pub exited_maxrss_kib: u64,
     pub last_exit: Option<LastExit>,
@@ -66,6 +68,7 @@ impl Stats {
             launch_failures: 0,
             backoff_entries: 0,
             fast_failed: 0,
+            overload_seen: 0,
             exited_cpu_us: 0,
             exited_maxrss_kib: 0,
             last_exit: None,
@@ -103,7 +106,7 @@ impl Stats {
         });
         let exits: Vec<String> = self.exits.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!(
-            "stats: instances={instances} requests={} faults={} errors={} unanswered={} retried={} p50_us={p50} p99_us={p99} launches={} launch_failures={} backoffs={} fast_failed={} exits=[{}] exited_cpu_ms={} exited_maxrss_kib={}",
+            "stats: instances={instances} requests={} faults={} errors={} unanswered={} retried={} p50_us={p50} p99_us={p99} launches={} launch_failures={} backoffs={} fast_failed={} overload_seen={} exits=[{}] exited_cpu_ms={} exited_maxrss_kib={}",
             self.requests,
             self.faults,
             self.errors,
@@ -113,6 +116,7 @@ impl Stats {
             self.launch_failures,
             self.backoff_entries,
             self.fast_failed,
+            self.overload_seen,
             exits.join(","),
             self.exited_cpu_us / 1000,
             self.exited_maxrss_kib,
