@@ -779,3 +779,28 @@ fn echo_fault_code_zero_is_bad_context() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn sigusr1_drains_queued_connections_then_exits_zero() {
+    let mut e = Echo::start(&[]);
+    let mut busy = connect(&e.sock);
+    let ctx = [("echo.log", "draining soon"), ("echo.sleep-ms", "300")];
+    busy.write_all(&frame(&ctx, b"in hand", Attributes::NONE))
+        .expect("write");
+    e.wait_for_line("charon-echo: draining soon");
+    let mut queued: Vec<UnixStream> = (0..3u8)
+        .map(|i| {
+            let mut s = connect(&e.sock);
+            s.write_all(&simple(&[i])).expect("write");
+            s
+        })
+        .collect();
+    e.proc.signal(Signal::SIGUSR1);
+    assert_eq!(read_resp(&mut busy), Some(Resp::Ok(b"in hand".to_vec())));
+    for (i, s) in queued.iter_mut().enumerate() {
+        assert_eq!(read_resp(s), Some(Resp::Ok(vec![i as u8])), "queued {i}");
+    }
+    let status = e.proc.wait_timeout(LONG);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(!e.sock.exists());
+}

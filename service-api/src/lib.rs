@@ -119,6 +119,12 @@
 //! never lost. The handler uses `SA_RESTART`, so the program's own blocking
 //! calls are not disturbed.
 //!
+//! SIGUSR1 means *drain*: finish the request in hand, serve the connections
+//! already queued on the listening socket, then return `None` once the
+//! queue is empty. It is for an old generation whose socket has just been
+//! replaced (a reload): nothing queued on the old socket is lost. A
+//! connection kept for affinity is closed instead of waited on.
+//!
 //! ## Answering
 //!
 //! [`Request::respond`] and [`Request::fault`] consume the request: a

@@ -18,6 +18,7 @@ use crate::io::{ready, wait, READABLE};
 use crate::managed::Managed;
 use crate::mode::{Mode, Source};
 use crate::service::Core;
+use crate::sys;
 
 /// What reading a connection came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +127,12 @@ impl Core {
         }
         match woke {
             Ok(true) if self.stopping() => Some(Step::Stop),
+            Ok(true) if sys::drain_requested() => {
+                // Draining: a conversation's next request is not queued
+                // work; the client retries it elsewhere.
+                self.conn = None;
+                Some(Step::Next)
+            }
             // Data, or a spurious wake-up: let the read find out.
             Ok(true) => None,
             Ok(false) if Instant::now() < expires => {

@@ -271,6 +271,8 @@ impl Core {
                 Err(e) => e,
             };
             match e.raw_os_error() {
+                // Draining (SIGUSR1): the queue is empty, so we are done.
+                Some(libc::EAGAIN) if sys::drain_requested() => return Ok(false),
                 Some(libc::EAGAIN) => {
                     // Going idle: the batch goes out now, then we wait.
                     if let Some(m) = managed.as_mut() {

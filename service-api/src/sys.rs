@@ -1,4 +1,4 @@
-//! The one home of `unsafe` in this crate: the SIGTERM/SIGINT handler and
+//! The one home of `unsafe` in this crate: the SIGTERM/SIGINT/SIGUSR1 handler and
 //! its self-pipe, adopting the file descriptors a launcher arranged (fds 3,
 //! 4 and 5), mapping the scoreboard, and a non-blocking `accept4`.
 //!
@@ -17,8 +17,11 @@ use charon_protocol::scoreboard::Scoreboard;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-/// Set by the handler; never cleared (a stop request is final).
+/// Set by the handler on SIGTERM/SIGINT; never cleared (a stop request is
+/// final).
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by the handler on SIGUSR1; never cleared.
+static DRAIN: AtomicBool = AtomicBool::new(false);
 /// Write end of the self-pipe, read by the handler; -1 until installed.
 static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
 /// The self-pipe, kept for the life of the process (the handler may run at
@@ -39,10 +42,19 @@ pub(crate) fn stop_requested() -> bool {
     STOP.load(Ordering::Acquire)
 }
 
-extern "C" fn on_stop_signal(_sig: libc::c_int) {
+/// True once SIGUSR1 has arrived: serve what is queued, then stop.
+pub(crate) fn drain_requested() -> bool {
+    DRAIN.load(Ordering::Acquire)
+}
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
     // Only async-signal-safe work: an atomic store and write(2). errno is
     // saved and restored so the interrupted code never sees it change.
-    STOP.store(true, Ordering::Release);
+    if sig == libc::SIGUSR1 {
+        DRAIN.store(true, Ordering::Release);
+    } else {
+        STOP.store(true, Ordering::Release);
+    }
     let fd = PIPE_WR.load(Ordering::Acquire);
     if fd >= 0 {
         // SAFETY: __errno_location returns this thread's errno slot, valid
@@ -59,9 +71,9 @@ extern "C" fn on_stop_signal(_sig: libc::c_int) {
     }
 }
 
-/// Installs the SIGTERM and SIGINT handler and returns the read end of its
-/// self-pipe, which becomes readable (and stays so) once a stop signal has
-/// arrived. Polling it beside the listening socket makes the wait race-free:
+/// Installs the SIGTERM, SIGINT and SIGUSR1 handler and returns the read
+/// end of its self-pipe, which becomes readable (and stays so) once one of
+/// them has arrived. Polling it beside the listening socket makes the wait race-free:
 /// a signal that lands just before `poll` leaves the pipe readable.
 pub(crate) fn install_stop_handler() -> io::Result<BorrowedFd<'static>> {
     let pipe = match PIPE.get() {
@@ -79,7 +91,8 @@ pub(crate) fn install_stop_handler() -> io::Result<BorrowedFd<'static>> {
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+    let signals = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1];
+    for sig in signals {
         // SAFETY: the handler only performs async-signal-safe operations
         // (atomic load/store, write(2), errno save/restore), and it reads
         // only statics that are initialized before it is installed.
@@ -87,8 +100,9 @@ pub(crate) fn install_stop_handler() -> io::Result<BorrowedFd<'static>> {
     }
     // A launcher may have blocked them; the handler is useless if so.
     let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
+    for sig in signals {
+        set.add(sig);
+    }
     set.thread_unblock()?;
     Ok(pipe.0.as_fd())
 }
