@@ -693,3 +693,91 @@ fn after_backoff_a_trial_instance_brings_the_service_back() {
     );
     d.wait_log("recovery", |l| l.contains("healthy again"));
 }
+
+#[test]
+fn instances_ignoring_sigterm_are_killed_after_stop_grace() {
+    // SIG_IGN survives exec: `sleep` ignores SIGTERM.
+    let script = "trap '' TERM; exec sleep 600";
+    let mut d = Daemon::start(&[(
+        KEY,
+        &format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\nminimum-processes = 2\nstop-grace = \"1s\"\nunresponsive-timeout = 0\n"),
+    )]);
+    wait_for(LONG, "two instances", || d.instances().len() == 2);
+    let t0 = Instant::now();
+    d.proc.as_ref().expect("proc").signal(Signal::SIGTERM);
+    let status = d.proc.as_mut().expect("proc").wait_timeout(LONG);
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "waited for stop-grace"
+    );
+    assert_eq!(
+        d.count("still running after stop-grace; sending SIGKILL"),
+        2,
+        "{}",
+        d.log()
+    );
+    assert!(d.instances().is_empty(), "no orphan left");
+}
+
+#[test]
+fn a_crash_loop_enters_backoff() {
+    let d = Daemon::start(&[(
+        KEY,
+        &echo("prestart-processes = true\ncrash-loop-count = 2\ncrash-loop-interval = \"60s\"\nbackoff-initial = \"30s\""),
+    )]);
+    let mut c = d.client();
+    for n in 1..=2 {
+        wait_for(LONG, "an instance", || d.instances().len() == 1);
+        let req = Request::new(KEY, b"x".to_vec())
+            .context("echo.signal", "6")
+            .no_retry();
+        assert!(c.call_request(&req).is_err());
+        d.wait_log("the crash", |l| l.matches("counted as crash").count() == n);
+    }
+    d.wait_log("backoff", |l| l.contains("backoff: no launch for 30s"));
+    match c.call(KEY, b"x").expect_err("in backoff").into_kind() {
+        ErrorKind::Unavailable { reason, .. } => assert!(reason.contains("signal 6"), "{reason}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_flood_of_stderr_is_rate_limited_with_a_summary() {
+    let script =
+        "i=0; while [ $i -lt 1000 ]; do echo flood line $i >&2; i=$((i+1)); done; exec sleep 600";
+    let d = Daemon::start(&[(
+        KEY,
+        &format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\nunresponsive-timeout = 0\n"),
+    )]);
+    d.wait_log("the summary", |l| {
+        l.contains("line(s) dropped by the rate limit")
+    });
+    let log = d.log();
+    let logged = log.matches("stderr: flood line").count();
+    let dropped: usize = log
+        .lines()
+        .filter_map(|l| {
+            l.split_once("unable to log all stderr: ")?
+                .1
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert!((200..400).contains(&logged), "{logged} lines logged");
+    // Every line is either logged or counted (some may still be unsummarised).
+    assert!(
+        logged + dropped <= 1000 && logged + dropped >= 900,
+        "{logged} + {dropped}"
+    );
+    // Whole lines only.
+    assert!(log
+        .lines()
+        .filter(|l| l.contains("stderr: flood"))
+        .all(|l| {
+            l.split_once("stderr: flood line ")
+                .is_some_and(|(_, n)| n.parse::<u32>().is_ok())
+        }));
+}
