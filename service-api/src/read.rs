@@ -182,11 +182,8 @@ impl Core {
         false
     }
 
-    pub(crate) fn refuse_decode(&mut self, e: &DecodeError) {
-        self.refuse_decode_at(e, 0);
-    }
-
-    fn refuse_decode_at(&mut self, e: &DecodeError, received: usize) {
+    /// Refuses a frame that failed to decode after `received` bytes.
+    pub(crate) fn refuse_decode_at(&mut self, e: &DecodeError, received: usize) {
         self.refuse(error_code_for(e), &e.to_string(), received);
     }
 

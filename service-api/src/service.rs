@@ -169,7 +169,7 @@ impl Service {
             match decode_request(self.buf.payload(), &limits) {
                 Ok(_) => break self.buf.frame().len(),
                 Err(e) => {
-                    self.core.refuse_decode(&e);
+                    self.core.refuse_decode_at(&e, self.buf.received());
                     self.clear_buf();
                 }
             }
