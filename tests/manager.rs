@@ -42,8 +42,13 @@ impl Daemon {
     }
 
     fn start_in(dir: TestDir, conf: PathBuf, run: PathBuf) -> Daemon {
+        Daemon::start_with(dir, conf, run, &[])
+    }
+
+    fn start_with(dir: TestDir, conf: PathBuf, run: PathBuf, extra: &[&str]) -> Daemon {
         let mut cmd = Command::new(bin("charond"));
-        cmd.arg("--config-dir")
+        cmd.args(extra)
+            .arg("--config-dir")
             .arg(&conf)
             .arg("--run-dir")
             .arg(&run)
@@ -780,4 +785,37 @@ fn a_flood_of_stderr_is_rate_limited_with_a_summary() {
             l.split_once("stderr: flood line ")
                 .is_some_and(|(_, n)| n.parse::<u32>().is_ok())
         }));
+}
+
+#[test]
+fn periodic_stats_lines_count_requests_faults_and_exits() {
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    dir.write(
+        &format!("conf/{KEY}.toml"),
+        echo("prestart-processes = true"),
+    );
+    let run_dir = dir.join("run");
+    let d = Daemon::start_with(dir, conf, run_dir, &["--stats-interval", "1"]);
+    let mut c = d.client();
+    for i in 0..3u8 {
+        assert_eq!(c.call(KEY, &[i]).expect("answered"), [i]);
+    }
+    let fault = Request::new(KEY, b"x".to_vec()).context("echo.fault", "100:no");
+    assert!(c
+        .call_request(&fault)
+        .expect_err("fault")
+        .is_service_fault());
+    let flag = d.dir.join("died");
+    let die =
+        Request::new(KEY, b"y".to_vec()).context("echo.die-once", flag.to_str().expect("utf-8"));
+    assert_eq!(c.call_request(&die).expect("retried"), b"y");
+    d.wait_log("a stats line with every count", |l| {
+        l.lines().any(|l| {
+            l.contains("stats: busy=0 idle=1 requests=5 faults=1")
+                && l.contains("retried=1")
+                && l.contains("launches=2")
+                && l.contains("exits=[clean=1]")
+        })
+    });
 }

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use charon_protocol::scoreboard::Scoreboard;
+use charon_protocol::scoreboard::{Scoreboard, SlotState};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::fcntl::Flock;
@@ -355,8 +355,15 @@ impl Manager {
         if now >= self.next_stats {
             self.next_stats = now + self.paths.stats_interval;
             for (s, svc) in self.services.iter().enumerate() {
-                let n = self.procs.iter().filter(|(_, i)| i.service == s).count();
-                info!(Some(svc.key()), None, "{}", svc.stats.summary(n));
+                let (mut busy, mut idle) = (0, 0);
+                for (_, i) in self.procs.iter().filter(|(_, i)| i.service == s) {
+                    match svc.board.slot(i.slot).and_then(|sl| sl.state()) {
+                        Some(SlotState::Busy) => busy += 1,
+                        Some(SlotState::Idle) => idle += 1,
+                        _ => {}
+                    }
+                }
+                info!(Some(svc.key()), None, "{}", svc.stats.summary(busy, idle));
             }
         }
     }

@@ -100,13 +100,13 @@ impl Stats {
     }
 
     /// One log line's worth.
-    pub(crate) fn summary(&self, instances: usize) -> String {
+    pub(crate) fn summary(&self, busy: usize, idle: usize) -> String {
         let (p50, p99) = self.latency_us.as_ref().map_or((0, 0), |h| {
             (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
         });
         let exits: Vec<String> = self.exits.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!(
-            "stats: instances={instances} requests={} faults={} errors={} unanswered={} retried={} p50_us={p50} p99_us={p99} launches={} launch_failures={} backoffs={} fast_failed={} overload_seen={} exits=[{}] exited_cpu_ms={} exited_maxrss_kib={}",
+            "stats: busy={busy} idle={idle} requests={} faults={} errors={} unanswered={} retried={} p50_us={p50} p99_us={p99} launches={} launch_failures={} backoffs={} fast_failed={} overload_seen={} exits=[{}] exited_cpu_ms={} exited_maxrss_kib={}",
             self.requests,
             self.faults,
             self.errors,
@@ -149,9 +149,9 @@ mod tests {
         );
         s.exit("clean");
         s.exit("clean");
-        let line = s.summary(2);
+        let line = s.summary(1, 2);
         assert!(
-            line.contains("requests=3") && line.contains("exits=[clean=2]"),
+            line.contains("busy=1 idle=2 requests=3") && line.contains("exits=[clean=2]"),
             "{line}"
         );
     }
