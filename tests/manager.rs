@@ -290,7 +290,7 @@ fn missing_executable_is_a_launch_failure() {
         ErrorKind::Unavailable { reason, .. } => {
             assert!(reason.contains("executable not found"), "{reason}");
             assert!(
-                reason.contains("unable to exec"),
+                reason.contains("launch failed: unable to exec the program: errno 2"),
                 "last stderr line: {reason}"
             );
         }

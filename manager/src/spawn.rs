@@ -144,6 +144,7 @@ fn plan(l: &Launch<'_>) -> io::Result<ChildPlan> {
         rlimits,
         ids: ids(c)?,
         manager_pid: std::process::id() as i32,
+        max_signal: libc::SIGRTMAX(),
     })
 }
 

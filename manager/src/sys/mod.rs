@@ -72,6 +72,9 @@ pub(crate) struct ChildPlan {
     /// (uid, gid, supplementary groups) when switching user.
     pub ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     pub manager_pid: libc::pid_t,
+    /// Highest signal number whose disposition the child resets (read
+    /// before the fork: `SIGRTMAX()` is a libc call).
+    pub max_signal: libc::c_int,
 }
 
 /// The fds the child gets at 0-5, in order: stdin, stdout, stderr, then
@@ -189,7 +192,7 @@ unsafe fn child_after_fork(
     }
     // SIG_IGN survives exec (the manager ignores SIGPIPE); reset them all.
     // Errors for the signals libc reserves are expected and harmless.
-    for sig in 1..libc::SIGRTMAX() {
+    for sig in 1..=plan.max_signal {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             libc::signal(sig, libc::SIG_DFL);
         }
@@ -222,7 +225,7 @@ unsafe fn child_after_fork(
         libc::EACCES | libc::EPERM => code::EXEC_DENIED,
         _ => code::EXEC_OTHER,
     };
-    fail(c, b"exec")
+    fail(c, b"exec the program")
 }
 
 fn errno() -> i32 {
@@ -231,13 +234,13 @@ fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
-/// Writes `charond: unable to <what> before exec: errno N` to fd 2 and
+/// Writes `charond: launch failed: unable to <what>: errno N` to fd 2 and
 /// exits with `code`. Async-signal-safe: a stack buffer, write, _exit.
 fn fail(code: i32, what: &[u8]) -> ! {
     let e = errno();
     let mut buf = [0u8; 128];
     let mut n = 0;
-    for part in [&b"charond: unable to "[..], what, b" before exec: errno "] {
+    for part in [&b"charond: launch failed: unable to "[..], what, b": errno "] {
         let take = part.len().min(buf.len() - n - 12);
         buf[n..n + take].copy_from_slice(&part[..take]);
         n += take;
