@@ -569,6 +569,45 @@ fn managed_slot_goes_idle_then_counts_requests() {
         s.requests == 3 && s.state == Some(SlotState::Idle) && s.busy_since_ns == 0
     });
     assert!(m.slot().snapshot().busy_total_ns > 0);
+    check_instance_fds(m.proc.pid());
+}
+
+/// A managed instance holds fds 3-5 as arranged, close-on-exec (its own
+/// children must not inherit them), and adds only its wake-up eventfd.
+fn check_instance_fds(pid: i32) {
+    for fd in [3, 4, 5] {
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).expect("fdinfo");
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .expect("flags line");
+        assert_ne!(
+            flags & 0o2_000_000,
+            0,
+            "fd {fd} is not close-on-exec: {info}"
+        );
+    }
+    let mut extra = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir") {
+        let entry = entry.expect("entry");
+        let n: i32 = entry
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .expect("fd number");
+        if n > 5 {
+            let target = std::fs::read_link(entry.path()).expect("link");
+            extra.push(target.to_string_lossy().into_owned());
+        }
+    }
+    // The test runner may leak its own inheritable fds (cargo's jobserver
+    // pipe, /dev/null); what the library adds is one eventfd, and no
+    // socket or memfd may appear twice.
+    let count = |p: &str| extra.iter().filter(|t| t.starts_with(p)).count();
+    assert_eq!(count("anon_inode:[eventfd]"), 1, "{extra:?}");
+    assert_eq!(count("socket:"), 0, "{extra:?}");
+    assert_eq!(count("/memfd:"), 0, "{extra:?}");
 }
 
 #[test]

@@ -114,7 +114,7 @@
 //!
 //! SIGTERM or SIGINT means: finish the request in hand, then
 //! [`Service::next_request`] returns `None` and the program exits 0. The
-//! handler only sets a flag and writes to a self-pipe that every wait polls
+//! handler only sets a flag and writes to an eventfd that every wait polls
 //! beside the listening socket, so a signal arriving just before the wait is
 //! never lost. The handler uses `SA_RESTART`, so the program's own blocking
 //! calls are not disturbed.

@@ -26,6 +26,9 @@ const HINT_GAP_NS: u64 = 2_000_000;
 #[derive(Debug)]
 pub(crate) struct Managed {
     scoreboard: Scoreboard,
+    // Kept open (though the mapping does not need it) so the instance holds
+    // fds 3, 4 and 5 exactly as the manager arranged them.
+    _scoreboard_fd: OwnedFd,
     slot: u32,
     report: OwnedFd,
     batch: Vec<Record>,
@@ -36,9 +39,15 @@ pub(crate) struct Managed {
 
 impl Managed {
     /// `slot` was checked against the scoreboard's slot count by the caller.
-    pub(crate) fn new(scoreboard: Scoreboard, slot: u32, report: OwnedFd) -> Managed {
+    pub(crate) fn new(
+        scoreboard: Scoreboard,
+        scoreboard_fd: OwnedFd,
+        slot: u32,
+        report: OwnedFd,
+    ) -> Managed {
         Managed {
             scoreboard,
+            _scoreboard_fd: scoreboard_fd,
             slot,
             report,
             batch: Vec::with_capacity(MAX_RECORDS),
@@ -188,7 +197,7 @@ mod tests {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
     fn setup(slots: u32, limit: u64) -> (Managed, OwnedFd) {
-        let (sb, _fd) = Scoreboard::create(c"managed-test", slots).unwrap();
+        let (sb, sb_fd) = Scoreboard::create(c"managed-test", slots).unwrap();
         sb.slot(0).unwrap().reset(1, limit);
         sb.header().slots_in_use.store(slots, Ordering::Relaxed);
         let (ours, theirs) = socketpair(
@@ -198,7 +207,7 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        (Managed::new(sb, 0, ours), theirs)
+        (Managed::new(sb, sb_fd, 0, ours), theirs)
     }
 
     fn received(fd: &OwnedFd) -> Vec<Message> {

@@ -131,8 +131,6 @@ fn managed(slot_text: &str) -> Result<Setup, Error> {
             found: format!("not a scoreboard ({e})"),
         })
     })?;
-    // The mapping stays valid after the fd is closed.
-    drop(sb_fd);
     if slot >= scoreboard.slot_count() {
         return Err(Error::new(ErrorKind::BadEnv {
             var: ENV_SLOT,
@@ -151,7 +149,7 @@ fn managed(slot_text: &str) -> Result<Setup, Error> {
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("make the rendezvous socket non-blocking", e))?;
-    let managed = Managed::new(scoreboard, slot, report);
+    let managed = Managed::new(scoreboard, sb_fd, slot, report);
     managed.set_state(SlotState::Starting);
     Ok(Setup {
         mode: Mode::Managed,

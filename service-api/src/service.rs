@@ -110,7 +110,7 @@ impl Service {
         if !sys::claim_process() {
             return Err(Error::new(ErrorKind::AlreadyInitialized));
         }
-        // The mode first: it looks at fds 3 and 4, which the self-pipe
+        // The mode first: it looks at fds 3 and 4, which the wake-up eventfd
         // would otherwise take.
         let setup = mode::setup(&env)?;
         let stop_fd =

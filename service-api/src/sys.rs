@@ -1,5 +1,5 @@
 //! The one home of `unsafe` in this crate: the SIGTERM/SIGINT/SIGUSR1 handler and
-//! its self-pipe, adopting the file descriptors a launcher arranged (fds 3,
+//! its wake-up eventfd, adopting the file descriptors a launcher arranged (fds 3,
 //! 4 and 5), mapping the scoreboard, and a non-blocking `accept4`.
 //!
 //! Everything here is a thin, checked wrapper returning `io::Result`; the
@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::OnceLock;
 
 use charon_protocol::scoreboard::Scoreboard;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 /// Set by the handler on SIGTERM/SIGINT; never cleared (a stop request is
@@ -22,11 +23,12 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 static STOP: AtomicBool = AtomicBool::new(false);
 /// Set by the handler on SIGUSR1; never cleared.
 static DRAIN: AtomicBool = AtomicBool::new(false);
-/// Write end of the self-pipe, read by the handler; -1 until installed.
-static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
-/// The self-pipe, kept for the life of the process (the handler may run at
-/// any moment, so the write end must never be closed).
-static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+/// The wake-up eventfd as the handler sees it; -1 until installed.
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// The wake-up eventfd, kept for the life of the process (the handler may
+/// run at any moment, so it must never be closed). One fd, not a pipe's
+/// two: an instance holds as few fds beyond 0-5 as it can.
+static WAKE: OnceLock<OwnedFd> = OnceLock::new();
 /// Set by the first successful [`claim_process`]: the fds and handlers are
 /// adopted once per process.
 static CLAIMED: AtomicBool = AtomicBool::new(false);
@@ -55,37 +57,39 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
     } else {
         STOP.store(true, Ordering::Release);
     }
-    let fd = PIPE_WR.load(Ordering::Acquire);
+    let fd = WAKE_FD.load(Ordering::Acquire);
     if fd >= 0 {
         // SAFETY: __errno_location returns this thread's errno slot, valid
         // for the thread's life; reading and writing it is signal-safe.
         let saved = unsafe { *libc::__errno_location() };
-        let byte = 1u8;
-        // SAFETY: `fd` is the write end of a pipe that is never closed (it
-        // lives in a static); `byte` is a valid 1-byte buffer on our stack.
-        // A full pipe (EAGAIN, the fd is non-blocking) is fine: it is
-        // already readable, which is all the reader needs.
-        let _ = unsafe { libc::write(fd, std::ptr::addr_of!(byte).cast(), 1) };
+        let one = 1u64;
+        // SAFETY: `fd` is an eventfd that is never closed (it lives in a
+        // static); `one` is a valid 8-byte buffer on our stack, the size an
+        // eventfd write takes. A saturated counter (EAGAIN, the fd is
+        // non-blocking) is fine: it is already readable, all a waiter needs.
+        let _ = unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
         // SAFETY: as above.
         unsafe { *libc::__errno_location() = saved };
     }
 }
 
-/// Installs the SIGTERM, SIGINT and SIGUSR1 handler and returns the read
-/// end of its self-pipe, which becomes readable (and stays so) once one of
-/// them has arrived. Polling it beside the listening socket makes the wait race-free:
-/// a signal that lands just before `poll` leaves the pipe readable.
+/// Installs the SIGTERM, SIGINT and SIGUSR1 handler and returns its
+/// wake-up eventfd, which becomes readable (and stays so: nobody reads it)
+/// once one of them has arrived. Polling it beside the listening socket
+/// makes the wait race-free: a signal that lands just before `poll` leaves
+/// it readable.
 pub(crate) fn install_stop_handler() -> io::Result<BorrowedFd<'static>> {
-    let pipe = match PIPE.get() {
-        Some(p) => p,
+    let wake = match WAKE.get() {
+        Some(fd) => fd,
         None => {
-            let p = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-            PIPE.get_or_init(|| p)
+            let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+            let fd = OwnedFd::from(EventFd::from_value_and_flags(0, flags)?);
+            WAKE.get_or_init(|| fd)
         }
     };
-    PIPE_WR.store(pipe.1.as_raw_fd(), Ordering::Release);
+    WAKE_FD.store(wake.as_raw_fd(), Ordering::Release);
     // SA_RESTART: a service's own blocking calls resume after the handler
-    // instead of failing with EINTR; our waits poll the pipe anyway.
+    // instead of failing with EINTR; our waits poll the eventfd anyway.
     let action = SigAction::new(
         SigHandler::Handler(on_stop_signal),
         SaFlags::SA_RESTART,
@@ -104,7 +108,7 @@ pub(crate) fn install_stop_handler() -> io::Result<BorrowedFd<'static>> {
         set.add(sig);
     }
     set.thread_unblock()?;
-    Ok(pipe.0.as_fd())
+    Ok(wake.as_fd())
 }
 
 /// True if `fd` is open in this process.
