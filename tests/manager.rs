@@ -819,3 +819,42 @@ fn periodic_stats_lines_count_requests_faults_and_exits() {
         })
     });
 }
+
+#[test]
+fn limits_cd_and_env_are_applied_before_exec() {
+    let script =
+        "echo nofile=$(ulimit -n) cpu=$(ulimit -t) pwd=$(pwd) foo=$FOO >&2; exec sleep 600";
+    let d = Daemon::start(&[(
+        KEY,
+        &format!(
+            "exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\nunresponsive-timeout = 0\n\
+             cd = \"/tmp\"\nulimit-open-files = 64\nulimit-cpu-milliseconds = 1500\n\n[env]\nFOO = \"bar\"\n"
+        ),
+    )]);
+    d.wait_log("the limits line", |l| l.contains("stderr: nofile="));
+    assert!(
+        d.log().contains("stderr: nofile=64 cpu=2 pwd=/tmp foo=bar"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_missing_cd_directory_is_launch_failure_11() {
+    let d = Daemon::start(&[(
+        KEY,
+        &echo("prestart-processes = true\ncd = \"/nonexistent-charon-dir\"\nbackoff-initial = \"30s\""),
+    )]);
+    d.wait_log("the launch failure", |l| {
+        l.contains("counted as launch_failure")
+    });
+    let log = d.log();
+    assert!(
+        log.contains("exit 11 (launch failure: chdir to the cd directory failed)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("stderr: charond: launch failed: unable to chdir: errno 2"),
+        "{log}"
+    );
+}

@@ -68,7 +68,7 @@ impl Manager {
                 );
                 svc.stats.launch_failures += 1;
                 svc.stats.exit("launch_failure");
-                svc.stats.last_exit = Some(LastExit {
+                svc.stats.set_last_exit(LastExit {
                     pid: 0,
                     status: format!("could not be started: {e}"),
                     stderr: String::new(),
@@ -396,7 +396,7 @@ impl Manager {
             WaitStatus::Exited(c) => format!("exit {c}"),
             WaitStatus::Signaled(sig) => format!("signal {sig}"),
         };
-        svc.stats.last_exit = Some(LastExit {
+        svc.stats.set_last_exit(LastExit {
             pid: inst.pid,
             status: class.to_string(),
             stderr: inst.lines.last.clone(),

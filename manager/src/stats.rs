@@ -4,7 +4,7 @@
 //! and the last exit. Counting only; reading them out (control socket,
 //! `charon stats`) is left to others, and the loop logs a summary line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use charon_protocol::report::{Outcome, Record};
 use hdrhistogram::Histogram;
@@ -31,6 +31,9 @@ impl LastExit {
     }
 }
 
+/// Exits kept per service for operators (`charon stats`, issue 4).
+pub(crate) const RECENT_EXITS: usize = 16;
+
 /// Counters of one service.
 #[derive(Debug)]
 pub(crate) struct Stats {
@@ -50,6 +53,8 @@ pub(crate) struct Stats {
     pub exited_cpu_us: u64,
     pub exited_maxrss_kib: u64,
     pub last_exit: Option<LastExit>,
+    /// The last [`RECENT_EXITS`] exits, oldest first.
+    pub recent_exits: VecDeque<LastExit>,
 }
 
 impl Stats {
@@ -72,6 +77,7 @@ impl Stats {
             exited_cpu_us: 0,
             exited_maxrss_kib: 0,
             last_exit: None,
+            recent_exits: VecDeque::with_capacity(RECENT_EXITS),
         }
     }
 
@@ -97,6 +103,15 @@ impl Stats {
     /// Counts an exit under its class name.
     pub(crate) fn exit(&mut self, class: &'static str) {
         *self.exits.entry(class).or_insert(0) += 1;
+    }
+
+    /// Records the last exit, keeping a ring of recent ones.
+    pub(crate) fn set_last_exit(&mut self, e: LastExit) {
+        if self.recent_exits.len() == RECENT_EXITS {
+            self.recent_exits.pop_front();
+        }
+        self.recent_exits.push_back(e.clone());
+        self.last_exit = Some(e);
     }
 
     /// One log line's worth.
@@ -149,6 +164,16 @@ mod tests {
         );
         s.exit("clean");
         s.exit("clean");
+        for pid in 0..20 {
+            s.set_last_exit(LastExit {
+                pid,
+                status: "exit 0 (clean)".into(),
+                stderr: String::new(),
+            });
+        }
+        assert_eq!(s.recent_exits.len(), RECENT_EXITS);
+        assert_eq!(s.recent_exits.front().map(|e| e.pid), Some(4));
+        assert_eq!(s.last_exit.as_ref().map(|e| e.pid), Some(19));
         let line = s.summary(1, 2);
         assert!(
             line.contains("busy=1 idle=2 requests=3") && line.contains("exits=[clean=2]"),

@@ -240,7 +240,11 @@ fn fail(code: i32, what: &[u8]) -> ! {
     let e = errno();
     let mut buf = [0u8; 128];
     let mut n = 0;
-    for part in [&b"charond: launch failed: unable to "[..], what, b": errno "] {
+    for part in [
+        &b"charond: launch failed: unable to "[..],
+        what,
+        b": errno ",
+    ] {
         let take = part.len().min(buf.len() - n - 12);
         buf[n..n + take].copy_from_slice(&part[..take]);
         n += take;
