@@ -175,7 +175,9 @@ fn on_demand_first_request_is_answered() {
         .call(KEY, b"hello")
         .expect("first request answered");
     assert_eq!(body, b"hello");
-    assert_eq!(d.count("on demand"), 1, "{}", d.log());
+    d.wait_log("the on-demand start", |l| {
+        l.matches("on demand").count() == 1
+    });
 }
 
 #[test]
@@ -185,7 +187,9 @@ fn prestart_starts_the_minimum() {
         &echo("prestart-processes = true\nminimum-processes = 3\nmaximum-processes = 5"),
     )]);
     wait_for(LONG, "3 instances", || d.instances().len() == 3);
-    assert_eq!(d.count("prestart"), 3, "{}", d.log());
+    d.wait_log("three prestart lines", |l| {
+        l.matches("prestart").count() == 3
+    });
 }
 
 #[test]
@@ -220,7 +224,7 @@ fn burst_of_eight_grows_instead_of_queueing() {
         "burst took {took:?}; log:\n{}",
         d.log()
     );
-    assert!(d.count("grow") >= 1, "{}", d.log());
+    d.wait_log("a grow", |l| l.contains("grow"));
 }
 
 #[test]
@@ -333,13 +337,12 @@ fn unresponsive_instance_is_killed_and_the_request_retried() {
     let req = Request::new(KEY, b"zz".to_vec()).context("echo.sleep-ms", "60000");
     let err = d.client().call_request(&req).expect_err("killed twice");
     assert!(matches!(err.into_kind(), ErrorKind::Disconnected { .. }));
-    let log = d.log();
-    assert!(log.contains("client \"manager-test\", attempt 1"), "{log}");
-    assert!(
-        log.contains("client \"manager-test\", attempt 2"),
-        "the retry landed: {log}"
-    );
-    assert!(d.count("counted as unresponsive") >= 1, "{log}");
+    // The log is read by another thread: wait for the lines, never assume.
+    d.wait_log("both kills with what they were doing", |l| {
+        l.contains("(client \"manager-test\", attempt 1, ")
+            && l.contains("(client \"manager-test\", attempt 2, ")
+            && l.matches("counted as unresponsive").count() == 2
+    });
 }
 
 #[test]
@@ -382,13 +385,11 @@ fn idle_instances_shrink_to_the_minimum() {
             .expect("add");
     }
     batch.wait_all();
-    assert!(d.count("grow") >= 1, "grew first: {}", d.log());
+    d.wait_log("a grow first", |l| l.contains("grow"));
     wait_for(LONG, "the minimum again", || d.instances().len() == 1);
-    assert!(
-        d.count("counted as idle") + d.count("counted as excess") >= 1,
-        "{}",
-        d.log()
-    );
+    d.wait_log("an idle or excess stop", |l| {
+        l.contains("counted as idle") || l.contains("counted as excess")
+    });
 }
 
 #[test]
@@ -459,7 +460,9 @@ fn sigterm_finishes_the_request_in_flight_then_everything_is_gone() {
         "socket removed"
     );
     assert!(d.instances().is_empty(), "no orphan left");
-    assert_eq!(d.count("counted as shutdown"), 2, "{}", d.log());
+    d.wait_log("two shutdown exits", |l| {
+        l.matches("counted as shutdown").count() == 2
+    });
 }
 
 /// An instance thread sleeping in `echo.sleep-ms` (state S with a
@@ -475,11 +478,20 @@ fn instances_hold_only_fds_0_to_5_and_a_scrubbed_environment() {
         KEY,
         &format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\nunresponsive-timeout = 0\n"),
     )]);
-    d.wait_log("the listing", |l| l.contains("stderr: PATH="));
+    d.wait_log("the environment", |l| {
+        l.contains("stderr: PATH=")
+            && l.contains("stderr: CHARON_RUN_DIR=")
+            && l.contains("stderr: CHARON_SERVICE_KEY=")
+            && l.contains("stderr: CHARON_SLOT=")
+    });
     let log = d.log();
     let pids = d.instances();
     assert_eq!(pids.len(), 1);
-    // `exec sleep` keeps the pid: these are the fds the manager passed.
+    // `exec sleep` keeps the pid: once it has run, these are the fds the
+    // manager passed (the shell itself juggles fds while `env` runs).
+    wait_for(LONG, "the exec of sleep", || {
+        std::fs::read(format!("/proc/{}/cmdline", pids[0])).is_ok_and(|c| c.starts_with(b"sleep\0"))
+    });
     let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{}/fd", pids[0]))
         .expect("fd dir")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -716,12 +728,11 @@ fn instances_ignoring_sigterm_are_killed_after_stop_grace() {
         t0.elapsed() >= Duration::from_millis(900),
         "waited for stop-grace"
     );
-    assert_eq!(
-        d.count("still running after stop-grace; sending SIGKILL"),
-        2,
-        "{}",
-        d.log()
-    );
+    d.wait_log("two SIGKILLs", |l| {
+        l.matches("still running after stop-grace; sending SIGKILL")
+            .count()
+            == 2
+    });
     assert!(d.instances().is_empty(), "no orphan left");
 }
 
