@@ -752,7 +752,11 @@ fn a_crash_loop_enters_backoff() {
         d.wait_log("the crash", |l| l.matches("counted as crash").count() == n);
     }
     d.wait_log("backoff", |l| l.contains("backoff: no launch for 30s"));
-    match c.call(KEY, b"x").expect_err("in backoff").into_kind() {
+    let res = c.call(KEY, b"x");
+    let err = res
+        .err()
+        .unwrap_or_else(|| panic!("answered in backoff; log:\n{}", d.log()));
+    match err.into_kind() {
         ErrorKind::Unavailable { reason, .. } => assert!(reason.contains("signal 6"), "{reason}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }

@@ -72,16 +72,17 @@ pub(crate) fn decide(l: &Limits, views: &[View], why: Why) -> Decision {
             if n >= l.maximum {
                 return Decision::Nothing;
             }
-            let starting = live
+            // Instances starting, or idle and about to accept, will take
+            // waiting clients too.
+            let coming = live
                 .iter()
-                .filter(|v| v.state == Some(SlotState::Starting))
+                .filter(|v| matches!(v.state, Some(SlotState::Starting | SlotState::Idle)))
                 .count() as u32;
             // One per waiting client when the count is known, else double;
-            // capped by the maximum and the burst guard. Instances already
-            // starting will take waiting clients too.
+            // capped by the maximum and the burst guard.
             let want = if exact { waiting } else { n.max(1) };
             let want = want.min(l.maximum - n).min(MAX_BURST);
-            match want.saturating_sub(starting) {
+            match want.saturating_sub(coming) {
                 0 => Decision::Nothing,
                 k => Decision::Start(k),
             }
@@ -155,6 +156,10 @@ mod tests {
         ];
         assert_eq!(decide(&l, &v, exact(3)), Decision::Start(2));
         assert_eq!(decide(&l, &v, exact(1)), Decision::Nothing);
+        // An idle instance about to accept is capacity too.
+        let v = [view(0, SlotState::Idle, 0, 0.0)];
+        assert_eq!(decide(&l, &v, exact(1)), Decision::Nothing);
+        assert_eq!(decide(&l, &v, exact(3)), Decision::Start(2));
     }
 
     #[test]
@@ -275,7 +280,8 @@ mod tests {
                 Decision::Start(k) => {
                     prop_assert!(saturated && waiting > 0);
                     prop_assert!(k >= 1 && live + k <= l.maximum && k <= MAX_BURST);
-                    prop_assert!(!exact || k <= waiting);
+                    let coming = views.iter().filter(|v| !v.leaving && matches!(v.state, Some(SlotState::Starting | SlotState::Idle))).count() as u32;
+                    prop_assert!(!exact || k + coming <= waiting);
                 }
                 Decision::Stop(id, _) => {
                     prop_assert!(!saturated);

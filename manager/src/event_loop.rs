@@ -74,6 +74,9 @@ pub(crate) enum Watch {
     Demand,
     /// Accept and answer Unavailable.
     FastFail,
+    /// Every instance is busy below the maximum: a new connection means
+    /// grow (the manager never accepts it).
+    Saturated,
 }
 
 /// One configured service at run time.
@@ -90,6 +93,8 @@ pub(crate) struct Svc {
     pub stderr_limit: RateLimit,
     /// Re-check saturation at this time (while every instance is busy).
     pub sat_check: Option<Instant>,
+    /// Advance recycling at this time (while a replacement comes up).
+    pub recycle_check: Option<Instant>,
     /// Inode of the listening socket, for queue-depth queries.
     pub ino: u64,
 }
@@ -164,6 +169,7 @@ impl Manager {
                     stats: Stats::new(),
                     stderr_limit: RateLimit::new(now),
                     sat_check: None,
+                    recycle_check: None,
                     ino,
                 }
             })
@@ -327,6 +333,7 @@ impl Manager {
                 d.push(until);
             }
             d.extend(svc.sat_check);
+            d.extend(svc.recycle_check);
         }
         for (_, i) in self.procs.iter() {
             d.extend(i.kill_at);
@@ -343,8 +350,11 @@ impl Manager {
             }
             if self.services[s].sat_check.is_some_and(|t| t <= now) {
                 self.services[s].sat_check = None;
-                self.recycle_step(s);
                 self.check_saturation(s);
+            }
+            if self.services[s].recycle_check.is_some_and(|t| t <= now) {
+                self.services[s].recycle_check = None;
+                self.recycle_step(s);
             }
         }
         self.kill_overdue(now);

@@ -20,8 +20,10 @@ use crate::service::transition::{Event, StartWhy};
 
 /// An instance up this long without failing has proved healthy.
 pub(crate) const HEALTHY_UPTIME: Duration = Duration::from_secs(10);
-/// While saturated and below the maximum, re-check this often.
+/// While saturated with clients waiting, re-check this often.
 const SAT_RECHECK: Duration = Duration::from_millis(10);
+/// While a replacement comes up, check this often whether it is ready.
+const RECYCLE_RECHECK: Duration = Duration::from_millis(20);
 /// Instances being recycled at once, per service.
 const MAX_RECYCLING: usize = 2;
 
@@ -48,6 +50,7 @@ impl Manager {
                 }
             }
             Watch::FastFail => self.fast_fail(s),
+            Watch::Saturated => self.check_saturation(s),
         }
     }
 
@@ -115,10 +118,15 @@ impl Manager {
         self.check_saturation(s);
     }
 
-    /// Grows if connections wait; keeps checking while every instance is
-    /// busy and more may be started.
+    /// Grows if connections wait. While every instance stays busy and more
+    /// may be started, watches the socket (a new connection wakes the
+    /// manager: no instance can take it, and no instance can send a hint)
+    /// and re-checks shortly while started instances come up.
     pub(crate) fn check_saturation(&mut self, s: usize) {
         if !matches!(self.services[s].state.mode, Mode::Running) || self.stopping {
+            if self.services[s].watch == Watch::Saturated {
+                self.set_watch(s, Watch::Off);
+            }
             return;
         }
         let views = self.views(s);
@@ -132,12 +140,14 @@ impl Manager {
         }
         let all_busy = !self.services[s].board.any_idle();
         let below_max = self.live_count(s) < self.services[s].config.maximum_processes;
-        let every = if waiting > 0 {
-            SAT_RECHECK
-        } else {
-            SAT_RECHECK * 5
-        };
-        self.services[s].sat_check = (all_busy && below_max).then(|| Instant::now() + every);
+        let saturated = all_busy && below_max;
+        self.services[s].sat_check =
+            (saturated && waiting > 0).then(|| Instant::now() + SAT_RECHECK);
+        match (saturated, self.services[s].watch) {
+            (true, Watch::Off) => self.set_watch(s, Watch::Saturated),
+            (false, Watch::Saturated) => self.set_watch(s, Watch::Off),
+            _ => {}
+        }
     }
 
     /// Connections waiting on the socket: an exact count from sock_diag,
@@ -200,6 +210,9 @@ impl Manager {
             }
             self.recycle_step(s);
             self.update_hints(s);
+            if self.services[s].watch == Watch::Saturated {
+                self.check_saturation(s);
+            }
             if self.stopping || !matches!(self.services[s].state.mode, Mode::Running) {
                 continue;
             }
@@ -340,9 +353,7 @@ impl Manager {
             }
             active += 1;
         }
-        self.services[s].sat_check = self.services[s]
-            .sat_check
-            .or_else(|| (active > 0).then(|| Instant::now() + Duration::from_millis(20)));
+        self.services[s].recycle_check = (active > 0).then(|| Instant::now() + RECYCLE_RECHECK);
     }
 }
 
