@@ -873,3 +873,36 @@ fn a_missing_cd_directory_is_launch_failure_11() {
         "{log}"
     );
 }
+
+#[test]
+fn a_client_arriving_while_all_are_busy_gets_a_new_instance() {
+    let d = Daemon::start(&[(
+        KEY,
+        &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 2"),
+    )]);
+    wait_for(LONG, "an instance", || d.instances().len() == 1);
+    let run_dir = d.run.clone();
+    let slow = std::thread::spawn(move || {
+        let mut c = Client::builder()
+            .run_dir(&run_dir)
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("client");
+        c.call_request(&Request::new(KEY, b"slow".to_vec()).context("echo.sleep-ms", "2000"))
+    });
+    wait_for(LONG, "the slow request to be in hand", || {
+        d.instances().iter().any(|&p| busy_sleeping(p))
+    });
+    // No instance can take this one, so none can hint: the manager must see
+    // the connect itself.
+    let t0 = Instant::now();
+    assert_eq!(d.client().call(KEY, b"quick").expect("answered"), b"quick");
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "waited {took:?} for the slow one; log:\n{}",
+        d.log()
+    );
+    assert_eq!(slow.join().expect("thread").expect("answered"), b"slow");
+    d.wait_log("the grow", |l| l.contains("grow"));
+}
