@@ -105,6 +105,15 @@ impl Svc {
     }
 }
 
+/// A service ready to run: its config, bound socket and scoreboard.
+pub(crate) struct Bound {
+    pub config: ServiceConfig,
+    pub listen: OwnedFd,
+    pub sock_path: PathBuf,
+    pub board: Scoreboard,
+    pub board_fd: OwnedFd,
+}
+
 /// Paths and options the loop needs.
 pub(crate) struct Paths {
     pub config_dir: PathBuf,
@@ -139,7 +148,7 @@ impl Manager {
         paths: Paths,
         lock: Flock<File>,
         signals: Signals,
-        services: Vec<(ServiceConfig, OwnedFd, PathBuf, Scoreboard, OwnedFd)>,
+        services: Vec<Bound>,
         devnull: OwnedFd,
     ) -> io::Result<Manager> {
         let poll = Poll::new()?;
@@ -148,7 +157,14 @@ impl Manager {
         let now = Instant::now();
         let services = services
             .into_iter()
-            .map(|(config, listen, sock_path, board, board_fd)| {
+            .map(|b| {
+                let Bound {
+                    config,
+                    listen,
+                    sock_path,
+                    board,
+                    board_fd,
+                } = b;
                 let state = ServiceState::new(
                     config.minimum_processes,
                     config.prestart_processes,

@@ -1,0 +1,182 @@
+//! Running the manager: validate the config dir (`check`), or set up the
+//! run dir, the services' sockets and scoreboards and hand them to the event
+//! loop (`run`). Everything that may fail here is a start-up problem, a
+//! [`Fatal`] with one clear line; once the loop runs, a service's trouble is
+//! only ever logged. Turning these into exit codes is the binary's job.
+
+use std::ffi::CString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use charon_protocol::scoreboard::Scoreboard;
+
+use crate::config as cfg;
+use crate::config::ServiceConfig;
+use crate::event_loop;
+use crate::event_loop::{Bound, Manager, Paths};
+use crate::log::{info, warning};
+use crate::{signals, startup};
+
+/// What `charond` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Directory of `<service key>.toml` files.
+    pub config_dir: PathBuf,
+    /// Directory of the rendezvous sockets and the lock.
+    pub run_dir: PathBuf,
+    /// How often to log one statistics line per service.
+    pub stats_interval: Duration,
+}
+
+/// A start-up problem that stops the manager: one clear line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fatal(pub String);
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// Extra slots beyond `maximum-processes`, for replacements that start
+/// before the instance they replace has left.
+fn slot_count(max: u32) -> u32 {
+    max.saturating_add((max / 4).max(4))
+        .min(charon_protocol::scoreboard::MAX_SLOTS)
+}
+
+/// Validates every config file in `config_dir`; returns each error as a
+/// `FILE:LINE: KEY: message` line (empty when all is well).
+///
+/// # Errors
+///
+/// The config dir cannot be read.
+pub fn check(config_dir: &std::path::Path) -> Result<Vec<String>, Fatal> {
+    let scan = cfg::scan_dir(config_dir).map_err(|e| Fatal(e.to_string()))?;
+    Ok(scan.errors.iter().map(ToString::to_string).collect())
+}
+
+/// Runs the manager in the foreground until SIGTERM or SIGINT, then stops
+/// every instance and returns.
+///
+/// # Errors
+///
+/// A [`Fatal`] start-up problem: the config dir is missing, the run dir
+/// cannot be created or written, another manager holds its lock, or the
+/// event loop cannot be set up.
+pub fn run(opts: &Options) -> Result<(), Fatal> {
+    if !opts.config_dir.is_dir() {
+        return Err(Fatal(format!(
+            "config dir {} does not exist or is not a directory",
+            opts.config_dir.display()
+        )));
+    }
+    let config_dir = opts.config_dir.canonicalize().map_err(|e| {
+        Fatal(format!(
+            "unable to resolve config dir {}: {e}",
+            opts.config_dir.display()
+        ))
+    })?;
+    // Signals are blocked before anything is forked.
+    let signals =
+        signals::Signals::new().map_err(|e| Fatal(format!("unable to set up signals: {e}")))?;
+    let lock = startup::lock_run_dir(&opts.run_dir).map_err(Fatal)?;
+    let run_dir = opts.run_dir.canonicalize().map_err(|e| {
+        Fatal(format!(
+            "unable to resolve run dir {}: {e}",
+            opts.run_dir.display()
+        ))
+    })?;
+    // The lock file may be writable in a dir that is not: sockets could
+    // not be bound there.
+    nix::unistd::access(
+        &run_dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| {
+        Fatal(format!(
+            "run dir {} is not writable: {e}",
+            run_dir.display()
+        ))
+    })?;
+    match startup::remove_stale_sockets(&run_dir) {
+        Ok(removed) => {
+            for p in removed {
+                info!(None, None, "removed stale socket {}", p.display());
+            }
+        }
+        Err(e) => {
+            return Err(Fatal(format!(
+                "unable to clean run dir {}: {e}",
+                run_dir.display()
+            )))
+        }
+    }
+    let scan = cfg::scan_dir(&config_dir).map_err(|e| Fatal(e.to_string()))?;
+    for i in &scan.ignored {
+        info!(None, None, "ignored {}: {}", i.file.display(), i.reason);
+    }
+    for e in &scan.errors {
+        warning!(None, None, "warning: unable to load config: {e}");
+    }
+    let services = bind_services(scan.services, &run_dir);
+    let devnull =
+        startup::devnull().map_err(|e| Fatal(format!("unable to open /dev/null: {e}")))?;
+    let paths = Paths {
+        config_dir,
+        run_dir,
+        stats_interval: opts.stats_interval.max(Duration::from_secs(1)),
+    };
+    let mut m = Manager::new(paths, lock, signals, services, devnull)
+        .map_err(|e| Fatal(format!("unable to set up the event loop: {e}")))?;
+    info!(
+        None,
+        None,
+        "charond {} started ({} service(s))",
+        env!("CARGO_PKG_VERSION"),
+        m.services.len()
+    );
+    m.run()
+        .map_err(|e| Fatal(format!("event loop failed: {e}")))
+}
+
+/// Binds each service's socket and creates its scoreboard. A service that
+/// cannot be set up is logged and left out; the others run.
+fn bind_services(configs: Vec<ServiceConfig>, run_dir: &Path) -> Vec<Bound> {
+    let mut services = Vec::new();
+    for c in configs {
+        let key = c.key.as_str().to_string();
+        let (listen, path) = match startup::bind_socket(&c, run_dir) {
+            Ok(x) => x,
+            Err(e) => {
+                warning!(Some(&key), None, "warning: {e}");
+                continue;
+            }
+        };
+        let name = CString::new(format!("charon-{key}")).unwrap_or_default();
+        let (board, board_fd) = match Scoreboard::create(&name, slot_count(c.maximum_processes)) {
+            Ok(x) => x,
+            Err(e) => {
+                warning!(
+                    Some(&key),
+                    None,
+                    "warning: unable to create scoreboard: {e}"
+                );
+                event_loop::remove_socket(&path, &key);
+                continue;
+            }
+        };
+        info!(Some(&key), None, "listening on {}", path.display());
+        services.push(Bound {
+            config: c,
+            listen,
+            sock_path: path,
+            board,
+            board_fd,
+        });
+    }
+    services
+}
