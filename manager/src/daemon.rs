@@ -16,6 +16,7 @@ use crate::config::ServiceConfig;
 use crate::event_loop;
 use crate::event_loop::{Bound, Manager, Paths};
 use crate::log::{info, warning};
+use crate::spawn::ForkExec;
 use crate::{signals, startup};
 
 /// What `charond` was asked to do.
@@ -130,7 +131,7 @@ pub fn run(opts: &Options) -> Result<(), Fatal> {
         run_dir,
         stats_interval: opts.stats_interval.max(Duration::from_secs(1)),
     };
-    let mut m = Manager::new(paths, lock, signals, services, devnull)
+    let mut m = Manager::new(paths, lock, signals, services, devnull, Box::new(ForkExec))
         .map_err(|e| Fatal(format!("unable to set up the event loop: {e}")))?;
     info!(
         None,

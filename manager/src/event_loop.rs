@@ -25,6 +25,7 @@ use crate::service::backoff::{Backoff, CrashTally};
 use crate::service::state::{Mode, ServiceState};
 use crate::service::transition::{self, Action, Event};
 use crate::signals::{Sig, Signals};
+use crate::spawn::Spawner;
 use crate::stats::Stats;
 use crate::stderr::RateLimit;
 
@@ -134,6 +135,8 @@ pub(crate) struct Manager {
     pub next_tick: Instant,
     pub next_stats: Instant,
     pub rng: u64,
+    /// Starts and signals instances (fork/exec, or a test stand-in).
+    pub spawner: Box<dyn Spawner>,
     /// sock_diag queries; None where the kernel does not offer them.
     pub probe: Option<QueueProbe>,
     _lock: Flock<File>,
@@ -150,6 +153,7 @@ impl Manager {
         signals: Signals,
         services: Vec<Bound>,
         devnull: OwnedFd,
+        spawner: Box<dyn Spawner>,
     ) -> io::Result<Manager> {
         let poll = Poll::new()?;
         poll.registry()
@@ -204,6 +208,7 @@ impl Manager {
             next_stats: now,
             rng: seed | 1,
             probe: QueueProbe::new().ok(),
+            spawner,
             _lock: lock,
         })
     }
@@ -396,7 +401,7 @@ impl Manager {
 
     /// SIGTERM/SIGINT: stop watching, remove the sockets, ask every instance
     /// to finish, and SIGKILL after the grace period.
-    fn begin_shutdown(&mut self) {
+    pub(crate) fn begin_shutdown(&mut self) {
         if self.stopping {
             return;
         }

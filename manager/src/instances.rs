@@ -13,14 +13,13 @@ use mio::unix::SourceFd;
 use mio::Interest;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recv, MsgFlags};
-use nix::unistd::Pid;
 
 use crate::event_loop::{token, Manager, Owner};
 use crate::log::{info, warning};
 use crate::process_table::Instance;
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
-use crate::spawn::{self, Launch};
+use crate::spawn::Launch;
 use crate::stats::LastExit;
 use crate::stderr::LineBuf;
 use crate::sys::{self, WaitStatus};
@@ -55,7 +54,7 @@ impl Manager {
             scoreboard: &svc.board_fd,
             devnull: &self.devnull,
         };
-        let spawned = match spawn::spawn(&launch) {
+        let spawned = match self.spawner.spawn(&launch) {
             Ok(sp) => sp,
             Err(e) => {
                 if let Some(sl) = svc.board.slot(slot_u32) {
@@ -189,16 +188,12 @@ impl Manager {
             .store(u32::from(want), Ordering::Relaxed);
     }
 
-    /// Signals an instance's process group (falling back to the pid while
-    /// the child has not made its group yet). Only called for instances in
-    /// the table, i.e. not yet reaped, so the pid cannot have been reused.
-    pub(crate) fn signal(&self, id: usize, sig: Signal) {
-        let Some(inst) = self.procs.get(id) else {
-            return;
-        };
-        let group = nix::sys::signal::kill(Pid::from_raw(-inst.pid), sig);
-        if group.is_err() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(inst.pid), sig);
+    /// Signals an instance and its process group. Only instances in the
+    /// table, i.e. not yet reaped, can be named, so the pid cannot have been
+    /// reused.
+    pub(crate) fn signal(&mut self, id: usize, sig: Signal) {
+        if let Some(pid) = self.procs.get(id).map(|i| i.pid) {
+            self.spawner.signal(pid, sig);
         }
     }
 
@@ -358,7 +353,7 @@ impl Manager {
         }
     }
 
-    fn on_reaped(&mut self, r: sys::Reaped) {
+    pub(crate) fn on_reaped(&mut self, r: sys::Reaped) {
         let Some(id) = self.procs.id_of(r.pid) else {
             // Not ours (cannot happen: every child is an instance).
             return;

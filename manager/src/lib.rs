@@ -39,6 +39,8 @@ mod daemon;
 mod event_loop;
 mod instances;
 mod log;
+#[cfg(test)]
+mod loop_tests;
 mod process_table;
 mod queue;
 mod scaling;

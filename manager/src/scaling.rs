@@ -105,6 +105,7 @@ impl Manager {
                 &frame,
                 MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             );
+            drain(&conn);
             svc.stats.fast_failed += 1;
         }
     }
@@ -354,6 +355,20 @@ impl Manager {
             active += 1;
         }
         self.services[s].recycle_check = (active > 0).then(|| Instant::now() + RECYCLE_RECHECK);
+    }
+}
+
+/// Reads and discards the request bytes already sent: closing a Unix
+/// socket with unread data makes the client's read fail with ECONNRESET
+/// once it has read our answer. Bounded, non-blocking: a client still
+/// sending gets EPIPE and then reads the answer.
+fn drain(conn: &OwnedFd) {
+    let mut buf = [0u8; 16 * 1024];
+    for _ in 0..4 {
+        match nix::sys::socket::recv(conn.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if n == buf.len() => {}
+            _ => return,
+        }
     }
 }
 

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use charon_protocol::managed;
 use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::unistd::Pid;
 
 use crate::config::ServiceConfig;
 use crate::sys::{self, ChildFds, ChildPlan};
@@ -182,6 +184,39 @@ fn ids(c: &ServiceConfig) -> io::Result<Option<(u32, u32, Vec<u32>)>> {
         None => vec![gid.as_raw()],
     };
     Ok(Some((uid.as_raw(), gid.as_raw(), groups)))
+}
+
+/// How the event loop starts and signals instances: the seam that lets the
+/// loop's bookkeeping (slots, exits, backoff, fast fail, shutdown) be tested
+/// with a recording stand-in instead of real processes.
+pub(crate) trait Spawner {
+    /// Starts one instance.
+    ///
+    /// # Errors
+    ///
+    /// The instance could not be started.
+    fn spawn(&mut self, l: &Launch<'_>) -> io::Result<Spawned>;
+
+    /// Signals the instance `pid` (not yet reaped) and what it forked.
+    fn signal(&mut self, pid: i32, sig: Signal);
+}
+
+/// The real thing: fork and exec.
+pub(crate) struct ForkExec;
+
+impl Spawner for ForkExec {
+    fn spawn(&mut self, l: &Launch<'_>) -> io::Result<Spawned> {
+        spawn(l)
+    }
+
+    /// Signals the process group, falling back to the pid while the child
+    /// has not made its group yet. The caller only passes pids it has not
+    /// reaped, so the pid cannot have been reused.
+    fn signal(&mut self, pid: i32, sig: Signal) {
+        if kill(Pid::from_raw(-pid), sig).is_err() {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
 }
 
 /// Starts one instance.

@@ -1,0 +1,324 @@
+//! The event loop's bookkeeping without forking: a recording [`Spawner`]
+//! stands in for fork/exec and kill, exits are fed to `on_reaped` by hand,
+//! and real sockets, pipes and a real scoreboard carry the rest. What the
+//! automaton decides is tested in `service/transition.rs`; here, that the
+//! loop carries it out (slots, signals, fast fail, recycling, shutdown).
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use charon_protocol::report::{encode_records, encode_signal, Message, Outcome, Record};
+use charon_protocol::scoreboard::{Scoreboard, SlotState};
+use charon_protocol::{decode_response, Limits, Response, ServiceKey, HEADER_LEN};
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+
+use crate::config::ServiceConfig;
+use crate::event_loop::{Bound, Manager, Paths, Watch};
+use crate::service::state::KillReason;
+use crate::service::transition::{Event, StartWhy};
+use crate::signals::Signals;
+use crate::spawn::{Launch, Spawned, Spawner};
+use crate::startup;
+use crate::sys::{Reaped, WaitStatus};
+
+/// What the stand-in saw, and the far ends of each fake instance's fds.
+#[derive(Default)]
+struct Seen {
+    spawned: Vec<(i32, u32)>,
+    signals: Vec<(i32, Signal)>,
+    stderr: Vec<OwnedFd>,
+    report: Vec<OwnedFd>,
+}
+
+struct Recorder {
+    seen: Rc<RefCell<Seen>>,
+    next_pid: i32,
+}
+
+impl Spawner for Recorder {
+    fn spawn(&mut self, l: &Launch<'_>) -> std::io::Result<Spawned> {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )?;
+        // Far above any real pid: nothing is ever signalled for real here.
+        self.next_pid += 1;
+        let pid = 40_000_000 + self.next_pid;
+        let mut seen = self.seen.borrow_mut();
+        seen.spawned.push((pid, l.slot));
+        seen.stderr.push(w);
+        seen.report.push(theirs);
+        Ok(Spawned {
+            pid,
+            stderr: r,
+            report: ours,
+        })
+    }
+
+    fn signal(&mut self, pid: i32, sig: Signal) {
+        self.seen.borrow_mut().signals.push((pid, sig));
+    }
+}
+
+struct Rig {
+    m: Manager,
+    seen: Rc<RefCell<Seen>>,
+    dir: tempfile::TempDir,
+}
+
+fn rig(edit: impl FnOnce(&mut ServiceConfig)) -> Rig {
+    let dir = tempfile::Builder::new()
+        .prefix("cl")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let conf = dir.path().join("conf");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&conf).unwrap();
+    let key = ServiceKey::parse_config("system.echo.0.raw").unwrap();
+    let mut c = ServiceConfig::defaults(
+        key,
+        conf.join("system.echo.0.raw.toml"),
+        vec!["/bin/true".into()],
+    );
+    c.maximum_requests_jitter = 0;
+    edit(&mut c);
+    let lock = startup::lock_run_dir(&run).unwrap();
+    let (listen, sock_path) = startup::bind_socket(&c, &run).unwrap();
+    let (board, board_fd) = Scoreboard::create(c"test", 16).unwrap();
+    let seen = Rc::new(RefCell::new(Seen::default()));
+    let m = Manager::new(
+        Paths {
+            config_dir: conf,
+            run_dir: run,
+            stats_interval: Duration::from_secs(600),
+        },
+        lock,
+        Signals::new().unwrap(),
+        vec![Bound {
+            config: c,
+            listen,
+            sock_path,
+            board,
+            board_fd,
+        }],
+        startup::devnull().unwrap(),
+        Box::new(Recorder {
+            seen: Rc::clone(&seen),
+            next_pid: 0,
+        }),
+    )
+    .unwrap();
+    Rig { m, seen, dir }
+}
+
+impl Rig {
+    fn begin(&mut self) {
+        self.m.events.push_back((0, Event::Begin));
+        self.m.process_events();
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.seen.borrow().spawned.iter().map(|&(p, _)| p).collect()
+    }
+
+    fn exit(&mut self, pid: i32, status: WaitStatus) {
+        self.m.on_reaped(Reaped {
+            pid,
+            status,
+            cpu_us: 1000,
+            maxrss_kib: 10,
+        });
+        self.m.process_events();
+    }
+
+    fn id_of(&self, pid: i32) -> usize {
+        self.m.procs.id_of(pid).unwrap()
+    }
+
+    fn connect(&self) -> UnixStream {
+        UnixStream::connect(self.dir.path().join("run/system.echo.0.raw.sock")).unwrap()
+    }
+}
+
+#[test]
+fn prestart_fills_slots_in_order_with_limits_and_pids() {
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.minimum_processes = 3;
+        c.maximum_requests = 100;
+    });
+    r.begin();
+    let seen = r.seen.borrow();
+    assert_eq!(
+        seen.spawned.iter().map(|&(_, s)| s).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    let board = &r.m.services[0].board;
+    assert_eq!(board.header().slots_in_use.load(Ordering::Relaxed), 3);
+    for (i, &(pid, slot)) in seen.spawned.iter().enumerate() {
+        let s = board.slot(slot).unwrap();
+        assert_eq!(s.pid.load(Ordering::Relaxed), pid as u32, "slot {i}");
+        assert_eq!(s.request_limit.load(Ordering::Relaxed), 100);
+        assert_eq!(s.state(), Some(SlotState::Starting));
+    }
+    assert_eq!(r.m.services[0].stats.launches, 3);
+}
+
+#[test]
+fn on_demand_spawns_on_the_first_connect_and_stops_watching() {
+    let mut r = rig(|_| {});
+    r.begin();
+    assert!(r.pids().is_empty());
+    assert_eq!(r.m.services[0].watch, Watch::Demand);
+    let _client = r.connect();
+    r.m.on_listener(0);
+    r.m.process_events();
+    assert_eq!(r.pids().len(), 1);
+    assert_eq!(r.m.services[0].watch, Watch::Off);
+}
+
+#[test]
+fn a_failed_exit_enters_backoff_and_fast_fails_with_the_reason() {
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    let pid = r.pids()[0];
+    nix::unistd::write(&r.seen.borrow().stderr[0], b"config missing\n").unwrap();
+    r.exit(pid, WaitStatus::Exited(1));
+    let svc = &r.m.services[0];
+    assert_eq!(svc.watch, Watch::FastFail);
+    assert_eq!(svc.stats.backoff_entries, 1);
+    assert_eq!(svc.board.header().slots_in_use.load(Ordering::Relaxed), 0);
+    let mut client = r.connect();
+    client.write_all(b"anything").unwrap();
+    r.m.on_listener(0);
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).unwrap();
+    let payload = answer.get(HEADER_LEN..).unwrap_or_default();
+    match decode_response(payload, &Limits::default()).unwrap() {
+        Response::Unavailable {
+            retry_after,
+            reason,
+        } => {
+            assert_eq!(retry_after, 1);
+            assert!(reason.contains("exit 1 (unrecoverable)"), "{reason}");
+            assert!(
+                reason.contains("last stderr line: config missing"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(r.m.services[0].stats.fast_failed, 1);
+    assert_eq!(r.pids().len(), 1, "no fork during backoff");
+}
+
+#[test]
+fn a_stopped_instance_gets_sigterm_then_sigkill_and_counts_under_its_reason() {
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.stop_grace = Duration::from_millis(5);
+    });
+    r.begin();
+    let first = r.pids()[0];
+    r.m.spawn_one(0, StartWhy::Grow);
+    let id = r.id_of(first);
+    r.m.stop_instance(id, KillReason::Idle);
+    assert_eq!(r.seen.borrow().signals, [(first, Signal::SIGTERM)]);
+    r.m.kill_overdue(Instant::now() + Duration::from_secs(1));
+    assert_eq!(
+        r.seen.borrow().signals,
+        [(first, Signal::SIGTERM), (first, Signal::SIGKILL)]
+    );
+    r.exit(first, WaitStatus::Signaled(9));
+    let svc = &r.m.services[0];
+    assert_eq!(svc.stats.exits.get("idle"), Some(&1));
+    assert_eq!(svc.stats.exits.get("crash"), None);
+    assert_eq!(r.pids().len(), 2, "one left, no replacement needed");
+}
+
+#[test]
+fn a_crash_is_replaced_and_reports_are_counted() {
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    let pid = r.pids()[0];
+    let rec = Record {
+        elapsed_us: 250,
+        request_bytes: 10,
+        response_bytes: 12,
+        outcome: Outcome::Ok,
+        attempt: 1,
+    };
+    send(
+        std::os::fd::AsRawFd::as_raw_fd(&r.seen.borrow().report[0]),
+        &encode_records(&[rec, rec]),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let id = r.id_of(pid);
+    r.m.read_reports(id);
+    assert_eq!(r.m.services[0].stats.requests, 2);
+    r.exit(pid, WaitStatus::Signaled(11));
+    assert_eq!(r.m.services[0].stats.exits.get("crash"), Some(&1));
+    assert_eq!(r.pids().len(), 2, "replaced");
+}
+
+#[test]
+fn retiring_starts_the_replacement_before_stopping_the_old_one() {
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    let old = r.pids()[0];
+    send(
+        std::os::fd::AsRawFd::as_raw_fd(&r.seen.borrow().report[0]),
+        &encode_signal(&Message::Retiring),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let id = r.id_of(old);
+    r.m.read_reports(id);
+    let spawned = r.seen.borrow().spawned.clone();
+    assert_eq!(spawned.len(), 2, "replacement first");
+    assert!(r.seen.borrow().signals.is_empty(), "old one still serves");
+    // The replacement is not ready yet: nothing happens.
+    r.m.recycle_step(0);
+    assert!(r.seen.borrow().signals.is_empty());
+    let board = &r.m.services[0].board;
+    board.slot(spawned[1].1).unwrap().set_state(SlotState::Idle);
+    r.m.recycle_step(0);
+    assert_eq!(r.seen.borrow().signals, [(old, Signal::SIGTERM)]);
+    r.exit(old, WaitStatus::Exited(0));
+    assert_eq!(r.m.services[0].stats.exits.get("max_requests"), Some(&1));
+    assert_eq!(r.pids().len(), 2, "no extra replacement");
+}
+
+#[test]
+fn shutdown_terms_every_group_removes_the_socket_and_starts_nothing() {
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.minimum_processes = 2;
+    });
+    r.begin();
+    let pids = r.pids();
+    r.m.begin_shutdown();
+    assert!(!r.dir.path().join("run/system.echo.0.raw.sock").exists());
+    let sigs = r.seen.borrow().signals.clone();
+    assert_eq!(sigs.len(), 2);
+    assert!(sigs
+        .iter()
+        .all(|&(p, s)| pids.contains(&p) && s == Signal::SIGTERM));
+    for p in pids {
+        r.exit(p, WaitStatus::Exited(0));
+    }
+    assert!(r.m.procs.is_empty());
+    assert_eq!(r.m.services[0].stats.exits.get("shutdown"), Some(&2));
+    assert_eq!(r.pids().len(), 2, "nothing restarted");
+}
