@@ -401,8 +401,20 @@ impl Manager {
 
     /// SIGTERM/SIGINT: stop watching, remove the sockets, ask every instance
     /// to finish, and SIGKILL after the grace period.
+    /// A second SIGTERM/SIGINT while stopping means "now": SIGKILL every
+    /// group without waiting for `stop-grace`.
     pub(crate) fn begin_shutdown(&mut self) {
         if self.stopping {
+            info!(
+                None,
+                None,
+                "stopping now: killing {} instance(s)",
+                self.procs.len()
+            );
+            let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
+            for id in ids {
+                self.kill_instance(id, crate::service::state::KillReason::Shutdown);
+            }
             return;
         }
         self.stopping = true;

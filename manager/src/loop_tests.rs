@@ -315,6 +315,13 @@ fn shutdown_terms_every_group_removes_the_socket_and_starts_nothing() {
     assert!(sigs
         .iter()
         .all(|&(p, s)| pids.contains(&p) && s == Signal::SIGTERM));
+    // A second stop signal does not wait for stop-grace.
+    r.m.begin_shutdown();
+    let sigs = r.seen.borrow().signals.clone();
+    assert_eq!(
+        sigs.iter().filter(|&&(_, s)| s == Signal::SIGKILL).count(),
+        2
+    );
     for p in pids {
         r.exit(p, WaitStatus::Exited(0));
     }
