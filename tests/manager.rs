@@ -906,3 +906,21 @@ fn a_client_arriving_while_all_are_busy_gets_a_new_instance() {
     assert_eq!(slow.join().expect("thread").expect("answered"), b"slow");
     d.wait_log("the grow", |l| l.contains("grow"));
 }
+
+#[test]
+fn instances_run_as_the_configured_user_when_the_manager_is_root() {
+    if !nix::unistd::geteuid().is_root() {
+        return; // Switching users needs root; nothing to check otherwise.
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        return;
+    };
+    let script = "echo uid=$(id -u) gid=$(id -g) >&2; exec sleep 600";
+    let d = Daemon::start(&[(
+        KEY,
+        &format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\nunresponsive-timeout = 0\ncd = \"/\"\nuser = \"nobody\"\n"),
+    )]);
+    d.wait_log("the ids", |l| l.contains("stderr: uid="));
+    let want = format!("stderr: uid={} gid={}", nobody.uid, nobody.gid);
+    assert!(d.log().contains(&want), "{want} in:\n{}", d.log());
+}
