@@ -924,3 +924,50 @@ fn instances_run_as_the_configured_user_when_the_manager_is_root() {
     let want = format!("stderr: uid={} gid={}", nobody.uid, nobody.gid);
     assert!(d.log().contains(&want), "{want} in:\n{}", d.log());
 }
+
+#[test]
+fn a_full_backlog_gives_overloaded_and_the_socket_has_its_mode() {
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    dir.write(
+        &format!("conf/{KEY}.toml"),
+        echo("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 1\nlisten-backlog = 1\nsocket-mode = \"0600\""),
+    );
+    let run_dir = dir.join("run");
+    let d = Daemon::start_with(dir, conf, run_dir, &["--stats-interval", "1"]);
+    wait_for(LONG, "an instance", || d.instances().len() == 1);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.run.join(format!("{KEY}.sock")))
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut c = d.client();
+    let mut batch = c.batch();
+    let ids: Vec<_> = (0..6u8)
+        .map(|i| {
+            batch
+                .add(Request::new(KEY, vec![i]).context("echo.sleep-ms", "1500"))
+                .expect("add")
+        })
+        .collect();
+    batch.wait_all();
+    let mut overloaded = 0;
+    for id in ids {
+        match batch.take(id).expect("result") {
+            Ok(_) => {}
+            Err(e) => match e.into_kind() {
+                ErrorKind::Overloaded => overloaded += 1,
+                other => panic!("expected an answer or Overloaded, got {other:?}"),
+            },
+        }
+    }
+    assert!(
+        overloaded >= 1,
+        "a backlog of 1 cannot hold 5 waiting clients"
+    );
+    d.wait_log("the full queue counted", |l| {
+        l.lines()
+            .any(|l| l.contains("stats:") && !l.contains("overload_seen=0"))
+    });
+}

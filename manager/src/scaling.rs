@@ -217,6 +217,9 @@ impl Manager {
             if self.stopping || !matches!(self.services[s].state.mode, Mode::Running) {
                 continue;
             }
+            // At the maximum nothing else looks at the queue: notice a full
+            // backlog (clients refused as overloaded) here.
+            let _ = self.queue_depth(s);
             let views = self.views(s);
             if let Decision::Stop(id, reason) =
                 calibrate::decide(&self.limits(s), &views, Why::Tick)
