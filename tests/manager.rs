@@ -971,3 +971,24 @@ fn a_full_backlog_gives_overloaded_and_the_socket_has_its_mode() {
             .any(|l| l.contains("stats:") && !l.contains("overload_seen=0"))
     });
 }
+
+#[test]
+fn a_program_that_exits_0_at_once_is_not_respawned_forever() {
+    let d = Daemon::start(&[(
+        KEY,
+        "exec = \"/bin/true\"\nprestart-processes = true\ncrash-loop-count = 3\nbackoff-initial = \"30s\"\n",
+    )]);
+    d.wait_log("backoff", |l| l.contains("backoff: no launch for 30s"));
+    assert_eq!(d.count("started (slot"), 3, "{}", d.log());
+    match d
+        .client()
+        .call(KEY, b"x")
+        .expect_err("in backoff")
+        .into_kind()
+    {
+        ErrorKind::Unavailable { reason, .. } => {
+            assert!(reason.contains("exit 0 (clean)"), "{reason}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}

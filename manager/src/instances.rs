@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use charon_protocol::report::{self, Message, MAX_MESSAGE_LEN};
 use mio::unix::SourceFd;
@@ -23,6 +23,10 @@ use crate::spawn::Launch;
 use crate::stats::LastExit;
 use crate::stderr::LineBuf;
 use crate::sys::{self, WaitStatus};
+
+/// An instance exiting sooner than this without serving anything has not
+/// really run (see `Event::Exited`'s `quick`).
+const QUICK_EXIT: Duration = Duration::from_secs(1);
 
 impl Manager {
     /// Launches one instance of service `s`. Returns its id, or None (the
@@ -78,6 +82,7 @@ impl Manager {
                     Event::Exited {
                         class: ExitClass::LaunchFailure(17),
                         remaining,
+                        quick: true,
                     },
                 ));
                 return None;
@@ -370,6 +375,12 @@ impl Manager {
         let now = Instant::now();
         let class = ExitClass::of(r.status, inst.asked);
         let svc = &mut self.services[s];
+        // Served, or died mid-request: it did run.
+        let ran = svc.board.slot(inst.slot).is_some_and(|sl| {
+            let snap = sl.snapshot();
+            snap.requests > 0 || snap.busy_since_ns != 0
+        }) || inst.served > 0;
+        let quick = !ran && now.saturating_duration_since(inst.started) < QUICK_EXIT;
         if let Some(sl) = svc.board.slot(inst.slot) {
             sl.reset(0, 0);
         }
@@ -418,8 +429,14 @@ impl Manager {
             }
         }
         let remaining = self.live_count(s);
-        self.events
-            .push_back((s, Event::Exited { class, remaining }));
+        self.events.push_back((
+            s,
+            Event::Exited {
+                class,
+                remaining,
+                quick,
+            },
+        ));
         self.update_hints(s);
     }
 }

@@ -39,7 +39,14 @@ pub(crate) enum Event {
     /// A connection waits on the socket while no instance exists.
     Demand,
     /// An instance exited; `remaining` instances of the service are left.
-    Exited { class: ExitClass, remaining: u32 },
+    /// `quick`: it exited within a second of starting without serving a
+    /// request, so even a clean exit says the program cannot run (it counts
+    /// toward the crash-loop limit, and fails a trial).
+    Exited {
+        class: ExitClass,
+        remaining: u32,
+        quick: bool,
+    },
     /// The backoff deadline passed.
     BackoffOver,
     /// The trial instance served a request or stayed up a while.
@@ -78,21 +85,25 @@ pub(crate) fn on_event(s: &mut ServiceState, ev: Event, now: Instant) -> Actions
         (Mode::Backoff { .. }, Event::Demand) => Vec::new(),
         (Mode::Backoff { .. }, Event::BackoffOver) => trial(s, now),
         (Mode::Trial { .. }, Event::Healthy) => recovered(s, 0),
-        (Mode::Trial { .. }, Event::Exited { class, remaining })
-            if !class.is_failure() && !matches!(class, ExitClass::Crash(_)) =>
+        (Mode::Trial { .. }, Event::Exited { class, quick, .. })
+            if !quick && !class.is_failure() && !matches!(class, ExitClass::Crash(_)) =>
         {
             // A clean or manager-made exit proves nothing either way: try
             // again at once.
-            let _ = remaining;
             vec![Action::Spawn {
                 count: 1,
                 why: StartWhy::Trial,
             }]
         }
         (Mode::Trial { .. }, Event::Exited { remaining, .. }) => enter_backoff(s, remaining, now),
-        (Mode::Running | Mode::Watching, Event::Exited { class, remaining }) => {
-            exited(s, class, remaining, now)
-        }
+        (
+            Mode::Running | Mode::Watching,
+            Event::Exited {
+                class,
+                remaining,
+                quick,
+            },
+        ) => exited(s, class, remaining, quick, now),
         (Mode::Backoff { .. }, Event::Exited { remaining, .. }) => {
             if remaining == 0 {
                 vec![Action::WatchFastFail]
@@ -177,8 +188,15 @@ fn enter_backoff(s: &mut ServiceState, remaining: u32, now: Instant) -> Actions 
     a
 }
 
-fn exited(s: &mut ServiceState, class: ExitClass, remaining: u32, now: Instant) -> Actions {
-    if class.is_failure() || (matches!(class, ExitClass::Crash(_)) && s.crashes.crash(now)) {
+fn exited(
+    s: &mut ServiceState,
+    class: ExitClass,
+    remaining: u32,
+    quick: bool,
+    now: Instant,
+) -> Actions {
+    let crash_like = matches!(class, ExitClass::Crash(_)) || (quick && class == ExitClass::Clean);
+    if class.is_failure() || (crash_like && s.crashes.crash(now)) {
         return enter_backoff(s, remaining, now);
     }
     let wanted = s.wanted();
@@ -218,7 +236,11 @@ mod tests {
     }
 
     fn exit(class: ExitClass, remaining: u32) -> Event {
-        Event::Exited { class, remaining }
+        Event::Exited {
+            class,
+            remaining,
+            quick: false,
+        }
     }
 
     const ALL_EVENTS: [Event; 6] = [
@@ -227,6 +249,7 @@ mod tests {
         Event::Exited {
             class: ExitClass::Clean,
             remaining: 0,
+            quick: false,
         },
         Event::BackoffOver,
         Event::Healthy,
@@ -377,6 +400,42 @@ mod tests {
             on_event(&mut s, exit(ExitClass::Failed(1), 0), now)[0],
             Action::BackoffEntered(Duration::from_secs(1))
         );
+    }
+
+    #[test]
+    fn quick_clean_exits_count_toward_the_crash_loop() {
+        let now = Instant::now();
+        let quick = Event::Exited {
+            class: ExitClass::Clean,
+            remaining: 0,
+            quick: true,
+        };
+        let mut s = running(1);
+        for _ in 0..2 {
+            assert_eq!(
+                on_event(&mut s, quick, now),
+                [Action::Spawn {
+                    count: 1,
+                    why: StartWhy::Replace
+                }]
+            );
+        }
+        assert_eq!(
+            on_event(&mut s, quick, now)[0],
+            Action::BackoffEntered(Duration::from_secs(1))
+        );
+        // A quick clean exit fails a trial.
+        on_event(&mut s, Event::BackoffOver, now);
+        assert_eq!(
+            on_event(&mut s, quick, now)[0],
+            Action::BackoffEntered(Duration::from_secs(2))
+        );
+        // Slow clean exits never do.
+        let mut s = running(1);
+        for _ in 0..10 {
+            assert_eq!(on_event(&mut s, exit(ExitClass::Clean, 0), now).len(), 1);
+        }
+        assert_eq!(s.mode, Mode::Running);
     }
 
     #[test]
