@@ -55,8 +55,8 @@ impl Manager {
     }
 
     /// Accepts every waiting connection and answers it with Unavailable at
-    /// once. Only done while no instance exists, so `accept` cannot block
-    /// (nobody else takes the connection `poll` saw).
+    /// once. Only done while no instance is left; the socket is non-blocking
+    /// anyway, so a connection a leaving instance took first costs nothing.
     fn fast_fail(&mut self, s: usize) {
         let svc = &mut self.services[s];
         let Mode::Backoff { until, .. } = svc.state.mode else {

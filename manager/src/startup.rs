@@ -69,8 +69,8 @@ pub(crate) fn remove_stale_sockets(run_dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// Binds and listens on `<run-dir>/<key>.sock` with the configured backlog,
-/// mode and group. The fd is close-on-exec and blocking: instances inherit
-/// the same open file and may `accept()` in blocking mode.
+/// mode and group. The fd is close-on-exec and non-blocking (instances
+/// inherit the same open file description).
 ///
 /// # Errors
 ///
@@ -97,6 +97,14 @@ pub(crate) fn bind_socket(c: &ServiceConfig, run_dir: &Path) -> Result<(OwnedFd,
     let backlog = Backlog::new(i32::try_from(c.listen_backlog).unwrap_or(i32::MAX))
         .map_err(|e| what("set the backlog of", &e))?;
     listen(&fd, backlog).map_err(|e| what("listen on", &e))?;
+    // Non-blocking for everyone sharing it: the manager's own accept (fast
+    // fail) must never block on a connection an instance took first, and
+    // the service library waits in poll(2) anyway.
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| what("make non-blocking", &e))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(c.socket_mode))
         .map_err(|e| what("chmod", &e))?;
     if let Some(g) = &c.socket_group {
