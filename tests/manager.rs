@@ -422,11 +422,17 @@ fn check_reports_each_kind_of_config_error() {
         assert!(out.contains(file), "{key}: {file} missing in:\n{out}");
     }
     dir.write("good/a.b.0.raw.toml", "exec = \"x\"\n");
+    dir.write("good/README.toml", "not a service\n");
     let mut cmd = Command::new(bin("charond"));
     cmd.arg("--check").arg("--config-dir").arg(dir.join("good"));
-    let (status, out, _) = run(cmd, LONG);
+    let (status, out, err) = run(cmd, LONG);
     assert_eq!(status.code(), Some(0), "{}", String::from_utf8_lossy(&out));
     assert!(out.is_empty());
+    let err = String::from_utf8_lossy(&err);
+    assert!(
+        err.contains("charond: ignored ") && err.contains("README.toml: "),
+        "{err}"
+    );
 }
 
 #[test]

@@ -49,15 +49,31 @@ fn slot_count(max: u32) -> u32 {
         .min(charon_protocol::scoreboard::MAX_SLOTS)
 }
 
-/// Validates every config file in `config_dir`; returns each error as a
-/// `FILE:LINE: KEY: message` line (empty when all is well).
+/// What `charond --check` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Each error as a `FILE:LINE: KEY: message` line; empty when all is
+    /// well.
+    pub errors: Vec<String>,
+    /// Each file that is not a service file, as `FILE: reason`.
+    pub ignored: Vec<String>,
+}
+
+/// Validates every config file in `config_dir`.
 ///
 /// # Errors
 ///
 /// The config dir cannot be read.
-pub fn check(config_dir: &std::path::Path) -> Result<Vec<String>, Fatal> {
+pub fn check(config_dir: &Path) -> Result<CheckReport, Fatal> {
     let scan = cfg::scan_dir(config_dir).map_err(|e| Fatal(e.to_string()))?;
-    Ok(scan.errors.iter().map(ToString::to_string).collect())
+    Ok(CheckReport {
+        errors: scan.errors.iter().map(ToString::to_string).collect(),
+        ignored: scan
+            .ignored
+            .iter()
+            .map(|i| format!("{}: {}", i.file.display(), i.reason))
+            .collect(),
+    })
 }
 
 /// Runs the manager in the foreground until SIGTERM or SIGINT, then stops

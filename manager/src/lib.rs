@@ -52,4 +52,4 @@ mod stats;
 mod stderr;
 mod sys;
 
-pub use daemon::{check, run, Fatal, Options};
+pub use daemon::{check, run, CheckReport, Fatal, Options};

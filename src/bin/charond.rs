@@ -35,12 +35,18 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if args.check {
         return match charon_manager::check(&args.config_dir) {
-            Ok(errors) if errors.is_empty() => ExitCode::SUCCESS,
-            Ok(errors) => {
-                for e in errors {
+            Ok(report) => {
+                for i in &report.ignored {
+                    eprintln!("charond: ignored {i}");
+                }
+                for e in &report.errors {
                     println!("{e}");
                 }
-                ExitCode::from(1)
+                if report.errors.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
             }
             Err(e) => {
                 eprintln!("charond: {e}");
