@@ -135,6 +135,8 @@ pub(crate) struct Manager {
     pub next_tick: Instant,
     pub next_stats: Instant,
     pub rng: u64,
+    /// Check busy instances against `unresponsive-timeout` at this time.
+    pub unresp_check: Option<Instant>,
     /// Starts and signals instances (fork/exec, or a test stand-in).
     pub spawner: Box<dyn Spawner>,
     /// sock_diag queries; None where the kernel does not offer them.
@@ -208,6 +210,7 @@ impl Manager {
             next_stats: now,
             rng: seed | 1,
             probe: QueueProbe::new().ok(),
+            unresp_check: None,
             spawner,
             _lock: lock,
         })
@@ -349,6 +352,7 @@ impl Manager {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut d = vec![self.next_tick, self.next_stats];
+        d.extend(self.unresp_check);
         for svc in &self.services {
             if let Mode::Backoff { until, .. } = svc.state.mode {
                 d.push(until);
@@ -379,6 +383,14 @@ impl Manager {
             }
         }
         self.kill_overdue(now);
+        if self.unresp_check.is_some_and(|t| t <= now) {
+            self.unresp_check = None;
+            let ns = charon_protocol::scoreboard::now_ns();
+            let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
+            for id in ids {
+                self.check_unresponsive(id, now, ns);
+            }
+        }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);

@@ -329,3 +329,31 @@ fn shutdown_terms_every_group_removes_the_socket_and_starts_nothing() {
     assert_eq!(r.m.services[0].stats.exits.get("shutdown"), Some(&2));
     assert_eq!(r.pids().len(), 2, "nothing restarted");
 }
+
+#[test]
+fn a_request_past_unresponsive_timeout_is_killed_and_a_young_one_gets_a_deadline() {
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.minimum_processes = 2;
+        c.unresponsive_timeout = Some(Duration::from_secs(1));
+    });
+    r.begin();
+    let pids = r.pids();
+    let board = &r.m.services[0].board;
+    let now_ns = charon_protocol::scoreboard::now_ns();
+    board
+        .slot(0)
+        .unwrap()
+        .begin(now_ns - 2_000_000_000, 1, 42, "stuck-client");
+    board.slot(1).unwrap().begin(now_ns, 1, 7, "fresh-client");
+    let now = Instant::now();
+    let (stuck, fresh) = (r.id_of(pids[0]), r.id_of(pids[1]));
+    assert!(r.m.check_unresponsive(stuck, now, now_ns));
+    assert!(!r.m.check_unresponsive(fresh, now, now_ns));
+    assert_eq!(r.seen.borrow().signals, [(pids[0], Signal::SIGKILL)]);
+    let due = r.m.unresp_check.expect("a deadline for the fresh request");
+    assert!(due > now + Duration::from_millis(900) && due < now + Duration::from_millis(1100));
+    r.exit(pids[0], WaitStatus::Signaled(9));
+    assert_eq!(r.m.services[0].stats.exits.get("unresponsive"), Some(&1));
+    assert_eq!(r.pids().len(), 3, "replaced up to the minimum");
+}

@@ -249,29 +249,14 @@ impl Manager {
             inst.seen_requests = snap.requests;
             inst.idle_since = now;
         }
-        let pid = inst.pid;
-        if let Some(limit) = svc.config.unresponsive_timeout {
-            let busy_for = Duration::from_nanos(ns.saturating_sub(snap.busy_since_ns));
-            if snap.busy_since_ns != 0
-                && busy_for > limit
-                && inst.asked != Some(KillReason::Unresponsive)
-            {
-                warning!(
-                    Some(svc.config.key.as_str()),
-                    Some(pid),
-                    "warning: unable to get an answer from instance: busy {:.1}s on one request (client {:?}, attempt {}, {} bytes); killing it",
-                    busy_for.as_secs_f64(),
-                    snap.client,
-                    snap.attempt,
-                    snap.request_bytes
-                );
-                self.kill_instance(id, KillReason::Unresponsive);
-                return;
-            }
+        let (pid, leaving) = (inst.pid, inst.is_leaving());
+        if self.check_unresponsive(id, now, ns) {
+            return;
         }
+        let svc = &self.services[s];
         if let Some(max) = svc.config.maximum_rss {
             if let Some(rss) = rss_bytes(pid) {
-                if rss > max && inst.retire.is_none() && inst.asked.is_none() {
+                if rss > max && !leaving {
                     info!(
                         Some(svc.config.key.as_str()),
                         Some(pid),
@@ -286,6 +271,44 @@ impl Manager {
                 self.check_trial(s, started);
             }
         }
+    }
+
+    /// Kills an instance busy on one request past `unresponsive-timeout`
+    /// (true if it did). Otherwise, for a busy instance, sets the manager's
+    /// unresponsive deadline to the moment its request would pass the
+    /// limit, so the kill does not wait for a tick.
+    pub(crate) fn check_unresponsive(&mut self, id: usize, now: Instant, ns: u64) -> bool {
+        let Some(inst) = self.procs.get(id) else {
+            return false;
+        };
+        let svc = &self.services[inst.service];
+        let (Some(limit), Some(slot)) =
+            (svc.config.unresponsive_timeout, svc.board.slot(inst.slot))
+        else {
+            return false;
+        };
+        let snap = slot.snapshot();
+        if snap.busy_since_ns == 0 || inst.asked == Some(KillReason::Unresponsive) {
+            return false;
+        }
+        let busy_for = Duration::from_nanos(ns.saturating_sub(snap.busy_since_ns));
+        if busy_for <= limit {
+            // A little past the limit, so the check then finds it over.
+            let at = now + (limit - busy_for) + Duration::from_millis(5);
+            self.unresp_check = Some(self.unresp_check.map_or(at, |t| t.min(at)));
+            return false;
+        }
+        warning!(
+            Some(svc.config.key.as_str()),
+            Some(inst.pid),
+            "warning: unable to get an answer from instance: busy {:.1}s on one request (client {:?}, attempt {}, {} bytes); killing it",
+            busy_for.as_secs_f64(),
+            snap.client,
+            snap.attempt,
+            snap.request_bytes
+        );
+        self.kill_instance(id, KillReason::Unresponsive);
+        true
     }
 
     /// The trial instance after a backoff served or stayed up: healthy.
