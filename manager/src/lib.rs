@@ -14,7 +14,8 @@
 //! automaton (`service::transition`): the loop feeds it events (a first
 //! connect, an exit, the end of a backoff) and performs the actions it
 //! returns. Scaling is a pure function of the scoreboard (`calibrate`).
-//! The only `unsafe` code (fork/exec, wait4) lives in `sys`.
+//! The only `unsafe` code (fork/exec, wait4, accept4, sigaction) lives in
+//! `sys`.
 //!
 //! ```no_run
 //! let opts = charon_manager::Options {

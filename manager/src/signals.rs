@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// The signals the manager handles.
@@ -41,15 +41,7 @@ impl Signals {
             set.add(s);
         }
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        // Installing SIG_IGN calls no handler code, so nothing unsafe happens;
-        // nix marks sigaction unsafe for handler functions only.
-        #[allow(unsafe_code)]
-        // SAFETY: SIG_IGN installs no Rust handler, so no signal-safety rule
-        // can be broken.
-        unsafe {
-            sigaction(Signal::SIGPIPE, &ignore)?;
-        }
+        crate::sys::ignore_sigpipe()?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         Ok(Signals { fd })
     }

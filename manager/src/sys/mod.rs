@@ -1,9 +1,9 @@
-//! The only home of `unsafe` in the manager: fork and the child's work up to
-//! `execve`, and `wait4`. Everything the child needs is prepared by the
-//! caller (`spawn.rs`) before the fork, so that between fork and exec only
-//! async-signal-safe system calls run: no allocation, no locks, no Rust
-//! standard library I/O. Launch failures exit with the documented codes
-//! 11-30 (doc/charond.md).
+//! The only home of `unsafe` in the manager: fork and the child's work up
+//! to `execve`, `wait4`, `accept4` and the SIGPIPE disposition. Everything
+//! the child needs is prepared by the caller (`spawn.rs`) before the fork,
+//! so that between fork and exec only async-signal-safe system calls run:
+//! no allocation, no locks, no Rust standard library I/O. Launch failures
+//! exit with the documented codes 11-30 (doc/charond.md).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, CString};
@@ -369,4 +369,19 @@ pub(crate) fn accept(listen: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd>
     }
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Ignores SIGPIPE for the manager: a client or instance that went away
+/// must not kill it. (Children reset every disposition before exec.)
+///
+/// # Errors
+///
+/// The error of `sigaction`.
+pub(crate) fn ignore_sigpipe() -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN installs no handler function, so no code of ours can
+    // run in signal context; nix marks sigaction unsafe only for handlers.
+    unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
+    Ok(())
 }
