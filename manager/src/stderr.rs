@@ -27,14 +27,14 @@ impl LineBuf {
         let mut out = Vec::new();
         for &b in bytes {
             if b == b'\n' {
-                let line = String::from_utf8_lossy(&self.partial).into_owned();
+                let line = clean(&self.partial);
                 self.partial.clear();
                 self.keep(&line);
                 out.push(line);
             } else {
                 self.partial.push(b);
                 if self.partial.len() >= MAX_LINE {
-                    let mut line = String::from_utf8_lossy(&self.partial).into_owned();
+                    let mut line = clean(&self.partial);
                     line.push_str(" [continued]");
                     self.partial.clear();
                     out.push(line);
@@ -49,7 +49,7 @@ impl LineBuf {
         if self.partial.is_empty() {
             return None;
         }
-        let line = String::from_utf8_lossy(&self.partial).into_owned();
+        let line = clean(&self.partial);
         self.partial.clear();
         self.keep(&line);
         Some(line)
@@ -60,6 +60,26 @@ impl LineBuf {
             self.last = line.chars().take(512).collect();
         }
     }
+}
+
+/// A log-safe line: invalid UTF-8 replaced, a trailing `\r` dropped, and
+/// other control characters (escape sequences, NUL) shown as `\u{..}` so
+/// that an instance cannot forge or garble the manager's log lines.
+fn clean(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let text = String::from_utf8_lossy(bytes);
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A token bucket of lines per service, counting what it drops.
@@ -126,6 +146,13 @@ mod tests {
         assert_eq!(b.push(b"tail"), Vec::<String>::new());
         assert_eq!(b.finish().as_deref(), Some("tail"));
         assert_eq!(b.finish(), None);
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_log_lines() {
+        let mut b = LineBuf::default();
+        let out = b.push(b"crlf\r\n\x1b[31mred\x00\ttab\n");
+        assert_eq!(out, ["crlf", "\\u{1b}[31mred\\u{0}\ttab"]);
     }
 
     #[test]
