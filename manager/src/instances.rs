@@ -116,6 +116,7 @@ impl Manager {
             seen_busy_ns: 0,
             idle_since: now,
             busy: 0.0,
+            bad_reports: 0,
         });
         self.register_instance(id);
         info!(
@@ -335,11 +336,20 @@ impl Manager {
                 }
                 Ok(Message::Saturated) => self.on_saturated(s),
                 Ok(Message::Retiring) => self.retire(id, KillReason::MaxRequests),
-                Err(e) => warning!(
-                    Some(self.services[s].key()),
-                    Some(pid),
-                    "warning: unable to decode report: {e}"
-                ),
+                Err(e) => {
+                    // Untrusted bytes: say so once per instance, not per message.
+                    let first = self.procs.get_mut(id).is_some_and(|i| {
+                        i.bad_reports += 1;
+                        i.bad_reports == 1
+                    });
+                    if first {
+                        warning!(
+                            Some(self.services[s].key()),
+                            Some(pid),
+                            "warning: unable to decode report: {e} (further bad reports from this instance are ignored silently)"
+                        );
+                    }
+                }
             }
         }
     }

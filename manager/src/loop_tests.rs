@@ -357,3 +357,27 @@ fn a_request_past_unresponsive_timeout_is_killed_and_a_young_one_gets_a_deadline
     assert_eq!(r.m.services[0].stats.exits.get("unresponsive"), Some(&1));
     assert_eq!(r.pids().len(), 3, "replaced up to the minimum");
 }
+
+#[test]
+fn garbage_reports_are_counted_not_trusted() {
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    let pid = r.pids()[0];
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&r.seen.borrow().report[0]);
+    for junk in [&b"\x01\x01\x00\x05"[..], b"\x09", b"\x01\x07\x00\x00"] {
+        send(fd, junk, MsgFlags::empty()).unwrap();
+    }
+    let rec = Record {
+        elapsed_us: 1,
+        request_bytes: 1,
+        response_bytes: 1,
+        outcome: Outcome::Fault,
+        attempt: 2,
+    };
+    send(fd, &encode_records(&[rec]), MsgFlags::empty()).unwrap();
+    let id = r.id_of(pid);
+    r.m.read_reports(id);
+    let stats = &r.m.services[0].stats;
+    assert_eq!((stats.requests, stats.faults, stats.retried), (1, 1, 1));
+    assert_eq!(r.m.procs.get(id).map(|i| i.bad_reports), Some(3));
+}

@@ -32,6 +32,8 @@ pub(crate) struct Instance {
     pub idle_since: Instant,
     /// Busy fraction over the last tick.
     pub busy: f64,
+    /// Report messages that could not be decoded.
+    pub bad_reports: u32,
 }
 
 impl Instance {
@@ -127,6 +129,7 @@ mod tests {
             seen_busy_ns: 0,
             idle_since: now,
             busy: 0.0,
+            bad_reports: 0,
         }
     }
 
