@@ -140,6 +140,7 @@ fn instances_of(run: &Path) -> Vec<i32> {
 impl Drop for Daemon {
     fn drop(&mut self) {
         // Kill charond first (so nothing restarts), then every instance.
+        let mut killed = self.instances();
         drop(self.proc.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -150,10 +151,19 @@ impl Drop for Daemon {
             for pid in left {
                 let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                killed.push(pid);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = &self.dir;
+        // Orphans are reaped by init: wait until they are gone, not just
+        // dead, so that nothing (not even a zombie) outlives the test.
+        while killed
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
