@@ -1,0 +1,3 @@
+//! Round-trip benchmark against the no-framework floor (placeholder; see
+//! BENCHMARKS.md once written).
+fn main() {}
