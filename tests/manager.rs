@@ -155,8 +155,9 @@ impl Drop for Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        // Orphans are reaped by init: wait until they are gone, not just
-        // dead, so that nothing (not even a zombie) outlives the test.
+        // Orphans are reaped by init, which may take a while (here about
+        // 2 s): wait until they are gone, not just dead, so that nothing
+        // (not even a zombie) outlives the test.
         while killed
             .iter()
             .any(|p| Path::new(&format!("/proc/{p}")).exists())
