@@ -164,8 +164,16 @@ pub fn run(opts: &Options) -> Result<(), Fatal> {
 /// cannot be set up is logged and left out; the others run.
 fn bind_services(configs: Vec<ServiceConfig>, run_dir: &Path) -> Vec<Bound> {
     let mut services = Vec::new();
+    let root = nix::unistd::geteuid().is_root();
     for c in configs {
         let key = c.key.as_str().to_string();
+        if !root && (c.user.is_some() || c.group.is_some()) {
+            warning!(
+                Some(&key),
+                None,
+                "warning: unable to switch instances to user/group: charond is not running as root; they run as charond's user"
+            );
+        }
         let (listen, path) = match startup::bind_socket(&c, run_dir) {
             Ok(x) => x,
             Err(e) => {
