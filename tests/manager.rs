@@ -602,9 +602,26 @@ fn instances_exit_when_the_manager_is_killed_and_a_new_one_starts_clean() {
         &echo("prestart-processes = true\nminimum-processes = 2"),
     )]);
     wait_for(LONG, "two instances", || d.instances().len() == 2);
-    // SIGKILL charond alone (not its group): the instances must notice.
+    let run_dir = d.run.clone();
+    let in_flight = std::thread::spawn(move || {
+        let mut c = Client::builder()
+            .run_dir(&run_dir)
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("client");
+        c.call_request(&Request::new(KEY, b"mine".to_vec()).context("echo.sleep-ms", "1000"))
+    });
+    wait_for(LONG, "the request to be in hand", || {
+        d.instances().iter().any(|&p| busy_sleeping(p))
+    });
+    // SIGKILL charond alone (not its group): the instances must notice,
+    // finish the request in hand, and exit.
     d.proc.as_ref().expect("proc").signal(Signal::SIGKILL);
     d.proc.as_mut().expect("proc").wait_timeout(LONG);
+    assert_eq!(
+        in_flight.join().expect("thread").expect("answered"),
+        b"mine"
+    );
     wait_for(LONG, "the orphaned instances to exit", || {
         d.instances().is_empty()
     });
