@@ -1,3 +1,323 @@
-//! Round-trip benchmark against the no-framework floor (placeholder; see
-//! BENCHMARKS.md once written).
-fn main() {}
+//! The round-trip benchmark: Charon against the no-framework floor, run
+//! A B A B in one process so machine noise hits both, then the targets of
+//! issue 5 each printed with PASS or MISS, a table, and JSON lines.
+//!
+//! `cargo bench --bench roundtrip [-- --quick] [--instances N]
+//! [--seconds S] [--json PATH|-]`. The floor servers, charond and the
+//! measurements live in the modules under `benches/roundtrip/`; this file
+//! parses options, orders the runs and reports. BENCHMARKS.md has figures.
+
+#[path = "roundtrip/alloc.rs"]
+mod alloc;
+#[path = "roundtrip/daemon.rs"]
+mod daemon;
+#[path = "roundtrip/extras.rs"]
+mod extras;
+#[path = "roundtrip/floor.rs"]
+mod floor;
+#[path = "roundtrip/measure.rs"]
+mod measure;
+#[path = "roundtrip/report.rs"]
+mod report;
+
+use std::time::Duration;
+
+use charon_client::Request;
+
+use daemon::{echo_conf, Daemon};
+use floor::{FloorClient, FloorServers};
+use measure::{run_load, Sample};
+use report::Report;
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
+
+const KEY: &str = "system.echo.0.raw";
+const FALSE_KEY: &str = "bench.false.0.raw";
+const BURST_KEY: &str = "bench.burst.0.raw";
+const SIZES: [usize; 4] = [0, 1024, 64 * 1024, 1024 * 1024];
+const COLD: usize = 5;
+
+struct Opts {
+    quick: bool,
+    instances: usize,
+    seconds: f64,
+    json: Option<String>,
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let mut o = Opts {
+        quick: false,
+        instances: 2,
+        seconds: 2.0,
+        json: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--instances" => {
+                o.instances = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| (1..=64).contains(&n))
+                    .ok_or("--instances needs a whole number from 1 to 64")?;
+            }
+            "--seconds" => {
+                o.seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&s: &f64| s > 0.0 && s <= 60.0)
+                    .ok_or("--seconds needs a number of seconds above 0, at most 60")?;
+            }
+            "--json" => o.json = Some(args.next().ok_or("--json needs a path, or - for stdout")?),
+            // cargo bench passes --bench to every bench binary.
+            "--bench" => {}
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; valid: --quick, --instances N, --seconds S, --json PATH|-"
+                ))
+            }
+        }
+    }
+    if o.quick {
+        o.seconds = o.seconds.min(0.5);
+    }
+    Ok(o)
+}
+
+fn main() {
+    if floor::serve_if_asked() {
+        return;
+    }
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("roundtrip: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut report = match Report::new(opts.json.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("roundtrip: {e}");
+            std::process::exit(2);
+        }
+    };
+    let result = run(&opts, &mut report);
+    report.finish();
+    let left = leftovers();
+    if !left.is_empty() {
+        eprintln!("roundtrip: processes left behind: {left:?}");
+        std::process::exit(1);
+    }
+    println!("cleanup: no process left behind");
+    if let Err(e) = result {
+        eprintln!("roundtrip: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
+    let n = o.instances;
+    let mut services = vec![
+        (
+            KEY.to_string(),
+            echo_conf(&format!(
+                "prestart-processes = true\nminimum-processes = {n}\nmaximum-processes = {n}\nmaximum-requests = 0"
+            )),
+        ),
+        (
+            FALSE_KEY.to_string(),
+            "exec = \"/bin/false\"\nprestart-processes = true\nbackoff-initial = \"60s\"\nexec-failure-backoff = \"60s\"\n"
+                .to_string(),
+        ),
+        (
+            BURST_KEY.to_string(),
+            echo_conf("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 8"),
+        ),
+    ];
+    let cold: Vec<String> = (1..=COLD).map(|i| format!("bench.cold{i}.0.raw")).collect();
+    services.extend(
+        cold.iter()
+            .map(|k| (k.clone(), echo_conf("minimum-processes = 1"))),
+    );
+    let d = Daemon::start(&services)?;
+    let sock_dir = tempfile::Builder::new()
+        .prefix("chf")
+        .tempdir_in("/tmp")
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let fl = FloorServers::start(&sock_dir.path().join("floor.sock"), n, false)
+        .map_err(|e| format!("floor servers: {e}"))?;
+    let pfl = FloorServers::start(&sock_dir.path().join("pfloor.sock"), 1, true)
+        .map_err(|e| format!("persistent floor server: {e}"))?;
+    report.machine(n, o.seconds);
+
+    // Warm both (page cache, instances in accept) before anything counts.
+    let warm = Duration::from_millis(if o.quick { 200 } else { 500 });
+    ab(&d, &fl, 0, n, warm, 1);
+
+    let rounds = 2;
+    let per = Duration::from_secs_f64(o.seconds / f64::from(rounds));
+    for conc in [1, 4] {
+        for size in SIZES {
+            let (f, c) = ab(&d, &fl, size, conc, per, rounds);
+            report.cell("connect", size, conc, &f, &c);
+        }
+    }
+    for size in [0, 1024] {
+        let (f, c) = persistent(&d, &pfl, size, per, rounds);
+        report.cell("persistent", size, 1, &f, &c);
+    }
+    report.table();
+
+    let cpu_dur = Duration::from_secs(if o.quick { 3 } else { 10 });
+    let cpu = extras::manager_cpu(&d, KEY, cpu_dur, 4)?;
+    report.manager_cpu(&cpu, cpu_dur);
+    report.fast_fail(&extras::fast_fail(
+        &d,
+        FALSE_KEY,
+        if o.quick { 200 } else { 1000 },
+    )?);
+    let own = extras::echo_standalone_us(COLD)?;
+    let cold_us = extras::cold_starts(&d, &cold)?;
+    report.cold_start(&own, &cold_us);
+    report.scale_up(extras::scale_up(&d, BURST_KEY)?);
+    report.allocations(&alloc_per_request(&d, &fl));
+    drop(d);
+    drop(fl);
+    drop(pfl);
+    report.scale(&extras::scale(200)?);
+    Ok(())
+}
+
+/// Floor then Charon, `rounds` times, each for `per`.
+fn ab(
+    d: &Daemon,
+    fl: &FloorServers,
+    size: usize,
+    conc: usize,
+    per: Duration,
+    rounds: u32,
+) -> (Sample, Sample) {
+    let body = vec![0x5au8; size];
+    let (mut f, mut c) = (Sample::new(), Sample::new());
+    for _ in 0..rounds {
+        f.merge(run_load(conc, per, || {
+            let mut cl = FloorClient::new(fl.path(), &body);
+            move || cl.call()
+        }));
+        c.merge(run_load(conc, per, || {
+            let mut cl = d.client();
+            let body = &body;
+            move || check(cl.call(KEY, body), body.len())
+        }));
+    }
+    (f, c)
+}
+
+/// A keep-affinity conversation against a persistent floor ping-pong.
+fn persistent(
+    d: &Daemon,
+    pfl: &FloorServers,
+    size: usize,
+    per: Duration,
+    rounds: u32,
+) -> (Sample, Sample) {
+    let body = vec![0x5au8; size];
+    let (mut f, mut c) = (Sample::new(), Sample::new());
+    for _ in 0..rounds {
+        f.merge(run_load(1, per, || {
+            let mut cl = FloorClient::new(pfl.path(), &body);
+            move || cl.call_persistent()
+        }));
+        c.merge(run_load(1, per, || {
+            let mut cl = d.client();
+            let req = Request::new(KEY, body.clone()).keep_affinity();
+            move || {
+                let r = check(cl.call_request(&req), size);
+                if r.is_ok() && !cl.has_affinity(KEY) {
+                    return Err("keep-affinity kept no connection".to_string());
+                }
+                r
+            }
+        }));
+    }
+    (f, c)
+}
+
+fn check(r: Result<Vec<u8>, charon_client::Error>, len: usize) -> Result<(), String> {
+    match r {
+        Ok(b) if b.len() == len => Ok(()),
+        Ok(b) => Err(format!("echo answered {} bytes for {len}", b.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Heap allocations per request in this (client) process, one thread.
+fn alloc_per_request(d: &Daemon, fl: &FloorServers) -> Vec<(String, usize, f64)> {
+    let mut out = Vec::new();
+    for size in [0, 1024] {
+        let body = vec![0x5au8; size];
+        let mut c = d.client();
+        let _ = c.call(KEY, &body);
+        let n = 1000;
+        let a0 = alloc::count();
+        for _ in 0..n {
+            let _ = c.call(KEY, &body);
+        }
+        out.push((
+            "charon".to_string(),
+            size,
+            (alloc::count() - a0) as f64 / n as f64,
+        ));
+        let mut f = FloorClient::new(fl.path(), &body);
+        let _ = f.call();
+        let a0 = alloc::count();
+        for _ in 0..n {
+            let _ = f.call();
+        }
+        out.push((
+            "floor".to_string(),
+            size,
+            (alloc::count() - a0) as f64 / n as f64,
+        ));
+    }
+    out
+}
+
+/// Processes this bench started that still exist: children of this
+/// process, and anything holding a bench charond's run dir.
+fn leftovers() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let ppid = rest.split_whitespace().nth(1).unwrap_or_default();
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let ours = env.split(|&b| b == 0).any(|v| {
+            v.starts_with(b"CHARON_RUN_DIR=/tmp/chb") || v.starts_with(floor::FD_ENV.as_bytes())
+        });
+        if ppid == me || (ours && env_is_from_this_run(&env)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Floor servers carry our pid nowhere, so only children count for them;
+/// a charond instance whose run dir no longer exists was ours and leaked.
+fn env_is_from_this_run(env: &[u8]) -> bool {
+    env.split(|&b| b == 0)
+        .filter_map(|v| v.strip_prefix(b"CHARON_RUN_DIR=".as_slice()))
+        .any(|dir| !std::path::Path::new(&*String::from_utf8_lossy(dir)).exists())
+}

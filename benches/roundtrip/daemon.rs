@@ -1,0 +1,168 @@
+//! A charond for the bench: config files written into a temp dir, its log
+//! sent to a file there, and on drop charond and every instance it started
+//! (found by the `CHARON_RUN_DIR` in their environment) killed, waited for
+//! until gone, and the dir removed. What to configure and measure is left
+//! to the callers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use charon_client::Client;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A running charond.
+pub struct Daemon {
+    child: Option<Child>,
+    pub run: PathBuf,
+    pub conf: PathBuf,
+    log: PathBuf,
+    pub started: Instant,
+    _dir: tempfile::TempDir,
+}
+
+/// The config file of an echo service with `extra` lines.
+pub fn echo_conf(extra: &str) -> String {
+    format!(
+        "exec = \"{}\"\n{extra}\n",
+        env!("CARGO_BIN_EXE_charon-echo")
+    )
+}
+
+impl Daemon {
+    /// Writes `<key>.toml` for each service and starts charond; returns
+    /// once it logged that it started.
+    pub fn start(services: &[(String, String)]) -> Result<Daemon, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("chb")
+            .tempdir_in("/tmp")
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&conf).map_err(|e| format!("mkdir conf: {e}"))?;
+        for (key, toml) in services {
+            std::fs::write(conf.join(format!("{key}.toml")), toml)
+                .map_err(|e| format!("write {key}.toml: {e}"))?;
+        }
+        let run = dir.path().join("run");
+        let log = dir.path().join("charond.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
+        let started = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_charond"))
+            .arg("--config-dir")
+            .arg(&conf)
+            .arg("--run-dir")
+            .arg(&run)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("spawn charond: {e}"))?;
+        let d = Daemon {
+            child: Some(child),
+            run,
+            conf,
+            log,
+            started,
+            _dir: dir,
+        };
+        d.wait_log(Duration::from_secs(30), |l| {
+            l.contains("charond 0.1.0 started")
+        })?;
+        Ok(d)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls the log until `cond` holds or `timeout` passes.
+    pub fn wait_log(&self, timeout: Duration, cond: impl Fn(&str) -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let l = self.log();
+            if cond(&l) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let tail: Vec<&str> = l.lines().rev().take(10).collect();
+                return Err(format!(
+                    "charond log condition not met within {timeout:?}; last lines: {tail:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::builder()
+            .run_dir(&self.run)
+            .timeout(Duration::from_secs(20))
+            .name("bench")
+            .build()
+            .unwrap_or_else(|e| unreachable!("constant client options are valid: {e}"))
+    }
+
+    /// Live processes started by this daemon.
+    pub fn instances(&self) -> Vec<i32> {
+        processes_with_env(&format!("CHARON_RUN_DIR={}", self.run.display()))
+    }
+
+    /// Sends a signal to charond itself.
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), sig);
+    }
+}
+
+/// Pids of processes whose environment holds `entry` exactly.
+pub fn processes_with_env(entry: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(e.path().join("environ")) {
+            if env.split(|&b| b == 0).any(|v| v == entry.as_bytes()) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let mut killed = self.instances();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.instances();
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in left {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                killed.push(pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Orphaned instances are reaped by init: wait until they are gone.
+        while killed
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

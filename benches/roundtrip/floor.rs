@@ -1,0 +1,172 @@
+//! The floor: the same exchange with no framework, so Charon's cost is a
+//! ratio against the least a Unix-socket round trip can cost here.
+//!
+//! N pre-forked server processes block in `accept()` on ONE listening
+//! socket; each reads a length-prefixed request (4-byte little-endian
+//! length, then the body), writes it back with the same prefix and closes
+//! (or, in persistent mode, keeps reading on the connection until the
+//! client closes). The servers are this bench binary re-executed with
+//! [`FD_ENV`] naming the inherited listening fd, so no fork is needed.
+//! Measuring and reporting are left to the runner.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+
+/// Names the inherited listening fd in a floor server process.
+pub const FD_ENV: &str = "CHARON_BENCH_FLOOR_FD";
+/// `persistent` makes a floor server answer many requests per connection.
+pub const MODE_ENV: &str = "CHARON_BENCH_FLOOR_MODE";
+
+/// Runs as a floor server if the environment says so; returns false when
+/// this process is the bench itself.
+pub fn serve_if_asked() -> bool {
+    let Some(fd) = std::env::var(FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    let persistent = std::env::var(MODE_ENV).is_ok_and(|m| m == "persistent");
+    // SAFETY: the parent cleared close-on-exec on exactly this fd, a
+    // listening Unix socket, and named it in FD_ENV just for this exec;
+    // nothing else in this fresh process owns or closes it.
+    let listener = UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut buf = Vec::new();
+    loop {
+        let Ok((mut conn, _)) = listener.accept() else {
+            continue;
+        };
+        loop {
+            match serve_one(&mut conn, &mut buf) {
+                Ok(true) if persistent => {}
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Reads one request and echoes it; `Ok(false)` at a clean end of stream.
+fn serve_one(conn: &mut UnixStream, buf: &mut Vec<u8>) -> io::Result<bool> {
+    let mut len = [0u8; 4];
+    match conn.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    buf.clear();
+    buf.extend_from_slice(&len);
+    buf.resize(4 + n, 0);
+    conn.read_exact(&mut buf[4..])?;
+    conn.write_all(buf)?;
+    Ok(true)
+}
+
+/// N floor server processes sharing one listening socket; killed and
+/// reaped on drop.
+pub struct FloorServers {
+    children: Vec<Child>,
+    path: PathBuf,
+}
+
+impl FloorServers {
+    /// Binds `path` and starts `n` servers on it.
+    pub fn start(path: &Path, n: usize, persistent: bool) -> io::Result<FloorServers> {
+        let listener = UnixListener::bind(path)?;
+        let fd = listener.as_raw_fd();
+        let exe = std::env::current_exe()?;
+        let mut servers = FloorServers {
+            children: Vec::new(),
+            path: path.to_path_buf(),
+        };
+        // The fd is inheritable only while the servers are spawned: the bench
+        // is single-threaded here, so no other spawn can leak it.
+        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
+        let spawned = (0..n).try_for_each(|_| {
+            let child = Command::new(&exe)
+                .env(FD_ENV, fd.to_string())
+                .env(MODE_ENV, if persistent { "persistent" } else { "oneshot" })
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?;
+            servers.children.push(child);
+            Ok::<(), io::Error>(())
+        });
+        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+        spawned?;
+        Ok(servers)
+    }
+
+    /// The socket clients connect to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for FloorServers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A floor client: the request is encoded once, like a real client that
+/// knows its body; the response buffer is reused.
+pub struct FloorClient {
+    path: PathBuf,
+    request: Vec<u8>,
+    response: Vec<u8>,
+    conn: Option<UnixStream>,
+}
+
+impl FloorClient {
+    pub fn new(path: &Path, body: &[u8]) -> FloorClient {
+        let mut request = Vec::with_capacity(4 + body.len());
+        request.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        request.extend_from_slice(body);
+        FloorClient {
+            path: path.to_path_buf(),
+            request,
+            response: Vec::new(),
+            conn: None,
+        }
+    }
+
+    /// One exchange on a new connection: connect, write, read, close.
+    pub fn call(&mut self) -> Result<(), String> {
+        let mut conn =
+            UnixStream::connect(&self.path).map_err(|e| format!("floor connect: {e}"))?;
+        self.exchange(&mut conn)
+    }
+
+    /// One exchange on the connection kept since the first call.
+    pub fn call_persistent(&mut self) -> Result<(), String> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => UnixStream::connect(&self.path).map_err(|e| format!("floor connect: {e}"))?,
+        };
+        self.exchange(&mut conn)?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    fn exchange(&mut self, conn: &mut UnixStream) -> Result<(), String> {
+        conn.write_all(&self.request)
+            .map_err(|e| format!("floor write: {e}"))?;
+        self.response.resize(self.request.len(), 0);
+        conn.read_exact(&mut self.response)
+            .map_err(|e| format!("floor read: {e}"))?;
+        if self.response.len() != self.request.len() || self.response[..4] != self.request[..4] {
+            return Err("floor answered a different length".to_string());
+        }
+        Ok(())
+    }
+}

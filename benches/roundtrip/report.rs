@@ -1,0 +1,348 @@
+//! Reporting: the table of floor/Charon figures, each target with PASS or
+//! MISS beside its figure, and the same as JSON lines (to a file or
+//! stdout). Measuring is left to the other modules.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::extras::{ManagerCpu, Scale};
+use crate::measure::Sample;
+
+struct Row {
+    case: &'static str,
+    size: usize,
+    conc: usize,
+    floor: [f64; 5],
+    charon: [f64; 5],
+    errors: String,
+}
+
+/// Collects rows and targets; prints targets as they are judged.
+pub struct Report {
+    json: Option<Box<dyn Write>>,
+    rows: Vec<Row>,
+    targets: Vec<(String, bool)>,
+}
+
+fn figures(s: &Sample) -> [f64; 5] {
+    [
+        s.requests as f64,
+        s.rps(),
+        s.us(0.5),
+        s.us(0.99),
+        s.us(0.999),
+    ]
+}
+
+fn size_name(size: usize) -> String {
+    match size {
+        0 => "0 B".to_string(),
+        s if s >= 1024 * 1024 => format!("{} MiB", s / (1024 * 1024)),
+        s => format!("{} KiB", s / 1024),
+    }
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+impl Report {
+    pub fn new(json: Option<&str>) -> Result<Report, String> {
+        let json: Option<Box<dyn Write>> = match json {
+            None => None,
+            Some("-") => Some(Box::new(io::stdout())),
+            Some(p) => {
+                Some(Box::new(File::create(p).map_err(|e| {
+                    format!("cannot create --json file {p}: {e}")
+                })?))
+            }
+        };
+        Ok(Report {
+            json,
+            rows: Vec::new(),
+            targets: Vec::new(),
+        })
+    }
+
+    fn emit(&mut self, v: Value) {
+        if let Some(w) = self.json.as_mut() {
+            let _ = writeln!(w, "{v}");
+        }
+    }
+
+    pub fn machine(&mut self, instances: usize, seconds: f64) {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines().find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+                })
+            })
+            .unwrap_or_default();
+        let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        println!(
+            "machine: {nproc} cpus, {cpu}, kernel {}, load {}",
+            kernel.trim(),
+            load.trim()
+        );
+        println!(
+            "instances N = {instances}, {seconds} s per system per cell (2 interleaved rounds)"
+        );
+        self.emit(
+            json!({"kind": "machine", "nproc": nproc, "cpu": cpu, "kernel": kernel.trim(),
+            "loadavg": load.trim(), "instances": instances, "seconds_per_cell": seconds}),
+        );
+    }
+
+    pub fn cell(&mut self, case: &'static str, size: usize, conc: usize, f: &Sample, c: &Sample) {
+        for (system, s) in [("floor", f), ("charon", c)] {
+            self.emit(
+                json!({"kind": "roundtrip", "case": case, "system": system, "body": size,
+                "concurrency": conc, "requests": s.requests, "errors": s.errors,
+                "first_error": s.first_error, "seconds": s.busy.as_secs_f64(), "rps": s.rps(),
+                "p50_us": s.us(0.5), "p99_us": s.us(0.99), "p999_us": s.us(0.999)}),
+            );
+        }
+        let errors = [("floor", f), ("charon", c)]
+            .iter()
+            .filter(|(_, s)| s.errors > 0)
+            .map(|(n, s)| {
+                format!(
+                    "{n}: {} errors ({})",
+                    s.errors,
+                    s.first_error.as_deref().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let row = Row {
+            case,
+            size,
+            conc,
+            floor: figures(f),
+            charon: figures(c),
+            errors,
+        };
+        eprintln!(
+            "  {case} {} c={conc}: floor {:.0}/s p50 {:.1}us, charon {:.0}/s p50 {:.1}us",
+            size_name(size),
+            row.floor[1],
+            row.floor[2],
+            row.charon[1],
+            row.charon[2]
+        );
+        self.rows.push(row);
+    }
+
+    pub fn table(&mut self) {
+        println!();
+        println!("| case | body | conc | system | req/s | p50 us | p99 us | p99.9 us | charon/floor (req/s, p50, p99) |");
+        println!("|---|---|---|---|---:|---:|---:|---:|---|");
+        for r in &self.rows {
+            for (name, v) in [("floor", r.floor), ("charon", r.charon)] {
+                let ratio = if name == "charon" {
+                    format!(
+                        "{:.2} / {:.2} / {:.2}",
+                        r.charon[1] / r.floor[1],
+                        r.charon[2] / r.floor[2],
+                        r.charon[3] / r.floor[3]
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "| {} | {} | {} | {name} | {:.0} | {:.1} | {:.1} | {:.1} | {ratio} |",
+                    r.case,
+                    size_name(r.size),
+                    r.conc,
+                    v[1],
+                    v[2],
+                    v[3],
+                    v[4]
+                );
+            }
+            if !r.errors.is_empty() {
+                println!("|   errors: {} |", r.errors);
+            }
+        }
+        println!();
+        let mut judged = Vec::new();
+        for r in &self.rows {
+            let (p50, p99, rps) = (
+                r.charon[2] / r.floor[2],
+                r.charon[3] / r.floor[3],
+                r.charon[1] / r.floor[1],
+            );
+            let clean = r.errors.is_empty();
+            match (r.case, r.conc, r.size) {
+                ("connect", 1, 0 | 1024) => {
+                    judged.push((
+                        format!(
+                            "latency {} c=1: p50 {p50:.2}x floor (<= 1.25)",
+                            size_name(r.size)
+                        ),
+                        clean && p50 <= 1.25,
+                        p50,
+                    ));
+                    judged.push((
+                        format!(
+                            "latency {} c=1: p99 {p99:.2}x floor (<= 2)",
+                            size_name(r.size)
+                        ),
+                        clean && p99 <= 2.0,
+                        p99,
+                    ));
+                }
+                ("connect", 4, _) => judged.push((
+                    format!(
+                        "throughput {} c=4: {rps:.2}x floor (>= 0.8)",
+                        size_name(r.size)
+                    ),
+                    clean && rps >= 0.8,
+                    rps,
+                )),
+                ("persistent", _, _) => judged.push((
+                    format!(
+                        "persistent {}: p50 {p50:.2}x floor (<= 1.2)",
+                        size_name(r.size)
+                    ),
+                    clean && p50 <= 1.2,
+                    p50,
+                )),
+                _ => {}
+            }
+        }
+        for (text, pass, value) in judged {
+            self.target(&text, pass, value);
+        }
+    }
+
+    fn target(&mut self, text: &str, pass: bool, value: f64) {
+        println!("{} {text}", verdict(pass));
+        self.emit(json!({"kind": "target", "target": text, "value": value, "pass": pass}));
+        self.targets.push((text.to_string(), pass));
+    }
+
+    pub fn manager_cpu(&mut self, m: &ManagerCpu, dur: Duration) {
+        let pct = 100.0 * m.manager_ticks as f64 / m.all_ticks.max(1) as f64;
+        let text = format!(
+            "manager CPU during a {}s saturating run ({} requests): {} of {} ticks = {pct:.2}% (<= 1%)",
+            dur.as_secs(),
+            m.requests,
+            m.manager_ticks,
+            m.all_ticks
+        );
+        self.target(&text, pct <= 1.0, pct);
+    }
+
+    pub fn fast_fail(&mut self, s: &Sample) {
+        let text = format!(
+            "fast fail: {} unavailable answers, p50 {:.0}us p99 {:.0}us (p99 <= 1000us){}",
+            s.requests,
+            s.us(0.5),
+            s.us(0.99),
+            if s.errors > 0 {
+                format!(", {} wrong answers", s.errors)
+            } else {
+                String::new()
+            }
+        );
+        self.target(&text, s.errors == 0 && s.us(0.99) <= 1000.0, s.us(0.99));
+    }
+
+    pub fn cold_start(&mut self, own: &[f64], cold: &[f64]) {
+        let mut sorted = own.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let own_med = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+        let worst = cold.iter().copied().fold(0.0, f64::max);
+        let text = format!(
+            "cold start: first requests {:?}us, worst {worst:.0}us; echo's own start-up (median of {:?}us) {own_med:.0}us + 10000us",
+            cold.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            sorted.iter().map(|v| v.round()).collect::<Vec<_>>()
+        );
+        self.target(&text, worst <= own_med + 10_000.0, worst);
+    }
+
+    pub fn scale_up(&mut self, took: Duration) {
+        let ms = took.as_secs_f64() * 1000.0;
+        self.target(
+            &format!("scale-up: 8 x 100ms burst on 1 instance took {ms:.0}ms (<= 200ms)"),
+            ms <= 200.0,
+            ms,
+        );
+    }
+
+    pub fn allocations(&mut self, a: &[(String, usize, f64)]) {
+        for (system, size, per) in a {
+            println!(
+                "allocations per request, client side, {system} {}: {per:.1}",
+                size_name(*size)
+            );
+            self.emit(
+                json!({"kind": "allocations", "system": system, "body": size, "per_request": per}),
+            );
+        }
+    }
+
+    pub fn scale(&mut self, s: &Scale) {
+        let mib = s.rss_kib as f64 / 1024.0;
+        println!(
+            "scale: {} services, start-up to all answered {:.0}ms",
+            s.services,
+            s.ready.as_secs_f64() * 1000.0
+        );
+        self.emit(json!({"kind": "scale", "services": s.services, "ready_ms": s.ready.as_secs_f64() * 1000.0,
+            "rss_kib": s.rss_kib, "reload_ms": s.reload.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
+            "reload_error": s.reload.as_ref().err()}));
+        self.target(
+            &format!(
+                "scale: manager RSS with {} services {mib:.1} MiB (<= 32 MiB)",
+                s.services
+            ),
+            mib <= 32.0,
+            mib,
+        );
+        match &s.reload {
+            Ok(d) => {
+                let ms = d.as_secs_f64() * 1000.0;
+                self.target(
+                    &format!(
+                        "scale: full reload of {} services {ms:.0}ms (<= 1000ms)",
+                        s.services
+                    ),
+                    ms <= 1000.0,
+                    ms,
+                );
+            }
+            Err(e) => self.target(&format!("scale: full reload: {e}"), false, f64::NAN),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        let missed: Vec<&str> = self
+            .targets
+            .iter()
+            .filter(|(_, p)| !p)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        println!();
+        println!(
+            "targets: {} PASS, {} MISS",
+            self.targets.len() - missed.len(),
+            missed.len()
+        );
+        if let Some(w) = self.json.as_mut() {
+            let _ = w.flush();
+        }
+    }
+}
