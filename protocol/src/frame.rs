@@ -349,6 +349,11 @@ pub enum DecodeError {
     BadAttempt(u8),
     /// The response status byte is not 0-3.
     BadStatus(u8),
+    /// A context entry has an empty name (names are 1 byte or longer).
+    EmptyContextName {
+        /// The longest name allowed.
+        limit: u16,
+    },
     /// A field exceeds its limit.
     FieldTooLarge {
         /// The field.
@@ -394,6 +399,12 @@ impl fmt::Display for DecodeError {
             }
             DecodeError::BadAttempt(a) => write!(f, "attempt must be 1 or 2, not {a}"),
             DecodeError::BadStatus(s) => write!(f, "response status must be 0 to 3, not {s}"),
+            DecodeError::EmptyContextName { limit } => {
+                write!(
+                    f,
+                    "a context name must be 1 to {limit} bytes long, not empty"
+                )
+            }
             DecodeError::FieldTooLarge { field, len, limit } => {
                 write!(f, "field {field} of {len} exceeds the limit of {limit}")
             }
@@ -638,10 +649,8 @@ pub fn decode_request<'a>(
     for _ in 0..count {
         let name = r.str16("context name")?;
         if name.is_empty() {
-            return Err(DecodeError::FieldTooLarge {
-                field: "context name (empty)",
-                len: 0,
-                limit: u64::from(limits.max_context_name),
+            return Err(DecodeError::EmptyContextName {
+                limit: limits.max_context_name,
             });
         }
         check_len(
