@@ -90,6 +90,9 @@ fn main() {
     if floor::serve_if_asked() {
         return;
     }
+    if let Some(code) = client_loop_if_asked() {
+        std::process::exit(code);
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -189,6 +192,40 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
     drop(pfl);
     report.scale(&extras::scale(200)?);
     Ok(())
+}
+
+/// `--client-loop RUN_DIR COUNT SIZE`: only make COUNT calls of SIZE
+/// bytes to the echo under RUN_DIR and exit, for profiling the client
+/// (strace -c, valgrind) with benches/scripts/profile.sh.
+fn client_loop_if_asked() -> Option<i32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let i = args.iter().position(|a| a == "--client-loop")?;
+    let (Some(dir), Some(Ok(count)), Some(Ok(size))) = (
+        args.get(i + 1),
+        args.get(i + 2).map(|v| v.parse::<usize>()),
+        args.get(i + 3).map(|v| v.parse::<usize>()),
+    ) else {
+        eprintln!("roundtrip: --client-loop needs RUN_DIR COUNT SIZE");
+        return Some(2);
+    };
+    let mut c = match charon_client::Client::builder().run_dir(dir).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("roundtrip: {e}");
+            return Some(2);
+        }
+    };
+    let body = vec![0x5au8; size];
+    let a0 = alloc::count();
+    for _ in 0..count {
+        if let Err(e) = check(c.call(KEY, &body), size) {
+            eprintln!("roundtrip: {e}");
+            return Some(1);
+        }
+    }
+    let per = (alloc::count() - a0) as f64 / count.max(1) as f64;
+    println!("{count} calls of {size} bytes, {per:.1} allocations per call");
+    Some(0)
 }
 
 /// Floor then Charon, `rounds` times, each for `per`.
