@@ -131,6 +131,14 @@ fn serve(req: Request<'_>) -> Result<(), charon_service::Error> {
     if let Some(sig) = c.signal {
         // A signal that does not kill (SIGTERM is caught by the library and
         // means "stop after this request") lets the echo go on.
+        if matches!(sig, Signal::SIGSEGV | Signal::SIGBUS) {
+            // Rust's runtime catches these two to report stack overflows and
+            // ignores a raised one (no faulting address), so the crash this
+            // control exists to simulate would not happen.
+            // SAFETY: installing SIG_DFL registers no handler code, so none
+            // of signal(2)'s handler requirements apply.
+            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        }
         let _ = nix::sys::signal::raise(sig);
     }
     if let Some((code, text)) = c.fault {
