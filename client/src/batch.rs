@@ -331,7 +331,7 @@ impl<'c> Batch<'c> {
                         let _ = p.registry().deregister(&mut SourceFd(&ex.fd().as_raw_fd()));
                     }
                 }
-                self.client.keep_if_asked(&key, attrs, &r, ex);
+                self.client.keep_if_asked(&key, attrs, &r, ex.into_stream());
                 self.finish(idx, r.map_err(|k| Error::with_key(k, &key)));
             }
             Step::SilentClose if may_retry(attrs, entry.attempt) => {

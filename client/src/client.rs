@@ -10,13 +10,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use charon_protocol::{Attributes, Limits, MAX_CLIENT_NAME};
+use charon_protocol::{Attributes, FrameBuf, Limits, MAX_CLIENT_NAME};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::batch::Batch;
 use crate::error::{Error, ErrorKind};
-use crate::exchange::{Exchange, Step};
+use crate::exchange::{new_frame, Exchange, Step};
 use crate::locate::{connect_key, default_run_dir};
 use crate::request::{encode_parts, Request};
 
@@ -101,6 +101,7 @@ impl ClientBuilder {
             limits: self.limits.unwrap_or_default(),
             name,
             head: Vec::new(),
+            frame: None,
             kept: HashMap::new(),
         })
     }
@@ -137,6 +138,10 @@ pub struct Client {
     name: String,
     /// Reused encoding buffer for request heads.
     head: Vec<u8>,
+    /// Reused response buffer of [`Client::call`]: a fresh one per call
+    /// cost an allocation, zeroing its first window, and regrowing (with
+    /// copies) for every large response.
+    frame: Option<FrameBuf>,
     /// Connections kept for affinity, by requested key.
     kept: HashMap<String, UnixStream>,
 }
@@ -260,13 +265,17 @@ impl Client {
                 Ok(s) => s,
                 Err(e) => break Err(e),
             };
-            let mut ex = Exchange::new(stream, &limits);
+            let frame = self.frame.take().unwrap_or_else(|| new_frame(&limits));
+            let mut ex = Exchange::reusing(stream, frame).wait_before_reading();
             let no_wait = attrs.contains(Attributes::NO_WAIT);
-            match self.drive(&mut ex, &head, body, no_wait, deadline) {
+            let step = self.drive(&mut ex, &head, body, no_wait, deadline);
+            let (stream, frame) = ex.into_parts();
+            self.frame = Some(frame);
+            match step {
                 Err(kind) => break Err(Error::with_key(kind, key)),
                 Ok(Step::Sent) => break Ok(Vec::new()),
                 Ok(Step::Response(r)) => {
-                    self.keep_if_asked(key, attrs, &r, ex);
+                    self.keep_if_asked(key, attrs, &r, stream);
                     break r.map_err(|k| Error::with_key(k, key));
                 }
                 Ok(Step::SilentClose) if may_retry(attrs, attempt) => attempt = 2,
@@ -311,11 +320,11 @@ impl Client {
         key: &str,
         attrs: Attributes,
         result: &Result<Vec<u8>, ErrorKind>,
-        ex: Exchange,
+        stream: UnixStream,
     ) {
         let answered = matches!(result, Ok(_) | Err(ErrorKind::ServiceFault { .. }));
         if attrs.contains(Attributes::KEEP_AFFINITY) && answered {
-            self.kept.insert(key.to_string(), ex.into_stream());
+            self.kept.insert(key.to_string(), stream);
         }
     }
 

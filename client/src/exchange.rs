@@ -45,16 +45,40 @@ pub(crate) struct Exchange {
     sent: usize,
     phase: Phase,
     frame: FrameBuf,
+    /// Whether to try a read right after the request is sent. Under a
+    /// level-triggered wait (poll(2)) that read almost always fails with
+    /// EAGAIN, one wasted syscall per request; with mio's edge-triggered
+    /// readiness it must be tried, or an edge already seen could be lost.
+    read_after_send: bool,
 }
 
 impl Exchange {
     pub(crate) fn new(stream: UnixStream, limits: &Limits) -> Exchange {
+        Exchange::reusing(stream, new_frame(limits))
+    }
+
+    /// An exchange reading into `frame`, a buffer from an earlier exchange
+    /// (see [`Exchange::into_parts`]), so a call allocates no new one.
+    pub(crate) fn reusing(stream: UnixStream, mut frame: FrameBuf) -> Exchange {
+        // The first reset keeps bytes a peer sent past its frame as the
+        // start of the next; they came on another connection, so the second
+        // reset (of an incomplete frame) drops them too.
+        frame.reset();
+        frame.reset();
         Exchange {
             stream,
             sent: 0,
             phase: Phase::Sending,
-            frame: FrameBuf::new(FrameKind::Response, limits.max_response_payload()),
+            frame,
+            read_after_send: true,
         }
+    }
+
+    /// Waits for readiness before the first read, for a caller that waits
+    /// with level-triggered poll(2): saves a read that would fail.
+    pub(crate) fn wait_before_reading(mut self) -> Exchange {
+        self.read_after_send = false;
+        self
     }
 
     /// True once the whole request has left (or the peer stopped reading).
@@ -69,6 +93,11 @@ impl Exchange {
     /// Gives the connection back, for a keep-affinity request.
     pub(crate) fn into_stream(self) -> UnixStream {
         self.stream
+    }
+
+    /// Gives back the connection and the read buffer, for reuse.
+    pub(crate) fn into_parts(self) -> (UnixStream, FrameBuf) {
+        (self.stream, self.frame)
     }
 
     /// Sends and reads as far as the socket allows. `head` and `body` must
@@ -86,6 +115,9 @@ impl Exchange {
                     self.phase = Phase::Receiving;
                     if no_wait {
                         return Step::Sent;
+                    }
+                    if !self.read_after_send {
+                        return Step::WantRead;
                     }
                 }
                 Ok(false) => return Step::WantWrite,
@@ -152,6 +184,11 @@ impl Exchange {
             Err(ReadError::Decode(e)) => Step::Response(Err(ErrorKind::Protocol(e))),
         }
     }
+}
+
+/// A response buffer sized by `limits`.
+pub(crate) fn new_frame(limits: &Limits) -> FrameBuf {
+    FrameBuf::new(FrameKind::Response, limits.max_response_payload())
 }
 
 fn decode(payload: &[u8], limits: &Limits) -> Result<Vec<u8>, ErrorKind> {
@@ -237,5 +274,50 @@ mod tests {
             ex.advance(b"H", b"", false, &limits),
             Step::Response(Err(ErrorKind::Disconnected { received: 3 }))
         ));
+    }
+
+    #[test]
+    fn waiting_before_reading_skips_the_read_after_sending() {
+        let (a, mut b) = pair();
+        let limits = Limits::default();
+        let mut resp = Vec::new();
+        encode_response(&Response::Ok(b"early"), &limits, &mut resp).unwrap();
+        // The answer is already there, but the caller asked to wait first.
+        b.write_all(&resp).unwrap();
+        let mut ex = Exchange::new(a, &limits).wait_before_reading();
+        assert!(matches!(
+            ex.advance(b"H", b"", false, &limits),
+            Step::WantRead
+        ));
+        match ex.advance(b"H", b"", false, &limits) {
+            Step::Response(Ok(body)) => assert_eq!(body, b"early"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reused_buffer_drops_bytes_from_the_last_connection() {
+        let limits = Limits::default();
+        let (a, mut b) = pair();
+        let mut ex = Exchange::new(a, &limits);
+        let mut resp = Vec::new();
+        encode_response(&Response::Ok(b"one"), &limits, &mut resp).unwrap();
+        // A peer that sends a stray byte after its frame.
+        resp.push(0xff);
+        b.write_all(&resp).unwrap();
+        assert!(matches!(
+            ex.advance(b"H", b"", false, &limits),
+            Step::Response(Ok(ref body)) if body == b"one"
+        ));
+        let (_, frame) = ex.into_parts();
+        let (a2, mut b2) = pair();
+        let mut ex = Exchange::reusing(a2, frame);
+        let mut resp = Vec::new();
+        encode_response(&Response::Ok(b"two"), &limits, &mut resp).unwrap();
+        b2.write_all(&resp).unwrap();
+        match ex.advance(b"H", b"", false, &limits) {
+            Step::Response(Ok(body)) => assert_eq!(body, b"two"),
+            other => panic!("{other:?}"),
+        }
     }
 }
