@@ -9,3 +9,7 @@ mod service;
 mod client;
 // The manager: charond with real instances.
 mod manager;
+// Operators: reload, the control socket, `charon stats` / `ps` / ...
+mod operators;
+// Failure as the normal case: chaos, leaks, hostile input, security.
+mod reliability;

@@ -18,6 +18,14 @@
 //! | [`ENV_RUN_DIR`] | the run dir, so it can call other services |
 //! | [`ENV_AFFINITY_TIMEOUT_MS`] | how long a kept (affinity) connection may sit idle |
 //! | [`ENV_READ_TIMEOUT_MS`] | how long an accepted connection may take to send its request |
+//! | [`ENV_ALLOWED_UIDS`], [`ENV_ALLOWED_GIDS`] | if set, the peer uids / gids (`SO_PEERCRED`) allowed to call |
+//!
+//! Signals an instance honours (the service library implements them):
+//!
+//! | signal | meaning |
+//! |--------|---------|
+//! | `SIGTERM`, `SIGINT` | [`STOP_SIGNAL`]: finish the request in hand, then exit 0 |
+//! | `SIGUSR1` | [`DRAIN_SIGNAL`]: finish the request in hand, serve the connections already queued on the socket, then exit 0 (a reload's old generation) |
 //!
 //! Standalone and accept mode use other variables, listed here so that all
 //! names live in one place.
@@ -51,3 +59,15 @@ pub const ENV_READ_TIMEOUT_MS: &str = "CHARON_READ_TIMEOUT_MS";
 /// How long, in milliseconds, an instance keeps an affinity connection open
 /// waiting for the client's next request.
 pub const ENV_AFFINITY_TIMEOUT_MS: &str = "CHARON_AFFINITY_TIMEOUT_MS";
+/// Comma-separated decimal uids allowed to call the service (checked with
+/// `SO_PEERCRED` on each accepted connection); absent means everyone who
+/// can reach the socket. A refused peer gets an `ERROR NOT_PERMITTED`.
+pub const ENV_ALLOWED_UIDS: &str = "CHARON_ALLOWED_UIDS";
+/// Comma-separated decimal gids allowed to call the service; a peer is
+/// allowed if its uid or its gid is listed (when both lists are set).
+pub const ENV_ALLOWED_GIDS: &str = "CHARON_ALLOWED_GIDS";
+
+/// The signal that asks an instance to finish the request in hand and exit 0.
+pub const STOP_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGTERM;
+/// The signal that asks an instance to drain its socket's queue, then exit 0.
+pub const DRAIN_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR1;
