@@ -105,3 +105,9 @@ pub use client::{Client, ClientBuilder, DEFAULT_TIMEOUT};
 pub use error::{Error, ErrorKind};
 pub use locate::{default_run_dir, resolve, RUN_DIR_ENV};
 pub use request::{Request, RESERVED_CONTEXT_PREFIX};
+
+/// The workspace README's code blocks, compiled as doc-tests so that its
+/// examples cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
