@@ -170,6 +170,7 @@ mod io;
 mod managed;
 mod mode;
 mod options;
+mod peer;
 mod read;
 mod request;
 mod service;

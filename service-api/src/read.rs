@@ -189,7 +189,7 @@ impl Core {
 
     /// Answers the current connection (or standalone output) with a
     /// framework error and closes it; the instance carries on.
-    fn refuse(&mut self, code: ErrorCode, text: &str, received: usize) {
+    pub(crate) fn refuse(&mut self, code: ErrorCode, text: &str, received: usize) {
         self.head.clear();
         let resp = Response::Error { code, text };
         if encode_response(&resp, &self.opts.limits, &mut self.head).is_err() {

@@ -23,6 +23,7 @@ use crate::io::{ready, wait, write_all2, READABLE};
 use crate::managed::Managed;
 use crate::mode::{self, Bound, Mode, Source};
 use crate::options::Options;
+use crate::peer::{Allowed, Peer};
 use crate::read::{record, Step};
 use crate::request::{split_key, Request};
 use crate::sys;
@@ -54,6 +55,8 @@ pub(crate) struct Core {
     // Dropped last among what matters: removes the accept-mode socket file.
     _bound: Option<Bound>,
     pub(crate) head: Vec<u8>,
+    /// `CHARON_ALLOWED_UIDS` / `_GIDS`: who may call.
+    allowed: Allowed,
     inflight: Option<InFlight>,
     pub(crate) finished: bool,
 }
@@ -68,6 +71,9 @@ pub(crate) struct Conn {
     pub(crate) deadline: Instant,
     /// Kept after a response, waiting for the next request's first byte.
     pub(crate) idle_since: Option<Instant>,
+    /// Set when the peer is not allowed to call: its request is read, then
+    /// answered `NOT_PERMITTED`.
+    pub(crate) refused: Option<Peer>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +113,7 @@ impl Service {
     pub fn init_with(name: &str, opts: Options) -> Result<Service, Error> {
         let env = |k: &str| std::env::var(k).ok();
         let opts = opts.with_env(env)?;
+        let allowed = Allowed::from_env(env)?;
         if !sys::claim_process() {
             return Err(Error::new(ErrorKind::AlreadyInitialized));
         }
@@ -128,6 +135,7 @@ impl Service {
                 managed: setup.managed,
                 _bound: setup.bound,
                 head: Vec::with_capacity(64),
+                allowed,
                 inflight: None,
                 finished: false,
             },
@@ -167,6 +175,10 @@ impl Service {
                 return Ok(None);
             }
             match decode_request(self.buf.payload(), &limits) {
+                Ok(_) if self.core.conn.as_ref().is_some_and(|c| c.refused.is_some()) => {
+                    self.core.refuse_peer(self.buf.received());
+                    self.clear_buf();
+                }
                 Ok(_) => break self.buf.frame().len(),
                 Err(e) => {
                     self.core.refuse_decode_at(&e, self.buf.received());
@@ -244,6 +256,7 @@ impl Core {
             stop_fd,
             opts,
             finished,
+            allowed,
             ..
         } = self;
         let Source::Listener(listener) = source else {
@@ -260,11 +273,13 @@ impl Core {
             let e = match sys::accept_nonblocking(listener.as_fd()) {
                 Ok(stream) => {
                     let now = Instant::now();
+                    let refused = allowed.refuses(&stream);
                     *conn = Some(Conn {
                         stream,
                         started: now,
                         deadline: now + opts.read_timeout,
                         idle_since: None,
+                        refused,
                     });
                     return Ok(true);
                 }
@@ -395,6 +410,20 @@ impl Core {
             Some(c) if f.keep && written => c.idle_since = Some(Instant::now()),
             _ => self.conn = None,
         }
+    }
+
+    /// Answers a peer that may not call with `NOT_PERMITTED` (counted as an
+    /// error) and drops its connection; the request it sent is not served.
+    fn refuse_peer(&mut self, received: usize) {
+        let Some(peer) = self.conn.as_ref().and_then(|c| c.refused) else {
+            return;
+        };
+        let text = format!(
+            "{}: peer uid {} gid {} is not allowed to call this service \
+             (allowed-uids / allowed-gids)",
+            self.name, peer.uid, peer.gid
+        );
+        self.refuse(ErrorCode::NOT_PERMITTED, &text, received);
     }
 
     /// Leaving: the slot says so and the last records go out.
