@@ -76,7 +76,8 @@ fn cstring(what: &str, bytes: &[u8]) -> io::Result<CString> {
     })
 }
 
-/// The instance environment: `PATH`, the `CHARON_*` variables, then the
+/// The instance environment: `PATH`, the `CHARON_*` variables (with
+/// `CHARON_ALLOWED_UIDS` / `_GIDS` only when configured), then the
 /// configured `env` (which may override `PATH`). Nothing else of the
 /// manager's environment is passed on.
 pub(crate) fn environment(l: &Launch<'_>, path_var: &str) -> Vec<(String, String)> {
@@ -101,6 +102,13 @@ pub(crate) fn environment(l: &Launch<'_>, path_var: &str) -> Vec<(String, String
             c.read_timeout.as_millis().to_string(),
         ),
     ];
+    let list = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    if let Some(uids) = &c.allowed_uids {
+        env.push((managed::ENV_ALLOWED_UIDS.to_string(), list(uids)));
+    }
+    if let Some(gids) = &c.allowed_gids {
+        env.push((managed::ENV_ALLOWED_GIDS.to_string(), list(gids)));
+    }
     for (k, v) in &c.env {
         env.retain(|(name, _)| name != k);
         env.push((k.clone(), v.clone()));
@@ -116,6 +124,9 @@ fn plan(l: &Launch<'_>) -> io::Result<ChildPlan> {
         .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "exec is empty"))?;
     let program = resolve_program(first, l.config_dir, &path_var);
+    if nix::unistd::geteuid().is_root() {
+        check_program_owner(&program)?;
+    }
     let mut argv = Vec::with_capacity(c.exec.len());
     for a in &c.exec {
         argv.push(cstring("exec", a.as_bytes())?);
@@ -148,6 +159,61 @@ fn plan(l: &Launch<'_>) -> io::Result<ChildPlan> {
         manager_pid: std::process::id() as i32,
         max_signal: libc::SIGRTMAX(),
     })
+}
+
+/// As sshd's StrictModes: a root manager refuses to run a program that
+/// another user could replace, that is one not owned by root or writable by
+/// group or others, or in such a directory (unless it is sticky, as /tmp
+/// is). A program that does not exist is left to exec, which reports it.
+fn check_program_owner(program: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |what: &Path, why: &str| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to run {} as root: {} {why}; it must be owned by root and \
+                 writable by its owner only",
+                program.display(),
+                what.display()
+            ),
+        )
+    };
+    let Ok(meta) = std::fs::metadata(program) else {
+        return Ok(());
+    };
+    let unsafe_dir = |m: &std::fs::Metadata| m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+    if meta.uid() != 0 {
+        return Err(refuse(program, &format!("is owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(
+            program,
+            &format!(
+                "has mode {:04o} (writable by group or others)",
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    if let Some(dir) = program.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(dm) = std::fs::metadata(dir) {
+            if dm.uid() != 0 {
+                return Err(refuse(
+                    dir,
+                    &format!("(its directory) is owned by uid {}", dm.uid()),
+                ));
+            }
+            if unsafe_dir(&dm) {
+                return Err(refuse(
+                    dir,
+                    &format!(
+                        "(its directory) has mode {:04o} (writable by group or others)",
+                        dm.mode() & 0o7777
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// uid/gid/groups to switch to: only when the manager runs as root and the

@@ -20,8 +20,11 @@ use crate::config::ServiceConfig;
 /// Name of the lock file in the run dir.
 pub(crate) const LOCK_FILE: &str = "charond.lock";
 
-/// Creates the run dir (0755) if missing and locks it for this manager's
-/// lifetime (the lock goes when the returned value or the process does).
+/// Creates the run dir (0755) if missing, refuses one that is not owned by
+/// this manager's user or is writable by group or others (anyone who can
+/// write there can put a socket in a service's place), and locks it for this
+/// manager's lifetime (the lock goes when the returned value or the process
+/// does).
 ///
 /// # Errors
 ///
@@ -32,6 +35,7 @@ pub(crate) fn lock_run_dir(run_dir: &Path) -> Result<Flock<File>, String> {
         .mode(0o755)
         .create(run_dir)
         .map_err(|e| format!("unable to create run dir {}: {e}", run_dir.display()))?;
+    check_run_dir(run_dir)?;
     let path = run_dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)
@@ -52,6 +56,32 @@ pub(crate) fn lock_run_dir(run_dir: &Path) -> Result<Flock<File>, String> {
             format!("unable to lock {}: {e}", path.display())
         }
     })
+}
+
+/// The run dir must be a directory owned by the manager's user and
+/// writable by it alone.
+fn check_run_dir(run_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(run_dir)
+        .map_err(|e| format!("unable to stat run dir {}: {e}", run_dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "run dir {} is owned by uid {}, not by charond's uid {me}: give it to charond's user \
+             or choose another --run-dir",
+            run_dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "run dir {} has mode {:04o}, writable by group or others, who could put their own \
+             socket in a service's place: chmod go-w it (0755 is what charond creates)",
+            run_dir.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// Removes every socket in the run dir: they belong to a dead manager (we
@@ -138,6 +168,21 @@ mod tests {
         let _held = lock_run_dir(&run).unwrap();
         let err = lock_run_dir(&run).unwrap_err();
         assert!(err.contains("another charond already runs"), "{err}");
+    }
+
+    #[test]
+    fn a_run_dir_writable_by_others_is_refused_and_a_new_one_is_0755() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        drop(lock_run_dir(&run).unwrap());
+        let mode = std::fs::metadata(&run).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = lock_run_dir(&run).unwrap_err();
+        assert!(
+            err.contains("mode 1777, writable by group or others"),
+            "{err}"
+        );
     }
 
     #[test]
