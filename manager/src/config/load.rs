@@ -165,6 +165,7 @@ fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
     if meta.len() > MAX_FILE_SIZE {
         return Err(too_large(meta.len()));
     }
+    strict_modes(&meta, "the file")?;
     let mut bytes = Vec::new();
     // The file may grow between stat and read; the cap still holds.
     file.take(MAX_FILE_SIZE + 1)
@@ -174,6 +175,27 @@ fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
         return Err(too_large(bytes.len() as u64));
     }
     Ok(bytes)
+}
+
+/// As sshd's StrictModes: when the manager runs as root, a config file or
+/// dir that another user could change is refused, since it names programs
+/// root will start. Either must be owned by root and writable by root only.
+fn strict_modes(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let fix = "a root manager only reads config owned by root and writable by root alone";
+    if meta.uid() != 0 {
+        return Err(format!("{what} is owned by uid {}: {fix}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{what} has mode {:04o}, writable by group or others: {fix} (chmod go-w)",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 fn too_large(len: u64) -> String {
@@ -211,6 +233,10 @@ fn too_large(len: u64) -> String {
 /// a directory, no permission). Problems with single files are not errors
 /// of the scan: they are in [`Scan::errors`] and [`Scan::ignored`].
 pub fn scan_dir(dir: &Path) -> Result<Scan, ConfigError> {
+    if let Ok(meta) = std::fs::metadata(dir) {
+        strict_modes(&meta, "the config dir")
+            .map_err(|message| ConfigError::whole_file(dir, message))?;
+    }
     let entries = std::fs::read_dir(dir)
         .map_err(|e| ConfigError::whole_file(dir, format!("unable to read the config dir: {e}")))?;
     let mut scan = Scan::default();
