@@ -4,16 +4,14 @@
 //! [`Fatal`] with one clear line; once the loop runs, a service's trouble is
 //! only ever logged. Turning these into exit codes is the binary's job.
 
-use std::ffi::CString;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use charon_protocol::scoreboard::Scoreboard;
-
 use crate::config as cfg;
 use crate::config::ServiceConfig;
-use crate::event_loop;
+use crate::control::Control;
 use crate::event_loop::{Bound, Manager, Paths};
 use crate::log::{info, warning};
 use crate::spawn::ForkExec;
@@ -28,6 +26,10 @@ pub struct Options {
     pub run_dir: PathBuf,
     /// How often to log one statistics line per service.
     pub stats_interval: Duration,
+    /// Write the log here instead of stderr (reopened on SIGUSR1).
+    pub log_file: Option<PathBuf>,
+    /// Serve `GET /metrics` (Prometheus text) over HTTP on this address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A start-up problem that stops the manager: one clear line.
@@ -41,13 +43,6 @@ impl fmt::Display for Fatal {
 }
 
 impl std::error::Error for Fatal {}
-
-/// Extra slots beyond `maximum-processes`, for replacements that start
-/// before the instance they replace has left.
-fn slot_count(max: u32) -> u32 {
-    max.saturating_add((max / 4).max(4))
-        .min(charon_protocol::scoreboard::MAX_SLOTS)
-}
 
 /// What `charond --check` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,6 +80,10 @@ pub fn check(config_dir: &Path) -> Result<CheckReport, Fatal> {
 /// cannot be created or written, another manager holds its lock, or the
 /// event loop cannot be set up.
 pub fn run(opts: &Options) -> Result<(), Fatal> {
+    if let Some(path) = &opts.log_file {
+        crate::log::to_file(path)
+            .map_err(|e| Fatal(format!("unable to open log file {}: {e}", path.display())))?;
+    }
     if !opts.config_dir.is_dir() {
         return Err(Fatal(format!(
             "config dir {} does not exist or is not a directory",
@@ -132,6 +131,16 @@ pub fn run(opts: &Options) -> Result<(), Fatal> {
             )))
         }
     }
+    let control = Control::bind(&run_dir).map_err(|e| {
+        Fatal(format!(
+            "unable to bind the control socket in {}: {e}",
+            run_dir.display()
+        ))
+    })?;
+    let metrics = match opts.metrics_listen {
+        Some(addr) => Some(crate::metrics::serve(addr).map_err(Fatal)?),
+        None => None,
+    };
     let scan = cfg::scan_dir(&config_dir).map_err(|e| Fatal(e.to_string()))?;
     for i in &scan.ignored {
         info!(None, None, "ignored {}: {}", i.file.display(), i.reason);
@@ -149,6 +158,12 @@ pub fn run(opts: &Options) -> Result<(), Fatal> {
     };
     let mut m = Manager::new(paths, lock, signals, services, devnull, Box::new(ForkExec))
         .map_err(|e| Fatal(format!("unable to set up the event loop: {e}")))?;
+    let mut control = control;
+    control
+        .register(m.poll.registry())
+        .map_err(|e| Fatal(format!("unable to watch the control socket: {e}")))?;
+    m.control = Some(control);
+    m.metrics = metrics;
     info!(
         None,
         None,
@@ -156,8 +171,11 @@ pub fn run(opts: &Options) -> Result<(), Fatal> {
         env!("CARGO_PKG_VERSION"),
         m.services.len()
     );
-    m.run()
-        .map_err(|e| Fatal(format!("event loop failed: {e}")))
+    let r = m.run();
+    if let Some(c) = &m.control {
+        c.remove();
+    }
+    r.map_err(|e| Fatal(format!("event loop failed: {e}")))
 }
 
 /// Binds each service's socket and creates its scoreboard. A service that
@@ -174,34 +192,14 @@ fn bind_services(configs: Vec<ServiceConfig>, run_dir: &Path) -> Vec<Bound> {
                 "warning: unable to switch instances to user/group: charond is not running as root; they run as charond's user"
             );
         }
-        let (listen, path) = match startup::bind_socket(&c, run_dir) {
-            Ok(x) => x,
-            Err(e) => {
-                warning!(Some(&key), None, "warning: {e}");
-                continue;
+        let path = run_dir.join(c.key.socket_file_name());
+        match startup::bind_generation(c, path) {
+            Ok(b) => {
+                info!(Some(&key), None, "listening on {}", b.sock_path.display());
+                services.push(b);
             }
-        };
-        let name = CString::new(format!("charon-{key}")).unwrap_or_default();
-        let (board, board_fd) = match Scoreboard::create(&name, slot_count(c.maximum_processes)) {
-            Ok(x) => x,
-            Err(e) => {
-                warning!(
-                    Some(&key),
-                    None,
-                    "warning: unable to create scoreboard: {e}"
-                );
-                event_loop::remove_socket(&path, &key);
-                continue;
-            }
-        };
-        info!(Some(&key), None, "listening on {}", path.display());
-        services.push(Bound {
-            config: c,
-            listen,
-            sock_path: path,
-            board,
-            board_fd,
-        });
+            Err(e) => warning!(Some(&key), None, "warning: {e}"),
+        }
     }
     services
 }

@@ -18,12 +18,15 @@ use mio::{Events, Interest, Poll, Token};
 use nix::fcntl::Flock;
 
 use crate::config::ServiceConfig;
+use crate::control::Control;
 use crate::log::{info, warning};
 use crate::process_table::ProcessTable;
 use crate::queue::QueueProbe;
+use crate::reload::{Gen, PendingReload};
 use crate::service::backoff::{Backoff, CrashTally};
 use crate::service::state::{Mode, ServiceState};
 use crate::service::transition::{self, Action, Event};
+use crate::services::Services;
 use crate::signals::{Sig, Signals};
 use crate::spawn::Spawner;
 use crate::stats::Stats;
@@ -31,6 +34,7 @@ use crate::stderr::RateLimit;
 
 pub(crate) const SIGNALS: Token = Token(0);
 const LISTEN_BASE: usize = 1;
+const CONTROL_BASE: usize = 1 << 23;
 const INSTANCE_BASE: usize = 1 << 24;
 
 /// What a token names.
@@ -40,12 +44,16 @@ pub(crate) enum Owner {
     Listener(usize),
     Stderr(usize),
     Report(usize),
+    ControlListen,
+    ControlConn(usize),
 }
 
 pub(crate) fn token(o: Owner) -> Token {
     Token(match o {
         Owner::Signals => 0,
         Owner::Listener(s) => LISTEN_BASE + s,
+        Owner::ControlListen => CONTROL_BASE,
+        Owner::ControlConn(c) => CONTROL_BASE + 1 + c,
         Owner::Stderr(i) => INSTANCE_BASE + 2 * i,
         Owner::Report(i) => INSTANCE_BASE + 2 * i + 1,
     })
@@ -54,7 +62,9 @@ pub(crate) fn token(o: Owner) -> Token {
 pub(crate) fn owner(t: Token) -> Owner {
     match t.0 {
         0 => Owner::Signals,
-        n if n < INSTANCE_BASE => Owner::Listener(n - LISTEN_BASE),
+        n if n < CONTROL_BASE => Owner::Listener(n - LISTEN_BASE),
+        CONTROL_BASE => Owner::ControlListen,
+        n if n < INSTANCE_BASE => Owner::ControlConn(n - CONTROL_BASE - 1),
         n => {
             let i = n - INSTANCE_BASE;
             if i % 2 == 0 {
@@ -98,11 +108,60 @@ pub(crate) struct Svc {
     pub recycle_check: Option<Instant>,
     /// Inode of the listening socket, for queue-depth queries.
     pub ino: u64,
+    /// Live, pending (a reload's replacement coming up) or draining.
+    pub gen: Gen,
+    /// Counts generations of all keys, for logs and `charon ps`.
+    pub generation: u64,
+    /// Advance a pending or draining generation at this time.
+    pub gen_check: Option<Instant>,
+    /// Instances started to serve a draining generation's queue.
+    pub drain_spawns: u32,
+    /// Why a pending generation cannot take over (an instance left early).
+    pub gen_failure: Option<String>,
 }
 
 impl Svc {
     pub(crate) fn key(&self) -> &str {
         self.config.key.as_str()
+    }
+
+    /// A generation around a bound socket and scoreboard.
+    pub(crate) fn new(b: Bound, gen: Gen, generation: u64, now: Instant) -> Svc {
+        let Bound {
+            config,
+            listen,
+            sock_path,
+            board,
+            board_fd,
+        } = b;
+        let state = ServiceState::new(
+            config.minimum_processes,
+            config.prestart_processes,
+            Backoff::new(config.backoff_initial, config.exec_failure_backoff),
+            CrashTally::new(config.crash_loop_count, config.crash_loop_interval),
+        );
+        let slots = board.slot_count() as usize;
+        let ino = nix::sys::stat::fstat(&listen).map_or(0, |st| st.st_ino);
+        Svc {
+            config,
+            listen,
+            sock_path,
+            board,
+            board_fd,
+            used_slots: vec![false; slots],
+            state,
+            watch: Watch::Off,
+            stats: Stats::new(),
+            stderr_limit: RateLimit::new(now),
+            sat_check: None,
+            recycle_check: None,
+            ino,
+            gen,
+            generation,
+            gen_check: None,
+            drain_spawns: 0,
+            gen_failure: None,
+        }
     }
 }
 
@@ -126,7 +185,7 @@ pub(crate) struct Paths {
 pub(crate) struct Manager {
     pub poll: Poll,
     pub signals: Signals,
-    pub services: Vec<Svc>,
+    pub services: Services,
     pub procs: ProcessTable,
     pub paths: Paths,
     pub devnull: OwnedFd,
@@ -141,6 +200,14 @@ pub(crate) struct Manager {
     pub spawner: Box<dyn Spawner>,
     /// sock_diag queries; None where the kernel does not offer them.
     pub probe: Option<QueueProbe>,
+    /// The next generation number.
+    pub next_generation: u64,
+    /// The control socket and its connections.
+    pub control: Option<Control>,
+    /// Reloads whose answer waits for new generations to come up.
+    pub reloads: Vec<PendingReload>,
+    /// Where fresh statistics go for the `/metrics` thread.
+    pub metrics: Option<crossbeam_channel::Sender<String>>,
     _lock: Flock<File>,
 }
 
@@ -161,46 +228,17 @@ impl Manager {
         poll.registry()
             .register(&mut SourceFd(&signals.raw()), SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
-        let services = services
-            .into_iter()
-            .map(|b| {
-                let Bound {
-                    config,
-                    listen,
-                    sock_path,
-                    board,
-                    board_fd,
-                } = b;
-                let state = ServiceState::new(
-                    config.minimum_processes,
-                    config.prestart_processes,
-                    Backoff::new(config.backoff_initial, config.exec_failure_backoff),
-                    CrashTally::new(config.crash_loop_count, config.crash_loop_interval),
-                );
-                let slots = board.slot_count() as usize;
-                let ino = nix::sys::stat::fstat(&listen).map_or(0, |st| st.st_ino);
-                Svc {
-                    config,
-                    listen,
-                    sock_path,
-                    board,
-                    board_fd,
-                    used_slots: vec![false; slots],
-                    state,
-                    watch: Watch::Off,
-                    stats: Stats::new(),
-                    stderr_limit: RateLimit::new(now),
-                    sat_check: None,
-                    recycle_check: None,
-                    ino,
-                }
-            })
-            .collect();
+        let mut slab = Services::default();
+        let mut next_generation = 1;
+        for b in services {
+            slab.insert(Svc::new(b, Gen::Live, next_generation, now));
+            next_generation += 1;
+        }
         let seed = u64::from(std::process::id()) ^ crate::scaling::clock_seed();
         Ok(Manager {
             poll,
             signals,
-            services,
+            services: slab,
             procs: ProcessTable::default(),
             paths,
             devnull,
@@ -212,6 +250,10 @@ impl Manager {
             probe: QueueProbe::new().ok(),
             unresp_check: None,
             spawner,
+            next_generation,
+            control: None,
+            reloads: Vec::new(),
+            metrics: None,
             _lock: lock,
         })
     }
@@ -224,7 +266,7 @@ impl Manager {
     /// on.
     pub(crate) fn run(&mut self) -> io::Result<()> {
         self.next_stats = Instant::now() + self.paths.stats_interval;
-        for s in 0..self.services.len() {
+        for s in self.services.ids() {
             self.events.push_back((s, Event::Begin));
         }
         self.process_events();
@@ -257,16 +299,19 @@ impl Manager {
                     match sig {
                         Sig::Child => self.reap_all(),
                         Sig::Terminate => self.begin_shutdown(),
-                        Sig::Hangup => info!(
-                            None,
-                            None, "SIGHUP: reload is not implemented yet; config unchanged"
-                        ),
+                        Sig::Hangup => {
+                            info!(None, None, "SIGHUP: reloading the config dir");
+                            self.reload(None);
+                        }
+                        Sig::Reopen => crate::log::reopen(),
                     }
                 }
             }
             Owner::Listener(s) => self.on_listener(s),
             Owner::Stderr(i) => self.read_stderr(i, false),
             Owner::Report(i) => self.read_reports(i),
+            Owner::ControlListen => self.control_accept(),
+            Owner::ControlConn(c) => self.control_ready(c),
         }
     }
 
@@ -353,7 +398,8 @@ impl Manager {
     fn next_deadline(&self) -> Option<Instant> {
         let mut d = vec![self.next_tick, self.next_stats];
         d.extend(self.unresp_check);
-        for svc in &self.services {
+        for (_, svc) in self.services.iter() {
+            d.extend(svc.gen_check);
             if let Mode::Backoff { until, .. } = svc.state.mode {
                 d.push(until);
             }
@@ -367,7 +413,13 @@ impl Manager {
     }
 
     fn on_deadlines(&mut self, now: Instant) {
-        for s in 0..self.services.len() {
+        for s in self.services.ids() {
+            if self.services[s].gen_check.is_some_and(|t| t <= now) {
+                self.services[s].gen_check = None;
+                if !self.generation_step(s, now) {
+                    continue;
+                }
+            }
             if let Mode::Backoff { until, .. } = self.services[s].state.mode {
                 if until <= now {
                     self.events.push_back((s, Event::BackoffOver));
@@ -394,10 +446,14 @@ impl Manager {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);
+            self.publish_metrics();
         }
         if now >= self.next_stats {
             self.next_stats = now + self.paths.stats_interval;
-            for (s, svc) in self.services.iter().enumerate() {
+            for (s, svc) in self.services.iter() {
+                if svc.gen != Gen::Live {
+                    continue;
+                }
                 let (mut busy, mut idle) = (0, 0);
                 for (_, i) in self.procs.iter().filter(|(_, i)| i.service == s) {
                     match svc.board.slot(i.slot).and_then(|sl| sl.state()) {
@@ -436,11 +492,12 @@ impl Manager {
             "stopping: {} instance(s) to finish",
             self.procs.len()
         );
-        for s in 0..self.services.len() {
+        for s in self.services.ids() {
             self.events.push_back((s, Event::Shutdown));
             let path = self.services[s].sock_path.clone();
             remove_socket(&path, self.services[s].key());
         }
+        self.answer_reloads_now("the manager is stopping");
         self.process_events();
         let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
         for id in ids {
@@ -449,7 +506,28 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// Hands fresh Prometheus text to the `/metrics` thread, if there is
+    /// one. Never waits: when the thread has not taken the last one, this
+    /// one is dropped and the next tick tries again.
+    fn publish_metrics(&mut self) {
+        if self.metrics.is_none() {
+            return;
+        }
+        if let Ok(v) = self.stats_json(None) {
+            let text = crate::metrics::prometheus(&v);
+            if let Some(tx) = &self.metrics {
+                let _ = tx.try_send(text);
+            }
+        }
+    }
+}
+
 pub(crate) fn remove_socket(path: &Path, key: &str) {
+    // A draining generation's path was handed to its successor.
+    if path.as_os_str().is_empty() {
+        return;
+    }
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != io::ErrorKind::NotFound {
             warning!(
@@ -476,6 +554,10 @@ mod tests {
             Owner::Report(0),
             Owner::Stderr(977),
             Owner::Report(977),
+            Owner::ControlListen,
+            Owner::ControlConn(0),
+            Owner::ControlConn(63),
+            Owner::Listener(5000),
         ] {
             assert_eq!(owner(token(o)), o);
         }

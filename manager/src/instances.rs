@@ -17,6 +17,7 @@ use nix::sys::socket::{recv, MsgFlags};
 use crate::event_loop::{token, Manager, Owner};
 use crate::log::{info, warning};
 use crate::process_table::Instance;
+use crate::reload::Gen;
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
 use crate::spawn::Launch;
@@ -74,8 +75,12 @@ impl Manager {
                 svc.stats.set_last_exit(LastExit {
                     pid: 0,
                     status: format!("could not be started: {e}"),
-                    stderr: String::new(),
+                    class: "launch_failure",
+                    ..LastExit::default()
                 });
+                if matches!(svc.gen, Gen::Pending { .. }) {
+                    svc.gen_check = Some(Instant::now());
+                }
                 let remaining = self.live_count(s);
                 self.events.push_back((
                     s,
@@ -392,6 +397,13 @@ impl Manager {
         }) || inst.served > 0;
         let quick = !ran && now.saturating_duration_since(inst.started) < QUICK_EXIT;
         if let Some(sl) = svc.board.slot(inst.slot) {
+            // Requests served whose records were still in an unsent batch
+            // when the instance ended: counted from its slot, so `requests`
+            // never loses them (without latency: none was reported).
+            let counted = sl.snapshot().requests;
+            if counted > inst.served {
+                svc.stats.requests = svc.stats.requests.saturating_add(counted - inst.served);
+            }
             sl.reset(0, 0);
         }
         if let Some(u) = svc.used_slots.get_mut(inst.slot as usize) {
@@ -408,15 +420,37 @@ impl Manager {
         }
         svc.stats.exited_cpu_us += r.cpu_us;
         svc.stats.exited_maxrss_kib = svc.stats.exited_maxrss_kib.max(r.maxrss_kib);
-        let status = match r.status {
-            WaitStatus::Exited(c) => format!("exit {c}"),
-            WaitStatus::Signaled(sig) => format!("signal {sig}"),
+        let (status, code, signal) = match r.status {
+            WaitStatus::Exited(c) => (format!("exit {c}"), Some(c), None),
+            WaitStatus::Signaled(sig) => (format!("signal {sig}"), None, Some(sig)),
         };
         svc.stats.set_last_exit(LastExit {
             pid: inst.pid,
             status: class.to_string(),
+            code,
+            signal,
+            class: class.name(),
             stderr: inst.lines.last.clone(),
         });
+        match svc.gen {
+            Gen::Live => {}
+            Gen::Pending { .. } => {
+                if inst.asked.is_none() {
+                    let why = format!(
+                        "new instance (pid {}) {class} before it was ready{}",
+                        inst.pid,
+                        if inst.lines.last.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; last stderr line: {}", inst.lines.last)
+                        }
+                    );
+                    svc.gen_failure.get_or_insert(why);
+                }
+                svc.gen_check = Some(now);
+            }
+            Gen::Draining { .. } => svc.gen_check = Some(now),
+        }
         info!(
             Some(svc.config.key.as_str()),
             Some(inst.pid),

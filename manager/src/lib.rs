@@ -22,6 +22,8 @@
 //!     config_dir: "demo".into(),
 //!     run_dir: "/tmp/charon-demo".into(),
 //!     stats_interval: std::time::Duration::from_secs(600),
+//!     log_file: None,
+//!     metrics_listen: None,
 //! };
 //! if let Err(e) = charon_manager::run(&opts) {
 //!     eprintln!("charond: {e}");
@@ -36,17 +38,22 @@
 
 mod calibrate;
 pub mod config;
+pub mod control;
 mod daemon;
 mod event_loop;
 mod instances;
 mod log;
 #[cfg(test)]
 mod loop_tests;
+pub mod metrics;
 mod process_table;
 mod queue;
+mod reload;
 mod scaling;
 mod service;
+mod services;
 mod signals;
+mod snapshot;
 mod spawn;
 mod startup;
 mod stats;

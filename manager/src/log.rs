@@ -1,10 +1,80 @@
-//! One log line per event, to stderr: time, level, service key, pid, what
-//! happened (`2026-11-21T17:40:00.123Z info system.echo.0.raw pid=1234:
-//! started`). Formatting only; deciding what to log is left to callers.
+//! One log line per event, to stderr or a log file (`--log-file`, reopened
+//! on SIGUSR1 so logrotate needs no copytruncate): time, level, service key,
+//! pid, what happened (`2026-11-21T17:40:00.123Z info system.echo.0.raw
+//! pid=1234: started`). Formatting and the destination only; deciding what
+//! to log is left to callers.
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The log file and its path; None: stderr. A mutex although the loop is
+/// one thread, because the `/metrics` thread may log too.
+static FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
+
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Sends the log to `path` (appending) from now on.
+///
+/// # Errors
+///
+/// The file cannot be opened; the log stays where it was.
+pub(crate) fn to_file(path: &Path) -> std::io::Result<()> {
+    let f = open(path)?;
+    let mut g = FILE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *g = Some((path.to_path_buf(), f));
+    Ok(())
+}
+
+/// Reopens the log file at its path (SIGUSR1). If that fails, the old file
+/// is kept and the failure is logged there.
+pub(crate) fn reopen() {
+    let mut g = FILE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some((path, _)) = g.as_ref() else {
+        return;
+    };
+    let path = path.clone();
+    let failed = match open(&path) {
+        Ok(f) => {
+            *g = Some((path.clone(), f));
+            None
+        }
+        Err(e) => Some(e),
+    };
+    drop(g);
+    match failed {
+        None => line(
+            Level::Info,
+            None,
+            None,
+            format_args!("log reopened ({})", path.display()),
+        ),
+        Some(e) => line(
+            Level::Warn,
+            None,
+            None,
+            format_args!(
+                "warning: unable to reopen log file {}: {e}; still writing to the old one",
+                path.display()
+            ),
+        ),
+    }
+}
 
 /// Severity of a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +93,7 @@ impl fmt::Display for Level {
 }
 
 /// Writes one line. `key` and `pid` are omitted when not known. A failing
-/// stderr is ignored: the manager must not stop because its log is gone.
+/// log is ignored: the manager must not stop because its log is gone.
 pub(crate) fn line(level: Level, key: Option<&str>, pid: Option<i32>, msg: fmt::Arguments<'_>) {
     let mut s = String::with_capacity(128);
     s.push_str(&timestamp(SystemTime::now()));
@@ -39,7 +109,17 @@ pub(crate) fn line(level: Level, key: Option<&str>, pid: Option<i32>, msg: fmt::
     s.push_str(": ");
     s.push_str(&msg.to_string());
     s.push('\n');
-    let _ = std::io::stderr().lock().write_all(s.as_bytes());
+    let mut g = FILE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match g.as_mut() {
+        Some((_, f)) => {
+            let _ = f.write_all(s.as_bytes());
+        }
+        None => {
+            let _ = std::io::stderr().lock().write_all(s.as_bytes());
+        }
+    }
 }
 
 /// `info` line.

@@ -93,7 +93,8 @@ fn rig(edit: impl FnOnce(&mut ServiceConfig)) -> Rig {
     c.maximum_requests_jitter = 0;
     edit(&mut c);
     let lock = startup::lock_run_dir(&run).unwrap();
-    let (listen, sock_path) = startup::bind_socket(&c, &run).unwrap();
+    let (listen, sock_path) =
+        startup::bind_socket_at(&c, run.join(c.key.socket_file_name())).unwrap();
     let (board, board_fd) = Scoreboard::create(c"test", 16).unwrap();
     let seen = Rc::new(RefCell::new(Seen::default()));
     let m = Manager::new(

@@ -200,7 +200,7 @@ impl Manager {
         for id in ids {
             self.observe(id, now, ns);
         }
-        for s in 0..self.services.len() {
+        for s in self.services.ids() {
             if let Some(n) = self.services[s].stderr_limit.summary(now) {
                 let key = self.services[s].key().to_string();
                 warning!(
@@ -366,7 +366,11 @@ impl Manager {
             self.stop_instance(id, reason);
             active -= 1;
         }
-        let can_start = !self.stopping && !self.services[s].state.mode.is_backoff();
+        // A draining generation's instances leave by draining, not by
+        // replacement.
+        let can_start = !self.stopping
+            && !self.services[s].state.mode.is_backoff()
+            && self.services[s].state.mode != Mode::Stopped;
         for id in pending {
             if active >= MAX_RECYCLING || !can_start {
                 break;

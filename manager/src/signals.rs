@@ -1,4 +1,4 @@
-//! SIGCHLD, SIGHUP, SIGTERM and SIGINT as one signalfd in the event loop's
+//! SIGCHLD, SIGHUP, SIGTERM, SIGINT and SIGUSR1 as one signalfd in the event loop's
 //! poll (the signals are blocked, so they arrive only through the fd).
 //! SIGPIPE is ignored: a client that went away must not kill the manager.
 //! What each signal means is the loop's business.
@@ -15,6 +15,8 @@ pub(crate) enum Sig {
     Child,
     Hangup,
     Terminate,
+    /// SIGUSR1: reopen the log file (after logrotate renamed it).
+    Reopen,
 }
 
 /// The signalfd.
@@ -37,6 +39,7 @@ impl Signals {
             Signal::SIGHUP,
             Signal::SIGTERM,
             Signal::SIGINT,
+            Signal::SIGUSR1,
         ] {
             set.add(s);
         }
@@ -59,6 +62,7 @@ impl Signals {
                 Ok(Signal::SIGCHLD) => Sig::Child,
                 Ok(Signal::SIGHUP) => Sig::Hangup,
                 Ok(Signal::SIGTERM | Signal::SIGINT) => Sig::Terminate,
+                Ok(Signal::SIGUSR1) => Sig::Reopen,
                 _ => continue,
             };
             if !out.contains(&s) {

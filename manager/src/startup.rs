@@ -15,7 +15,10 @@ use nix::sys::socket::{
     bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
 };
 
+use charon_protocol::scoreboard::Scoreboard;
+
 use crate::config::ServiceConfig;
+use crate::event_loop::Bound;
 
 /// Name of the lock file in the run dir.
 pub(crate) const LOCK_FILE: &str = "charond.lock";
@@ -98,15 +101,18 @@ pub(crate) fn remove_stale_sockets(run_dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Binds and listens on `<run-dir>/<key>.sock` with the configured backlog,
-/// mode and group. The fd is close-on-exec and non-blocking (instances
-/// inherit the same open file description).
+/// Binds and listens at `path` (`<run-dir>/<key>.sock`, or a temporary name
+/// for a reload's new generation, renamed over the key's path later) with
+/// the configured backlog, mode and group. The fd is close-on-exec and
+/// non-blocking (instances inherit the same open file description).
 ///
 /// # Errors
 ///
 /// A message naming the socket and the failing step.
-pub(crate) fn bind_socket(c: &ServiceConfig, run_dir: &Path) -> Result<(OwnedFd, PathBuf), String> {
-    let path = run_dir.join(c.key.socket_file_name());
+pub(crate) fn bind_socket_at(
+    c: &ServiceConfig,
+    path: PathBuf,
+) -> Result<(OwnedFd, PathBuf), String> {
     let what = |step: &str, e: &dyn std::fmt::Display| {
         format!("unable to {step} socket {}: {e}", path.display())
     };
@@ -144,6 +150,36 @@ pub(crate) fn bind_socket(c: &ServiceConfig, run_dir: &Path) -> Result<(OwnedFd,
         nix::unistd::chown(&path, None, Some(group.gid)).map_err(|e| what("chown", &e))?;
     }
     Ok((fd, path))
+}
+
+/// Extra slots beyond `maximum-processes`, for replacements that start
+/// before the instance they replace has left.
+fn slot_count(max: u32) -> u32 {
+    max.saturating_add((max / 4).max(4))
+        .min(charon_protocol::scoreboard::MAX_SLOTS)
+}
+
+/// Binds a generation's socket at `path` and creates its scoreboard.
+///
+/// # Errors
+///
+/// A message naming the failing step; nothing is left behind.
+pub(crate) fn bind_generation(c: ServiceConfig, path: PathBuf) -> Result<Bound, String> {
+    let (listen, sock_path) = bind_socket_at(&c, path)?;
+    let name = std::ffi::CString::new(format!("charon-{}", c.key.as_str())).unwrap_or_default();
+    match Scoreboard::create(&name, slot_count(c.maximum_processes)) {
+        Ok((board, board_fd)) => Ok(Bound {
+            config: c,
+            listen,
+            sock_path,
+            board,
+            board_fd,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&sock_path);
+            Err(format!("unable to create scoreboard: {e}"))
+        }
+    }
 }
 
 /// `/dev/null`, for instances' stdin and stdout.

@@ -13,7 +13,14 @@ use hdrhistogram::Histogram;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct LastExit {
     pub pid: i32,
+    /// The exit described for people.
     pub status: String,
+    /// The exit status, if it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// The class it was counted under (`Stats::exits`).
+    pub class: &'static str,
     pub stderr: String,
 }
 
@@ -35,7 +42,7 @@ impl LastExit {
 pub(crate) const RECENT_EXITS: usize = 16;
 
 /// Counters of one service.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Stats {
     pub requests: u64,
     pub faults: u64,
@@ -114,6 +121,48 @@ impl Stats {
         self.last_exit = Some(e);
     }
 
+    /// Adds another generation's figures of the same key. `other_is_older`:
+    /// its exits happened before ours (a reload's predecessor), so ours
+    /// stay the last; otherwise (a drained generation folded in at the
+    /// end) the live generation's last exit still wins, since it is the one
+    /// that explains the service's state.
+    pub(crate) fn absorb(&mut self, other: Stats, other_is_older: bool) {
+        self.requests += other.requests;
+        self.faults += other.faults;
+        self.errors += other.errors;
+        self.unanswered += other.unanswered;
+        self.retried += other.retried;
+        match (&mut self.latency_us, other.latency_us) {
+            (Some(h), Some(o)) => {
+                // Same bounds on both sides: cannot fail.
+                let _ = h.add(&o);
+            }
+            (None, Some(o)) => self.latency_us = Some(o),
+            _ => {}
+        }
+        for (k, v) in other.exits {
+            *self.exits.entry(k).or_insert(0) += v;
+        }
+        self.launches += other.launches;
+        self.launch_failures += other.launch_failures;
+        self.backoff_entries += other.backoff_entries;
+        self.fast_failed += other.fast_failed;
+        self.overload_seen += other.overload_seen;
+        self.exited_cpu_us += other.exited_cpu_us;
+        self.exited_maxrss_kib = self.exited_maxrss_kib.max(other.exited_maxrss_kib);
+        if self.last_exit.is_none() {
+            self.last_exit = other.last_exit;
+        }
+        if other_is_older {
+            let mut merged = other.recent_exits;
+            merged.extend(self.recent_exits.drain(..));
+            while merged.len() > RECENT_EXITS {
+                merged.pop_front();
+            }
+            self.recent_exits = merged;
+        }
+    }
+
     /// One log line's worth.
     pub(crate) fn summary(&self, busy: usize, idle: usize) -> String {
         let (p50, p99) = self.latency_us.as_ref().map_or((0, 0), |h| {
@@ -168,7 +217,9 @@ mod tests {
             s.set_last_exit(LastExit {
                 pid,
                 status: "exit 0 (clean)".into(),
-                stderr: String::new(),
+                code: Some(0),
+                class: "clean",
+                ..LastExit::default()
             });
         }
         assert_eq!(s.recent_exits.len(), RECENT_EXITS);
@@ -187,6 +238,7 @@ mod tests {
             pid: 7,
             status: "exit 1 (unrecoverable)".into(),
             stderr: "boom".into(),
+            ..LastExit::default()
         };
         assert_eq!(
             e.reason(),

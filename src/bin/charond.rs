@@ -3,6 +3,7 @@
 //! doc/charond.md: 0 clean stop or valid config, 1 config errors found by
 //! `--check`, 2 usage, 100 fatal start-up problem).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,6 +27,14 @@ struct Args {
     /// Seconds between the per-service statistics log lines.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     stats_interval: u64,
+    /// Write the log to this file (appending) instead of stderr; SIGUSR1
+    /// reopens it, so logrotate can rename it without copytruncate.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Serve the statistics as Prometheus text at GET /metrics over HTTP on
+    /// this address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Exit status for a fatal start-up problem.
@@ -62,6 +71,8 @@ fn main() -> ExitCode {
         config_dir: args.config_dir,
         run_dir,
         stats_interval: Duration::from_secs(args.stats_interval),
+        log_file: args.log_file,
+        metrics_listen: args.metrics_listen,
     };
     match charon_manager::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,10 @@ pub(crate) enum KillReason {
     MaxRequests,
     MaxRss,
     Shutdown,
+    /// Drained by a reload (or a removed config file).
+    Reload,
+    /// Recycled by `charon restart`.
+    Restart,
 }
 
 impl KillReason {
@@ -29,6 +33,8 @@ impl KillReason {
             KillReason::MaxRequests => "max_requests",
             KillReason::MaxRss => "max_rss",
             KillReason::Shutdown => "shutdown",
+            KillReason::Reload => "reload",
+            KillReason::Restart => "restart",
         }
     }
 }

@@ -16,6 +16,8 @@ pub(crate) enum StartWhy {
     Trial,
     Grow,
     Recycle,
+    /// To serve a draining generation's queued connections.
+    Drain,
 }
 
 impl StartWhy {
@@ -27,6 +29,7 @@ impl StartWhy {
             StartWhy::Trial => "trial after backoff",
             StartWhy::Grow => "grow",
             StartWhy::Recycle => "recycle",
+            StartWhy::Drain => "drain the old generation's queue",
         }
     }
 }

@@ -1,0 +1,468 @@
+//! The control socket, `<run-dir>/charond.sock` (mode 0600): line-delimited
+//! JSON, one request line in, one response line out, in order (specified in
+//! doc/control-protocol.md). Everything here is non-blocking inside the
+//! event loop: each connection has a bounded read buffer and an output
+//! buffer; a line too long, bad JSON or an unknown command gets an error
+//! answer and the manager goes on. What the commands compute lives in
+//! `snapshot.rs` (stats, ps) and `reload.rs` (reload, restart).
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::Interest;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::event_loop::{token, Manager, Owner};
+use crate::log::warning;
+use crate::reload::ReloadReport;
+
+/// The control socket's file name in the run dir.
+pub const SOCKET_NAME: &str = "charond.sock";
+/// Longest request line accepted; a longer one is answered with an error
+/// and the connection closed.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Control connections open at once; more are answered with an error.
+pub const MAX_CONNS: usize = 32;
+/// Stop reading a connection's requests while this much of its output is
+/// unsent (a client that sends without reading cannot grow it unbounded).
+const MAX_UNSENT: usize = 4 << 20;
+
+/// A control request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Figures per service, or of one key.
+    Stats(Option<String>),
+    /// One entry per instance, or of one key's instances.
+    Ps(Option<String>),
+    /// Rescan the config dir.
+    Reload,
+    /// End a backoff and recycle the instances of a key.
+    Restart(String),
+    /// The manager's version.
+    Version,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    cmd: String,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// Parses one request line (without its newline).
+///
+/// # Errors
+///
+/// A message saying what is wrong and what would be valid.
+pub fn parse(line: &[u8]) -> Result<Request, String> {
+    let raw: Raw = serde_json::from_slice(line).map_err(|e| {
+        format!(
+            "request is not a valid JSON object with \"cmd\" and an optional \"key\" ({e}); send one per line, e.g. {{\"cmd\":\"stats\"}}"
+        )
+    })?;
+    let key = raw.key;
+    match raw.cmd.as_str() {
+        "stats" => Ok(Request::Stats(key)),
+        "ps" => Ok(Request::Ps(key)),
+        "reload" => no_key("reload", key).map(|()| Request::Reload),
+        "version" => no_key("version", key).map(|()| Request::Version),
+        "restart" => key
+            .map(Request::Restart)
+            .ok_or_else(|| "command \"restart\" needs a \"key\"".to_string()),
+        other => Err(format!(
+            "unknown command {other:?}; valid commands are stats, ps, reload, restart, version"
+        )),
+    }
+}
+
+fn no_key(cmd: &str, key: Option<String>) -> Result<(), String> {
+    match key {
+        None => Ok(()),
+        Some(_) => Err(format!("command {cmd:?} takes no \"key\"")),
+    }
+}
+
+/// An error answer line's value.
+pub fn error_answer(msg: &str) -> Value {
+    json!({ "ok": false, "error": msg })
+}
+
+struct Conn {
+    stream: UnixStream,
+    serial: u64,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// No more requests: close once the output is sent.
+    closing: bool,
+    /// A reload's answer is due before any later request is answered.
+    awaiting_reload: bool,
+    /// The line being read grew past [`MAX_LINE`]: answer an error after
+    /// the complete lines before it, then close.
+    too_long: bool,
+}
+
+/// The listening socket and its connections.
+pub(crate) struct Control {
+    listener: UnixListener,
+    path: PathBuf,
+    conns: Vec<Option<Conn>>,
+    next_serial: u64,
+}
+
+impl Control {
+    /// Binds `<run-dir>/charond.sock` owner-only.
+    ///
+    /// # Errors
+    ///
+    /// The bind failed.
+    pub(crate) fn bind(run_dir: &Path) -> io::Result<Control> {
+        let path = run_dir.join(SOCKET_NAME);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        // Created owner-only, not chmod-ed after: no moment when others
+        // could connect. The manager is single-threaded here.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(&path);
+        nix::sys::stat::umask(old);
+        let listener = bound?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Control {
+            listener,
+            path,
+            conns: Vec::new(),
+            next_serial: 1,
+        })
+    }
+
+    /// Removes the socket file.
+    pub(crate) fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    pub(crate) fn register(&mut self, reg: &mio::Registry) -> io::Result<()> {
+        reg.register(
+            &mut self.listener,
+            token(Owner::ControlListen),
+            Interest::READABLE,
+        )
+    }
+}
+
+impl Manager {
+    /// The control socket is readable: take every waiting connection.
+    pub(crate) fn control_accept(&mut self) {
+        let Some(ctl) = self.control.as_mut() else {
+            return;
+        };
+        loop {
+            let (mut stream, _) = match ctl.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warning!(
+                        None,
+                        None,
+                        "warning: unable to accept a control connection: {e}"
+                    );
+                    return;
+                }
+            };
+            let live = ctl.conns.iter().filter(|c| c.is_some()).count();
+            if live >= MAX_CONNS {
+                let mut line = error_answer(&format!(
+                    "too many control connections (at most {MAX_CONNS}); try again"
+                ))
+                .to_string();
+                line.push('\n');
+                // Best effort: a fresh socket's buffer takes one short line.
+                let _ = stream.write(line.as_bytes());
+                continue;
+            }
+            let idx = ctl
+                .conns
+                .iter()
+                .position(Option::is_none)
+                .unwrap_or(ctl.conns.len());
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                token(Owner::ControlConn(idx)),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warning!(
+                    None,
+                    None,
+                    "warning: unable to watch a control connection: {e}"
+                );
+                continue;
+            }
+            let serial = ctl.next_serial;
+            ctl.next_serial += 1;
+            let conn = Conn {
+                stream,
+                serial,
+                input: Vec::new(),
+                output: Vec::new(),
+                closing: false,
+                awaiting_reload: false,
+                too_long: false,
+            };
+            if idx == ctl.conns.len() {
+                ctl.conns.push(Some(conn));
+            } else {
+                ctl.conns[idx] = Some(conn);
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, c: usize) -> Option<&mut Conn> {
+        self.control
+            .as_mut()
+            .and_then(|ctl| ctl.conns.get_mut(c))
+            .and_then(Option::as_mut)
+    }
+
+    /// A control connection is readable or writable.
+    pub(crate) fn control_ready(&mut self, c: usize) {
+        self.control_flush(c);
+        self.control_read(c);
+        self.control_serve(c);
+        self.control_flush(c);
+    }
+
+    /// Reads what is there, up to the line limit.
+    fn control_read(&mut self, c: usize) {
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        let mut buf = [0u8; 8192];
+        while !conn.closing && conn.output.len() < MAX_UNSENT {
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    conn.closing = true;
+                }
+                Ok(n) => {
+                    conn.input.extend_from_slice(&buf[..n]);
+                    let pending_line = conn.input.iter().rposition(|b| *b == b'\n');
+                    let tail = pending_line.map_or(conn.input.len(), |i| conn.input.len() - i - 1);
+                    if tail > MAX_LINE {
+                        // Nothing after the last newline can become a valid
+                        // line: answer what came before, then refuse.
+                        let keep = pending_line.map_or(0, |i| i + 1);
+                        conn.input.truncate(keep);
+                        conn.too_long = true;
+                        conn.closing = true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    conn.closing = true;
+                    conn.input.clear();
+                }
+            }
+        }
+    }
+
+    /// Answers each complete line, in order, until a reload must be
+    /// answered first or too much output waits.
+    fn control_serve(&mut self, c: usize) {
+        loop {
+            let Some(conn) = self.conn_mut(c) else {
+                return;
+            };
+            if conn.awaiting_reload || conn.output.len() >= MAX_UNSENT {
+                return;
+            }
+            let Some(nl) = conn.input.iter().position(|b| *b == b'\n') else {
+                if conn.too_long {
+                    conn.too_long = false;
+                    conn.input.clear();
+                    let e = error_answer(&format!(
+                        "request line longer than {MAX_LINE} bytes; closing the connection"
+                    ));
+                    self.control_push(c, &e);
+                    return;
+                }
+                if conn.closing && !conn.input.is_empty() {
+                    // A last line without its newline is still a request.
+                    conn.input.push(b'\n');
+                    continue;
+                }
+                return;
+            };
+            let line: Vec<u8> = conn.input.drain(..=nl).collect();
+            let serial = conn.serial;
+            let line = &line[..line.len() - 1];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let answer = match parse(line) {
+                Err(e) => error_answer(&e),
+                Ok(Request::Reload) => {
+                    if let Some(conn) = self.conn_mut(c) {
+                        conn.awaiting_reload = true;
+                    }
+                    self.reload(Some(serial));
+                    continue;
+                }
+                Ok(req) => self.answer(req),
+            };
+            self.control_push(c, &answer);
+        }
+    }
+
+    fn answer(&mut self, req: Request) -> Value {
+        let r = match req {
+            Request::Stats(key) => self.stats_json(key.as_deref()),
+            Request::Ps(key) => self.ps_json(key.as_deref()),
+            Request::Restart(key) => self.restart(&key),
+            Request::Version => Ok(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })),
+            Request::Reload => Err("reload is answered on its own".into()),
+        };
+        r.unwrap_or_else(|e| error_answer(&e))
+    }
+
+    fn control_push(&mut self, c: usize, v: &Value) {
+        if let Some(conn) = self.conn_mut(c) {
+            // Serializing a Value cannot fail.
+            let _ = serde_json::to_writer(&mut conn.output, v);
+            conn.output.push(b'\n');
+        }
+    }
+
+    /// Sends what it can; closes a finished connection.
+    fn control_flush(&mut self, c: usize) {
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        let mut broken = false;
+        while !conn.output.is_empty() {
+            match conn.stream.write(&conn.output) {
+                Ok(0) => {
+                    broken = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        let done = conn.closing
+            && conn.output.is_empty()
+            && !conn.awaiting_reload
+            && !conn.input.contains(&b'\n');
+        if broken || done {
+            self.control_close(c);
+        }
+    }
+
+    fn control_close(&mut self, c: usize) {
+        let Some(ctl) = self.control.as_mut() else {
+            return;
+        };
+        if let Some(mut conn) = ctl.conns.get_mut(c).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    /// Sends a reload's answer to the connection that asked (if still
+    /// there), then serves its later requests.
+    pub(crate) fn answer_reload(&mut self, serial: Option<u64>, r: Result<ReloadReport, String>) {
+        let Some(serial) = serial else { return };
+        let Some(c) = self.control.as_ref().and_then(|ctl| {
+            ctl.conns
+                .iter()
+                .position(|x| x.as_ref().is_some_and(|x| x.serial == serial))
+        }) else {
+            return;
+        };
+        let v = match r {
+            Ok(rep) => {
+                let mut v = serde_json::to_value(&rep).unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut v {
+                    m.insert("ok".into(), Value::Bool(rep.failed.is_empty()));
+                }
+                v
+            }
+            Err(e) => error_answer(&e),
+        };
+        self.control_push(c, &v);
+        if let Some(conn) = self.conn_mut(c) {
+            conn.awaiting_reload = false;
+        }
+        self.control_serve(c);
+        self.control_flush(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_each_command() {
+        assert_eq!(parse(br#"{"cmd":"stats"}"#), Ok(Request::Stats(None)));
+        assert_eq!(
+            parse(br#"{"cmd":"stats","key":"a.b.0.raw"}"#),
+            Ok(Request::Stats(Some("a.b.0.raw".into())))
+        );
+        assert_eq!(parse(br#"{"cmd":"ps"}"#), Ok(Request::Ps(None)));
+        assert_eq!(parse(br#" {"cmd":"reload"} "#), Ok(Request::Reload));
+        assert_eq!(parse(br#"{"cmd":"version"}"#), Ok(Request::Version));
+        assert_eq!(
+            parse(br#"{"cmd":"restart","key":"a.b.0.raw"}"#),
+            Ok(Request::Restart("a.b.0.raw".into()))
+        );
+    }
+
+    #[test]
+    fn refuses_with_what_would_be_valid() {
+        let e = parse(b"stats").unwrap_err();
+        assert!(
+            e.contains("not a valid JSON object") && e.contains(r#"{"cmd":"stats"}"#),
+            "{e}"
+        );
+        let e = parse(br#"{"cmd":"frobnicate"}"#).unwrap_err();
+        assert!(
+            e.contains("unknown command \"frobnicate\"") && e.contains("stats, ps, reload"),
+            "{e}"
+        );
+        let e = parse(br#"{"cmd":"restart"}"#).unwrap_err();
+        assert!(e.contains("needs a \"key\""), "{e}");
+        let e = parse(br#"{"cmd":"reload","key":"x"}"#).unwrap_err();
+        assert!(e.contains("takes no \"key\""), "{e}");
+        let e = parse(br#"{"cmd":"stats","extra":1}"#).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+        let e = parse(br#"{"cmd":7}"#).unwrap_err();
+        assert!(e.contains("not a valid JSON object"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_commands_are_errors_unless_known(cmd in "[a-z]{0,12}") {
+            let line = format!(r#"{{"cmd":"{cmd}"}}"#);
+            let known = ["stats", "ps", "reload", "version"].contains(&cmd.as_str());
+            prop_assert_eq!(parse(line.as_bytes()).is_ok(), known);
+        }
+    }
+}

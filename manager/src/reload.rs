@@ -1,0 +1,709 @@
+//! Reload without losing a request (SIGHUP, `charon reload`): rescan the
+//! config dir and diff it against what runs (`plan`, pure); start new keys,
+//! drain removed ones, and bring up a new generation beside each changed
+//! one. A new generation binds at a temporary name, starts its prestarted
+//! instances there, and only once they are ready is its socket renamed over
+//! the key's path; the old generation is then drained (SIGUSR1: serve what
+//! is queued on the old socket, finish the request in hand, exit 0) and
+//! freed after its last instance. Statistics carry over by key. Reading the
+//! files is `config`'s job; answering the control socket is `control.rs`'s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use charon_protocol::scoreboard::SlotState;
+use serde::Serialize;
+
+use crate::config::{self as cfg, ServiceConfig};
+use crate::event_loop::{remove_socket, Manager, Svc, Watch};
+use crate::log::{info, warning};
+use crate::scaling::waiting;
+use crate::service::state::{KillReason, Mode};
+use crate::service::transition::{Event, StartWhy};
+use crate::startup;
+use crate::stats::Stats;
+
+/// A new generation must be ready within this, or the reload of its key
+/// fails and the old generation keeps serving.
+pub(crate) const READY_DEADLINE: Duration = Duration::from_secs(20);
+/// A draining generation's socket stays open this long after the swap even
+/// when nothing waits on it: a client that looked the path up just before
+/// the rename may still be queueing a connection there.
+const LINGER: Duration = Duration::from_secs(1);
+/// While instances of a pending or draining generation start, look again
+/// this often.
+const RECHECK: Duration = Duration::from_millis(20);
+/// Instances started for a draining generation's leftover queue before its
+/// connections are closed instead (the client retries on the new socket).
+const MAX_DRAIN_SPAWNS: u32 = 3;
+
+/// Where a generation is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Gen {
+    /// Serving the key's socket path.
+    Live,
+    /// Coming up at a temporary socket name; must be ready by `deadline`.
+    Pending { deadline: Instant },
+    /// Replaced or removed: serving what is left, then freed.
+    Draining { linger_until: Instant },
+}
+
+impl Gen {
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Gen::Live => "live",
+            Gen::Pending { .. } => "pending",
+            Gen::Draining { .. } => "draining",
+        }
+    }
+}
+
+/// What a reload did, as answered to `charon reload`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct ReloadReport {
+    /// New keys now served.
+    pub started: Vec<String>,
+    /// Removed keys (their sockets are gone; old instances drain).
+    pub stopped: Vec<String>,
+    /// Changed keys whose new generation took over.
+    pub changed: Vec<String>,
+    /// Keys left alone.
+    pub unchanged: Vec<String>,
+    /// Keys whose change could not be applied: the old config runs on.
+    pub failed: Vec<KeyFailure>,
+    /// Config errors (`FILE:LINE: KEY: message`); those services keep
+    /// their previous config.
+    pub errors: Vec<String>,
+}
+
+/// A key a reload could not apply, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct KeyFailure {
+    pub key: String,
+    pub error: String,
+}
+
+/// A reload whose answer waits for new generations.
+pub(crate) struct PendingReload {
+    /// The control connection to answer (its serial), or None for SIGHUP.
+    pub conn: Option<u64>,
+    pub report: ReloadReport,
+    /// Keys whose new generation has not yet taken over or failed.
+    pub waiting: BTreeSet<String>,
+}
+
+/// The diff between what runs and what the config dir says.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub start: Vec<ServiceConfig>,
+    pub stop: Vec<String>,
+    pub change: Vec<ServiceConfig>,
+    pub unchanged: Vec<String>,
+}
+
+/// Diffs the configs running (or about to run) per key against a scan.
+/// A key whose file failed to load is kept as it runs (`failed`).
+pub(crate) fn plan(
+    current: &BTreeMap<String, ServiceConfig>,
+    scanned: Vec<ServiceConfig>,
+    failed: &BTreeSet<String>,
+) -> Plan {
+    let mut p = Plan::default();
+    let mut seen = BTreeSet::new();
+    for c in scanned {
+        let key = c.key.as_str().to_string();
+        seen.insert(key.clone());
+        match current.get(&key) {
+            None => p.start.push(c),
+            // The whole validated config: any change is a new generation.
+            Some(old) if *old == c => p.unchanged.push(key),
+            Some(_) => p.change.push(c),
+        }
+    }
+    for key in current.keys() {
+        if !seen.contains(key) && !failed.contains(key) {
+            p.stop.push(key.clone());
+        }
+    }
+    p
+}
+
+impl Manager {
+    /// Rescans the config dir and applies the difference. The answer goes
+    /// to control connection `conn` (if any) once every changed key's new
+    /// generation has taken over or failed.
+    pub(crate) fn reload(&mut self, conn: Option<u64>) {
+        if self.stopping {
+            self.answer_reload(conn, Err("the manager is stopping".into()));
+            return;
+        }
+        let scan = match cfg::scan_dir(&self.paths.config_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                warning!(None, None, "warning: unable to reload: {e}");
+                self.answer_reload(conn, Err(format!("unable to reload: {e}")));
+                return;
+            }
+        };
+        let mut report = ReloadReport::default();
+        for e in &scan.errors {
+            warning!(
+                None,
+                None,
+                "warning: unable to load config (the running service keeps its previous config): {e}"
+            );
+            report.errors.push(e.to_string());
+        }
+        let failed: BTreeSet<String> = scan
+            .failed_keys()
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect();
+        let mut current = BTreeMap::new();
+        for (_, svc) in self.services.iter() {
+            if svc.gen == Gen::Live {
+                // A change still coming up is what runs, for the diff.
+                let c = self
+                    .pending_of(svc.key())
+                    .map_or(&svc.config, |p| &self.services[p].config);
+                current.insert(svc.key().to_string(), c.clone());
+            }
+        }
+        let p = plan(&current, scan.services, &failed);
+        report.unchanged = p.unchanged;
+        for key in p.stop {
+            self.remove_key(&key);
+            info!(Some(&key), None, "reload: config file removed: stopping");
+            report.stopped.push(key);
+        }
+        for c in p.start {
+            let key = c.key.as_str().to_string();
+            let path = self.paths.run_dir.join(c.key.socket_file_name());
+            match startup::bind_generation(c, path) {
+                Ok(b) => {
+                    let now = Instant::now();
+                    let generation = self.take_generation();
+                    let s = self
+                        .services
+                        .insert(Svc::new(b, Gen::Live, generation, now));
+                    self.events.push_back((s, Event::Begin));
+                    info!(
+                        Some(&key),
+                        None, "reload: new service (generation {generation})"
+                    );
+                    report.started.push(key);
+                }
+                Err(e) => {
+                    warning!(
+                        Some(&key),
+                        None,
+                        "warning: unable to start new service: {e}"
+                    );
+                    report.failed.push(KeyFailure { key, error: e });
+                }
+            }
+        }
+        let mut waiting = BTreeSet::new();
+        for c in p.change {
+            let key = c.key.as_str().to_string();
+            if let Some(old) = self.pending_of(&key) {
+                self.pending_failed(old, "superseded by a later reload".into());
+            }
+            match self.start_pending(c) {
+                Ok(()) => {
+                    waiting.insert(key);
+                }
+                Err(e) => {
+                    warning!(
+                        Some(&key),
+                        None,
+                        "warning: unable to reload: {e}; the running generation keeps serving"
+                    );
+                    report.failed.push(KeyFailure { key, error: e });
+                }
+            }
+        }
+        let pr = PendingReload {
+            conn,
+            report,
+            waiting,
+        };
+        if pr.waiting.is_empty() {
+            self.finish_reload(pr);
+        } else {
+            self.reloads.push(pr);
+        }
+    }
+
+    fn take_generation(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    /// The pending generation of `key`, if one comes up.
+    fn pending_of(&self, key: &str) -> Option<usize> {
+        self.services
+            .iter()
+            .find(|(_, v)| v.key() == key && matches!(v.gen, Gen::Pending { .. }))
+            .map(|(s, _)| s)
+    }
+
+    /// The live generation of `key`.
+    pub(crate) fn live_of(&self, key: &str) -> Option<usize> {
+        self.services
+            .iter()
+            .find(|(_, v)| v.key() == key && v.gen == Gen::Live)
+            .map(|(s, _)| s)
+    }
+
+    /// Binds a new generation at a temporary name and starts it.
+    fn start_pending(&mut self, c: ServiceConfig) -> Result<(), String> {
+        let generation = self.take_generation();
+        let key = c.key.as_str().to_string();
+        let tmp = self
+            .paths
+            .run_dir
+            .join(format!(".gen{generation}.{}", c.key.socket_file_name()));
+        let b = startup::bind_generation(c, tmp)?;
+        let now = Instant::now();
+        let mut svc = Svc::new(
+            b,
+            Gen::Pending {
+                deadline: now + READY_DEADLINE,
+            },
+            generation,
+            now,
+        );
+        svc.gen_check = Some(now + RECHECK);
+        let s = self.services.insert(svc);
+        self.events.push_back((s, Event::Begin));
+        info!(
+            Some(&key),
+            None, "reload: config changed: starting generation {generation}"
+        );
+        Ok(())
+    }
+
+    /// Advances a pending or draining generation. False if it was freed.
+    pub(crate) fn generation_step(&mut self, s: usize, now: Instant) -> bool {
+        let Some(svc) = self.services.get(s) else {
+            return false;
+        };
+        match svc.gen {
+            Gen::Live => true,
+            Gen::Pending { deadline } => {
+                if let Some(why) = self.services[s].gen_failure.clone() {
+                    self.pending_failed(s, why);
+                } else if svc.state.mode.is_backoff() {
+                    let why = svc.stats.last_exit.as_ref().map_or_else(
+                        || "the new generation could not start".to_string(),
+                        |e| format!("the new generation could not start: {}", e.reason()),
+                    );
+                    self.pending_failed(s, why);
+                } else if now >= deadline {
+                    let why = format!(
+                        "the new generation was not ready within {}s",
+                        READY_DEADLINE.as_secs()
+                    );
+                    self.pending_failed(s, why);
+                } else if self.is_ready(s) {
+                    self.promote(s);
+                } else {
+                    self.services[s].gen_check = Some(now + RECHECK);
+                }
+                true
+            }
+            Gen::Draining { linger_until } => self.drain_step(s, now, linger_until),
+        }
+    }
+
+    /// Every wanted instance is up and waiting (or, on demand, none is
+    /// wanted yet).
+    fn is_ready(&self, s: usize) -> bool {
+        let svc = &self.services[s];
+        match svc.state.mode {
+            Mode::Watching => true,
+            Mode::Running => {
+                let mut up = 0;
+                for (_, i) in self.procs.iter().filter(|(_, i)| i.service == s) {
+                    let st = svc.board.slot(i.slot).and_then(|sl| sl.state());
+                    if i.is_leaving() {
+                        continue;
+                    }
+                    if !matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
+                        return false;
+                    }
+                    up += 1;
+                }
+                up >= svc.state.wanted()
+            }
+            Mode::Backoff { .. } | Mode::Trial { .. } | Mode::Stopped => false,
+        }
+    }
+
+    /// The pending generation `p` is ready: rename its socket over the
+    /// key's path, then drain the old one.
+    fn promote(&mut self, p: usize) {
+        let key = self.services[p].key().to_string();
+        let path = self
+            .paths
+            .run_dir
+            .join(self.services[p].config.key.socket_file_name());
+        if let Err(e) = std::fs::rename(&self.services[p].sock_path, &path) {
+            let why = format!(
+                "unable to rename {} over {}: {e}",
+                self.services[p].sock_path.display(),
+                path.display()
+            );
+            self.pending_failed(p, why);
+            return;
+        }
+        let old = self.live_of(&key);
+        let svc = &mut self.services[p];
+        svc.sock_path = path;
+        svc.gen = Gen::Live;
+        svc.gen_check = None;
+        let generation = svc.generation;
+        if let Some(o) = old {
+            let carried = std::mem::replace(&mut self.services[o].stats, Stats::new());
+            self.services[p].stats.absorb(carried, true);
+            let og = self.services[o].generation;
+            self.begin_drain(o);
+            info!(
+                Some(&key),
+                None, "reload: generation {generation} serves; draining generation {og}"
+            );
+        }
+        self.key_resolved(&key, Ok(()));
+    }
+
+    /// A pending generation cannot take over: the old one keeps serving.
+    pub(crate) fn pending_failed(&mut self, p: usize, why: String) {
+        let key = self.services[p].key().to_string();
+        warning!(
+            Some(&key),
+            None,
+            "warning: unable to reload: {why}; the running generation keeps serving"
+        );
+        let path = std::mem::take(&mut self.services[p].sock_path);
+        remove_socket(&path, &key);
+        let now = Instant::now();
+        self.services[p].gen = Gen::Draining { linger_until: now };
+        self.services[p].gen_check = Some(now);
+        self.events.push_back((p, Event::Shutdown));
+        let ids: Vec<usize> = self
+            .procs
+            .iter()
+            .filter(|(_, i)| i.service == p)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            self.stop_instance(id, KillReason::Reload);
+        }
+        self.key_resolved(&key, Err(why));
+    }
+
+    /// A removed config file: the socket goes first (new clients get
+    /// NotFound), then the instances drain.
+    fn remove_key(&mut self, key: &str) {
+        if let Some(p) = self.pending_of(key) {
+            self.pending_failed(p, "the config file was removed".into());
+        }
+        if let Some(s) = self.live_of(key) {
+            let path = std::mem::take(&mut self.services[s].sock_path);
+            remove_socket(&path, key);
+            self.begin_drain(s);
+        }
+    }
+
+    /// Marks a generation as draining: it starts nothing more, and each
+    /// instance is told to drain once it is up.
+    fn begin_drain(&mut self, o: usize) {
+        let now = Instant::now();
+        let svc = &mut self.services[o];
+        svc.sock_path = PathBuf::new();
+        svc.gen = Gen::Draining {
+            linger_until: now + LINGER,
+        };
+        svc.gen_check = Some(now);
+        svc.sat_check = None;
+        self.events.push_back((o, Event::Shutdown));
+        if self.services[o].watch != Watch::Off {
+            self.set_watch(o, Watch::Off);
+        }
+    }
+
+    /// Drains a generation: SIGUSR1 to each instance that is up; once none
+    /// is left, serve a leftover queue, then free it. False if freed.
+    fn drain_step(&mut self, o: usize, now: Instant, linger_until: Instant) -> bool {
+        let mut starting = false;
+        let mut any = false;
+        let ids: Vec<usize> = self
+            .procs
+            .iter()
+            .filter(|(_, i)| i.service == o)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            any = true;
+            let Some(inst) = self.procs.get(id) else {
+                continue;
+            };
+            if inst.asked.is_some() {
+                continue;
+            }
+            let st = self.services[o]
+                .board
+                .slot(inst.slot)
+                .and_then(|sl| sl.state());
+            // Before its handler is installed SIGUSR1 would kill it: wait
+            // until the library reports it up.
+            if matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
+                self.drain_instance(id, now);
+            } else {
+                starting = true;
+            }
+        }
+        if any {
+            self.services[o].gen_check = starting.then_some(now + RECHECK);
+            return true;
+        }
+        if waiting(&self.services[o].listen) {
+            if self.services[o].drain_spawns < MAX_DRAIN_SPAWNS && !self.stopping {
+                self.services[o].drain_spawns += 1;
+                let _ = self.spawn_one(o, StartWhy::Drain);
+            } else {
+                self.close_queue(o);
+            }
+            self.services[o].gen_check = Some(now + RECHECK);
+            return true;
+        }
+        if now < linger_until {
+            self.services[o].gen_check = Some(linger_until);
+            return true;
+        }
+        self.free_generation(o);
+        false
+    }
+
+    /// SIGUSR1 to one instance; SIGKILL after `stop-grace`.
+    fn drain_instance(&mut self, id: usize, now: Instant) {
+        let Some(inst) = self.procs.get_mut(id) else {
+            return;
+        };
+        let s = inst.service;
+        inst.asked = Some(KillReason::Reload);
+        inst.kill_at = Some(now + self.services[s].config.stop_grace);
+        let pid = inst.pid;
+        info!(Some(self.services[s].key()), Some(pid), "draining (reload)");
+        self.signal(id, charon_protocol::managed::DRAIN_SIGNAL);
+    }
+
+    /// No instance could be started for a leftover queue: close each
+    /// connection unanswered, so its client retries on the key's new
+    /// socket (or sees NotFound if the key was removed).
+    fn close_queue(&mut self, o: usize) {
+        let mut n = 0u32;
+        while waiting(&self.services[o].listen) {
+            match crate::sys::accept(std::os::fd::AsFd::as_fd(&self.services[o].listen)) {
+                Ok(conn) => {
+                    drop(conn);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if n > 0 {
+            warning!(
+                Some(self.services[o].key()),
+                None,
+                "warning: unable to serve {n} connection(s) left on a drained socket: closed them (clients retry once)"
+            );
+        }
+    }
+
+    /// The last instance of a drained generation is gone: close its socket,
+    /// free its scoreboard, and fold its figures into the key's live one.
+    fn free_generation(&mut self, o: usize) {
+        if self.services[o].watch != Watch::Off {
+            self.set_watch(o, Watch::Off);
+        }
+        self.events.retain(|(s, _)| *s != o);
+        let Some(old) = self.services.remove(o) else {
+            return;
+        };
+        info!(
+            Some(old.key()),
+            None,
+            "generation {} ({}) is gone",
+            old.generation,
+            old.gen.name()
+        );
+        if let Some(l) = self.live_of(old.key()) {
+            self.services[l].stats.absorb(old.stats, false);
+        }
+    }
+
+    /// The pending generation of `key` took over (Ok) or failed (Err):
+    /// note it in every reload waiting on that key.
+    fn key_resolved(&mut self, key: &str, outcome: Result<(), String>) {
+        let mut done = Vec::new();
+        for (i, r) in self.reloads.iter_mut().enumerate() {
+            if r.waiting.remove(key) {
+                match &outcome {
+                    Ok(()) => r.report.changed.push(key.to_string()),
+                    Err(e) => r.report.failed.push(KeyFailure {
+                        key: key.to_string(),
+                        error: e.clone(),
+                    }),
+                }
+                if r.waiting.is_empty() {
+                    done.push(i);
+                }
+            }
+        }
+        for i in done.into_iter().rev() {
+            let r = self.reloads.remove(i);
+            self.finish_reload(r);
+        }
+    }
+
+    fn finish_reload(&mut self, r: PendingReload) {
+        let rep = &r.report;
+        info!(
+            None,
+            None,
+            "reload done: {} started, {} stopped, {} changed, {} unchanged, {} failed, {} config error(s)",
+            rep.started.len(),
+            rep.stopped.len(),
+            rep.changed.len(),
+            rep.unchanged.len(),
+            rep.failed.len(),
+            rep.errors.len()
+        );
+        let conn = r.conn;
+        self.answer_reload(conn, Ok(r.report));
+    }
+
+    /// Answers every waiting reload at once (the manager is stopping).
+    pub(crate) fn answer_reloads_now(&mut self, why: &str) {
+        for r in std::mem::take(&mut self.reloads) {
+            self.answer_reload(r.conn, Err(why.to_string()));
+        }
+    }
+
+    /// `charon restart KEY`: end a backoff now and start afresh, and
+    /// recycle the running instances (each replacement first).
+    pub(crate) fn restart(&mut self, key: &str) -> Result<serde_json::Value, String> {
+        let Some(s) = self.live_of(key) else {
+            return Err(format!("no service {key:?} is configured"));
+        };
+        let now = Instant::now();
+        let svc = &mut self.services[s];
+        svc.state.backoff.reset();
+        svc.state.crashes = crate::service::backoff::CrashTally::new(
+            svc.config.crash_loop_count,
+            svc.config.crash_loop_interval,
+        );
+        let was_backoff = svc.state.mode.is_backoff();
+        if let Mode::Backoff { wait, .. } = svc.state.mode {
+            svc.state.mode = Mode::Backoff { until: now, wait };
+            self.events.push_back((s, Event::BackoffOver));
+        }
+        let ids: Vec<usize> = self
+            .procs
+            .iter()
+            .filter(|(_, i)| i.service == s && !i.is_leaving())
+            .map(|(id, _)| id)
+            .collect();
+        let recycled = ids.len();
+        for id in ids {
+            self.retire(id, KillReason::Restart);
+        }
+        info!(
+            Some(key),
+            None,
+            "restart: backoff {}, {recycled} instance(s) to recycle",
+            if was_backoff {
+                "ended"
+            } else {
+                "not in effect"
+            }
+        );
+        Ok(serde_json::json!({
+            "ok": true,
+            "key": key,
+            "backoff_ended": was_backoff,
+            "recycled": recycled,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use charon_protocol::ServiceKey;
+
+    fn conf(key: &str, exec: &str) -> ServiceConfig {
+        let k: ServiceKey = key.parse().unwrap();
+        ServiceConfig::defaults(
+            k,
+            PathBuf::from(format!("/c/{key}.toml")),
+            vec![exec.to_string()],
+        )
+    }
+
+    #[test]
+    fn plan_sorts_new_removed_changed_unchanged_and_keeps_broken() {
+        let mut current = BTreeMap::new();
+        for (k, e) in [
+            ("a.x.0.raw", "/bin/a"),
+            ("b.x.0.raw", "/bin/b"),
+            ("c.x.0.raw", "/bin/c"),
+            ("d.x.0.raw", "/bin/d"),
+        ] {
+            current.insert(k.to_string(), conf(k, e));
+        }
+        let scanned = vec![
+            conf("a.x.0.raw", "/bin/a"),
+            conf("b.x.0.raw", "/bin/b2"),
+            conf("e.x.0.raw", "/bin/e"),
+        ];
+        // c's file was removed; d's no longer parses.
+        let failed: BTreeSet<String> = ["d.x.0.raw".to_string()].into();
+        let p = plan(&current, scanned, &failed);
+        assert_eq!(p.unchanged, vec!["a.x.0.raw"]);
+        assert_eq!(
+            p.change.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            vec!["b.x.0.raw"]
+        );
+        assert_eq!(
+            p.start.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            vec!["e.x.0.raw"]
+        );
+        assert_eq!(p.stop, vec!["c.x.0.raw"]);
+    }
+
+    #[test]
+    fn any_field_change_is_a_new_generation() {
+        let mut current = BTreeMap::new();
+        current.insert("a.x.0.raw".to_string(), conf("a.x.0.raw", "/bin/a"));
+        let mut c = conf("a.x.0.raw", "/bin/a");
+        c.maximum_processes += 1;
+        let p = plan(&current, vec![c], &BTreeSet::new());
+        assert_eq!(p.change.len(), 1);
+        assert!(p.unchanged.is_empty() && p.stop.is_empty() && p.start.is_empty());
+    }
+
+    #[test]
+    fn an_empty_dir_stops_everything_but_broken_files() {
+        let mut current = BTreeMap::new();
+        current.insert("a.x.0.raw".to_string(), conf("a.x.0.raw", "/bin/a"));
+        current.insert("b.x.0.raw".to_string(), conf("b.x.0.raw", "/bin/b"));
+        let failed: BTreeSet<String> = ["b.x.0.raw".to_string()].into();
+        let p = plan(&current, Vec::new(), &failed);
+        assert_eq!(p.stop, vec!["a.x.0.raw"]);
+    }
+}

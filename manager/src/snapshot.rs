@@ -1,0 +1,268 @@
+//! What operators read: per-service figures (`stats`) and per-instance
+//! lines (`ps`) as JSON values, built from the counters (`stats.rs`), the
+//! scoreboards and the accept queues at the moment of asking. A key's
+//! generations (live, pending, draining after a reload) are reported as
+//! one service. The field names are a contract (doc/control-protocol.md);
+//! transport is `control.rs`'s job, formatting for people the CLI's.
+
+use std::time::Instant;
+
+use charon_protocol::scoreboard::{now_ns, SlotState};
+use serde_json::{json, Map, Value};
+
+use crate::event_loop::Manager;
+use crate::reload::Gen;
+use crate::service::state::{KillReason, Mode};
+use crate::stats::Stats;
+
+/// The exit reasons every service reports (zero when none happened), as
+/// named in `charon stats`, and the manager's class each one counts.
+const EXIT_NAMES: [(&str, &str); 12] = [
+    ("clean", "clean"),
+    ("nonzero", "failed"),
+    ("crashed", "crash"),
+    ("unresponsive", "unresponsive"),
+    ("max_requests", "max_requests"),
+    ("idle", "idle"),
+    ("excess", "excess"),
+    ("shutdown", "shutdown"),
+    ("launch_failed", "launch_failure"),
+    ("max_rss", "max_rss"),
+    ("reload", "reload"),
+    ("restart", "restart"),
+];
+
+/// The operator's name for a manager exit class.
+pub(crate) fn exit_name(class: &str) -> &str {
+    EXIT_NAMES
+        .iter()
+        .find(|(_, c)| *c == class)
+        .map_or(class, |(n, _)| n)
+}
+
+impl Manager {
+    /// `{"ok":true,"services":[...]}`, every live key or just `key`.
+    ///
+    /// # Errors
+    ///
+    /// `key` is not configured.
+    pub(crate) fn stats_json(&mut self, key: Option<&str>) -> Result<Value, String> {
+        let keys = self.keys(key)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, s) in keys {
+            out.push(self.service_json(&k, s));
+        }
+        Ok(json!({ "ok": true, "services": out }))
+    }
+
+    /// Live keys (sorted) with their live generation; only `key` if given.
+    fn keys(&self, key: Option<&str>) -> Result<Vec<(String, usize)>, String> {
+        let mut keys: Vec<(String, usize)> = self
+            .services
+            .iter()
+            .filter(|(_, v)| v.gen == Gen::Live)
+            .filter(|(_, v)| key.map_or(true, |k| v.key() == k))
+            .map(|(s, v)| (v.key().to_string(), s))
+            .collect();
+        keys.sort();
+        if let (Some(k), true) = (key, keys.is_empty()) {
+            return Err(format!(
+                "no service {k:?} is configured (`charon stats` without a key lists them all)"
+            ));
+        }
+        Ok(keys)
+    }
+
+    fn service_json(&mut self, key: &str, live: usize) -> Value {
+        let gens: Vec<usize> = self
+            .services
+            .iter()
+            .filter(|(_, v)| v.key() == key)
+            .map(|(s, _)| s)
+            .collect();
+        let mut stats = self.services[live].stats.clone();
+        for &g in gens.iter().filter(|g| **g != live) {
+            stats.absorb(self.services[g].stats.clone(), false);
+        }
+        let (mut running, mut busy, mut idle) = (0u32, 0u32, 0u32);
+        for (_, i) in self.procs.iter().filter(|(_, i)| gens.contains(&i.service)) {
+            running += 1;
+            match self.services[i.service]
+                .board
+                .slot(i.slot)
+                .and_then(|sl| sl.state())
+            {
+                Some(SlotState::Busy) => busy += 1,
+                Some(SlotState::Idle) => idle += 1,
+                _ => {}
+            }
+        }
+        let mut queue_depth = 0u32;
+        for &g in &gens {
+            queue_depth += self.queue_depth(g).0;
+        }
+        let svc = &self.services[live];
+        let now = Instant::now();
+        let (state, remaining) = match svc.state.mode {
+            Mode::Backoff { until, .. } => (
+                "backoff",
+                until.saturating_duration_since(now).as_secs_f64(),
+            ),
+            _ if running > 0 => ("running", 0.0),
+            _ => ("idle", 0.0),
+        };
+        json!({
+            "key": key,
+            "state": state,
+            "generation": svc.generation,
+            "instances": {
+                "running": running,
+                "busy": busy,
+                "idle": idle,
+                "max": svc.config.maximum_processes,
+            },
+            "requests": stats.requests,
+            "faults": stats.faults,
+            "retried": stats.retried,
+            "errors": stats.errors,
+            "unanswered": stats.unanswered,
+            "queue_depth": queue_depth,
+            "overload_seen": stats.overload_seen,
+            "latency_us": latency(&stats),
+            "exits": exits(&stats),
+            "launches": stats.launches,
+            "backoffs": stats.backoff_entries,
+            "fast_failed": stats.fast_failed,
+            "backoff_remaining_s": (remaining * 1000.0).round() / 1000.0,
+            "cpu_ms": stats.exited_cpu_us / 1000,
+            "max_rss_kb": stats.exited_maxrss_kib,
+            "last_exit": stats.last_exit.as_ref().map(|e| json!({
+                "pid": e.pid,
+                "status": e.code,
+                "signal": e.signal,
+                "reason": exit_name(e.class),
+                "description": e.status,
+                "stderr": e.stderr,
+            })),
+        })
+    }
+
+    /// `{"ok":true,"instances":[...]}`, every instance or `key`'s.
+    ///
+    /// # Errors
+    ///
+    /// `key` is not configured.
+    pub(crate) fn ps_json(&self, key: Option<&str>) -> Result<Value, String> {
+        let keys = self.keys(key)?;
+        let now = Instant::now();
+        let ns = now_ns();
+        let mut out = Vec::new();
+        for (_, i) in self.procs.iter() {
+            let svc = &self.services[i.service];
+            if !keys.iter().any(|(k, _)| k == svc.key()) {
+                continue;
+            }
+            let snap = svc.board.slot(i.slot).map(|sl| sl.snapshot());
+            let slot_state = snap.as_ref().and_then(|s| s.state);
+            let state = match (i.asked, i.retire) {
+                (Some(KillReason::Reload), _) => "draining",
+                (Some(_), _) => "stopping",
+                (None, Some(_)) => "retiring",
+                (None, None) => match slot_state {
+                    Some(SlotState::Idle) => "idle",
+                    Some(SlotState::Busy) => "busy",
+                    Some(SlotState::Exiting) => "exiting",
+                    _ => "starting",
+                },
+            };
+            let busy_since = snap.as_ref().map_or(0, |s| s.busy_since_ns);
+            let request_age_ms =
+                (busy_since != 0).then(|| ns.saturating_sub(busy_since) / 1_000_000);
+            out.push(json!({
+                "pid": i.pid,
+                "key": svc.key(),
+                "generation": svc.generation,
+                "state": state,
+                "requests": snap.as_ref().map_or(0, |s| s.requests),
+                "age_s": (now.saturating_duration_since(i.started).as_secs_f64() * 10.0).round() / 10.0,
+                "request_age_ms": request_age_ms,
+            }));
+        }
+        out.sort_by(|a, b| {
+            (a["key"].as_str(), a["pid"].as_i64()).cmp(&(b["key"].as_str(), b["pid"].as_i64()))
+        });
+        Ok(json!({ "ok": true, "instances": out }))
+    }
+}
+
+fn latency(s: &Stats) -> Value {
+    let q = |p: f64| {
+        s.latency_us
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map_or(0, |h| h.value_at_quantile(p))
+    };
+    let max = s
+        .latency_us
+        .as_ref()
+        .filter(|h| !h.is_empty())
+        .map_or(0, hdrhistogram::Histogram::max);
+    json!({ "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": max })
+}
+
+fn exits(s: &Stats) -> Value {
+    let mut m = Map::new();
+    for (name, class) in EXIT_NAMES {
+        m.insert(name.into(), json!(s.exits.get(class).copied().unwrap_or(0)));
+    }
+    for (class, n) in &s.exits {
+        if !EXIT_NAMES.iter().any(|(_, c)| c == class) {
+            m.insert((*class).to_string(), json!(n));
+        }
+    }
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_exit_reason_is_reported_by_its_operator_name() {
+        let mut s = Stats::new();
+        s.exit("failed");
+        s.exit("crash");
+        s.exit("crash");
+        s.exit("launch_failure");
+        let v = exits(&s);
+        assert_eq!(v["nonzero"], 1);
+        assert_eq!(v["crashed"], 2);
+        assert_eq!(v["launch_failed"], 1);
+        for name in [
+            "clean",
+            "unresponsive",
+            "max_requests",
+            "idle",
+            "excess",
+            "shutdown",
+        ] {
+            assert_eq!(v[name], 0, "{name}");
+        }
+        assert_eq!(exit_name("crash"), "crashed");
+    }
+
+    #[test]
+    fn latency_quantiles_come_from_the_histogram() {
+        let mut s = Stats::new();
+        assert_eq!(latency(&s)["p50"], 0);
+        if let Some(h) = &mut s.latency_us {
+            for v in 1..=1000u64 {
+                h.record(v).unwrap();
+            }
+        }
+        let l = latency(&s);
+        let p50 = l["p50"].as_u64().unwrap();
+        assert!((495..=505).contains(&p50), "{l}");
+        assert_eq!(l["max"].as_u64().unwrap(), 1000);
+    }
+}
