@@ -1,1 +1,738 @@
-//! (tests to come)
+//! Operators against a real charond: reload under load (nothing lost, no old
+//! generation left), broken and removed files on reload, the control socket
+//! with garbage, `charon stats` (table, JSON, Prometheus, /metrics over
+//! HTTP), `charon ps`, `charon restart` ending a backoff, and the log file
+//! reopened on SIGUSR1. Each test polls for conditions with deadlines.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use charon_client::{Client, ErrorKind, Request};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::util::{bin, run, wait_for, Proc, TestDir};
+
+const KEY: &str = "system.echo.0.raw";
+const LONG: Duration = Duration::from_secs(60);
+
+/// A charond on a temp config dir and run dir, its log captured; it and
+/// every instance are killed and reaped on drop.
+struct Daemon {
+    proc: Option<Proc>,
+    log: Arc<Mutex<String>>,
+    run: PathBuf,
+    conf: PathBuf,
+    /// Holds the config and run dirs until the end.
+    _dir: TestDir,
+}
+
+impl Daemon {
+    fn start(services: &[(&str, &str)], extra: &[&str]) -> Daemon {
+        let dir = TestDir::new();
+        let conf = dir.mkdir("conf");
+        for (key, toml) in services {
+            dir.write(&format!("conf/{key}.toml"), toml);
+        }
+        let run = dir.join("run");
+        let mut cmd = Command::new(bin("charond"));
+        cmd.args(extra)
+            .arg("--config-dir")
+            .arg(&conf)
+            .arg("--run-dir")
+            .arg(&run)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut proc = Proc::spawn("charond", cmd);
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = proc.child_mut().stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let d = Daemon {
+            proc: Some(proc),
+            log,
+            run,
+            conf,
+            _dir: dir,
+        };
+        wait_for(LONG, "the control and service sockets", || {
+            d.run.join("charond.sock").exists()
+                && services
+                    .iter()
+                    .all(|(k, _)| d.run.join(format!("{k}.sock")).exists())
+        });
+        d
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn client(&self) -> Client {
+        Client::builder()
+            .run_dir(&self.run)
+            .timeout(Duration::from_secs(20))
+            .name("operators-test")
+            .build()
+            .expect("client")
+    }
+
+    fn write_conf(&self, key: &str, toml: &str) {
+        // Written beside and renamed: a reload never reads half a file.
+        let tmp = self.conf.join(format!(".{key}.tmp"));
+        std::fs::write(&tmp, toml).expect("write config");
+        std::fs::rename(&tmp, self.conf.join(format!("{key}.toml"))).expect("rename config");
+    }
+
+    /// Runs `charon ARGS --run-dir RUN`: (exit code, stdout, stderr).
+    fn charon(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(bin("charon"));
+        cmd.args(args).arg("--run-dir").arg(&self.run);
+        let (st, out, err) = run(cmd, LONG);
+        (
+            st.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+
+    fn stats(&self, key: &str) -> Value {
+        let (code, out, err) = self.charon(&["stats", "--json", key]);
+        assert_eq!(code, 0, "charon stats: {err}");
+        let v: Value = serde_json::from_str(&out).expect("stats --json is JSON");
+        v["services"][0].clone()
+    }
+
+    fn ps(&self) -> Vec<Value> {
+        let (code, out, err) = self.charon(&["ps", "--json"]);
+        assert_eq!(code, 0, "charon ps: {err}");
+        let v: Value = serde_json::from_str(&out).expect("ps --json is JSON");
+        v["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn instances(&self) -> Vec<i32> {
+        instances_of(&self.run)
+    }
+}
+
+/// Live processes whose environment names our run dir.
+fn instances_of(run: &Path) -> Vec<i32> {
+    let needle = format!("CHARON_RUN_DIR={}", run.display());
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // Zombies keep their environ unreadable-empty: not counted.
+        if let Ok(env) = std::fs::read(e.path().join("environ")) {
+            if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let mut killed = self.instances();
+        drop(self.proc.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.instances();
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in left {
+                let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                killed.push(pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        while killed
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn echo_conf(exec: &Path, extra: &str) -> String {
+    format!("exec = \"{}\"\n{extra}\n", exec.display())
+}
+
+/// The example echo service, a second real program of the repo: built by
+/// `cargo test`; built here if this run skipped examples.
+fn echo_service() -> PathBuf {
+    let path = bin("charon")
+        .parent()
+        .expect("target dir")
+        .join("examples/echo_service");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", "echo_service"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        let (st, _, err) = run(cmd, Duration::from_secs(600));
+        assert!(
+            st.success(),
+            "building the example: {}",
+            String::from_utf8_lossy(&err)
+        );
+    }
+    path
+}
+
+#[test]
+fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
+    let programs = [bin("charon-echo"), echo_service()];
+    let conf = |i: usize| {
+        echo_conf(
+            &programs[i % 2],
+            "prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 6",
+        )
+    };
+    let d = Daemon::start(&[(KEY, &conf(0))], &[]);
+    wait_for(LONG, "2 prestarted instances", || d.instances().len() == 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let loops: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, served, failures) = (
+                Arc::clone(&stop),
+                Arc::clone(&served),
+                Arc::clone(&failures),
+            );
+            let mut client = d.client();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = format!("loop {t} request {n}");
+                    match client.call(KEY, body.as_bytes()) {
+                        Ok(r) if r == body.as_bytes() => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failures.lock().unwrap().push(format!(
+                            "{body:?} answered {:?}",
+                            String::from_utf8_lossy(&r)
+                        )),
+                        Err(e) => failures.lock().unwrap().push(format!("{body:?}: {e}")),
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for i in 1..=20 {
+        let before = served.load(Ordering::Relaxed);
+        wait_for(LONG, "requests flowing before the reload", || {
+            served.load(Ordering::Relaxed) >= before + 20
+        });
+        d.write_conf(KEY, &conf(i));
+        let (code, out, err) = d.charon(&["reload"]);
+        assert_eq!(code, 0, "reload {i}: {out}{err}");
+        assert!(
+            out.contains(&format!("changed: {KEY}")),
+            "reload {i}: {out}"
+        );
+    }
+    let before = served.load(Ordering::Relaxed);
+    wait_for(LONG, "requests after the last reload", || {
+        served.load(Ordering::Relaxed) >= before + 20
+    });
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.join().expect("client loop");
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed request(s) of {}: {:?}",
+        failures.len(),
+        served.load(Ordering::Relaxed),
+        &failures[..failures.len().min(10)]
+    );
+    // Every old generation drains and goes: only the last one's instances
+    // remain, and they are exactly the processes alive.
+    let mut last = Vec::new();
+    wait_for(LONG, "only the newest generation left", || {
+        let ps = d.ps();
+        let gens: BTreeSet<u64> = ps.iter().filter_map(|i| i["generation"].as_u64()).collect();
+        let pids: Vec<i32> = ps
+            .iter()
+            .filter_map(|i| i["pid"].as_i64().map(|p| p as i32))
+            .collect();
+        let mut sorted = pids.clone();
+        sorted.sort_unstable();
+        last = ps;
+        gens.len() == 1 && sorted == d.instances()
+    });
+    assert!(last.len() >= 2, "{last:?}");
+    let s = d.stats(KEY);
+    assert_eq!(s["generation"], last[0]["generation"], "{s}");
+    assert!(
+        s["exits"]["reload"].as_u64().unwrap_or(0) >= 20,
+        "each old generation's instances drained: {s}"
+    );
+    // Statistics carried over all generations.
+    assert!(
+        s["requests"].as_u64().unwrap() >= served.load(Ordering::Relaxed),
+        "{s}"
+    );
+}
+
+#[test]
+fn reload_keeps_broken_and_unchanged_services_and_removes_deleted_ones() {
+    let echo = bin("charon-echo");
+    let a = "app.keep.0.raw";
+    let b = "app.gone.0.raw";
+    let prestart = "prestart-processes = true\nminimum-processes = 2";
+    let d = Daemon::start(
+        &[
+            (a, &echo_conf(&echo, prestart)),
+            (b, &echo_conf(&echo, prestart)),
+        ],
+        &[],
+    );
+    wait_for(LONG, "4 instances", || d.instances().len() == 4);
+    let mut c = d.client();
+    let pids_of = |key: &str| -> Vec<i64> {
+        let mut p: Vec<i64> = d
+            .ps()
+            .iter()
+            .filter(|i| i["key"] == key)
+            .filter_map(|i| i["pid"].as_i64())
+            .collect();
+        p.sort_unstable();
+        p
+    };
+    wait_for(LONG, "instances up", || {
+        d.ps().iter().all(|i| i["state"] == "idle") && d.ps().len() == 4
+    });
+    let a_pids = pids_of(a);
+    assert_eq!(a_pids.len(), 2);
+
+    // A file that no longer parses: reported, and the service runs on.
+    d.write_conf(b, "exec = [\nthis is not toml");
+    let (code, out, err) = d.charon(&["reload"]);
+    assert_ne!(code, 0, "a config error is a failed reload: {out}");
+    assert!(out.contains("config error (previous config kept)"), "{out}");
+    assert!(out.contains(&format!("{b}.toml")), "{out}");
+    assert!(err.contains("config error"), "{err}");
+    assert!(out.contains(&format!("unchanged: {a}")), "{out}");
+    assert_eq!(
+        c.call(b, b"still here").expect("old config serves"),
+        b"still here"
+    );
+    assert_eq!(pids_of(a), a_pids, "an unchanged file keeps its instances");
+
+    // A removed file: its socket goes, clients get NotFound, its instances
+    // drain and exit.
+    std::fs::remove_file(d.conf.join(format!("{b}.toml"))).unwrap();
+    let (code, out, err) = d.charon(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("stopped: {b}")), "{out}");
+    let e = c.call(b, b"x").expect_err("removed service");
+    assert!(matches!(e.kind(), ErrorKind::NotFound { .. }), "{e}");
+    wait_for(LONG, "the removed service's instances gone", || {
+        d.instances().len() == 2
+    });
+    assert_eq!(pids_of(a), a_pids, "the other service is untouched");
+    assert_eq!(c.call(a, b"ok").unwrap(), b"ok");
+    let (code, _, err) = d.charon(&["stats", b]);
+    assert_eq!(code, 4, "a removed key is not found: {err}");
+}
+
+#[test]
+fn a_new_generation_that_cannot_start_leaves_the_old_one_serving() {
+    let d = Daemon::start(
+        &[(
+            KEY,
+            &echo_conf(
+                &bin("charon-echo"),
+                "prestart-processes = true\nminimum-processes = 1",
+            ),
+        )],
+        &[],
+    );
+    wait_for(LONG, "1 instance", || d.instances().len() == 1);
+    let before = d.instances();
+    d.write_conf(
+        KEY,
+        "exec = \"/nonexistent/program\"\nprestart-processes = true\nminimum-processes = 1\n",
+    );
+    let (code, out, err) = d.charon(&["reload"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("could not apply") && err.contains(KEY),
+        "the answer says which and why: {err}"
+    );
+    assert_eq!(d.client().call(KEY, b"old").unwrap(), b"old");
+    wait_for(LONG, "only the old instance", || d.instances() == before);
+}
+
+#[test]
+fn control_socket_answers_garbage_with_an_error_and_goes_on() {
+    let d = Daemon::start(&[(KEY, &echo_conf(&bin("charon-echo"), ""))], &[]);
+    let sock = d.run.join("charond.sock");
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    let s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut ask = |line: &[u8]| -> Value {
+        w.write_all(line).unwrap();
+        let mut a = String::new();
+        r.read_line(&mut a).unwrap();
+        serde_json::from_str(&a).unwrap_or_else(|e| panic!("{a:?}: {e}"))
+    };
+    for junk in [
+        &b"\xff\xfe garbage\n"[..],
+        b"{\"cmd\":\"explode\"}\n",
+        b"[1,2,3]\n",
+        b"{\"cmd\":\"restart\"}\n",
+    ] {
+        let a = ask(junk);
+        assert_eq!(a["ok"], false, "{a}");
+        assert!(a["error"].as_str().is_some_and(|e| !e.is_empty()), "{a}");
+    }
+    let a = ask(b"{\"cmd\":\"stats\"}\n");
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["services"][0]["key"], KEY);
+    let a = ask(b"{\"cmd\":\"version\"}\n");
+    assert!(a["version"].is_string(), "{a}");
+
+    // An endless line: an error answer, the connection closed, and the
+    // manager still serves others.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let big = vec![b'x'; 100 * 1024];
+    let _ = s.write_all(&big);
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.contains("longer than"), "{answer:?}");
+    let (code, out, _) = d.charon(&["stats"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(KEY), "{out}");
+}
+
+/// Checks Prometheus text: every sample line is `name{labels} value` with a
+/// valid name, and each metric has HELP and TYPE before its samples.
+/// Returns the sample names with their labels.
+fn parse_prometheus(text: &str) -> BTreeSet<String> {
+    let mut helped = BTreeSet::new();
+    let mut typed = BTreeSet::new();
+    let mut samples = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split(' ').next().unwrap().to_string());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut p = rest.split(' ');
+            let name = p.next().unwrap();
+            let kind = p.next().unwrap_or("");
+            assert!(
+                ["counter", "gauge", "summary", "histogram", "untyped"].contains(&kind),
+                "{line}"
+            );
+            typed.insert(name.to_string());
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("value of {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "metric name {name:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .unwrap_or_else(|| panic!("labels of {line:?}"));
+                for pair in inner.split("\",") {
+                    let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                    assert!(
+                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "{line}"
+                    );
+                    assert!(!v.trim_end_matches('"').contains('"'), "{line}");
+                }
+            }
+        }
+        assert!(
+            helped.contains(name) && typed.contains(name),
+            "HELP/TYPE before {line}"
+        );
+        samples.insert(series.to_string());
+    }
+    samples
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn stats_match_what_happened_in_every_format() {
+    let echo = bin("charon-echo");
+    let bad = "app.bad.0.raw";
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(
+        &[
+            (
+                KEY,
+                &echo_conf(
+                    &echo,
+                    "prestart-processes = true\nminimum-processes = 1\ncrash-loop-count = 20",
+                ),
+            ),
+            (
+                bad,
+                &echo_conf(
+                    &echo,
+                    "prestart-processes = true\nminimum-processes = 1\nbackoff-initial = \"10m\"\nexec-failure-backoff = \"10m\"",
+                ),
+            ),
+        ],
+        &["--metrics-listen", &addr],
+    );
+    let mut c = d.client();
+    let (n, m, k) = (10u64, 3u64, 2u64);
+    for i in 0..n {
+        let body = format!("ok {i}");
+        assert_eq!(c.call(KEY, body.as_bytes()).unwrap(), body.as_bytes());
+    }
+    for _ in 0..m {
+        let r = Request::new(KEY, b"f".to_vec()).context("echo.fault", "7:on purpose");
+        let e = c.call_request(&r).expect_err("a fault");
+        assert!(
+            matches!(e.kind(), ErrorKind::ServiceFault { code: 7, .. }),
+            "{e}"
+        );
+    }
+    // The instance batches its reports (sent once a batch is a second
+    // old): let them arrive before it crashes, taking an unsent batch with
+    // it (whose requests would then count without their outcome).
+    wait_for(LONG, "the faults reported", || d.stats(KEY)["faults"] == m);
+    for _ in 0..k {
+        let r = Request::new(KEY, b"c".to_vec())
+            .context("echo.signal", "11")
+            .no_retry();
+        assert!(c.call_request(&r).is_err());
+    }
+    // A backoff with its reason: the instance exits 3 on a request.
+    let r = Request::new(bad, b"x".to_vec())
+        .context("echo.log", "about to fail")
+        .context("echo.exit", "3")
+        .no_retry();
+    assert!(c.call_request(&r).is_err());
+
+    wait_for(LONG, "the figures", || {
+        let s = d.stats(KEY);
+        s["requests"] == n + m && s["exits"]["crashed"] == k
+    });
+    let s = d.stats(KEY);
+    for f in [
+        "key",
+        "state",
+        "instances",
+        "requests",
+        "faults",
+        "retried",
+        "queue_depth",
+        "latency_us",
+        "exits",
+        "launches",
+        "backoffs",
+        "fast_failed",
+        "backoff_remaining_s",
+        "cpu_ms",
+        "max_rss_kb",
+        "last_exit",
+    ] {
+        assert!(s.get(f).is_some(), "field {f} missing: {s}");
+    }
+    for f in ["running", "busy", "idle", "max"] {
+        assert!(s["instances"][f].is_u64(), "instances.{f}: {s}");
+    }
+    for f in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(s["latency_us"][f].is_u64(), "latency_us.{f}: {s}");
+    }
+    for f in [
+        "clean",
+        "nonzero",
+        "crashed",
+        "unresponsive",
+        "max_requests",
+        "idle",
+        "excess",
+        "shutdown",
+        "launch_failed",
+    ] {
+        assert!(s["exits"][f].is_u64(), "exits.{f}: {s}");
+    }
+    for f in ["pid", "status", "signal", "reason", "stderr"] {
+        assert!(s["last_exit"].get(f).is_some(), "last_exit.{f}: {s}");
+    }
+    assert_eq!(s["faults"], m, "{s}");
+    assert_eq!(s["retried"], 0, "{s}");
+    assert_eq!(s["last_exit"]["signal"], 11, "{s}");
+    assert_eq!(s["last_exit"]["reason"], "crashed", "{s}");
+    assert!(s["latency_us"]["max"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["launches"].as_u64().unwrap() >= 1 + k, "{s}");
+    assert_eq!(s["state"], "running", "{s}");
+
+    wait_for(LONG, "the backoff", || d.stats(bad)["state"] == "backoff");
+    let b = d.stats(bad);
+    assert!(b["backoffs"].as_u64().unwrap() >= 1, "{b}");
+    assert_eq!(b["exits"]["nonzero"], 1, "{b}");
+    assert_eq!(b["last_exit"]["status"], 3, "{b}");
+    assert_eq!(b["last_exit"]["reason"], "nonzero", "{b}");
+    assert_eq!(
+        b["last_exit"]["stderr"], "charon-echo: about to fail",
+        "{b}"
+    );
+    assert!(b["backoff_remaining_s"].as_f64().unwrap() > 60.0, "{b}");
+
+    // The table: a header and one aligned line per service.
+    let (code, table, _) = d.charon(&["stats"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0].starts_with("KEY") && lines[0].contains("REQUESTS"),
+        "{table}"
+    );
+    let col = lines[0].find("STATE").unwrap();
+    assert!(
+        lines[1][col..].starts_with("backoff") || lines[2][col..].starts_with("backoff"),
+        "{table}"
+    );
+
+    // Prometheus, from the command and over HTTP.
+    let (code, prom, err) = d.charon(&["stats", "--prometheus"]);
+    assert_eq!(code, 0, "{err}");
+    let from_cli = parse_prometheus(&prom);
+    assert!(
+        prom.contains(&format!("charon_requests_total{{key=\"{KEY}\"}} {}", n + m)),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(&format!(
+            "charon_exits_total{{key=\"{KEY}\",reason=\"crashed\"}} {k}"
+        )),
+        "{prom}"
+    );
+    let mut body = String::new();
+    wait_for(LONG, "/metrics with the figures", || {
+        let resp = http_get(port, "/metrics");
+        body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        resp.split(' ').nth(1) == Some("200")
+            && body.contains(&format!("charon_requests_total{{key=\"{KEY}\"}} {}", n + m))
+    });
+    assert_eq!(parse_prometheus(&body), from_cli, "same series over HTTP");
+    assert_eq!(http_get(port, "/other").split(' ').nth(1), Some("404"));
+
+    // `charon restart` ends the (10 minute) backoff at once.
+    let (code, out, err) = d.charon(&["restart", bad]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("backoff ended"), "{out}");
+    wait_for(LONG, "the service out of backoff", || {
+        let b = d.stats(bad);
+        b["state"] != "backoff" && b["instances"]["running"] == 1
+    });
+    assert_eq!(c.call(bad, b"fixed").unwrap(), b"fixed");
+    let (code, _, err) = d.charon(&["restart", "app.none.0.raw"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no service"), "{err}");
+
+    // ps: one line per instance, with its state and served count.
+    let (code, ps, _) = d.charon(&["ps", KEY]);
+    assert_eq!(code, 0);
+    assert!(ps.lines().next().unwrap().starts_with("PID"), "{ps}");
+    assert!(ps.lines().skip(1).all(|l| l.contains(KEY)), "{ps}");
+    assert_eq!(ps.lines().count(), 2, "{ps}");
+}
+
+#[test]
+fn log_file_is_reopened_on_sigusr1() {
+    let dir = TestDir::new();
+    let log = dir.join("charond.log");
+    let d = Daemon::start(
+        &[(KEY, &echo_conf(&bin("charon-echo"), ""))],
+        &["--log-file", log.to_str().unwrap()],
+    );
+    wait_for(LONG, "the log file", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("started"))
+    });
+    assert!(
+        !d.log().contains("started"),
+        "stderr is not the log any more"
+    );
+    let rotated = dir.join("charond.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    d.proc.as_ref().unwrap().signal(Signal::SIGUSR1);
+    wait_for(LONG, "the new log file", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("log reopened"))
+    });
+    let (code, _, err) = d.charon(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(LONG, "the reload logged in the new file", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reload done"))
+    });
+    assert!(!std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("reload done"));
+}

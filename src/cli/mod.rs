@@ -19,15 +19,23 @@
 //!
 //! Whenever the status is not 0, stderr gets a one-line message.
 //!
-//! A new subcommand (`stats`, `ps`, `reload`, `restart` for the manager) is
-//! a module here with an `Args` (clap derive) and a
+//! `stats`, `ps`, `reload` and `restart` talk to the manager over its
+//! control socket; for them 4 means the key is not configured and 7 covers
+//! "no manager running", a reload that could not apply a change, and
+//! config errors found by a reload.
+//!
+//! A new subcommand is a module here with an `Args` (clap derive) and a
 //! `run(Args) -> Result<(), Failure>`, plus one variant in [`Command`].
 
 mod common;
 mod lookup;
 mod ping;
+mod ps;
+mod reload;
+mod restart;
 mod send;
 mod standalone;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -52,6 +60,14 @@ enum Command {
     Lookup(lookup::Args),
     /// Send echo requests and report the rate and latency.
     Ping(ping::Args),
+    /// Show each service's figures (from the manager).
+    Stats(stats::Args),
+    /// List the running instances (from the manager).
+    Ps(ps::Args),
+    /// Make the manager rescan its config dir, and report what changed.
+    Reload(reload::Args),
+    /// End a service's backoff and recycle its instances.
+    Restart(restart::Args),
 }
 
 /// Exit statuses, as documented above.
@@ -153,6 +169,10 @@ pub fn main() -> ExitCode {
         Command::Test(args) => standalone::run(args),
         Command::Lookup(args) => lookup::run(args),
         Command::Ping(args) => ping::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Ps(args) => ps::run(args),
+        Command::Reload(args) => reload::run(args),
+        Command::Restart(args) => restart::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
