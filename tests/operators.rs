@@ -628,7 +628,7 @@ fn stats_match_what_happened_in_every_format() {
     assert_eq!(s["last_exit"]["signal"], 11, "{s}");
     assert_eq!(s["last_exit"]["reason"], "crashed", "{s}");
     assert!(s["latency_us"]["max"].as_u64().unwrap() > 0, "{s}");
-    assert!(s["launches"].as_u64().unwrap() >= 1 + k, "{s}");
+    assert!(s["launches"].as_u64().unwrap() > k, "{s}");
     assert_eq!(s["state"], "running", "{s}");
 
     wait_for(LONG, "the backoff", || d.stats(bad)["state"] == "backoff");
