@@ -5,38 +5,30 @@
 //! instances there, and only once they are ready is its socket renamed over
 //! the key's path; the old generation is then drained (SIGUSR1: serve what
 //! is queued on the old socket, finish the request in hand, exit 0) and
-//! freed after its last instance. Statistics carry over by key. Reading the
-//! files is `config`'s job; answering the control socket is `control.rs`'s.
+//! freed after its last instance (`drain.rs`). Statistics carry over by key.
+//! Reading the files is `config`'s job; answering the control socket is
+//! `control.rs`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use charon_protocol::scoreboard::SlotState;
 use serde::Serialize;
 
 use crate::config::{self as cfg, ServiceConfig};
-use crate::event_loop::{remove_socket, Manager, Svc, Watch};
+use crate::event_loop::{remove_socket, Manager, Svc};
 use crate::log::{info, warning};
-use crate::scaling::waiting;
 use crate::service::state::{KillReason, Mode};
-use crate::service::transition::{Event, StartWhy};
+use crate::service::transition::Event;
 use crate::startup;
 use crate::stats::Stats;
 
 /// A new generation must be ready within this, or the reload of its key
 /// fails and the old generation keeps serving.
 pub(crate) const READY_DEADLINE: Duration = Duration::from_secs(20);
-/// A draining generation's socket stays open this long after the swap even
-/// when nothing waits on it: a client that looked the path up just before
-/// the rename may still be queueing a connection there.
-const LINGER: Duration = Duration::from_secs(1);
 /// While instances of a pending or draining generation start, look again
 /// this often.
-const RECHECK: Duration = Duration::from_millis(20);
-/// Instances started for a draining generation's leftover queue before its
-/// connections are closed instead (the client retries on the new socket).
-const MAX_DRAIN_SPAWNS: u32 = 3;
+pub(crate) const RECHECK: Duration = Duration::from_millis(20);
 
 /// Where a generation is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -418,134 +410,6 @@ impl Manager {
         }
     }
 
-    /// Marks a generation as draining: it starts nothing more, and each
-    /// instance is told to drain once it is up.
-    fn begin_drain(&mut self, o: usize) {
-        let now = Instant::now();
-        let svc = &mut self.services[o];
-        svc.sock_path = PathBuf::new();
-        svc.gen = Gen::Draining {
-            linger_until: now + LINGER,
-        };
-        svc.gen_check = Some(now);
-        svc.sat_check = None;
-        self.events.push_back((o, Event::Shutdown));
-        if self.services[o].watch != Watch::Off {
-            self.set_watch(o, Watch::Off);
-        }
-    }
-
-    /// Drains a generation: SIGUSR1 to each instance that is up; once none
-    /// is left, serve a leftover queue, then free it. False if freed.
-    fn drain_step(&mut self, o: usize, now: Instant, linger_until: Instant) -> bool {
-        let mut starting = false;
-        let mut any = false;
-        let ids: Vec<usize> = self
-            .procs
-            .iter()
-            .filter(|(_, i)| i.service == o)
-            .map(|(id, _)| id)
-            .collect();
-        for id in ids {
-            any = true;
-            let Some(inst) = self.procs.get(id) else {
-                continue;
-            };
-            if inst.asked.is_some() {
-                continue;
-            }
-            let st = self.services[o]
-                .board
-                .slot(inst.slot)
-                .and_then(|sl| sl.state());
-            // Before its handler is installed SIGUSR1 would kill it: wait
-            // until the library reports it up.
-            if matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
-                self.drain_instance(id, now);
-            } else {
-                starting = true;
-            }
-        }
-        if any {
-            self.services[o].gen_check = starting.then_some(now + RECHECK);
-            return true;
-        }
-        if waiting(&self.services[o].listen) {
-            if self.services[o].drain_spawns < MAX_DRAIN_SPAWNS && !self.stopping {
-                self.services[o].drain_spawns += 1;
-                let _ = self.spawn_one(o, StartWhy::Drain);
-            } else {
-                self.close_queue(o);
-            }
-            self.services[o].gen_check = Some(now + RECHECK);
-            return true;
-        }
-        if now < linger_until {
-            self.services[o].gen_check = Some(linger_until);
-            return true;
-        }
-        self.free_generation(o);
-        false
-    }
-
-    /// SIGUSR1 to one instance; SIGKILL after `stop-grace`.
-    fn drain_instance(&mut self, id: usize, now: Instant) {
-        let Some(inst) = self.procs.get_mut(id) else {
-            return;
-        };
-        let s = inst.service;
-        inst.asked = Some(KillReason::Reload);
-        inst.kill_at = Some(now + self.services[s].config.stop_grace);
-        let pid = inst.pid;
-        info!(Some(self.services[s].key()), Some(pid), "draining (reload)");
-        self.signal(id, charon_protocol::managed::DRAIN_SIGNAL);
-    }
-
-    /// No instance could be started for a leftover queue: close each
-    /// connection unanswered, so its client retries on the key's new
-    /// socket (or sees NotFound if the key was removed).
-    fn close_queue(&mut self, o: usize) {
-        let mut n = 0u32;
-        while waiting(&self.services[o].listen) {
-            match crate::sys::accept(std::os::fd::AsFd::as_fd(&self.services[o].listen)) {
-                Ok(conn) => {
-                    drop(conn);
-                    n += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        if n > 0 {
-            warning!(
-                Some(self.services[o].key()),
-                None,
-                "warning: unable to serve {n} connection(s) left on a drained socket: closed them (clients retry once)"
-            );
-        }
-    }
-
-    /// The last instance of a drained generation is gone: close its socket,
-    /// free its scoreboard, and fold its figures into the key's live one.
-    fn free_generation(&mut self, o: usize) {
-        if self.services[o].watch != Watch::Off {
-            self.set_watch(o, Watch::Off);
-        }
-        self.events.retain(|(s, _)| *s != o);
-        let Some(old) = self.services.remove(o) else {
-            return;
-        };
-        info!(
-            Some(old.key()),
-            None,
-            "generation {} ({}) is gone",
-            old.generation,
-            old.gen.name()
-        );
-        if let Some(l) = self.live_of(old.key()) {
-            self.services[l].stats.absorb(old.stats, false);
-        }
-    }
-
     /// The pending generation of `key` took over (Ok) or failed (Err):
     /// note it in every reload waiting on that key.
     fn key_resolved(&mut self, key: &str, outcome: Result<(), String>) {
@@ -593,58 +457,13 @@ impl Manager {
             self.answer_reload(r.conn, Err(why.to_string()));
         }
     }
-
-    /// `charon restart KEY`: end a backoff now and start afresh, and
-    /// recycle the running instances (each replacement first).
-    pub(crate) fn restart(&mut self, key: &str) -> Result<serde_json::Value, String> {
-        let Some(s) = self.live_of(key) else {
-            return Err(format!("no service {key:?} is configured"));
-        };
-        let now = Instant::now();
-        let svc = &mut self.services[s];
-        svc.state.backoff.reset();
-        svc.state.crashes = crate::service::backoff::CrashTally::new(
-            svc.config.crash_loop_count,
-            svc.config.crash_loop_interval,
-        );
-        let was_backoff = svc.state.mode.is_backoff();
-        if let Mode::Backoff { wait, .. } = svc.state.mode {
-            svc.state.mode = Mode::Backoff { until: now, wait };
-            self.events.push_back((s, Event::BackoffOver));
-        }
-        let ids: Vec<usize> = self
-            .procs
-            .iter()
-            .filter(|(_, i)| i.service == s && !i.is_leaving())
-            .map(|(id, _)| id)
-            .collect();
-        let recycled = ids.len();
-        for id in ids {
-            self.retire(id, KillReason::Restart);
-        }
-        info!(
-            Some(key),
-            None,
-            "restart: backoff {}, {recycled} instance(s) to recycle",
-            if was_backoff {
-                "ended"
-            } else {
-                "not in effect"
-            }
-        );
-        Ok(serde_json::json!({
-            "ok": true,
-            "key": key,
-            "backoff_ended": was_backoff,
-            "recycled": recycled,
-        }))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use charon_protocol::ServiceKey;
+    use std::path::PathBuf;
 
     fn conf(key: &str, exec: &str) -> ServiceConfig {
         let k: ServiceKey = key.parse().unwrap();

@@ -1,0 +1,58 @@
+//! `charon restart KEY`: the operator fixed what kept a service failing.
+//! The backoff and crash-loop tally reset, a backoff in effect ends now (a
+//! trial instance starts), and the running instances are recycled
+//! gracefully through the usual replacement-first path (`scaling.rs`).
+
+use std::time::Instant;
+
+use crate::event_loop::Manager;
+use crate::log::info;
+use crate::service::backoff::CrashTally;
+use crate::service::state::{KillReason, Mode};
+use crate::service::transition::Event;
+
+impl Manager {
+    /// `charon restart KEY`: end a backoff now and start afresh, and
+    /// recycle the running instances (each replacement first).
+    pub(crate) fn restart(&mut self, key: &str) -> Result<serde_json::Value, String> {
+        let Some(s) = self.live_of(key) else {
+            return Err(format!("no service {key:?} is configured"));
+        };
+        let now = Instant::now();
+        let svc = &mut self.services[s];
+        svc.state.backoff.reset();
+        svc.state.crashes =
+            CrashTally::new(svc.config.crash_loop_count, svc.config.crash_loop_interval);
+        let was_backoff = svc.state.mode.is_backoff();
+        if let Mode::Backoff { wait, .. } = svc.state.mode {
+            svc.state.mode = Mode::Backoff { until: now, wait };
+            self.events.push_back((s, Event::BackoffOver));
+        }
+        let ids: Vec<usize> = self
+            .procs
+            .iter()
+            .filter(|(_, i)| i.service == s && !i.is_leaving())
+            .map(|(id, _)| id)
+            .collect();
+        let recycled = ids.len();
+        for id in ids {
+            self.retire(id, KillReason::Restart);
+        }
+        info!(
+            Some(key),
+            None,
+            "restart: backoff {}, {recycled} instance(s) to recycle",
+            if was_backoff {
+                "ended"
+            } else {
+                "not in effect"
+            }
+        );
+        Ok(serde_json::json!({
+            "ok": true,
+            "key": key,
+            "backoff_ended": was_backoff,
+            "recycled": recycled,
+        }))
+    }
+}
