@@ -295,11 +295,12 @@ fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
         s["exits"]["reload"].as_u64().unwrap_or(0) >= 20,
         "each old generation's instances drained: {s}"
     );
-    // Statistics carried over all generations.
-    assert!(
-        s["requests"].as_u64().unwrap() >= served.load(Ordering::Relaxed),
-        "{s}"
-    );
+    // Statistics carried over all generations (the live instances' last
+    // batches arrive within about a second).
+    let total = served.load(Ordering::Relaxed);
+    wait_for(LONG, "every served request counted", || {
+        d.stats(KEY)["requests"].as_u64().unwrap_or(0) >= total
+    });
 }
 
 #[test]
@@ -707,7 +708,7 @@ fn stats_match_what_happened_in_every_format() {
 }
 
 #[test]
-fn log_file_is_reopened_on_sigusr1() {
+fn log_file_is_reopened_on_sigusr1_and_sighup_reloads() {
     let dir = TestDir::new();
     let log = dir.join("charond.log");
     let d = Daemon::start(
@@ -727,8 +728,8 @@ fn log_file_is_reopened_on_sigusr1() {
     wait_for(LONG, "the new log file", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("log reopened"))
     });
-    let (code, _, err) = d.charon(&["reload"]);
-    assert_eq!(code, 0, "{err}");
+    // SIGHUP reloads as `charon reload` does, and says so in the log.
+    d.proc.as_ref().unwrap().signal(Signal::SIGHUP);
     wait_for(LONG, "the reload logged in the new file", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reload done"))
     });
