@@ -182,7 +182,7 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
         FALSE_KEY,
         if o.quick { 200 } else { 1000 },
     )?);
-    let own = extras::echo_standalone_us(COLD)?;
+    let own = extras::echo_standalone_us(9)?;
     let cold_us = extras::cold_starts(&d, &cold)?;
     report.cold_start(&own, &cold_us);
     report.scale_up(extras::scale_up(&d, BURST_KEY)?);

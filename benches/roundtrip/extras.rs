@@ -4,6 +4,8 @@
 //! left to the main file.
 
 use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -87,7 +89,8 @@ pub fn fast_fail(d: &Daemon, key: &str, n: usize) -> Result<Sample, String> {
 }
 
 /// The echo program's own start-up: spawn it standalone on one request
-/// (fd 3 in, fd 4 out) and wait for it to exit. Returns microseconds.
+/// (fd 3 in, fd 4 out) and wait for it to exit: fork, exec, the library's
+/// start, one answer. Returns microseconds per run.
 pub fn echo_standalone_us(runs: usize) -> Result<Vec<f64>, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let req_path = dir.path().join("req");
@@ -110,41 +113,49 @@ pub fn echo_standalone_us(runs: usize) -> Result<Vec<f64>, String> {
     std::fs::write(&req_path, &frame).map_err(|e| format!("write request: {e}"))?;
     let mut out = Vec::new();
     for _ in 0..runs {
-        // The shell arranges fds 3 and 4; its own start is measured apart
-        // and subtracted, so the figure is the echo's.
-        let script = format!(
-            "exec {} 3<{} 4>{}",
-            env!("CARGO_BIN_EXE_charon-echo"),
-            req_path.display(),
-            resp_path.display()
-        );
-        let with_echo = time_sh(&script)?;
+        let input = std::fs::File::open(&req_path).map_err(|e| format!("open request: {e}"))?;
+        let output =
+            std::fs::File::create(&resp_path).map_err(|e| format!("create response: {e}"))?;
+        let fds = [input.as_raw_fd(), output.as_raw_fd()];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_charon-echo"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .env_remove("CHARON_ACCEPT_SOCKET");
+        // SAFETY: the closure runs in the child between fork and exec and
+        // calls only fcntl(2) and dup2(2), which are async-signal-safe; the
+        // two fds were captured by value and stay open in the parent until
+        // spawn returns. Each is first moved above 100 so placing one at 3
+        // cannot overwrite the other; dup2's targets lack FD_CLOEXEC, so
+        // they survive exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut high = [0; 2];
+                for (h, fd) in high.iter_mut().zip(fds) {
+                    *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                    if *h < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (target, h) in (3..).zip(high) {
+                    if libc::dup2(h, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let t0 = Instant::now();
+        let st = cmd.status().map_err(|e| format!("run charon-echo: {e}"))?;
+        out.push(t0.elapsed().as_secs_f64() * 1e6);
+        if !st.success() {
+            return Err(format!("standalone charon-echo failed: {st}"));
+        }
         let resp = std::fs::read(&resp_path).map_err(|e| format!("read response: {e}"))?;
         if !resp.ends_with(b"cold") {
             return Err("standalone echo did not answer its request".to_string());
         }
-        let sh_only = time_sh(&format!(
-            "exec /bin/true 3<{} 4>/dev/null",
-            req_path.display()
-        ))?;
-        out.push((with_echo - sh_only).max(0.0));
     }
     Ok(out)
-}
-
-fn time_sh(script: &str) -> Result<f64, String> {
-    let t0 = Instant::now();
-    let st = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("run sh: {e}"))?;
-    let us = t0.elapsed().as_secs_f64() * 1e6;
-    if !st.success() {
-        return Err(format!("{script:?} failed: {st}"));
-    }
-    Ok(us)
 }
 
 /// First request to each never-started on-demand service, microseconds.

@@ -42,3 +42,18 @@ done
 echo "== callgrind: client, 200 calls"
 valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.client" "$BENCH" --client-loop "$DIR/run" 200 "$SIZE" >/dev/null 2>&1
 callgrind_annotate --inclusive=yes "$DIR/cg.client" 2>/dev/null | head -40
+echo "== callgrind: an echo instance serving $COUNT requests"
+kill -KILL "$DPID" $(pgrep -P "$DPID" || true) 2>/dev/null || true
+wait "$DPID" 2>/dev/null || true
+mkdir "$DIR/conf2"
+printf 'exec = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s/cg.inst.%%p", "%s"]\nprestart-processes = true\nminimum-processes = 1\nmaximum-processes = 1\nmaximum-requests = 0\nunresponsive-timeout = 0\n' "$DIR" "$ECHO" \
+  > "$DIR/conf2/system.echo.0.raw.toml"
+"$CHAROND" --config-dir "$DIR/conf2" --run-dir "$DIR/run2" 2>"$DIR/log2" &
+DPID=$!
+while ! grep -q 'started (slot' "$DIR/log2" 2>/dev/null; do sleep 0.05; done
+"$BENCH" --client-loop "$DIR/run2" "$COUNT" "$SIZE" >/dev/null
+INST=$(pgrep -P $DPID | head -1)
+kill -TERM "$INST"
+# The manager starts a replacement (under callgrind too): read this pid's.
+while kill -0 "$INST" 2>/dev/null; do sleep 0.1; done
+callgrind_annotate --inclusive=yes "$DIR/cg.inst.$INST" 2>/dev/null | grep -E "PROGRAM TOTALS|charon_|main" | grep -v rustc/ | head -30
