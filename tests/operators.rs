@@ -428,6 +428,38 @@ fn control_socket_answers_garbage_with_an_error_and_goes_on() {
     let a = ask(b"{\"cmd\":\"version\"}\n");
     assert!(a["version"].is_string(), "{a}");
 
+    // Many requests in one burst: one answer each, in order, while other
+    // clients are still served.
+    let burst = UnixStream::connect(&sock).unwrap();
+    burst.set_read_timeout(Some(LONG)).unwrap();
+    let mut bw = burst.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for i in 0..3000 {
+            if i % 3 == 0 {
+                all.extend_from_slice(b"{\"cmd\":\"stats\"}\n");
+            } else {
+                all.extend_from_slice(b"{\"cmd\":\"version\"}\n");
+            }
+        }
+        bw.write_all(&all).unwrap();
+        bw.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let (code, _, _) = d.charon(&["ps"]);
+    assert_eq!(code, 0);
+    let answers: Vec<String> = BufReader::new(burst).lines().map(Result::unwrap).collect();
+    writer.join().unwrap();
+    assert_eq!(answers.len(), 3000);
+    for (i, a) in answers.iter().enumerate() {
+        let v: Value = serde_json::from_str(a).unwrap();
+        assert_eq!(v["ok"], true, "{a}");
+        assert_eq!(
+            v.get("services").is_some(),
+            i % 3 == 0,
+            "answer {i} in order: {a}"
+        );
+    }
+
     // An endless line: an error answer, the connection closed, and the
     // manager still serves others.
     let mut s = UnixStream::connect(&sock).unwrap();

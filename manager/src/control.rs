@@ -29,6 +29,11 @@ pub const MAX_CONNS: usize = 32;
 /// Stop reading a connection's requests while this much of its output is
 /// unsent (a client that sends without reading cannot grow it unbounded).
 const MAX_UNSENT: usize = 4 << 20;
+/// Bytes read from one connection per round, and rounds per wake-up: the
+/// rest waits for the next turn of the loop, so a client that writes
+/// without pause cannot hold the manager.
+const READ_BUDGET: usize = 64 * 1024;
+const ROUNDS: usize = 4;
 
 /// A control request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +116,8 @@ pub(crate) struct Control {
     path: PathBuf,
     conns: Vec<Option<Conn>>,
     next_serial: u64,
+    /// Connections with work left after their wake-up's budget.
+    again: Vec<usize>,
 }
 
 impl Control {
@@ -137,12 +144,18 @@ impl Control {
             path,
             conns: Vec::new(),
             next_serial: 1,
+            again: Vec::new(),
         })
     }
 
     /// Removes the socket file.
     pub(crate) fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// True if some connection has work left for the next loop turn.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.again.is_empty()
     }
 
     pub(crate) fn register(&mut self, reg: &mio::Registry) -> io::Result<()> {
@@ -230,24 +243,64 @@ impl Manager {
 
     /// A control connection is readable or writable.
     pub(crate) fn control_ready(&mut self, c: usize) {
-        self.control_flush(c);
-        self.control_read(c);
-        self.control_serve(c);
-        self.control_flush(c);
+        for _ in 0..ROUNDS {
+            self.control_flush(c);
+            let unread = self.control_read(c);
+            self.control_serve(c);
+            self.control_flush(c);
+            let Some(conn) = self.conn_mut(c) else {
+                return;
+            };
+            // Lines left while the output has room: nothing else would
+            // wake us for them (a writable edge comes only after a full
+            // socket buffer).
+            let unserved = !conn.awaiting_reload
+                && conn.output.len() < MAX_UNSENT
+                && conn.input.contains(&b'\n');
+            if !unread && !unserved {
+                return;
+            }
+        }
+        if let Some(ctl) = self.control.as_mut() {
+            if !ctl.again.contains(&c) {
+                ctl.again.push(c);
+            }
+        }
     }
 
-    /// Reads what is there, up to the line limit.
-    fn control_read(&mut self, c: usize) {
+    /// Connections left with work by their budget get another turn.
+    pub(crate) fn control_again(&mut self) {
+        let again = self
+            .control
+            .as_mut()
+            .map(|ctl| std::mem::take(&mut ctl.again))
+            .unwrap_or_default();
+        for c in again {
+            self.control_ready(c);
+        }
+    }
+
+    /// Reads what is there, up to the line limit and the round's budget.
+    /// True if it stopped on the budget with bytes perhaps left unread
+    /// (no readiness edge will say so).
+    fn control_read(&mut self, c: usize) -> bool {
         let Some(conn) = self.conn_mut(c) else {
-            return;
+            return false;
         };
         let mut buf = [0u8; 8192];
-        while !conn.closing && conn.output.len() < MAX_UNSENT {
+        let mut budget = READ_BUDGET;
+        // Waiting for a reload's answer or for the output to drain: the
+        // reload's answer and the writable edge resume reading.
+        while !conn.closing && !conn.awaiting_reload && conn.output.len() < MAX_UNSENT {
+            if budget == 0 {
+                return true;
+            }
             match conn.stream.read(&mut buf) {
                 Ok(0) => {
                     conn.closing = true;
                 }
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     conn.input.extend_from_slice(&buf[..n]);
                     let pending_line = conn.input.iter().rposition(|b| *b == b'\n');
                     let tail = pending_line.map_or(conn.input.len(), |i| conn.input.len() - i - 1);
@@ -260,7 +313,7 @@ impl Manager {
                         conn.closing = true;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     conn.closing = true;
@@ -268,6 +321,7 @@ impl Manager {
                 }
             }
         }
+        false
     }
 
     /// Answers each complete line, in order, until a reload must be
@@ -404,8 +458,8 @@ impl Manager {
         if let Some(conn) = self.conn_mut(c) {
             conn.awaiting_reload = false;
         }
-        self.control_serve(c);
-        self.control_flush(c);
+        // Reading stopped while the reload ran: resume it.
+        self.control_ready(c);
     }
 }
 

@@ -396,6 +396,9 @@ impl Manager {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if self.control.as_ref().is_some_and(Control::has_work) {
+            return Some(Instant::now());
+        }
         let mut d = vec![self.next_tick, self.next_stats];
         d.extend(self.unresp_check);
         for (_, svc) in self.services.iter() {
@@ -435,6 +438,7 @@ impl Manager {
             }
         }
         self.kill_overdue(now);
+        self.control_again();
         if self.unresp_check.is_some_and(|t| t <= now) {
             self.unresp_check = None;
             let ns = charon_protocol::scoreboard::now_ns();
