@@ -203,6 +203,108 @@ fn echo_service() -> PathBuf {
     path
 }
 
+/// Client loops, each its own client, sending numbered requests to KEY and
+/// checking each answer; stopped and joined on drop (even when the test
+/// fails).
+struct Load {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    loops: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(d: &Daemon, n: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+        let loops = (0..n)
+            .map(|t| {
+                let (stop, served, failures) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&served),
+                    Arc::clone(&failures),
+                );
+                let mut client = d.client();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let body = format!("loop {t} request {n}");
+                        match client.call(KEY, body.as_bytes()) {
+                            Ok(r) if r == body.as_bytes() => {
+                                served.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => failures.lock().unwrap().push(format!(
+                                "{body:?} answered {:?}",
+                                String::from_utf8_lossy(&r)
+                            )),
+                            Err(e) => failures.lock().unwrap().push(format!("{body:?}: {e}")),
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            served,
+            failures,
+            loops,
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have been answered.
+    fn wait_more(&self, n: u64, what: &str) {
+        let before = self.served();
+        wait_for(LONG, what, || self.served() >= before + n);
+    }
+
+    /// Stops the loops; returns (served, failures).
+    fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for l in self.loops.drain(..) {
+            l.join().expect("client loop");
+        }
+        (self.served(), self.failures.lock().unwrap().clone())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for l in self.loops.drain(..) {
+            let _ = l.join();
+        }
+    }
+}
+
+/// Every old generation drains and goes: only the newest one's instances
+/// remain, exactly the processes alive. Returns them (`charon ps`).
+fn only_newest_generation(d: &Daemon) -> Vec<Value> {
+    let mut last = Vec::new();
+    wait_for(LONG, "only the newest generation left", || {
+        let ps = d.ps();
+        let gens: BTreeSet<u64> = ps.iter().filter_map(|i| i["generation"].as_u64()).collect();
+        let mut pids: Vec<i32> = ps
+            .iter()
+            .filter_map(|i| i["pid"].as_i64().map(|p| p as i32))
+            .collect();
+        pids.sort_unstable();
+        last = ps;
+        gens.len() <= 1 && pids == d.instances()
+    });
+    last
+}
+
+/// The program an instance runs.
+fn exe_of(pid: i64) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
+}
+
 #[test]
 fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
     let programs = [bin("charon-echo"), echo_service()];
@@ -214,41 +316,9 @@ fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
     };
     let d = Daemon::start(&[(KEY, &conf(0))], &[]);
     wait_for(LONG, "2 prestarted instances", || d.instances().len() == 2);
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let loops: Vec<_> = (0..4)
-        .map(|t| {
-            let (stop, served, failures) = (
-                Arc::clone(&stop),
-                Arc::clone(&served),
-                Arc::clone(&failures),
-            );
-            let mut client = d.client();
-            std::thread::spawn(move || {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = format!("loop {t} request {n}");
-                    match client.call(KEY, body.as_bytes()) {
-                        Ok(r) if r == body.as_bytes() => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(r) => failures.lock().unwrap().push(format!(
-                            "{body:?} answered {:?}",
-                            String::from_utf8_lossy(&r)
-                        )),
-                        Err(e) => failures.lock().unwrap().push(format!("{body:?}: {e}")),
-                    }
-                    n += 1;
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&d, 4);
     for i in 1..=20 {
-        let before = served.load(Ordering::Relaxed);
-        wait_for(LONG, "requests flowing before the reload", || {
-            served.load(Ordering::Relaxed) >= before + 20
-        });
+        load.wait_more(20, "requests flowing before the reload");
         d.write_conf(KEY, &conf(i));
         let (code, out, err) = d.charon(&["reload"]);
         assert_eq!(code, 0, "reload {i}: {out}{err}");
@@ -257,38 +327,21 @@ fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
             "reload {i}: {out}"
         );
     }
-    let before = served.load(Ordering::Relaxed);
-    wait_for(LONG, "requests after the last reload", || {
-        served.load(Ordering::Relaxed) >= before + 20
-    });
-    stop.store(true, Ordering::Relaxed);
-    for l in loops {
-        l.join().expect("client loop");
-    }
-    let failures = failures.lock().unwrap().clone();
+    load.wait_more(20, "requests after the last reload");
+    let (served, failures) = load.finish();
     assert!(
         failures.is_empty(),
-        "{} failed request(s) of {}: {:?}",
+        "{} failed request(s) of {served}: {:?}",
         failures.len(),
-        served.load(Ordering::Relaxed),
         &failures[..failures.len().min(10)]
     );
-    // Every old generation drains and goes: only the last one's instances
-    // remain, and they are exactly the processes alive.
-    let mut last = Vec::new();
-    wait_for(LONG, "only the newest generation left", || {
-        let ps = d.ps();
-        let gens: BTreeSet<u64> = ps.iter().filter_map(|i| i["generation"].as_u64()).collect();
-        let pids: Vec<i32> = ps
-            .iter()
-            .filter_map(|i| i["pid"].as_i64().map(|p| p as i32))
-            .collect();
-        let mut sorted = pids.clone();
-        sorted.sort_unstable();
-        last = ps;
-        gens.len() == 1 && sorted == d.instances()
-    });
+    let last = only_newest_generation(&d);
     assert!(last.len() >= 2, "{last:?}");
+    // The 20th config runs the first program again.
+    let want = programs[0].canonicalize().unwrap();
+    for i in &last {
+        assert_eq!(exe_of(i["pid"].as_i64().unwrap()), want, "{i}");
+    }
     let s = d.stats(KEY);
     assert_eq!(s["generation"], last[0]["generation"], "{s}");
     assert!(
@@ -297,10 +350,89 @@ fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
     );
     // Statistics carried over all generations (the live instances' last
     // batches arrive within about a second).
-    let total = served.load(Ordering::Relaxed);
     wait_for(LONG, "every served request counted", || {
-        d.stats(KEY)["requests"].as_u64().unwrap_or(0) >= total
+        d.stats(KEY)["requests"].as_u64().unwrap_or(0) >= served
     });
+}
+
+#[test]
+fn reload_of_an_on_demand_service_under_load_loses_nothing() {
+    let programs = [bin("charon-echo"), echo_service()];
+    let conf = |i: usize| {
+        echo_conf(
+            &programs[i % 2],
+            "minimum-processes = 1\nmaximum-processes = 4",
+        )
+    };
+    let d = Daemon::start(&[(KEY, &conf(0))], &[]);
+    let load = Load::start(&d, 4);
+    for i in 1..=10 {
+        load.wait_more(20, "requests flowing before the reload");
+        d.write_conf(KEY, &conf(i));
+        let (code, out, err) = d.charon(&["reload"]);
+        assert_eq!(code, 0, "reload {i}: {out}{err}");
+    }
+    load.wait_more(20, "requests after the last reload");
+    let (served, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed request(s) of {served}: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    let last = only_newest_generation(&d);
+    let want = programs[0].canonicalize().unwrap();
+    for i in &last {
+        assert_eq!(exe_of(i["pid"].as_i64().unwrap()), want, "{i}");
+    }
+}
+
+#[test]
+fn a_reload_during_a_reload_supersedes_the_pending_generation() {
+    let echo = bin("charon-echo");
+    let slow = format!(
+        "exec = [\"/bin/sh\", \"-c\", \"sleep 2; exec {}\"]\nprestart-processes = true\nminimum-processes = 2\n",
+        echo.display()
+    );
+    let fast = |min: u32| {
+        echo_conf(
+            &echo,
+            &format!("prestart-processes = true\nminimum-processes = {min}"),
+        )
+    };
+    let d = Daemon::start(&[(KEY, &fast(1))], &[]);
+    wait_for(LONG, "1 instance", || d.instances().len() == 1);
+    let load = Load::start(&d, 2);
+    load.wait_more(20, "requests flowing");
+    // A change whose instances take 2 s to come up, then another change
+    // while it is still pending.
+    d.write_conf(KEY, &slow);
+    d.proc.as_ref().unwrap().signal(Signal::SIGHUP);
+    wait_for(LONG, "the slow generation pending", || {
+        d.log().contains("starting generation")
+    });
+    d.write_conf(KEY, &fast(3));
+    let (code, out, err) = d.charon(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("changed: {KEY}")), "{out}");
+    assert!(
+        d.log().contains("superseded by a later reload"),
+        "{}",
+        d.log()
+    );
+    load.wait_more(20, "requests after the reloads");
+    let (served, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {served} failed: {failures:?}",
+        failures.len()
+    );
+    let last = only_newest_generation(&d);
+    assert!(last.len() >= 3, "the last config's minimum: {last:?}");
+    let want = echo.canonicalize().unwrap();
+    for i in &last {
+        assert_eq!(exe_of(i["pid"].as_i64().unwrap()), want, "{i}");
+    }
 }
 
 #[test]
