@@ -2,7 +2,8 @@
 //! stands in for fork/exec and kill, exits are fed to `on_reaped` by hand,
 //! and real sockets, pipes and a real scoreboard carry the rest. What the
 //! automaton decides is tested in `service/transition.rs`; here, that the
-//! loop carries it out (slots, signals, fast fail, recycling, shutdown).
+//! loop carries it out (slots, signals, fast fail, recycling, shutdown, a
+//! reload's swap of generations).
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -21,6 +22,7 @@ use nix::sys::socket::{send, socketpair, AddressFamily, MsgFlags, SockFlag, Sock
 
 use crate::config::ServiceConfig;
 use crate::event_loop::{Bound, Manager, Paths, Watch};
+use crate::reload::Gen;
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};
 use crate::signals::Signals;
@@ -381,4 +383,110 @@ fn garbage_reports_are_counted_not_trusted() {
     let stats = &r.m.services[0].stats;
     assert_eq!((stats.requests, stats.faults, stats.retried), (1, 1, 1));
     assert_eq!(r.m.procs.get(id).map(|i| i.bad_reports), Some(3));
+}
+
+fn inode(p: &std::path::Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
+}
+
+/// A reload with the service's file changed: (old index, pending index).
+fn reload_changed(r: &mut Rig) -> (usize, usize) {
+    std::fs::write(
+        r.dir.path().join("conf/system.echo.0.raw.toml"),
+        "exec = \"/bin/true\"\nprestart-processes = true\nminimum-processes = 1\n",
+    )
+    .unwrap();
+    r.m.reload(None);
+    r.m.process_events();
+    let pending =
+        r.m.services
+            .iter()
+            .find(|(_, v)| matches!(v.gen, Gen::Pending { .. }))
+            .map(|(s, _)| s)
+            .expect("a pending generation");
+    (0, pending)
+}
+
+#[test]
+fn a_changed_file_swaps_generations_once_the_new_one_is_up_then_drains_the_old() {
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.minimum_processes = 1;
+    });
+    r.begin();
+    let old = r.pids()[0];
+    r.m.services[0]
+        .board
+        .slot(0)
+        .unwrap()
+        .set_state(SlotState::Idle);
+    let path = r.dir.path().join("run/system.echo.0.raw.sock");
+    let old_ino = inode(&path);
+    let (o, p) = reload_changed(&mut r);
+    let new = r.pids()[1];
+    let tmp = r.m.services[p].sock_path.clone();
+    assert!(tmp.exists() && tmp != path, "bound at a temporary name");
+    let new_ino = inode(&tmp);
+    // Not up yet: the old generation keeps the path and its instance.
+    let now = Instant::now();
+    assert!(r.m.generation_step(p, now));
+    assert!(matches!(r.m.services[p].gen, Gen::Pending { .. }));
+    assert_eq!(inode(&path), old_ino);
+    assert!(r.seen.borrow().signals.is_empty());
+    // Up: renamed over the path, and the old instance is told to drain.
+    let slot = r.m.procs.get(r.id_of(new)).unwrap().slot;
+    r.m.services[p]
+        .board
+        .slot(slot)
+        .unwrap()
+        .set_state(SlotState::Idle);
+    assert!(r.m.generation_step(p, now));
+    assert_eq!(r.m.services[p].gen, Gen::Live);
+    assert_eq!(inode(&path), new_ino);
+    assert!(!tmp.exists());
+    assert!(matches!(r.m.services[o].gen, Gen::Draining { .. }));
+    r.m.process_events();
+    assert!(r.m.generation_step(o, Instant::now()));
+    assert_eq!(
+        r.seen.borrow().signals,
+        [(old, charon_protocol::managed::DRAIN_SIGNAL)]
+    );
+    // The old instance leaves; once the linger is over the generation is
+    // freed and its figures carried over.
+    r.exit(old, WaitStatus::Exited(0));
+    assert!(!r
+        .m
+        .generation_step(o, Instant::now() + Duration::from_secs(2)));
+    assert!(r.m.services.get(o).is_none());
+    let stats = &r.m.services[p].stats;
+    assert_eq!(stats.exits.get("reload"), Some(&1));
+    assert_eq!(stats.launches, 2, "both generations' launches");
+}
+
+#[test]
+fn a_new_generation_that_exits_before_it_is_up_leaves_the_old_one() {
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.minimum_processes = 1;
+    });
+    r.begin();
+    let path = r.dir.path().join("run/system.echo.0.raw.sock");
+    let old_ino = inode(&path);
+    let (o, p) = reload_changed(&mut r);
+    let new = r.pids()[1];
+    let tmp = r.m.services[p].sock_path.clone();
+    r.exit(new, WaitStatus::Exited(2));
+    assert!(r.m.generation_step(p, Instant::now()));
+    assert_eq!(r.m.services[o].gen, Gen::Live, "the old one serves on");
+    assert_eq!(inode(&path), old_ino);
+    assert!(!tmp.exists(), "the temporary socket is removed");
+    assert!(
+        !r.m.generation_step(p, Instant::now()),
+        "and the failed one freed"
+    );
+    assert!(r.m.services.get(p).is_none());
+    assert!(
+        r.seen.borrow().signals.is_empty(),
+        "nothing signalled the old one"
+    );
 }
