@@ -13,7 +13,7 @@ use charon_protocol::scoreboard::SlotState;
 
 use crate::event_loop::{Manager, Watch};
 use crate::log::{info, warning};
-use crate::reload::{Gen, RECHECK};
+use crate::reload::{Gen, READY_DEADLINE, RECHECK};
 use crate::scaling::waiting;
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};
@@ -71,6 +71,10 @@ impl Manager {
             // until the library reports it up.
             if matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
                 self.drain_instance(id, now);
+            } else if now.saturating_duration_since(inst.started) > READY_DEADLINE {
+                // Never came up: it serves nothing, so stopping it loses
+                // nothing (and SIGKILL follows after stop-grace).
+                self.stop_instance(id, KillReason::Reload);
             } else {
                 starting = true;
             }
