@@ -21,8 +21,14 @@ use proptest::prelude::*;
 use proptest::sample::select;
 
 fn config() -> ProptestConfig {
+    // PROPTEST_CASES overrides the count: fewer under Miri, more for a
+    // deeper search by hand.
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     ProptestConfig {
-        cases: 256,
+        cases,
         // Integration tests have no lib.rs for proptest to anchor a
         // regressions file to; a failure prints its minimal input instead.
         failure_persistence: None,
