@@ -285,6 +285,9 @@ impl Manager {
         };
         match svc.gen {
             Gen::Live => true,
+            // Stopping: its socket is already removed and its instances
+            // told to stop; it must not be renamed into place.
+            Gen::Pending { .. } if self.stopping => true,
             Gen::Pending { deadline } => {
                 if let Some(why) = self.services[s].gen_failure.clone() {
                     self.pending_failed(s, why);

@@ -153,13 +153,16 @@ impl Manager {
     ///
     /// `key` is not configured.
     pub(crate) fn ps_json(&self, key: Option<&str>) -> Result<Value, String> {
-        let keys = self.keys(key)?;
+        // An unknown key is an error, not an empty list.
+        self.keys(key)?;
         let now = Instant::now();
         let ns = now_ns();
         let mut out = Vec::new();
         for (_, i) in self.procs.iter() {
             let svc = &self.services[i.service];
-            if !keys.iter().any(|(k, _)| k == svc.key()) {
+            // Without a key, also the instances of removed services that
+            // are still draining.
+            if key.is_some_and(|k| k != svc.key()) {
                 continue;
             }
             let snap = svc.board.slot(i.slot).map(|sl| sl.snapshot());
