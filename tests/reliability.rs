@@ -1145,6 +1145,9 @@ fn the_run_dir_is_safe_and_one_writable_by_others_is_refused() {
     let meta = std::fs::metadata(&d.run).expect("run dir");
     assert_eq!(meta.mode() & 0o7777, 0o755);
     assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    let control = std::fs::metadata(d.run.join("charond.sock")).expect("control socket");
+    assert_eq!(control.mode() & 0o7777, 0o600, "control socket owner-only");
+    assert_eq!(control.uid(), nix::unistd::geteuid().as_raw());
 
     let dir = TestDir::new();
     let conf = dir.mkdir("conf");
@@ -1264,4 +1267,47 @@ fn instances_get_only_the_documented_environment() {
     assert_eq!(names, want, "{vars:?}");
     assert!(vars.contains("CHARON_ALLOWED_UIDS=0,1000"), "{vars:?}");
     assert!(vars.contains("GREETING=hi"), "{vars:?}");
+}
+
+/// One control request line and its answer line.
+fn control(run: &Path, line: &[u8]) -> String {
+    let mut s = UnixStream::connect(run.join("charond.sock")).expect("control socket");
+    s.set_read_timeout(Some(LONG)).expect("timeout");
+    s.write_all(line).expect("write");
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).expect("answer");
+    answer
+}
+
+#[test]
+fn random_bytes_at_the_control_socket_never_stop_it_answering() {
+    let d = Daemon::start(&[(KEY, &echo(""))], &[]);
+    let mut rng = Rng::new();
+    let n = size(200, 5000);
+    let mut errors = 0;
+    for i in 0..n {
+        let len = rng.below(300);
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if i % 3 == 0 {
+            // Something JSON-like, to get past the first byte.
+            bytes.splice(0..0, b"{\"cmd\":".iter().copied());
+        }
+        bytes.push(b'\n');
+        let mut s = UnixStream::connect(d.run.join("charond.sock")).expect("connect");
+        s.set_read_timeout(Some(LONG)).expect("timeout");
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        errors += out.matches("\"ok\":false").count();
+    }
+    // A line past the limit is an error, not an allocation without end.
+    let mut long = vec![b'x'; 200 * 1024];
+    long.push(b'\n');
+    assert!(control(&d.run, &long).contains("\"ok\":false"));
+    println!("control fuzz: {n} connections, {errors} error answers");
+    assert!(errors >= n / 2, "{errors} of {n}");
+    let v = control(&d.run, b"{\"cmd\":\"version\"}\n");
+    assert!(v.contains("\"ok\":true"), "{v}");
+    assert_eq!(d.client().call(KEY, b"sane").expect("served"), b"sane");
 }
