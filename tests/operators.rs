@@ -68,12 +68,15 @@ impl Daemon {
             conf,
             _dir: dir,
         };
-        wait_for(LONG, "the control and service sockets", || {
-            d.run.join("charond.sock").exists()
-                && services
-                    .iter()
-                    .all(|(k, _)| d.run.join(format!("{k}.sock")).exists())
+        // The control socket answers only once the loop runs, i.e. after
+        // every service socket is bound and listening (a socket file
+        // exists a moment before it listens).
+        wait_for(LONG, "charond to answer on its control socket", || {
+            control_answers(&d.run)
         });
+        for (k, _) in services {
+            assert!(d.run.join(format!("{k}.sock")).exists(), "{k} is served");
+        }
         d
     }
 
@@ -126,6 +129,19 @@ impl Daemon {
     fn instances(&self) -> Vec<i32> {
         instances_of(&self.run)
     }
+}
+
+/// True if charond answers a `version` request on its control socket.
+fn control_answers(run: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(run.join("charond.sock")) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"{\"cmd\":\"version\"}\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.contains("\"ok\":true")
 }
 
 /// Live processes whose environment names our run dir.
