@@ -249,3 +249,40 @@ fn answer_forever(server: &tiny_http::Server, rx: &Receiver<String>) {
         let _ = req.respond(resp);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_series_has_help_and_type_first_and_labels_are_escaped() {
+        let stats = json!({"services": [{
+            "key": "a.b.0.raw", "state": "backoff", "requests": 5, "faults": 1,
+            "instances": {"running": 2, "busy": 1, "idle": 1, "max": 4},
+            "latency_us": {"p50": 10, "p90": 20, "p99": 30, "p999": 40, "max": 50},
+            "exits": {"clean": 1, "we\"ird": 2},
+            "backoff_remaining_s": 1.5,
+        }]});
+        let text = prometheus(&stats);
+        let mut declared = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(declared.contains(name), "{line}");
+            }
+        }
+        assert!(text.contains("charon_requests_total{key=\"a.b.0.raw\"} 5"));
+        assert!(text.contains("charon_backoff_remaining_seconds{key=\"a.b.0.raw\"} 1.5"));
+        assert!(text.contains("charon_exits_total{key=\"a.b.0.raw\",reason=\"we\\\"ird\"} 2"));
+        assert!(text.contains("charon_state{key=\"a.b.0.raw\",state=\"backoff\"} 1"));
+        assert!(text.contains("charon_state{key=\"a.b.0.raw\",state=\"idle\"} 0"));
+        assert!(
+            text.contains("charon_latency_microseconds{key=\"a.b.0.raw\",quantile=\"0.99\"} 30")
+        );
+        // Absent fields are left out, not written as zero.
+        assert!(!text.contains("charon_queue_depth{"));
+    }
+}
