@@ -12,25 +12,21 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use charon_protocol::scoreboard::{Scoreboard, SlotState};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::fcntl::Flock;
 
-use crate::config::ServiceConfig;
 use crate::control::Control;
 use crate::log::{info, warning};
 use crate::process_table::ProcessTable;
 use crate::queue::QueueProbe;
 use crate::reload::{Gen, PendingReload};
-use crate::service::backoff::{Backoff, CrashTally};
-use crate::service::state::{Mode, ServiceState};
+use crate::service::state::Mode;
 use crate::service::transition::{self, Action, Event};
 use crate::services::Services;
+pub(crate) use crate::services::{Bound, Svc};
 use crate::signals::{Sig, Signals};
 use crate::spawn::Spawner;
-use crate::stats::Stats;
-use crate::stderr::RateLimit;
 
 pub(crate) const SIGNALS: Token = Token(0);
 const LISTEN_BASE: usize = 1;
@@ -88,90 +84,6 @@ pub(crate) enum Watch {
     /// Every instance is busy below the maximum: a new connection means
     /// grow (the manager never accepts it).
     Saturated,
-}
-
-/// One configured service at run time.
-pub(crate) struct Svc {
-    pub config: ServiceConfig,
-    pub listen: OwnedFd,
-    pub sock_path: PathBuf,
-    pub board: Scoreboard,
-    pub board_fd: OwnedFd,
-    pub used_slots: Vec<bool>,
-    pub state: ServiceState,
-    pub watch: Watch,
-    pub stats: Stats,
-    pub stderr_limit: RateLimit,
-    /// Re-check saturation at this time (while every instance is busy).
-    pub sat_check: Option<Instant>,
-    /// Advance recycling at this time (while a replacement comes up).
-    pub recycle_check: Option<Instant>,
-    /// Inode of the listening socket, for queue-depth queries.
-    pub ino: u64,
-    /// Live, pending (a reload's replacement coming up) or draining.
-    pub gen: Gen,
-    /// Counts generations of all keys, for logs and `charon ps`.
-    pub generation: u64,
-    /// Advance a pending or draining generation at this time.
-    pub gen_check: Option<Instant>,
-    /// Instances started to serve a draining generation's queue.
-    pub drain_spawns: u32,
-    /// Why a pending generation cannot take over (an instance left early).
-    pub gen_failure: Option<String>,
-}
-
-impl Svc {
-    pub(crate) fn key(&self) -> &str {
-        self.config.key.as_str()
-    }
-
-    /// A generation around a bound socket and scoreboard.
-    pub(crate) fn new(b: Bound, gen: Gen, generation: u64, now: Instant) -> Svc {
-        let Bound {
-            config,
-            listen,
-            sock_path,
-            board,
-            board_fd,
-        } = b;
-        let state = ServiceState::new(
-            config.minimum_processes,
-            config.prestart_processes,
-            Backoff::new(config.backoff_initial, config.exec_failure_backoff),
-            CrashTally::new(config.crash_loop_count, config.crash_loop_interval),
-        );
-        let slots = board.slot_count() as usize;
-        let ino = nix::sys::stat::fstat(&listen).map_or(0, |st| st.st_ino);
-        Svc {
-            config,
-            listen,
-            sock_path,
-            board,
-            board_fd,
-            used_slots: vec![false; slots],
-            state,
-            watch: Watch::Off,
-            stats: Stats::new(),
-            stderr_limit: RateLimit::new(now),
-            sat_check: None,
-            recycle_check: None,
-            ino,
-            gen,
-            generation,
-            gen_check: None,
-            drain_spawns: 0,
-            gen_failure: None,
-        }
-    }
-}
-
-/// A service ready to run: its config, bound socket and scoreboard.
-pub(crate) struct Bound {
-    pub config: ServiceConfig,
-    pub listen: OwnedFd,
-    pub sock_path: PathBuf,
-    pub board: Scoreboard,
-    pub board_fd: OwnedFd,
 }
 
 /// Paths and options the loop needs.
@@ -454,20 +366,7 @@ impl Manager {
         }
         if now >= self.next_stats {
             self.next_stats = now + self.paths.stats_interval;
-            for (s, svc) in self.services.iter() {
-                if svc.gen != Gen::Live {
-                    continue;
-                }
-                let (mut busy, mut idle) = (0, 0);
-                for (_, i) in self.procs.iter().filter(|(_, i)| i.service == s) {
-                    match svc.board.slot(i.slot).and_then(|sl| sl.state()) {
-                        Some(SlotState::Busy) => busy += 1,
-                        Some(SlotState::Idle) => idle += 1,
-                        _ => {}
-                    }
-                }
-                info!(Some(svc.key()), None, "{}", svc.stats.summary(busy, idle));
-            }
+            self.log_stats();
         }
     }
 
@@ -506,23 +405,6 @@ impl Manager {
         let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
         for id in ids {
             self.stop_instance(id, crate::service::state::KillReason::Shutdown);
-        }
-    }
-}
-
-impl Manager {
-    /// Hands fresh Prometheus text to the `/metrics` thread, if there is
-    /// one. Never waits: when the thread has not taken the last one, this
-    /// one is dropped and the next tick tries again.
-    fn publish_metrics(&mut self) {
-        if self.metrics.is_none() {
-            return;
-        }
-        if let Ok(v) = self.stats_json(None) {
-            let text = crate::metrics::prometheus(&v);
-            if let Some(tx) = &self.metrics {
-                let _ = tx.try_send(text);
-            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The services the loop runs, as a slab of generations: each configured
+//! The services the loop runs: each generation's socket, scoreboard, state
+//! and figures (`Svc`), kept in a slab: each configured
 //! key has one live generation, and for a while after a reload also the
 //! generation it replaced (draining) or the one about to replace it
 //! (pending). An index names one generation for its whole life (its
@@ -7,8 +8,103 @@
 //! the loop's and `reload.rs`'s business.
 
 use std::ops::{Index, IndexMut};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Instant;
 
-use crate::event_loop::Svc;
+use charon_protocol::scoreboard::Scoreboard;
+
+use crate::config::ServiceConfig;
+use crate::event_loop::Watch;
+use crate::reload::Gen;
+use crate::service::backoff::{Backoff, CrashTally};
+use crate::service::state::ServiceState;
+use crate::stats::Stats;
+use crate::stderr::RateLimit;
+
+/// One configured service at run time.
+pub(crate) struct Svc {
+    pub config: ServiceConfig,
+    pub listen: OwnedFd,
+    pub sock_path: PathBuf,
+    pub board: Scoreboard,
+    pub board_fd: OwnedFd,
+    pub used_slots: Vec<bool>,
+    pub state: ServiceState,
+    pub watch: Watch,
+    pub stats: Stats,
+    pub stderr_limit: RateLimit,
+    /// Re-check saturation at this time (while every instance is busy).
+    pub sat_check: Option<Instant>,
+    /// Advance recycling at this time (while a replacement comes up).
+    pub recycle_check: Option<Instant>,
+    /// Inode of the listening socket, for queue-depth queries.
+    pub ino: u64,
+    /// Live, pending (a reload's replacement coming up) or draining.
+    pub gen: Gen,
+    /// Counts generations of all keys, for logs and `charon ps`.
+    pub generation: u64,
+    /// Advance a pending or draining generation at this time.
+    pub gen_check: Option<Instant>,
+    /// Instances started to serve a draining generation's queue.
+    pub drain_spawns: u32,
+    /// Why a pending generation cannot take over (an instance left early).
+    pub gen_failure: Option<String>,
+}
+
+impl Svc {
+    pub(crate) fn key(&self) -> &str {
+        self.config.key.as_str()
+    }
+
+    /// A generation around a bound socket and scoreboard.
+    pub(crate) fn new(b: Bound, gen: Gen, generation: u64, now: Instant) -> Svc {
+        let Bound {
+            config,
+            listen,
+            sock_path,
+            board,
+            board_fd,
+        } = b;
+        let state = ServiceState::new(
+            config.minimum_processes,
+            config.prestart_processes,
+            Backoff::new(config.backoff_initial, config.exec_failure_backoff),
+            CrashTally::new(config.crash_loop_count, config.crash_loop_interval),
+        );
+        let slots = board.slot_count() as usize;
+        let ino = nix::sys::stat::fstat(&listen).map_or(0, |st| st.st_ino);
+        Svc {
+            config,
+            listen,
+            sock_path,
+            board,
+            board_fd,
+            used_slots: vec![false; slots],
+            state,
+            watch: Watch::Off,
+            stats: Stats::new(),
+            stderr_limit: RateLimit::new(now),
+            sat_check: None,
+            recycle_check: None,
+            ino,
+            gen,
+            generation,
+            gen_check: None,
+            drain_spawns: 0,
+            gen_failure: None,
+        }
+    }
+}
+
+/// A service ready to run: its config, bound socket and scoreboard.
+pub(crate) struct Bound {
+    pub config: ServiceConfig,
+    pub listen: OwnedFd,
+    pub sock_path: PathBuf,
+    pub board: Scoreboard,
+    pub board_fd: OwnedFd,
+}
 
 /// The slab.
 #[derive(Default)]

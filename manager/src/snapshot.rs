@@ -11,6 +11,7 @@ use charon_protocol::scoreboard::{now_ns, SlotState};
 use serde_json::{json, Map, Value};
 
 use crate::event_loop::Manager;
+use crate::log::info;
 use crate::reload::Gen;
 use crate::service::state::{KillReason, Mode};
 use crate::stats::Stats;
@@ -41,6 +42,39 @@ pub(crate) fn exit_name(class: &str) -> &str {
 }
 
 impl Manager {
+    /// The periodic report: one `stats:` line per live service.
+    pub(crate) fn log_stats(&self) {
+        for (s, svc) in self.services.iter() {
+            if svc.gen != Gen::Live {
+                continue;
+            }
+            let (mut busy, mut idle) = (0, 0);
+            for (_, i) in self.procs.iter().filter(|(_, i)| i.service == s) {
+                match svc.board.slot(i.slot).and_then(|sl| sl.state()) {
+                    Some(SlotState::Busy) => busy += 1,
+                    Some(SlotState::Idle) => idle += 1,
+                    _ => {}
+                }
+            }
+            info!(Some(svc.key()), None, "{}", svc.stats.summary(busy, idle));
+        }
+    }
+
+    /// Hands fresh Prometheus text to the `/metrics` thread, if there is
+    /// one. Never waits: when the thread has not taken the last one, this
+    /// one is dropped and the next tick tries again.
+    pub(crate) fn publish_metrics(&mut self) {
+        if self.metrics.is_none() {
+            return;
+        }
+        if let Ok(v) = self.stats_json(None) {
+            let text = crate::metrics::prometheus(&v);
+            if let Some(tx) = &self.metrics {
+                let _ = tx.try_send(text);
+            }
+        }
+    }
+
     /// `{"ok":true,"services":[...]}`, every live key or just `key`.
     ///
     /// # Errors
