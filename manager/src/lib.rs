@@ -17,6 +17,13 @@
 //! The only `unsafe` code (fork/exec, wait4, accept4, sigaction) lives in
 //! `sys`.
 //!
+//! Each service runs as one or more *generations* (`services`): a reload
+//! (`reload`) brings up a changed service's new generation at a temporary
+//! socket name and renames it over the old socket once it is ready, then
+//! drains the old one (`drain`). Operators read the figures (`snapshot`)
+//! through the control socket ([`control`], `<run-dir>/charond.sock`) or as
+//! Prometheus text ([`metrics`]).
+//!
 //! ```no_run
 //! let opts = charon_manager::Options {
 //!     config_dir: "demo".into(),
