@@ -254,10 +254,9 @@ impl Manager {
     fn start_pending(&mut self, c: ServiceConfig) -> Result<(), String> {
         let generation = self.take_generation();
         let key = c.key.as_str().to_string();
-        let tmp = self
-            .paths
-            .run_dir
-            .join(format!(".gen{generation}.{}", c.key.socket_file_name()));
+        // Short and unique: a long key must not push the temporary path
+        // past the 107 bytes a Unix socket path may have.
+        let tmp = self.paths.run_dir.join(format!(".gen{generation}.sock"));
         let b = startup::bind_generation(c, tmp)?;
         let now = Instant::now();
         let mut svc = Svc::new(
