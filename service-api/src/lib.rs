@@ -63,11 +63,11 @@
 //!    request's start time, client and size while serving, exiting when
 //!    leaving) and batches one record per request (time, sizes, outcome,
 //!    attempt) on the report channel, sent without blocking when 64 are
-//!    batched, when the oldest is a second old, and when the instance goes
-//!    idle: a busy instance wakes the manager about once a second, never
-//!    per request, and a full channel loses a batch rather than delay a
-//!    client. When the manager asks for hints and no instance is idle, the
-//!    instance says it is saturated (rate-limited across instances); when
+//!    batched or when the oldest is a second old (an idle instance wakes up
+//!    to send it then), and at `exit()`: an instance wakes the manager
+//!    about once a second at most, never per request, and a full channel
+//!    loses a batch rather than delay a client. When the manager asks for
+//!    hints and no instance is idle, the instance says it is saturated (rate-limited across instances); when
 //!    the slot's request limit is reached it says it is retiring, once, and
 //!    serves on until the manager, having started a replacement, sends
 //!    SIGTERM. If the manager goes away (its end of the report channel

@@ -2,16 +2,19 @@
 //! report channel to the manager.
 //!
 //! Per-request records are batched and sent without blocking, so the
-//! manager is woken about once a second per busy instance, never per
-//! request; a batch that cannot be sent at once is dropped rather than
-//! delay a request. Deciding *when* the instance is idle or leaving is left
+//! manager is woken about once a second per instance, never per request;
+//! a batch that cannot be sent at once is dropped rather than delay a
+//! request. The batch a service leaves behind when it calls `exit()` is
+//! sent by an exit hook ([`Managed::flush_at_exit`]). Deciding *when* the instance is idle or leaving is left
 //! to `service.rs`; this module only keeps the slot and the batch honest.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use charon_protocol::managed::REPORT_FD;
 use charon_protocol::report::{encode_records, encode_signal, Message, Record, MAX_RECORDS};
 use charon_protocol::scoreboard::{now_ns, Scoreboard, Slot, SlotState};
 use nix::errno::Errno;
@@ -22,6 +25,43 @@ const FLUSH_AGE: Duration = Duration::from_secs(1);
 /// Least gap between two saturation hints from all instances of a service.
 const HINT_GAP_NS: u64 = 2_000_000;
 
+/// The unsent records, shared with the exit hook.
+#[derive(Debug)]
+struct Batch {
+    records: Vec<Record>,
+    oldest: Option<Instant>,
+    /// False once the report channel is closed (or the manager gone): the
+    /// exit hook must not send then.
+    open: bool,
+}
+
+/// The batch of the process's own managed instance, for the exit hook.
+static AT_EXIT: OnceLock<Arc<Mutex<Batch>>> = OnceLock::new();
+
+/// Runs at `exit()`: sends what the instance still holds, so records of a
+/// service that exits on its own are not lost. Never blocks, never panics
+/// (it runs inside libc's `exit`).
+extern "C" fn flush_batch_at_exit() {
+    let Some(shared) = AT_EXIT.get() else {
+        return;
+    };
+    // Held only if exit() was called from inside a batch update, which no
+    // library code does; then the records are given up.
+    let Ok(mut b) = shared.try_lock() else {
+        return;
+    };
+    if !b.open || b.records.is_empty() {
+        return;
+    }
+    let msg = encode_records(&b.records);
+    b.records.clear();
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    // The channel is open (`open`), so it is still at the fd the manager
+    // arranged: Managed adopted it there and closes it only after clearing
+    // `open`.
+    let _ = send(REPORT_FD, &msg, flags);
+}
+
 /// The scoreboard slot and report channel of a managed instance.
 #[derive(Debug)]
 pub(crate) struct Managed {
@@ -31,8 +71,7 @@ pub(crate) struct Managed {
     _scoreboard_fd: OwnedFd,
     slot: u32,
     report: OwnedFd,
-    batch: Vec<Record>,
-    oldest: Option<Instant>,
+    batch: Arc<Mutex<Batch>>,
     retiring_sent: bool,
     manager_gone: bool,
 }
@@ -50,8 +89,11 @@ impl Managed {
             _scoreboard_fd: scoreboard_fd,
             slot,
             report,
-            batch: Vec::with_capacity(MAX_RECORDS),
-            oldest: None,
+            batch: Arc::new(Mutex::new(Batch {
+                records: Vec::with_capacity(MAX_RECORDS),
+                oldest: None,
+                open: true,
+            })),
             retiring_sent: false,
             manager_gone: false,
         }
@@ -59,6 +101,23 @@ impl Managed {
 
     fn slot(&self) -> Option<&Slot> {
         self.scoreboard.slot(self.slot)
+    }
+
+    fn batch(&self) -> MutexGuard<'_, Batch> {
+        // Nothing panics while holding it; a poisoned batch is still valid.
+        self.batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes `exit()` send the unsent batch: for the process's one managed
+    /// instance, whose report channel is at [`REPORT_FD`].
+    pub(crate) fn flush_at_exit(&self) -> io::Result<()> {
+        debug_assert_eq!(self.report.as_raw_fd(), REPORT_FD);
+        if AT_EXIT.set(Arc::clone(&self.batch)).is_ok() {
+            crate::sys::at_exit(flush_batch_at_exit)?;
+        }
+        Ok(())
     }
 
     /// The report channel, to poll for the manager hanging up.
@@ -98,12 +157,15 @@ impl Managed {
     /// retire once the request limit is reached.
     pub(crate) fn finish(&mut self, record: Record) {
         let served = self.slot().map_or(0, |s| s.finish(now_ns()));
-        if self.batch.is_empty() {
-            self.oldest = Some(Instant::now());
-        }
-        self.batch.push(record);
-        if self.batch.len() >= MAX_RECORDS || self.oldest.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
-        {
+        let due = {
+            let mut b = self.batch();
+            if b.records.is_empty() {
+                b.oldest = Some(Instant::now());
+            }
+            b.records.push(record);
+            b.records.len() >= MAX_RECORDS || b.oldest.is_some_and(|t| t.elapsed() >= FLUSH_AGE)
+        };
+        if due {
             self.flush();
         }
         let limit = self
@@ -119,29 +181,37 @@ impl Managed {
     /// A record for a connection refused before it became a request
     /// (garbage, timeout): batched, but not counted in the slot.
     pub(crate) fn note(&mut self, record: Record) {
-        if self.batch.is_empty() {
-            self.oldest = Some(Instant::now());
-        }
-        self.batch.push(record);
-        if self.batch.len() >= MAX_RECORDS {
+        let full = {
+            let mut b = self.batch();
+            if b.records.is_empty() {
+                b.oldest = Some(Instant::now());
+            }
+            b.records.push(record);
+            b.records.len() >= MAX_RECORDS
+        };
+        if full {
             self.flush();
         }
     }
 
     /// When the oldest unsent record will be due for sending, if any.
     pub(crate) fn flush_due(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + FLUSH_AGE)
+        self.batch().oldest.map(|t| t + FLUSH_AGE)
     }
 
     /// Sends the batch now (going idle or leaving), or drops it if the
     /// channel is full.
     pub(crate) fn flush(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let msg = encode_records(&self.batch);
-        self.batch.clear();
-        self.oldest = None;
+        let msg = {
+            let mut b = self.batch();
+            if b.records.is_empty() {
+                return;
+            }
+            let msg = encode_records(&b.records);
+            b.records.clear();
+            b.oldest = None;
+            msg
+        };
         self.send_now(&msg);
     }
 
@@ -179,6 +249,8 @@ impl Managed {
 impl Drop for Managed {
     fn drop(&mut self) {
         self.flush();
+        // Before the channel's fd closes (fields drop after this body).
+        self.batch().open = false;
         self.set_state(SlotState::Exiting);
     }
 }

@@ -150,6 +150,9 @@ fn managed(slot_text: &str) -> Result<Setup, Error> {
         .set_nonblocking(true)
         .map_err(|e| Error::io("make the rendezvous socket non-blocking", e))?;
     let managed = Managed::new(scoreboard, sb_fd, slot, report);
+    managed
+        .flush_at_exit()
+        .map_err(|e| Error::io("register the exit hook for the report channel", e))?;
     managed.set_state(SlotState::Starting);
     Ok(Setup {
         mode: Mode::Managed,

@@ -289,10 +289,19 @@ impl Core {
                 // Draining (SIGUSR1): the queue is empty, so we are done.
                 Some(libc::EAGAIN) if sys::drain_requested() => return Ok(false),
                 Some(libc::EAGAIN) => {
-                    // Going idle: the batch goes out now, then we wait.
+                    // Going idle. The batch goes out once it is due, not at
+                    // every gap: at low load each request ends in a short
+                    // idle gap, and flushing there woke the manager once
+                    // per request (measured with strace -c: one report and
+                    // one manager epoll wake-up per request). A wait that
+                    // outlasts the due time ends to send it.
+                    let mut due = None;
                     if let Some(m) = managed.as_mut() {
                         m.set_state(SlotState::Idle);
-                        m.flush();
+                        match m.flush_due() {
+                            Some(d) if d <= Instant::now() => m.flush(),
+                            d => due = d,
+                        }
                     }
                     // A fixed array, so waiting allocates nothing; the
                     // report channel (managed mode only) is the third entry.
@@ -303,7 +312,7 @@ impl Core {
                         PollFd::new(report.unwrap_or(*stop_fd), PollFlags::POLLIN),
                     ];
                     let fds = &mut all[..if report.is_some() { 3 } else { 2 }];
-                    wait(fds, None).map_err(|e| Error::io("wait for a connection", e))?;
+                    wait(fds, due).map_err(|e| Error::io("wait for a connection", e))?;
                     let hup = fds.get(2).is_some_and(|f| ready(f, READABLE));
                     if hup {
                         if let Some(m) = managed.as_mut() {

@@ -1,6 +1,6 @@
 //! The one home of `unsafe` in this crate: the SIGTERM/SIGINT/SIGUSR1 handler and
 //! its wake-up eventfd, adopting the file descriptors a launcher arranged (fds 3,
-//! 4 and 5), mapping the scoreboard, and a non-blocking `accept4`.
+//! 4 and 5), mapping the scoreboard, a non-blocking `accept4`, and an exit hook.
 //!
 //! Everything here is a thin, checked wrapper returning `io::Result`; the
 //! policy (which mode, when to stop) is left to `mode.rs` and `service.rs`.
@@ -166,4 +166,16 @@ pub(crate) fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<UnixStr
     // SAFETY: accept4 succeeded, so `fd` is a new descriptor nobody else
     // owns.
     Ok(UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Registers `hook` to run when the process calls `exit()` (as
+/// `std::process::exit` does), after main returns, but not on a signal.
+pub(crate) fn at_exit(hook: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: atexit(3) only records the pointer; `hook` is a plain
+    // function that lives as long as the program, takes no arguments and
+    // cannot unwind (an `extern "C" fn` aborts instead).
+    if unsafe { libc::atexit(hook) } != 0 {
+        return Err(io::Error::other("atexit refused the hook"));
+    }
+    Ok(())
 }
