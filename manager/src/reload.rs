@@ -201,6 +201,14 @@ impl Manager {
             let key = c.key.as_str().to_string();
             if let Some(old) = self.pending_of(&key) {
                 self.pending_failed(old, "superseded by a later reload".into());
+                // Back to what runs: nothing more to bring up.
+                if self
+                    .live_of(&key)
+                    .is_some_and(|l| self.services[l].config == c)
+                {
+                    report.unchanged.push(key);
+                    continue;
+                }
             }
             match self.start_pending(c) {
                 Ok(()) => {
