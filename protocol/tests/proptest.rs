@@ -73,10 +73,6 @@ fn context() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
     )
 }
 
-fn body() -> impl Strategy<Value = Vec<u8>> {
-    body_upto(4096)
-}
-
 fn body_upto(max: usize) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..max)
 }
