@@ -437,11 +437,10 @@ fn a_reload_during_a_reload_supersedes_the_pending_generation() {
     let (code, out, err) = d.charon(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("changed: {KEY}")), "{out}");
-    assert!(
-        d.log().contains("superseded by a later reload"),
-        "{}",
-        d.log()
-    );
+    // The log comes through a pipe and a reader thread: poll it.
+    wait_for(LONG, "the pending generation superseded", || {
+        d.log().contains("superseded by a later reload")
+    });
     load.wait_more(20, "requests after the reloads");
     let (served, failures) = load.finish();
     assert!(
