@@ -22,12 +22,15 @@ pub struct Daemon {
     _dir: tempfile::TempDir,
 }
 
+/// Names another echo program to run under charond, to compare two builds
+/// of the service library in the same conditions.
+pub const ECHO_ENV: &str = "CHARON_BENCH_ECHO";
+
 /// The config file of an echo service with `extra` lines.
 pub fn echo_conf(extra: &str) -> String {
-    format!(
-        "exec = \"{}\"\n{extra}\n",
-        env!("CARGO_BIN_EXE_charon-echo")
-    )
+    let echo =
+        std::env::var(ECHO_ENV).unwrap_or_else(|_| env!("CARGO_BIN_EXE_charon-echo").to_string());
+    format!("exec = \"{echo}\"\n{extra}\n")
 }
 
 impl Daemon {
