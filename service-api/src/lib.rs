@@ -109,6 +109,7 @@
 //! | another protocol version | `ERROR UNSUPPORTED_VERSION` |
 //! | no whole request within the read timeout (`CHARON_READ_TIMEOUT_MS`, default 10 000) | `ERROR READ_TIMEOUT` |
 //! | a connection closed before any byte | nothing: closed |
+//! | a request from a peer that `CHARON_ALLOWED_UIDS` / `_GIDS` do not list | `ERROR NOT_PERMITTED` naming its uid and gid, after reading the request |
 //!
 //! ## Stopping
 //!
@@ -159,6 +160,7 @@
 //! | `CHARON_ACCEPT_SOCKET` | accept mode: the socket path to listen on |
 //! | `CHARON_READ_TIMEOUT_MS` | [`Options::read_timeout`] in ms (default 10000) |
 //! | `CHARON_AFFINITY_TIMEOUT_MS` | [`Options::affinity_timeout`] in ms (default 60000) |
+//! | `CHARON_ALLOWED_UIDS`, `CHARON_ALLOWED_GIDS` | comma-separated ids: if either is set, only a peer (`SO_PEERCRED`) whose uid or gid is listed may call (managed and accept mode) |
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
