@@ -17,6 +17,11 @@ cleanup() {
     KIDS=$(pgrep -P "$DPID" || true)
     kill -KILL "$DPID" $KIDS 2>/dev/null || true
     wait "$DPID" 2>/dev/null || true
+    # Orphaned instances are reaped by init; wait until they are gone so
+    # none writes into the dir after it is removed.
+    for k in $KIDS; do
+      n=0; while kill -0 "$k" 2>/dev/null && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done
+    done
   fi
   rm -rf "$DIR"
 }
