@@ -369,7 +369,9 @@ fn constants_the_document_states() {
             ENV_RUN_DIR,
             ENV_ACCEPT_SOCKET,
             ENV_READ_TIMEOUT_MS,
-            ENV_AFFINITY_TIMEOUT_MS
+            ENV_AFFINITY_TIMEOUT_MS,
+            ENV_ALLOWED_UIDS,
+            ENV_ALLOWED_GIDS,
         ],
         [
             "CHARON_SLOT",
@@ -377,9 +379,13 @@ fn constants_the_document_states() {
             "CHARON_RUN_DIR",
             "CHARON_ACCEPT_SOCKET",
             "CHARON_READ_TIMEOUT_MS",
-            "CHARON_AFFINITY_TIMEOUT_MS"
+            "CHARON_AFFINITY_TIMEOUT_MS",
+            "CHARON_ALLOWED_UIDS",
+            "CHARON_ALLOWED_GIDS",
         ]
     );
+    assert_eq!(STOP_SIGNAL, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(DRAIN_SIGNAL, nix::sys::signal::Signal::SIGUSR1);
     assert_eq!(report::MAX_RECORDS, 64);
     assert_eq!(report::MAX_MESSAGE_LEN, 1028);
 }
