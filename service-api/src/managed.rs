@@ -35,16 +35,22 @@ struct Batch {
     open: bool,
 }
 
-/// The batch of the process's own managed instance, for the exit hook.
-static AT_EXIT: OnceLock<Arc<Mutex<Batch>>> = OnceLock::new();
+/// The batch of the process's own managed instance, for the exit hook,
+/// with the pid that registered it.
+static AT_EXIT: OnceLock<(u32, Arc<Mutex<Batch>>)> = OnceLock::new();
 
 /// Runs at `exit()`: sends what the instance still holds, so records of a
 /// service that exits on its own are not lost. Never blocks, never panics
 /// (it runs inside libc's `exit`).
 extern "C" fn flush_batch_at_exit() {
-    let Some(shared) = AT_EXIT.get() else {
+    let Some((pid, shared)) = AT_EXIT.get() else {
         return;
     };
+    // A child forked without exec inherits the hook and a copy of the
+    // batch: only the instance itself may send its records.
+    if *pid != std::process::id() {
+        return;
+    }
     // Held only if exit() was called from inside a batch update, which no
     // library code does; then the records are given up.
     let Ok(mut b) = shared.try_lock() else {
@@ -114,7 +120,10 @@ impl Managed {
     /// instance, whose report channel is at [`REPORT_FD`].
     pub(crate) fn flush_at_exit(&self) -> io::Result<()> {
         debug_assert_eq!(self.report.as_raw_fd(), REPORT_FD);
-        if AT_EXIT.set(Arc::clone(&self.batch)).is_ok() {
+        if AT_EXIT
+            .set((std::process::id(), Arc::clone(&self.batch)))
+            .is_ok()
+        {
             crate::sys::at_exit(flush_batch_at_exit)?;
         }
         Ok(())
