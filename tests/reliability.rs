@@ -1138,11 +1138,10 @@ fn as_root_a_program_another_user_could_replace_is_not_run() {
     });
     wait_for(LONG, "the safe one to run", || d.instances().len() == 1);
     let pid = d.instances()[0];
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    assert!(
-        String::from_utf8_lossy(&cmdline).contains("safe.sh") || cmdline.starts_with(b"sleep"),
-        "{cmdline:?}"
-    );
+    wait_for(LONG, "the safe program to run", || {
+        let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&c).contains("safe.sh") || c.starts_with(b"sleep\0")
+    });
 }
 
 #[test]
@@ -1195,6 +1194,12 @@ fn socket_mode_and_socket_group_are_honoured() {
     assert_eq!(meta.uid(), 0);
 }
 
+/// Whether `pid` has exec'd the program whose argv[0] is `argv0` (with
+/// its NUL).
+fn execed(pid: i32, argv0: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(argv0))
+}
+
 /// The ids of a /proc/PID/status line such as `Uid:` (all of them).
 fn id_line(pid: i32, name: &str) -> Vec<u32> {
     status_field(pid, name)
@@ -1219,6 +1224,8 @@ fn instances_run_as_user_and_group_with_supplementary_groups_dropped() {
     );
     wait_for(LONG, "an instance", || d.instances().len() == 1);
     let pid = d.instances()[0];
+    // Between fork and exec the child is still charond's copy.
+    wait_for(LONG, "the exec of sleep", || execed(pid, b"sleep\0"));
     assert_eq!(
         id_line(pid, "Uid"),
         [NOBODY; 4],
@@ -1251,6 +1258,7 @@ fn instances_get_only_the_documented_environment() {
     );
     wait_for(LONG, "an instance", || d.instances().len() == 1);
     let pid = d.instances()[0];
+    wait_for(LONG, "the exec of sleep", || execed(pid, b"/bin/sleep\0"));
     let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
     let vars: BTreeSet<String> = environ
         .split(|&b| b == 0)

@@ -26,7 +26,8 @@ CHARON_SOAK=1 cargo test -p charon --test integration "$filter" -- \
     --nocapture --test-threads=1 >"$log" 2>&1 || status=$?
 
 # The figures lines (each test prints one or two), then the verdict.
-grep -E '^(chaos|crash loop|leaks|client-loop|manager SIGKILL|random bytes|control fuzz|10k at once)' "$log" || true
+# (--nocapture puts a test's first line after its "test ... " name.)
+grep -oE '(chaos|crash loop|leaks|client-loop|manager SIGKILL|random bytes|control fuzz|10k at once)[ :].*' "$log" || true
 grep -E '^test result|panicked|FAILED' "$log" || true
 echo "soak: $(( $(date +%s) - start )) s, cargo test exit status $status"
 exit "$status"
