@@ -8,190 +8,20 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use charon_client::{Client, ErrorKind, Request};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use charon_client::{ErrorKind, Request};
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::util::{bin, run, wait_for, Proc, TestDir};
+use crate::util::daemon::Daemon;
+use crate::util::{bin, run, wait_for, TestDir};
 
 const KEY: &str = "system.echo.0.raw";
 const LONG: Duration = Duration::from_secs(60);
-
-/// A charond on a temp config dir and run dir, its log captured; it and
-/// every instance are killed and reaped on drop.
-struct Daemon {
-    proc: Option<Proc>,
-    log: Arc<Mutex<String>>,
-    run: PathBuf,
-    conf: PathBuf,
-    /// Holds the config and run dirs until the end.
-    _dir: TestDir,
-}
-
-impl Daemon {
-    fn start(services: &[(&str, &str)], extra: &[&str]) -> Daemon {
-        let dir = TestDir::new();
-        let conf = dir.mkdir("conf");
-        for (key, toml) in services {
-            dir.write(&format!("conf/{key}.toml"), toml);
-        }
-        let run = dir.join("run");
-        let mut cmd = Command::new(bin("charond"));
-        cmd.args(extra)
-            .arg("--config-dir")
-            .arg(&conf)
-            .arg("--run-dir")
-            .arg(&run)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut proc = Proc::spawn("charond", cmd);
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = proc.child_mut().stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let d = Daemon {
-            proc: Some(proc),
-            log,
-            run,
-            conf,
-            _dir: dir,
-        };
-        // The control socket answers only once the loop runs, i.e. after
-        // every service socket is bound and listening (a socket file
-        // exists a moment before it listens).
-        wait_for(LONG, "charond to answer on its control socket", || {
-            control_answers(&d.run)
-        });
-        for (k, _) in services {
-            assert!(d.run.join(format!("{k}.sock")).exists(), "{k} is served");
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn client(&self) -> Client {
-        Client::builder()
-            .run_dir(&self.run)
-            .timeout(Duration::from_secs(20))
-            .name("operators-test")
-            .build()
-            .expect("client")
-    }
-
-    fn write_conf(&self, key: &str, toml: &str) {
-        // Written beside and renamed: a reload never reads half a file.
-        let tmp = self.conf.join(format!(".{key}.tmp"));
-        std::fs::write(&tmp, toml).expect("write config");
-        std::fs::rename(&tmp, self.conf.join(format!("{key}.toml"))).expect("rename config");
-    }
-
-    /// Runs `charon ARGS --run-dir RUN`: (exit code, stdout, stderr).
-    fn charon(&self, args: &[&str]) -> (i32, String, String) {
-        let mut cmd = Command::new(bin("charon"));
-        cmd.args(args).arg("--run-dir").arg(&self.run);
-        let (st, out, err) = run(cmd, LONG);
-        (
-            st.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out).into_owned(),
-            String::from_utf8_lossy(&err).into_owned(),
-        )
-    }
-
-    fn stats(&self, key: &str) -> Value {
-        let (code, out, err) = self.charon(&["stats", "--json", key]);
-        assert_eq!(code, 0, "charon stats: {err}");
-        let v: Value = serde_json::from_str(&out).expect("stats --json is JSON");
-        v["services"][0].clone()
-    }
-
-    fn ps(&self) -> Vec<Value> {
-        let (code, out, err) = self.charon(&["ps", "--json"]);
-        assert_eq!(code, 0, "charon ps: {err}");
-        let v: Value = serde_json::from_str(&out).expect("ps --json is JSON");
-        v["instances"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn instances(&self) -> Vec<i32> {
-        instances_of(&self.run)
-    }
-}
-
-/// True if charond answers a `version` request on its control socket.
-fn control_answers(run: &Path) -> bool {
-    let Ok(mut s) = UnixStream::connect(run.join("charond.sock")) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if s.write_all(b"{\"cmd\":\"version\"}\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).is_ok() && line.contains("\"ok\":true")
-}
-
-/// Live processes whose environment names our run dir.
-fn instances_of(run: &Path) -> Vec<i32> {
-    let needle = format!("CHARON_RUN_DIR={}", run.display());
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        // Zombies keep their environ unreadable-empty: not counted.
-        if let Ok(env) = std::fs::read(e.path().join("environ")) {
-            if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids.sort_unstable();
-    pids
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let mut killed = self.instances();
-        drop(self.proc.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = self.instances();
-            if left.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in left {
-                let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                killed.push(pid);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        while killed
-            .iter()
-            .any(|p| Path::new(&format!("/proc/{p}")).exists())
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
 
 fn echo_conf(exec: &Path, extra: &str) -> String {
     format!("exec = \"{}\"\n{extra}\n", exec.display())
@@ -330,7 +160,7 @@ fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
             "prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 6",
         )
     };
-    let d = Daemon::start(&[(KEY, &conf(0))], &[]);
+    let d = Daemon::start_args(&[(KEY, &conf(0))], &[]);
     wait_for(LONG, "2 prestarted instances", || d.instances().len() == 2);
     let load = Load::start(&d, 4);
     let began = Instant::now();
@@ -386,7 +216,7 @@ fn reload_of_an_on_demand_service_under_load_loses_nothing() {
             "minimum-processes = 1\nmaximum-processes = 4",
         )
     };
-    let d = Daemon::start(&[(KEY, &conf(0))], &[]);
+    let d = Daemon::start_args(&[(KEY, &conf(0))], &[]);
     let load = Load::start(&d, 4);
     for i in 1..=10 {
         load.wait_more(20, "requests flowing before the reload");
@@ -422,7 +252,7 @@ fn a_reload_during_a_reload_supersedes_the_pending_generation() {
             &format!("prestart-processes = true\nminimum-processes = {min}"),
         )
     };
-    let d = Daemon::start(&[(KEY, &fast(1))], &[]);
+    let d = Daemon::start_args(&[(KEY, &fast(1))], &[]);
     wait_for(LONG, "1 instance", || d.instances().len() == 1);
     let load = Load::start(&d, 2);
     load.wait_more(20, "requests flowing");
@@ -462,7 +292,7 @@ fn reload_keeps_broken_and_unchanged_services_and_removes_deleted_ones() {
     let a = "app.keep.0.raw";
     let b = "app.gone.0.raw";
     let prestart = "prestart-processes = true\nminimum-processes = 2";
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[
             (a, &echo_conf(&echo, prestart)),
             (b, &echo_conf(&echo, prestart)),
@@ -520,7 +350,7 @@ fn reload_keeps_broken_and_unchanged_services_and_removes_deleted_ones() {
 
 #[test]
 fn a_new_generation_that_cannot_start_leaves_the_old_one_serving() {
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo_conf(
@@ -548,7 +378,7 @@ fn a_new_generation_that_cannot_start_leaves_the_old_one_serving() {
 
 #[test]
 fn control_socket_answers_garbage_with_an_error_and_goes_on() {
-    let d = Daemon::start(&[(KEY, &echo_conf(&bin("charon-echo"), ""))], &[]);
+    let d = Daemon::start_args(&[(KEY, &echo_conf(&bin("charon-echo"), ""))], &[]);
     let sock = d.run.join("charond.sock");
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(
@@ -712,7 +542,7 @@ fn stats_match_what_happened_in_every_format() {
     let bad = "app.bad.0.raw";
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[
             (
                 KEY,
@@ -896,7 +726,7 @@ fn stats_match_what_happened_in_every_format() {
 fn log_file_is_reopened_on_sigusr1_and_sighup_reloads() {
     let dir = TestDir::new();
     let log = dir.join("charond.log");
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(KEY, &echo_conf(&bin("charon-echo"), ""))],
         &["--log-file", log.to_str().unwrap()],
     );

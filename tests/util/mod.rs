@@ -3,6 +3,8 @@
 //! polling for a condition until a deadline (never sleeping and hoping).
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -103,7 +105,9 @@ impl Proc {
 
     /// Exit status if it has exited (reaps it), else None.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits for exit until `timeout`, panicking past it.
@@ -169,5 +173,9 @@ pub fn run(mut cmd: Command, timeout: Duration) -> (ExitStatus, Vec<u8>, Vec<u8>
         v
     });
     let status = p.wait_timeout(timeout);
-    (status, t_out.join().expect("join"), t_err.join().expect("join"))
+    (
+        status,
+        t_out.join().expect("join"),
+        t_err.join().expect("join"),
+    )
 }

@@ -1,0 +1,252 @@
+//! A real `charond` for integration tests: config and run dirs in a temp
+//! dir, its log captured, and on drop charond and every instance it started
+//! (found by the `CHARON_RUN_DIR` in their environment, since instances run
+//! in process groups of their own) killed and waited for until they are
+//! gone, not just dead, even when the test fails.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use charon_client::Client;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use super::{bin, run, wait_for, Proc, TestDir};
+
+/// How long the harness waits for the daemon: generous, because CI runs on
+/// a shared 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The client name the harness's clients give (visible in charond's log).
+pub const CLIENT_NAME: &str = "charon-test";
+
+/// A running charond with its log captured.
+pub struct Daemon {
+    pub proc: Option<Proc>,
+    pub log: Arc<Mutex<String>>,
+    pub run: PathBuf,
+    pub conf: PathBuf,
+    pub dir: TestDir,
+}
+
+impl Daemon {
+    /// Writes `<key>.toml` files and starts charond on them.
+    pub fn start(services: &[(&str, &str)]) -> Daemon {
+        Daemon::start_args(services, &[])
+    }
+
+    /// The same, with extra charond arguments.
+    pub fn start_args(services: &[(&str, &str)], extra: &[&str]) -> Daemon {
+        let dir = TestDir::new();
+        let conf = dir.mkdir("conf");
+        for (key, toml) in services {
+            dir.write(&format!("conf/{key}.toml"), toml);
+        }
+        let run = dir.join("run");
+        let d = Daemon::start_with(dir, conf, run, extra);
+        for (k, _) in services {
+            assert!(d.run.join(format!("{k}.sock")).exists(), "{k} is served");
+        }
+        d
+    }
+
+    /// Starts charond on dirs the test prepared.
+    pub fn start_in(dir: TestDir, conf: PathBuf, run: PathBuf) -> Daemon {
+        Daemon::start_with(dir, conf, run, &[])
+    }
+
+    /// Starts charond on dirs the test prepared, with extra arguments. A
+    /// variable is set in charond's environment that must never reach an
+    /// instance (instances get a scrubbed environment).
+    pub fn start_with(dir: TestDir, conf: PathBuf, run: PathBuf, extra: &[&str]) -> Daemon {
+        let mut cmd = Command::new(bin("charond"));
+        cmd.args(extra)
+            .arg("--config-dir")
+            .arg(&conf)
+            .arg("--run-dir")
+            .arg(&run)
+            .env("CHARON_TEST_LEAK", "must-not-reach-instances")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut proc = Proc::spawn("charond", cmd);
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = proc.child_mut().stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let d = Daemon {
+            proc: Some(proc),
+            log,
+            run,
+            conf,
+            dir,
+        };
+        // The control socket answers only once the event loop runs, that is
+        // after every service socket is bound and listening.
+        wait_for(PATIENCE, "charond to answer on its control socket", || {
+            control_answers(&d.run)
+        });
+        d
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many times `needle` appears in the log so far.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Polls the log until `cond` holds; panics with the log past the
+    /// deadline.
+    pub fn wait_log(&self, what: &str, cond: impl Fn(&str) -> bool) {
+        let mut last = String::new();
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            last = self.log();
+            if cond(&last) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("timed out waiting for {what}; log:\n{last}");
+    }
+
+    /// A client on this daemon's run dir.
+    pub fn client(&self) -> Client {
+        Client::builder()
+            .run_dir(&self.run)
+            .timeout(Duration::from_secs(20))
+            .name(CLIENT_NAME)
+            .build()
+            .expect("client")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
+    }
+
+    /// Sends charond a signal.
+    pub fn signal(&self, sig: Signal) {
+        self.proc.as_ref().expect("charond").signal(sig);
+    }
+
+    /// Live (non-zombie) instances of this daemon.
+    pub fn instances(&self) -> Vec<i32> {
+        instances_of(&self.run)
+    }
+
+    /// Writes `<key>.toml` beside and renames it in, so a reload never
+    /// reads half a file.
+    pub fn write_conf(&self, key: &str, toml: &str) {
+        let tmp = self.conf.join(format!(".{key}.tmp"));
+        std::fs::write(&tmp, toml).expect("write config");
+        std::fs::rename(&tmp, self.conf.join(format!("{key}.toml"))).expect("rename config");
+    }
+
+    /// Runs `charon ARGS --run-dir RUN`: (exit code, stdout, stderr).
+    pub fn charon(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(bin("charon"));
+        cmd.args(args).arg("--run-dir").arg(&self.run);
+        let (st, out, err) = run(cmd, PATIENCE);
+        (
+            st.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+
+    /// `charon stats --json KEY`: that service's object.
+    pub fn stats(&self, key: &str) -> Value {
+        let (code, out, err) = self.charon(&["stats", "--json", key]);
+        assert_eq!(code, 0, "charon stats: {err}");
+        let v: Value = serde_json::from_str(&out).expect("stats --json is JSON");
+        v["services"][0].clone()
+    }
+
+    /// `charon ps --json`: the instances.
+    pub fn ps(&self) -> Vec<Value> {
+        let (code, out, err) = self.charon(&["ps", "--json"]);
+        assert_eq!(code, 0, "charon ps: {err}");
+        let v: Value = serde_json::from_str(&out).expect("ps --json is JSON");
+        v["instances"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// True if a charond answers a `version` request on its control socket in
+/// `run`.
+pub fn control_answers(run: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(run.join("charond.sock")) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"{\"cmd\":\"version\"}\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.contains("\"ok\":true")
+}
+
+/// Live processes whose environment names `run` as their run dir, sorted.
+/// A zombie's environ reads empty, so zombies are not counted.
+pub fn instances_of(run: &Path) -> Vec<i32> {
+    let needle = format!("CHARON_RUN_DIR={}", run.display());
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(e.path().join("environ")) {
+            if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Kill charond first (so nothing restarts), then every instance.
+        let mut killed = self.instances();
+        drop(self.proc.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.instances();
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in left {
+                let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                killed.push(pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Orphans are reaped by init, which may take a while: wait until
+        // they are gone, not just dead, so that nothing (not even a zombie)
+        // outlives the test.
+        while killed
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
