@@ -41,6 +41,15 @@ impl LastExit {
 /// Exits kept per service for operators (`charon stats`, issue 4).
 pub(crate) const RECENT_EXITS: usize = 16;
 
+/// A latency histogram: 1 µs to 1 hour with 2 significant digits (1%
+/// resolution, which is what a percentile needs). 3 digits cost 184 KiB per
+/// service, 36 MiB of the manager's RSS with 200 services (measured by the
+/// roundtrip benchmark); 2 digits cost about a tenth. `None` cannot happen
+/// for these bounds; it would only leave latency unrecorded.
+fn latency_histogram() -> Option<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).ok()
+}
+
 /// Counters of one service.
 #[derive(Clone, Debug)]
 pub(crate) struct Stats {
@@ -72,9 +81,9 @@ impl Stats {
             errors: 0,
             unanswered: 0,
             retried: 0,
-            // 1 µs to 1 hour, 3 significant digits; cannot fail for these
-            // bounds, and None only disables the histogram.
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).ok(),
+            // Made on the first record: a configured service nobody calls
+            // costs nothing.
+            latency_us: None,
             exits: BTreeMap::new(),
             launches: 0,
             launch_failures: 0,
@@ -100,6 +109,9 @@ impl Stats {
             }
             if r.attempt > 1 {
                 self.retried += 1;
+            }
+            if self.latency_us.is_none() {
+                self.latency_us = latency_histogram();
             }
             if let Some(h) = &mut self.latency_us {
                 h.saturating_record(u64::from(r.elapsed_us).max(1));
