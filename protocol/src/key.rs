@@ -354,6 +354,48 @@ struct Scan {
 
 /// Validates without allocating (the frame decoder calls this per request).
 fn scan(s: &str) -> Result<Scan, KeyError> {
+    match scan_fast(s.as_bytes()) {
+        Some(scan) => Ok(scan),
+        None => scan_rules(s),
+    }
+}
+
+/// One pass over the bytes for the common case, a valid key; `None` for
+/// anything else, which [`scan_rules`] then explains rule by rule. The
+/// rule-by-rule scan cost about 1,200 of an instance's 4,100 instructions
+/// per request (callgrind, roundtrip benchmark).
+fn scan_fast(b: &[u8]) -> Option<Scan> {
+    let mut dots = [0usize; 3];
+    let mut n = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'.' {
+            *dots.get_mut(n)? = i;
+            n += 1;
+        } else if !(c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
+            return None;
+        }
+    }
+    let [d0, d1, d2] = dots;
+    let parts_ok = n == 3
+        && (1..=MAX_PART_LEN).contains(&d0)
+        && d1 - d0 - 1 <= MAX_PART_LEN
+        && d2 - d1 - 1 <= MAX_PART_LEN
+        && b.len() - d2 - 1 <= MAX_PART_LEN;
+    if !parts_ok {
+        return None;
+    }
+    // The bytes are ASCII (checked above), so these slices are UTF-8.
+    let version = parse_version(std::str::from_utf8(&b[d1 + 1..d2]).ok()?)?;
+    let serialization = Serialization::from_name(std::str::from_utf8(&b[d2 + 1..]).ok()?)?;
+    Some(Scan {
+        dots,
+        version,
+        serialization,
+    })
+}
+
+/// Checks each rule in the documented order and names the first broken.
+fn scan_rules(s: &str) -> Result<Scan, KeyError> {
     let mut parts: [&str; 4] = [""; 4];
     let mut count = 0;
     for piece in s.split('.') {
@@ -533,6 +575,38 @@ mod tests {
             ServiceKey::parse_config(".x.1.JSON").unwrap_err(),
             KeyError::EmptyApplication
         );
+    }
+
+    #[test]
+    fn fast_scan_agrees_with_the_rules() {
+        let p = "a".repeat(32);
+        let q = "a".repeat(33);
+        let inputs = [
+            "system.echo.0.raw".to_string(),
+            "mail..1.JSON".into(),
+            ".x.0.raw".into(),
+            "a.b.01.raw".into(),
+            "a.b.0.json".into(),
+            "a.b.0".into(),
+            "a.b.c.d.e".into(),
+            "a.b c.0.raw".into(),
+            "a.b.0.raw.".into(),
+            "...".into(),
+            "".into(),
+            "a.é.0.raw".into(),
+            format!("{p}.{p}.999999.PROTOBUF"),
+            format!("{q}.b.0.raw"),
+            format!("a.{q}.0.raw"),
+            format!("a.b.0.{q}"),
+        ];
+        for s in &inputs {
+            let fast = scan_fast(s.as_bytes()).map(|k| (k.dots, k.version, k.serialization));
+            let rules = scan_rules(s).map(|k| (k.dots, k.version, k.serialization));
+            match fast {
+                Some(f) => assert_eq!(Ok(f), rules, "{s:?}"),
+                None => assert!(rules.is_err(), "fast path refused valid {s:?}"),
+            }
+        }
     }
 
     #[test]
