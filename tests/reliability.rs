@@ -554,16 +554,30 @@ fn requests_and_recycles_leave_charonds_fds_and_rss_at_baseline() {
     let took = t0.elapsed();
     let (fds1, rss1) = settle(&d, 2, fds0);
     let recycles = d.count("started (slot") - starts0;
+    // The manager's own count, over the control socket: every request
+    // (warm-up included) reached its stats, though recycled instances
+    // reported them from processes that are gone.
+    let stats = service_stats(&d.run);
+    let counted = stats["requests"].as_u64().unwrap_or(0);
+    println!(
+        "leaks: charond stats requests={counted} launches={} exits={}",
+        stats["launches"], stats["exits"]
+    );
+    wait_for(LONG, "charond to count every request", || {
+        service_stats(&d.run)["requests"].as_u64().unwrap_or(0) >= requests + 1000
+    });
     println!(
         "leaks: {requests} requests ({failed} failed) in {took:?}, {recycles} recycles; \
          charond fds {fds0}->{fds1} rss {rss0}->{rss1} KiB"
     );
     assert_eq!(failed, 0, "recycling loses no request; log:\n{}", d.log());
     // An instance past its limit serves on until its replacement is up,
-    // so under load it serves more than 20: expect a quarter of nominal.
+    // so under load it serves more than 20 (between 25 and 90 here): ask
+    // for 100 recycles in CI and the issue's 1,000 in the soak.
+    let want = size(100, 1000);
     assert!(
-        recycles as u64 >= requests / 20 / 4,
-        "{recycles} recycles for {requests} requests at maximum-requests 20"
+        recycles >= want,
+        "{recycles} recycles for {requests} requests at maximum-requests 20, want {want}"
     );
     assert!(rss1 <= rss0 + RSS_SLACK_KIB, "rss {rss0} -> {rss1} KiB");
 }
@@ -1281,6 +1295,17 @@ fn instances_get_only_the_documented_environment() {
     assert_eq!(names, want, "{vars:?}");
     assert!(vars.contains("CHARON_ALLOWED_UIDS=0,1000"), "{vars:?}");
     assert!(vars.contains("GREETING=hi"), "{vars:?}");
+}
+
+/// The `stats` control answer for [`KEY`]: its one service object.
+fn service_stats(run: &Path) -> serde_json::Value {
+    let line = control(
+        run,
+        format!("{{\"cmd\":\"stats\",\"key\":\"{KEY}\"}}\n").as_bytes(),
+    );
+    let v: serde_json::Value = serde_json::from_str(&line).expect("stats answer is JSON");
+    assert_eq!(v["ok"], true, "{line}");
+    v["services"][0].clone()
 }
 
 /// One control request line and its answer line.
