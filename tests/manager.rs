@@ -888,3 +888,58 @@ fn a_program_that_exits_0_at_once_is_not_respawned_forever() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+/// Voluntary context switches of a process so far.
+fn voluntary_switches(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Idle instances share one listening socket. Waiting with poll(2) woke
+/// every idle instance for each connection (measured: 4.7 switches per
+/// request over 4 instances); the exclusive epoll wait wakes one (1.45).
+#[test]
+fn a_connection_wakes_one_idle_instance_not_all() {
+    let d = Daemon::start(&[(
+        KEY,
+        &echo("prestart-processes = true\nminimum-processes = 4\nmaximum-processes = 4"),
+    )]);
+    wait_for(LONG, "4 instances", || d.instances().len() == 4);
+    let mut c = d.client();
+    // Every instance up and waiting: each has answered at least once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut batch = c.batch();
+    let ids: Vec<_> = (0..8)
+        .map(|_| {
+            batch
+                .add(Request::new(KEY, b"x".to_vec()).context("echo.sleep-ms", "50"))
+                .expect("add")
+        })
+        .collect();
+    batch.wait_all();
+    for id in ids {
+        assert!(matches!(batch.result(id), Some(Ok(_))), "warm-up answered");
+    }
+    drop(batch);
+    let pids = d.instances();
+    seen.extend(pids.iter().copied());
+    assert_eq!(seen.len(), 4);
+    const N: u64 = 300;
+    let before: u64 = pids.iter().map(|p| voluntary_switches(*p)).sum();
+    for i in 0..N {
+        let body = i.to_be_bytes();
+        assert_eq!(c.call(KEY, &body).expect("answered"), body);
+    }
+    let after: u64 = pids.iter().map(|p| voluntary_switches(*p)).sum();
+    assert_eq!(d.instances(), pids, "the same instances served");
+    let per_request = (after - before) as f64 / N as f64;
+    assert!(
+        per_request < 2.5,
+        "{per_request:.2} context switches per request over 4 idle instances: \
+         each connection wakes more than one"
+    );
+}

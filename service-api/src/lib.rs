@@ -168,6 +168,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod error;
+mod idle;
 mod io;
 mod managed;
 mod mode;

@@ -19,7 +19,8 @@ use charon_protocol::{
 use nix::poll::{PollFd, PollFlags};
 
 use crate::error::{Error, ErrorKind};
-use crate::io::{ready, wait, write_all2, READABLE};
+use crate::idle::IdleWait;
+use crate::io::{wait, write_all2};
 use crate::managed::Managed;
 use crate::mode::{self, Bound, Mode, Source};
 use crate::options::Options;
@@ -59,6 +60,8 @@ pub(crate) struct Core {
     allowed: Allowed,
     inflight: Option<InFlight>,
     pub(crate) finished: bool,
+    /// How an idle listener waits (managed and accept mode).
+    idle: Option<IdleWait>,
 }
 
 /// A connection we are reading a request from, or keeping for affinity.
@@ -122,6 +125,17 @@ impl Service {
         let setup = mode::setup(&env)?;
         let stop_fd =
             sys::install_stop_handler().map_err(|e| Error::io("install the SIGTERM handler", e))?;
+        let idle = match &setup.source {
+            Source::Listener(l) => Some(
+                IdleWait::new(
+                    l.as_fd(),
+                    stop_fd,
+                    setup.managed.as_ref().map(Managed::report_fd),
+                )
+                .map_err(|e| Error::io("set up waiting for connections", e))?,
+            ),
+            Source::Standalone { .. } => None,
+        };
         let max = opts.limits.max_request_payload();
         Ok(Service {
             buf: FrameBuf::new(FrameKind::Request, max),
@@ -138,6 +152,7 @@ impl Service {
                 allowed,
                 inflight: None,
                 finished: false,
+                idle,
             },
         })
     }
@@ -257,17 +272,22 @@ impl Core {
             opts,
             finished,
             allowed,
+            idle,
             ..
         } = self;
         let Source::Listener(listener) = source else {
             return Ok(false);
         };
         let listener: &UnixListener = listener;
+        // Set when a wait ended for a connection: with an exclusive wait no
+        // other instance was woken for it, so it is taken even if a stop
+        // request came in meanwhile (and served as the request in hand).
+        let mut woken = false;
         loop {
-            if *finished
+            let stop = *finished
                 || sys::stop_requested()
-                || managed.as_ref().is_some_and(Managed::manager_gone)
-            {
+                || managed.as_ref().is_some_and(Managed::manager_gone);
+            if stop && !std::mem::take(&mut woken) {
                 return Ok(false);
             }
             let e = match sys::accept_nonblocking(listener.as_fd()) {
@@ -286,6 +306,8 @@ impl Core {
                 Err(e) => e,
             };
             match e.raw_os_error() {
+                // Another took it, and we were only to take that one.
+                Some(libc::EAGAIN) if stop => return Ok(false),
                 // Draining (SIGUSR1): the queue is empty, so we are done.
                 Some(libc::EAGAIN) if sys::drain_requested() => return Ok(false),
                 Some(libc::EAGAIN) => {
@@ -303,22 +325,18 @@ impl Core {
                             d => due = d,
                         }
                     }
-                    // A fixed array, so waiting allocates nothing; the
-                    // report channel (managed mode only) is the third entry.
-                    let report = managed.as_ref().map(Managed::report_fd);
-                    let mut all = [
-                        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                        PollFd::new(*stop_fd, PollFlags::POLLIN),
-                        PollFd::new(report.unwrap_or(*stop_fd), PollFlags::POLLIN),
-                    ];
-                    let fds = &mut all[..if report.is_some() { 3 } else { 2 }];
-                    wait(fds, due).map_err(|e| Error::io("wait for a connection", e))?;
-                    let hup = fds.get(2).is_some_and(|f| ready(f, READABLE));
-                    if hup {
+                    // init made the wait set for every listener.
+                    let woke = idle
+                        .as_ref()
+                        .ok_or_else(|| io::Error::other("no wait set for the listener"))
+                        .and_then(|w| w.wait(due))
+                        .map_err(|e| Error::io("wait for a connection", e))?;
+                    if woke.report {
                         if let Some(m) = managed.as_mut() {
                             m.check_channel();
                         }
                     }
+                    woken = woke.listener;
                 }
                 Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => {}
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
