@@ -943,3 +943,53 @@ fn a_connection_wakes_one_idle_instance_not_all() {
          each connection wakes more than one"
     );
 }
+
+/// A rendezvous socket appears only once it listens with its configured
+/// mode: a client that finds the file never gets "connection refused"
+/// (which reads as a stale socket), nor sees it with the default mode,
+/// while charond starts.
+#[test]
+fn a_socket_that_exists_accepts_connections_from_the_start() {
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    let keys: Vec<String> = (0..20).map(|i| format!("start.s{i}.0.raw")).collect();
+    for k in &keys {
+        dir.write(&format!("conf/{k}.toml"), echo("socket-mode = \"0640\""));
+    }
+    let run_dir = dir.join("run");
+    let paths: Vec<_> = keys
+        .iter()
+        .map(|k| run_dir.join(format!("{k}.sock")))
+        .collect();
+    let prober = {
+        let paths = paths.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + LONG;
+            let mut ok = vec![false; paths.len()];
+            while ok.iter().any(|o| !o) && Instant::now() < deadline {
+                for (p, done) in paths.iter().zip(ok.iter_mut()) {
+                    if *done {
+                        continue;
+                    }
+                    let Ok(meta) = std::fs::metadata(p) else {
+                        continue;
+                    };
+                    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+                    if mode & 0o777 != 0o640 {
+                        return Err(format!("{} first seen with mode {mode:o}", p.display()));
+                    }
+                    match std::os::unix::net::UnixStream::connect(p) {
+                        Ok(_) => *done = true,
+                        // Gone again between exists() and connect: fine.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(format!("{}: {e}", p.display())),
+                    }
+                }
+            }
+            Ok(ok.iter().all(|o| *o))
+        })
+    };
+    let d = Daemon::start_in(dir, conf, run_dir);
+    assert_eq!(prober.join().expect("prober"), Ok(true));
+    drop(d);
+}

@@ -106,6 +106,11 @@ pub(crate) fn remove_stale_sockets(run_dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// the configured backlog, mode and group. The fd is close-on-exec and
 /// non-blocking (instances inherit the same open file description).
 ///
+/// The socket is made at a private temporary name and renamed to `path`
+/// only once it listens with its final mode and group, so a client never
+/// finds at `path` a socket that refuses connections (bound, not yet
+/// listening: it would look stale) or has the default permissions.
+///
 /// # Errors
 ///
 /// A message naming the socket and the failing step.
@@ -123,33 +128,55 @@ pub(crate) fn bind_socket_at(
         None,
     )
     .map_err(|e| what("create", &e))?;
-    let addr = UnixAddr::new(&path).map_err(|e| what("name", &e))?;
-    match std::fs::remove_file(&path) {
+    let tmp = path.with_file_name(format!(
+        ".bind{}.sock",
+        BIND_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let addr = UnixAddr::new(&tmp).map_err(|e| what("name", &e))?;
+    match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(what("replace", &e)),
     }
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(|e| what("bind", &e))?;
+    // From here on the temporary name exists: remove it on any failure.
+    let placed = finish_socket(c, &fd, &tmp).and_then(|()| {
+        std::fs::rename(&tmp, &path).map_err(|e| format!("renaming into place failed: {e}"))
+    });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(what("set up", &e));
+    }
+    Ok((fd, path))
+}
+
+/// Names of temporary sockets, unique within this manager (one manager per
+/// run dir: the lock).
+static BIND_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Listen, non-blocking, mode and group for a socket bound at `tmp`.
+fn finish_socket(c: &ServiceConfig, fd: &OwnedFd, path: &Path) -> Result<(), String> {
+    let what = |step: &str, e: &dyn std::fmt::Display| format!("{step} failed: {e}");
     let backlog = Backlog::new(i32::try_from(c.listen_backlog).unwrap_or(i32::MAX))
-        .map_err(|e| what("set the backlog of", &e))?;
-    listen(&fd, backlog).map_err(|e| what("listen on", &e))?;
+        .map_err(|e| what("setting the backlog", &e))?;
+    listen(fd, backlog).map_err(|e| what("listen", &e))?;
     // Non-blocking for everyone sharing it: the manager's own accept (fast
     // fail) must never block on a connection an instance took first, and
-    // the service library waits in poll(2) anyway.
+    // the service library waits in epoll anyway.
     nix::fcntl::fcntl(
-        &fd,
+        fd,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )
-    .map_err(|e| what("make non-blocking", &e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(c.socket_mode))
+    .map_err(|e| what("making it non-blocking", &e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(c.socket_mode))
         .map_err(|e| what("chmod", &e))?;
     if let Some(g) = &c.socket_group {
         let group = nix::unistd::Group::from_name(g)
-            .map_err(|e| what("look up the group of", &e))?
-            .ok_or_else(|| what("set the group of", &format!("no such group {g:?}")))?;
-        nix::unistd::chown(&path, None, Some(group.gid)).map_err(|e| what("chown", &e))?;
+            .map_err(|e| what("looking up the group", &e))?
+            .ok_or_else(|| what("setting the group", &format!("no such group {g:?}")))?;
+        nix::unistd::chown(path, None, Some(group.gid)).map_err(|e| what("chown", &e))?;
     }
-    Ok((fd, path))
+    Ok(())
 }
 
 /// Extra slots beyond `maximum-processes`, for replacements that start
