@@ -602,7 +602,15 @@ fn instances_ignoring_sigterm_are_killed_after_stop_grace() {
         KEY,
         &format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\nminimum-processes = 2\nstop-grace = \"1s\"\nunresponsive-timeout = 0\n"),
     )]);
-    wait_for(LONG, "two instances", || d.instances().len() == 2);
+    // Both past their `trap` (exec'd into sleep): a SIGTERM before it would
+    // kill the shell, and nothing would be left to outlast stop-grace.
+    wait_for(LONG, "two instances sleeping with SIGTERM ignored", || {
+        let pids = d.instances();
+        pids.len() == 2
+            && pids.iter().all(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+            })
+    });
     let t0 = Instant::now();
     d.proc.as_ref().expect("proc").signal(Signal::SIGTERM);
     let status = d.proc.as_mut().expect("proc").wait_timeout(LONG);
