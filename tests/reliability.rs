@@ -7,9 +7,8 @@
 //!
 //! Each test has a CI size and a soak size: `CHARON_SOAK=1` makes the same
 //! tests run their long versions (see RELIABILITY.md for the command). The
-//! daemon harness here mirrors the one in `manager.rs` (which keeps its own
-//! private): charond and every instance it started are killed and reaped on
-//! drop, and conditions are polled with deadlines.
+//! daemon harness is `util::daemon`: charond and every instance it started
+//! are killed and reaped on drop, and conditions are polled with deadlines.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,9 +16,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use charon_client::{Client, ErrorKind, Request};
@@ -27,7 +26,8 @@ use charon_protocol::{decode_response, ErrorCode, Limits, Response};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::util::{bin, run, wait_for, Proc, TestDir};
+use crate::util::daemon::{instances_of, Daemon};
+use crate::util::{bin, run, wait_for, TestDir};
 
 /// Generous: the machine is shared and may be slow.
 const LONG: Duration = Duration::from_secs(30);
@@ -49,127 +49,9 @@ fn size<T>(ci: T, long: T) -> T {
     }
 }
 
-/// A running charond with its stderr captured.
-struct Daemon {
-    proc: Option<Proc>,
-    log: Arc<Mutex<String>>,
-    run: PathBuf,
-    conf: PathBuf,
-    dir: TestDir,
-}
-
-impl Daemon {
-    /// Writes `<key>.toml` files and starts charond on them.
-    fn start(services: &[(&str, &str)], extra: &[&str]) -> Daemon {
-        let dir = TestDir::new();
-        let conf = dir.mkdir("conf");
-        for (key, toml) in services {
-            dir.write(&format!("conf/{key}.toml"), toml);
-        }
-        let run = dir.join("run");
-        Daemon::start_in(dir, conf, run, extra)
-    }
-
-    fn start_in(dir: TestDir, conf: PathBuf, run: PathBuf, extra: &[&str]) -> Daemon {
-        let mut cmd = Command::new(bin("charond"));
-        cmd.args(extra)
-            .arg("--config-dir")
-            .arg(&conf)
-            .arg("--run-dir")
-            .arg(&run)
-            .env("CHARON_LEAK_CHECK", "must-not-reach-instances")
-            .env("LD_LIBRARY_PATH", "/must/not/reach/instances")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut proc = Proc::spawn("charond", cmd);
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = proc.child_mut().stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let d = Daemon {
-            proc: Some(proc),
-            log,
-            run,
-            conf,
-            dir,
-        };
-        d.wait_log("charond to start", |l| l.contains("started"));
-        d
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log().matches(needle).count()
-    }
-
-    fn wait_log(&self, what: &str, cond: impl Fn(&str) -> bool) {
-        let mut last = String::new();
-        let deadline = Instant::now() + LONG;
-        while Instant::now() < deadline {
-            last = self.log();
-            if cond(&last) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("timed out waiting for {what}; log:\n{last}");
-    }
-
-    fn client(&self) -> Client {
-        client_of(&self.run, Duration::from_secs(15))
-    }
-
-    fn pid(&self) -> i32 {
-        self.proc.as_ref().map_or(0, Proc::pid)
-    }
-
-    /// Live instances: charond's children (not zombies).
-    fn instances(&self) -> Vec<i32> {
-        children(self.pid())
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.run.join(format!("{KEY}.sock"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Kill charond first (so nothing restarts), then every instance,
-        // found by the run dir in its environment (they outlive charond).
-        let mut killed = instances_of(&self.run);
-        drop(self.proc.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = instances_of(&self.run);
-            if left.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in left {
-                let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                killed.push(pid);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // Orphans are reaped by init: wait until they are gone, zombies too.
-        while killed
-            .iter()
-            .any(|p| Path::new(&format!("/proc/{p}")).exists())
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+/// The rendezvous socket of KEY under `d`.
+fn sock(d: &Daemon) -> PathBuf {
+    d.run.join(format!("{KEY}.sock"))
 }
 
 fn client_of(run: &Path, timeout: Duration) -> Client {
@@ -179,48 +61,6 @@ fn client_of(run: &Path, timeout: Duration) -> Client {
         .name("reliability-test")
         .build()
         .expect("client")
-}
-
-/// Processes whose environment names `run` as their run dir.
-fn instances_of(run: &Path) -> Vec<i32> {
-    let needle = format!("CHARON_RUN_DIR={}", run.display());
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(e.path().join("environ")) {
-            if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
-/// Live (non-zombie) children of `pid`, from every thread's children list.
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        let Ok(list) = std::fs::read_to_string(t.path().join("children")) else {
-            continue;
-        };
-        for c in list
-            .split_whitespace()
-            .filter_map(|s| s.parse::<i32>().ok())
-        {
-            if status_field(c, "State").is_some_and(|s| !s.starts_with('Z')) {
-                out.push(c);
-            }
-        }
-    }
-    out
 }
 
 /// A field of /proc/PID/status, without its name.
@@ -407,7 +247,7 @@ const RSS_SLACK_KIB: u64 = 1024;
 
 #[test]
 fn chaos_sigkill_every_100ms_every_call_ends_ok_or_disconnected() {
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo(
@@ -471,7 +311,7 @@ fn chaos_sigkill_every_100ms_every_call_ends_ok_or_disconnected() {
 #[test]
 fn a_crash_loop_at_start_up_backs_off_and_forks_are_bounded() {
     let window = Duration::from_secs(size(5, 10));
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             "exec = [\"/bin/sh\", \"-c\", \"kill -SEGV $$\"]\nprestart-processes = true\n\
@@ -513,7 +353,7 @@ fn a_crash_loop_at_start_up_backs_off_and_forks_are_bounded() {
 #[test]
 fn requests_and_recycles_leave_charonds_fds_and_rss_at_baseline() {
     let requests: u64 = size(20_000, 100_000);
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo(
@@ -613,7 +453,7 @@ fn client_loop_child() {
 #[test]
 fn a_long_lived_client_leaks_no_fds_or_memory() {
     let calls: u64 = size(20_000, 100_000);
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2"),
@@ -656,7 +496,7 @@ fn a_long_lived_client_leaks_no_fds_or_memory() {
 
 #[test]
 fn a_manager_killed_under_load_leaves_no_orphan_past_its_request() {
-    let mut d = Daemon::start(
+    let mut d = Daemon::start_args(
         &[(
             KEY,
             &echo("prestart-processes = true\nminimum-processes = 4\nmaximum-processes = 4"),
@@ -705,7 +545,7 @@ fn a_manager_killed_under_load_leaves_no_orphan_past_its_request() {
         let dir = std::mem::replace(&mut d.dir, TestDir::new());
         let (conf, run) = (d.conf.clone(), d.run.clone());
         drop(d);
-        d = Daemon::start_in(dir, conf, run, &[]);
+        d = Daemon::start_in(dir, conf, run);
         assert_eq!(d.client().call(KEY, b"again").expect("answered"), b"again");
         wait_for(LONG, "4 instances", || d.instances().len() == 4);
     }
@@ -720,7 +560,7 @@ fn sleeping(pid: i32) -> bool {
 
 #[test]
 fn a_silent_client_holds_an_instance_only_until_the_read_timeout() {
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo("prestart-processes = true\nmaximum-processes = 1\nread-timeout = \"500ms\""),
@@ -729,7 +569,7 @@ fn a_silent_client_holds_an_instance_only_until_the_read_timeout() {
     );
     wait_for(LONG, "an instance", || d.instances().len() == 1);
     let pid = d.instances()[0];
-    let (reply, took) = raw_exchange(&d.sock(), b"", false, Duration::from_secs(20));
+    let (reply, took) = raw_exchange(&sock(&d), b"", false, Duration::from_secs(20));
     assert!(
         took >= Duration::from_millis(450) && took < Duration::from_secs(10),
         "dropped after {took:?}"
@@ -745,7 +585,7 @@ fn a_silent_client_holds_an_instance_only_until_the_read_timeout() {
 
 #[test]
 fn a_frame_claiming_4_gib_gets_an_error_not_an_allocation() {
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo("prestart-processes = true\nmaximum-processes = 1"),
@@ -755,7 +595,7 @@ fn a_frame_claiming_4_gib_gets_an_error_not_an_allocation() {
     wait_for(LONG, "an instance", || d.instances().len() == 1);
     let pid = d.instances()[0];
     let header = [b'C', b'H', 1, 1, 0xff, 0xff, 0xff, 0xff];
-    let (reply, took) = raw_exchange(&d.sock(), &header, false, Duration::from_secs(20));
+    let (reply, took) = raw_exchange(&sock(&d), &header, false, Duration::from_secs(20));
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(
         error_code(&reply),
@@ -769,7 +609,7 @@ fn a_frame_claiming_4_gib_gets_an_error_not_an_allocation() {
 
 #[test]
 fn a_client_vanishing_mid_response_leaves_the_instance_alive() {
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo("prestart-processes = true\nmaximum-processes = 1"),
@@ -795,7 +635,7 @@ fn a_client_vanishing_mid_response_leaves_the_instance_alive() {
             &mut frame,
         )
         .expect("encode");
-        let mut s = UnixStream::connect(d.sock()).expect("connect");
+        let mut s = UnixStream::connect(sock(&d)).expect("connect");
         s.write_all(&frame).expect("request");
         drop(s);
     }
@@ -820,7 +660,7 @@ fn a_service_writing_garbage_gives_the_client_a_protocol_error() {
                       c.recv(65536)\n    \
                       c.sendall(b'HTTP/1.0 200 OK, not a frame at all\\r\\n\\r\\n')\n    \
                       c.close()\n";
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &format!("exec = [\"/usr/bin/python3\", \"-c\", {script:?}]\nprestart-processes = true\nmaximum-processes = 1\nunresponsive-timeout = 0"),
@@ -844,7 +684,7 @@ fn a_service_writing_garbage_gives_the_client_a_protocol_error() {
 
 #[test]
 fn random_bytes_at_a_live_service_never_hurt_it() {
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo("prestart-processes = true\nmaximum-processes = 2\nread-timeout = \"300ms\""),
@@ -866,7 +706,7 @@ fn random_bytes_at_a_live_service_never_hurt_it() {
             let claimed = (len - 8 + rng.below(16)) as u32;
             bytes[4..8].copy_from_slice(&claimed.to_be_bytes());
         }
-        let (reply, _) = raw_exchange(&d.sock(), &bytes, i % 8 != 0, Duration::from_secs(10));
+        let (reply, _) = raw_exchange(&sock(&d), &bytes, i % 8 != 0, Duration::from_secs(10));
         if error_code(&reply).is_some() {
             answered += 1;
         }
@@ -953,7 +793,7 @@ fn ten_thousand_connections_at_once_against_a_pool_of_2() {
     );
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
         .expect("raise the soft fd limit");
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2"),
@@ -962,7 +802,7 @@ fn ten_thousand_connections_at_once_against_a_pool_of_2() {
     );
     wait_for(LONG, "2 instances", || d.instances().len() == 2);
     let t0 = Instant::now();
-    let fates = connect_many(&d.sock(), n, t0 + Duration::from_secs(2));
+    let fates = connect_many(&sock(&d), n, t0 + Duration::from_secs(2));
     let took = t0.elapsed();
     let count = |f: Fate| fates.iter().filter(|&&x| x == f).count();
     let (ok, refused, timed_out) = (
@@ -1027,7 +867,7 @@ fn allowed_uids_and_gids_refuse_other_peers_with_not_permitted() {
         return;
     }
     let by_gid = "test.bygid.0.raw";
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[
             (KEY, &echo("allowed-uids = [0]\nsocket-mode = \"0666\"")),
             (
@@ -1139,7 +979,7 @@ fn as_root_a_program_another_user_could_replace_is_not_run() {
         );
     }
     let run_dir = dir.join("run");
-    let d = Daemon::start_in(dir, conf, run_dir, &[]);
+    let d = Daemon::start_in(dir, conf, run_dir);
     d.wait_log("both refusals", |l| {
         l.contains(&format!(
             "refusing to run {} as root: {} has mode 0777",
@@ -1160,7 +1000,7 @@ fn as_root_a_program_another_user_could_replace_is_not_run() {
 
 #[test]
 fn the_run_dir_is_safe_and_one_writable_by_others_is_refused() {
-    let d = Daemon::start(&[(KEY, &echo(""))], &[]);
+    let d = Daemon::start_args(&[(KEY, &echo(""))], &[]);
     let meta = std::fs::metadata(&d.run).expect("run dir");
     assert_eq!(meta.mode() & 0o7777, 0o755);
     assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
@@ -1195,14 +1035,14 @@ fn socket_mode_and_socket_group_are_honoured() {
     if !root() {
         return;
     }
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             &echo("socket-mode = \"0640\"\nsocket-group = \"nogroup\""),
         )],
         &[],
     );
-    let meta = std::fs::metadata(d.sock()).expect("socket");
+    let meta = std::fs::metadata(sock(&d)).expect("socket");
     assert_eq!(meta.mode() & 0o777, 0o640);
     assert_eq!(meta.gid(), NOBODY, "group nogroup");
     assert_eq!(meta.uid(), 0);
@@ -1228,7 +1068,7 @@ fn instances_run_as_user_and_group_with_supplementary_groups_dropped() {
     if !root() {
         return;
     }
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             "exec = [\"/bin/sh\", \"-c\", \"exec sleep 600\"]\nprestart-processes = true\n\
@@ -1261,7 +1101,7 @@ fn instances_run_as_user_and_group_with_supplementary_groups_dropped() {
 
 #[test]
 fn instances_get_only_the_documented_environment() {
-    let d = Daemon::start(
+    let d = Daemon::start_args(
         &[(
             KEY,
             // Not a shell: a shell adds PWD itself.
@@ -1320,7 +1160,7 @@ fn control(run: &Path, line: &[u8]) -> String {
 
 #[test]
 fn random_bytes_at_the_control_socket_never_stop_it_answering() {
-    let d = Daemon::start(&[(KEY, &echo(""))], &[]);
+    let d = Daemon::start_args(&[(KEY, &echo(""))], &[]);
     let mut rng = Rng::new();
     let n = size(200, 5000);
     let mut errors = 0;

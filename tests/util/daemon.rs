@@ -60,8 +60,8 @@ impl Daemon {
         Daemon::start_with(dir, conf, run, &[])
     }
 
-    /// Starts charond on dirs the test prepared, with extra arguments. A
-    /// variable is set in charond's environment that must never reach an
+    /// Starts charond on dirs the test prepared, with extra arguments. Two
+    /// variables are set in charond's environment that must never reach an
     /// instance (instances get a scrubbed environment).
     pub fn start_with(dir: TestDir, conf: PathBuf, run: PathBuf, extra: &[&str]) -> Daemon {
         let mut cmd = Command::new(bin("charond"));
@@ -71,6 +71,7 @@ impl Daemon {
             .arg("--run-dir")
             .arg(&run)
             .env("CHARON_TEST_LEAK", "must-not-reach-instances")
+            .env("LD_LIBRARY_PATH", "/must/not/reach/instances")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut proc = Proc::spawn("charond", cmd);
