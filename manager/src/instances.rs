@@ -22,7 +22,6 @@ use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
 use crate::spawn::Launch;
 use crate::stats::LastExit;
-use crate::stderr::LineBuf;
 use crate::sys::{self, WaitStatus};
 
 /// An instance exiting sooner than this without serving anything has not
@@ -105,24 +104,14 @@ impl Manager {
         svc.stats.launches += 1;
         let now = Instant::now();
         let pid = spawned.pid;
-        let id = self.procs.insert(Instance {
+        let id = self.procs.insert(Instance::new(
             pid,
-            service: s,
-            slot: slot_u32,
-            started: now,
-            stderr: Some(spawned.stderr),
-            lines: LineBuf::default(),
-            report: Some(spawned.report),
-            asked: None,
-            kill_at: None,
-            retire: None,
-            served: 0,
-            seen_requests: 0,
-            seen_busy_ns: 0,
-            idle_since: now,
-            busy: 0.0,
-            bad_reports: 0,
-        });
+            s,
+            slot_u32,
+            now,
+            Some(spawned.stderr),
+            Some(spawned.report),
+        ));
         self.register_instance(id);
         info!(
             Some(&key),

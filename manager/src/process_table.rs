@@ -39,6 +39,35 @@ pub(crate) struct Instance {
 impl Instance {
     /// Leaving: not counted as capacity any more.
     #[must_use]
+    /// A just-started instance: nothing served, nothing asked of it yet.
+    pub(crate) fn new(
+        pid: i32,
+        service: usize,
+        slot: u32,
+        now: Instant,
+        stderr: Option<OwnedFd>,
+        report: Option<OwnedFd>,
+    ) -> Instance {
+        Instance {
+            pid,
+            service,
+            slot,
+            started: now,
+            stderr,
+            lines: LineBuf::default(),
+            report,
+            asked: None,
+            kill_at: None,
+            retire: None,
+            served: 0,
+            seen_requests: 0,
+            seen_busy_ns: 0,
+            idle_since: now,
+            busy: 0.0,
+            bad_reports: 0,
+        }
+    }
+
     pub(crate) const fn is_leaving(&self) -> bool {
         self.asked.is_some() || self.retire.is_some()
     }
@@ -112,25 +141,7 @@ mod tests {
     use super::*;
 
     fn inst(pid: i32, service: usize) -> Instance {
-        let now = Instant::now();
-        Instance {
-            pid,
-            service,
-            slot: 0,
-            started: now,
-            stderr: None,
-            lines: LineBuf::default(),
-            report: None,
-            asked: None,
-            kill_at: None,
-            retire: None,
-            served: 0,
-            seen_requests: 0,
-            seen_busy_ns: 0,
-            idle_since: now,
-            busy: 0.0,
-            bad_reports: 0,
-        }
+        Instance::new(pid, service, 0, Instant::now(), None, None)
     }
 
     #[test]
