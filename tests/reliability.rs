@@ -556,19 +556,21 @@ fn sleeping(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("nanosleep"))
 }
 
+/// charond with one prestarted echo instance (`extra` config lines added),
+/// and that instance's pid once it runs.
+fn one_instance(extra: &str) -> (Daemon, i32) {
+    let d = Daemon::start_args(&[(KEY, &echo(extra))], &[]);
+    wait_for(LONG, "an instance", || d.instances().len() == 1);
+    let pid = d.instances()[0];
+    (d, pid)
+}
+
 // --------------------------------------------------------- hostile input
 
 #[test]
 fn a_silent_client_holds_an_instance_only_until_the_read_timeout() {
-    let d = Daemon::start_args(
-        &[(
-            KEY,
-            &echo("prestart-processes = true\nmaximum-processes = 1\nread-timeout = \"500ms\""),
-        )],
-        &[],
-    );
-    wait_for(LONG, "an instance", || d.instances().len() == 1);
-    let pid = d.instances()[0];
+    let (d, pid) =
+        one_instance("prestart-processes = true\nmaximum-processes = 1\nread-timeout = \"500ms\"");
     let (reply, took) = raw_exchange(&sock(&d), b"", false, Duration::from_secs(20));
     assert!(
         took >= Duration::from_millis(450) && took < Duration::from_secs(10),
@@ -585,15 +587,7 @@ fn a_silent_client_holds_an_instance_only_until_the_read_timeout() {
 
 #[test]
 fn a_frame_claiming_4_gib_gets_an_error_not_an_allocation() {
-    let d = Daemon::start_args(
-        &[(
-            KEY,
-            &echo("prestart-processes = true\nmaximum-processes = 1"),
-        )],
-        &[],
-    );
-    wait_for(LONG, "an instance", || d.instances().len() == 1);
-    let pid = d.instances()[0];
+    let (d, pid) = one_instance("prestart-processes = true\nmaximum-processes = 1");
     let header = [b'C', b'H', 1, 1, 0xff, 0xff, 0xff, 0xff];
     let (reply, took) = raw_exchange(&sock(&d), &header, false, Duration::from_secs(20));
     assert!(took < Duration::from_secs(5), "{took:?}");
@@ -609,15 +603,7 @@ fn a_frame_claiming_4_gib_gets_an_error_not_an_allocation() {
 
 #[test]
 fn a_client_vanishing_mid_response_leaves_the_instance_alive() {
-    let d = Daemon::start_args(
-        &[(
-            KEY,
-            &echo("prestart-processes = true\nmaximum-processes = 1"),
-        )],
-        &[],
-    );
-    wait_for(LONG, "an instance", || d.instances().len() == 1);
-    let pid = d.instances()[0];
+    let (d, pid) = one_instance("prestart-processes = true\nmaximum-processes = 1");
     for _ in 0..size(5, 50) {
         let mut frame = Vec::new();
         let head = charon_protocol::RequestHead {
