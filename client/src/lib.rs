@@ -87,7 +87,10 @@
 //! # let _ = ids;
 //! # Ok::<(), charon_client::Error>(())
 //! ```
-#![forbid(unsafe_code)]
+// One unsafe block: reading a large body straight into the caller's Vec
+// (`exchange::recv_into_spare`).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]

@@ -814,6 +814,29 @@ fn push_response_header(out: &mut Vec<u8>, payload: usize) {
     );
 }
 
+/// Where an OK response's body starts in its payload: after the status
+/// byte and the body's 4-byte length.
+pub const OK_BODY_OFFSET: usize = 1 + 4;
+
+/// For a reader that wants a large OK body in a buffer of its own instead
+/// of copying it out of the frame: given the first bytes of a response
+/// payload (`prefix`, at least [`OK_BODY_OFFSET`] of them) and the payload
+/// length from the header, the body's length if the payload is an OK
+/// response that [`decode_response`] would accept: status 0, a body length
+/// that fills the rest of the payload exactly, within
+/// `limits.max_response_body`. `None` for anything else (a fault, an
+/// error, a short prefix, a malformed or oversized response): read the
+/// whole frame and let [`decode_response`] say which.
+#[must_use]
+pub fn ok_body_len(prefix: &[u8], payload_len: u32, limits: &Limits) -> Option<usize> {
+    let [0, a, b, c, d, ..] = *prefix else {
+        return None;
+    };
+    let len = u32::from_be_bytes([a, b, c, d]);
+    let fills = u64::from(len) + OK_BODY_OFFSET as u64 == u64::from(payload_len);
+    (fills && len <= limits.max_response_body).then_some(len as usize)
+}
+
 /// Decodes a response payload (the bytes after the header).
 ///
 /// # Errors

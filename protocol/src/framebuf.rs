@@ -160,6 +160,14 @@ impl FrameBuf {
         }
     }
 
+    /// The bytes of the current frame received so far, header included,
+    /// complete or not: for a reader that takes over the rest of a frame
+    /// itself (then [`FrameBuf::reset`] drops them).
+    #[must_use]
+    pub fn received_bytes(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
     /// The whole frame, header included (empty before completion).
     #[must_use]
     pub fn frame(&self) -> &[u8] {

@@ -32,8 +32,9 @@ pub mod scoreboard;
 
 pub use frame::{
     decode_request, decode_response, encode_ok_head, encode_request, encode_request_head,
-    encode_response, Attributes, Context, ContextIter, DecodeError, EncodeError, ErrorCode,
-    FrameHeader, FrameKind, RequestHead, RequestView, Response, HEADER_LEN, MAGIC, VERSION,
+    encode_response, ok_body_len, Attributes, Context, ContextIter, DecodeError, EncodeError,
+    ErrorCode, FrameHeader, FrameKind, RequestHead, RequestView, Response, HEADER_LEN, MAGIC,
+    OK_BODY_OFFSET, VERSION,
 };
 pub use framebuf::{Fill, FrameBuf, ReadError};
 pub use key::{

@@ -13,9 +13,9 @@ use std::io::{self, Read};
 use charon_protocol::report::{self, Message, Outcome, Record};
 use charon_protocol::{
     check_concrete, decode_request, decode_response, encode_ok_head, encode_request,
-    encode_request_head, encode_response, Attributes, DecodeError, EncodeError, ErrorCode, Fill,
-    FrameBuf, FrameHeader, FrameKind, Limits, ReadError, RequestHead, RequestView, Response,
-    Serialization, ServiceKey, HEADER_LEN, MAX_CLIENT_NAME, MAX_KEY_LEN, MAX_TEXT,
+    encode_request_head, encode_response, ok_body_len, Attributes, DecodeError, EncodeError,
+    ErrorCode, Fill, FrameBuf, FrameHeader, FrameKind, Limits, ReadError, RequestHead, RequestView,
+    Response, Serialization, ServiceKey, HEADER_LEN, MAX_CLIENT_NAME, MAX_KEY_LEN, MAX_TEXT,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -381,6 +381,34 @@ proptest! {
             head.extend_from_slice(body);
             prop_assert_eq!(head, wire);
         }
+    }
+
+    /// `ok_body_len`, which sees only a payload's first bytes, says Some
+    /// exactly when decoding the whole payload gives an OK body of that
+    /// length: for every kind of response, mutated, under any limits.
+    #[test]
+    fn ok_body_len_agrees_with_decode(
+        resp in response(),
+        flip in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+        cut in any::<prop::sample::Index>(),
+        lim in limits(),
+    ) {
+        let wire = resp.encode();
+        let mut payload = wire[HEADER_LEN..].to_vec();
+        if let Some((at, x)) = flip {
+            let i = at.index(payload.len());
+            payload[i] ^= x;
+        }
+        let prefix = &payload[..5 + cut.index(payload.len() - 4)];
+        for limits in [Limits::default(), lim] {
+            let want = match decode_response(&payload, &limits) {
+                Ok(Response::Ok(body)) => Some(body.len()),
+                _ => None,
+            };
+            prop_assert_eq!(ok_body_len(prefix, payload.len() as u32, &limits), want);
+        }
+        // Fewer than five bytes never tell.
+        prop_assert_eq!(ok_body_len(&payload[..4], payload.len() as u32, &Limits::default()), None);
     }
 
     #[test]
