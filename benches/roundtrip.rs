@@ -3,7 +3,7 @@
 //! issue 5 each printed with PASS or MISS, a table, and JSON lines.
 //!
 //! `cargo bench --bench roundtrip [-- --quick] [--instances N]
-//! [--seconds S] [--json PATH|-]`. The floor servers, charond and the
+//! [--seconds S] [--json PATH|-] [--only CELLS]`. The floor servers, charond and the
 //! measurements live in the modules under `benches/roundtrip/`; this file
 //! parses options, orders the runs and reports. BENCHMARKS.md has figures.
 
@@ -43,6 +43,26 @@ struct Opts {
     instances: usize,
     seconds: f64,
     json: Option<String>,
+    /// `--only`: run just these connect cells (body bytes, concurrency)
+    /// and, if `persistent` was named, the persistent cells; no targets
+    /// beyond theirs. For looking at one cell under perf or strace.
+    only: Option<(Vec<(usize, usize)>, bool)>,
+}
+
+/// `--only 65536x4,0x1,persistent`.
+fn parse_only(v: &str) -> Option<(Vec<(usize, usize)>, bool)> {
+    let mut cells = Vec::new();
+    let mut persistent = false;
+    for part in v.split(',') {
+        if part == "persistent" {
+            persistent = true;
+            continue;
+        }
+        let (size, conc) = part.split_once('x')?;
+        let conc: usize = conc.parse().ok().filter(|&c| (1..=64).contains(&c))?;
+        cells.push((size.parse().ok()?, conc));
+    }
+    Some((cells, persistent))
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -51,6 +71,7 @@ fn parse_args() -> Result<Opts, String> {
         instances: 2,
         seconds: 2.0,
         json: None,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -70,12 +91,20 @@ fn parse_args() -> Result<Opts, String> {
                     .filter(|&s: &f64| s > 0.0 && s <= 60.0)
                     .ok_or("--seconds needs a number of seconds above 0, at most 60")?;
             }
+            "--only" => {
+                o.only = Some(
+                    args.next()
+                        .as_deref()
+                        .and_then(parse_only)
+                        .ok_or("--only needs cells like 65536x4,0x1 (body bytes x concurrency) or persistent")?,
+                );
+            }
             "--json" => o.json = Some(args.next().ok_or("--json needs a path, or - for stdout")?),
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; valid: --quick, --instances N, --seconds S, --json PATH|-"
+                    "unknown argument {other:?}; valid: --quick, --instances N, --seconds S, --json PATH|-, --only CELLS"
                 ))
             }
         }
@@ -162,17 +191,27 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
 
     let rounds = 2;
     let per = Duration::from_secs_f64(o.seconds / f64::from(rounds));
-    for conc in [1, 4] {
-        for size in SIZES {
-            let (f, c) = ab(&d, &fl, size, conc, per, rounds);
-            report.cell("connect", size, conc, &f, &c);
+    let cells: Vec<(usize, usize)> = match &o.only {
+        Some((cells, _)) => cells.clone(),
+        None => [1, 4]
+            .into_iter()
+            .flat_map(|conc| SIZES.map(|size| (size, conc)))
+            .collect(),
+    };
+    for (size, conc) in cells {
+        let (f, c) = ab(&d, &fl, size, conc, per, rounds);
+        report.cell("connect", size, conc, &f, &c);
+    }
+    if o.only.as_ref().map_or(true, |(_, p)| *p) {
+        for size in [0, 1024] {
+            let (f, c) = persistent(&d, &pfl, size, per, rounds);
+            report.cell("persistent", size, 1, &f, &c);
         }
     }
-    for size in [0, 1024] {
-        let (f, c) = persistent(&d, &pfl, size, per, rounds);
-        report.cell("persistent", size, 1, &f, &c);
-    }
     report.table();
+    if o.only.is_some() {
+        return Ok(());
+    }
 
     let cpu_dur = Duration::from_secs(if o.quick { 3 } else { 10 });
     let cpu = extras::manager_cpu(&d, KEY, cpu_dur, 4)?;
