@@ -187,7 +187,7 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
 
     // Warm both (page cache, instances in accept) before anything counts.
     let warm = Duration::from_millis(if o.quick { 200 } else { 500 });
-    ab(&d, &fl, 0, n, warm, 1);
+    ab(&d, &fl, 0, n, warm, 1, false);
 
     let rounds = 2;
     let per = Duration::from_secs_f64(o.seconds / f64::from(rounds));
@@ -199,13 +199,19 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
             .collect(),
     };
     for (size, conc) in cells {
-        let (f, c) = ab(&d, &fl, size, conc, per, rounds);
+        // The minimal client runs beside the 0 B concurrency-1 cell only:
+        // it is a diagnostic, not a target.
+        let (f, c, r) = ab(&d, &fl, size, conc, per, rounds, size == 0 && conc == 1);
         report.cell("connect", size, conc, &f, &c);
+        if let Some(r) = r {
+            report.raw("connect", size, conc, &r, &c);
+        }
     }
     if o.only.as_ref().map_or(true, |(_, p)| *p) {
         for size in [0, 1024] {
-            let (f, c) = persistent(&d, &pfl, size, per, rounds);
+            let (f, c, r) = persistent(&d, &pfl, size, per, rounds);
             report.cell("persistent", size, 1, &f, &c);
+            report.raw("persistent", size, 1, &r, &c);
         }
     }
     report.table();
@@ -267,7 +273,8 @@ fn client_loop_if_asked() -> Option<i32> {
     Some(0)
 }
 
-/// Floor then Charon, `rounds` times, each for `per`.
+/// Floor then Charon, `rounds` times, each for `per`; with `raw`, also a
+/// minimal hand-written Charon client against the same instances.
 fn ab(
     d: &Daemon,
     fl: &FloorServers,
@@ -275,9 +282,11 @@ fn ab(
     conc: usize,
     per: Duration,
     rounds: u32,
-) -> (Sample, Sample) {
+    raw: bool,
+) -> (Sample, Sample, Option<Sample>) {
     let body = vec![0x5au8; size];
-    let (mut f, mut c) = (Sample::new(), Sample::new());
+    let (mut f, mut c, mut r) = (Sample::new(), Sample::new(), Sample::new());
+    let sock = d.socket(KEY);
     for _ in 0..rounds {
         f.merge(run_load(conc, per, || {
             let mut cl = FloorClient::new(fl.path(), &body);
@@ -288,20 +297,28 @@ fn ab(
             let body = &body;
             move || check(cl.call(KEY, body), body.len())
         }));
+        if raw {
+            r.merge(run_load(conc, per, || {
+                let mut cl = FloorClient::charon(&sock, KEY, &body, false);
+                move || cl.call()
+            }));
+        }
     }
-    (f, c)
+    (f, c, raw.then_some(r))
 }
 
-/// A keep-affinity conversation against a persistent floor ping-pong.
+/// A keep-affinity conversation against a persistent floor ping-pong, and
+/// the minimal Charon client keeping its connection the same way.
 fn persistent(
     d: &Daemon,
     pfl: &FloorServers,
     size: usize,
     per: Duration,
     rounds: u32,
-) -> (Sample, Sample) {
+) -> (Sample, Sample, Sample) {
     let body = vec![0x5au8; size];
-    let (mut f, mut c) = (Sample::new(), Sample::new());
+    let (mut f, mut c, mut r) = (Sample::new(), Sample::new(), Sample::new());
+    let sock = d.socket(KEY);
     for _ in 0..rounds {
         f.merge(run_load(1, per, || {
             let mut cl = FloorClient::new(pfl.path(), &body);
@@ -318,8 +335,12 @@ fn persistent(
                 r
             }
         }));
+        r.merge(run_load(1, per, || {
+            let mut cl = FloorClient::charon(&sock, KEY, &body, true);
+            move || cl.call_persistent()
+        }));
     }
-    (f, c)
+    (f, c, r)
 }
 
 fn check(r: Result<Vec<u8>, charon_client::Error>, len: usize) -> Result<(), String> {

@@ -101,6 +101,11 @@ impl Daemon {
         }
     }
 
+    /// The socket of service `key` (a concrete key).
+    pub fn socket(&self, key: &str) -> PathBuf {
+        self.run.join(format!("{key}.sock"))
+    }
+
     pub fn client(&self) -> Client {
         Client::builder()
             .run_dir(&self.run)

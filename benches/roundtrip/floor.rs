@@ -15,6 +15,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use charon_protocol::{encode_ok_head, encode_request, Attributes, Limits, RequestHead};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
 /// Names the inherited listening fd in a floor server process.
@@ -120,9 +121,18 @@ impl Drop for FloorServers {
 
 /// A floor client: the request is encoded once, like a real client that
 /// knows its body; the response buffer is reused.
+///
+/// [`FloorClient::charon`] makes the same minimal client speak the Charon
+/// protocol (a pre-encoded request frame, blocking reads of a response of
+/// known length): driven against charond's instances it separates what the
+/// client library costs from what the instance costs.
 pub struct FloorClient {
     path: PathBuf,
     request: Vec<u8>,
+    /// The response's length and first bytes (the length prefix, or the
+    /// Charon OK head).
+    expect_len: usize,
+    expect_head: Vec<u8>,
     response: Vec<u8>,
     conn: Option<UnixStream>,
 }
@@ -134,7 +144,36 @@ impl FloorClient {
         request.extend_from_slice(body);
         FloorClient {
             path: path.to_path_buf(),
+            expect_len: request.len(),
+            expect_head: request[..4].to_vec(),
             request,
+            response: Vec::new(),
+            conn: None,
+        }
+    }
+
+    /// The minimal client for a Charon echo service at `path`.
+    pub fn charon(path: &Path, key: &str, body: &[u8], keep: bool) -> FloorClient {
+        let limits = Limits::default();
+        let mut attributes = Attributes::NONE;
+        attributes.set(Attributes::KEEP_AFFINITY, keep);
+        let head = RequestHead {
+            key,
+            client: "bench-raw",
+            attempt: 1,
+            attributes,
+        };
+        let mut request = Vec::new();
+        encode_request::<&str, &[u8]>(&head, &[], body, &limits, &mut request)
+            .unwrap_or_else(|e| unreachable!("the bench's request is valid: {e}"));
+        let mut expect_head = Vec::new();
+        encode_ok_head(body.len(), &limits, &mut expect_head)
+            .unwrap_or_else(|e| unreachable!("the bench's response is valid: {e}"));
+        FloorClient {
+            path: path.to_path_buf(),
+            request,
+            expect_len: expect_head.len() + body.len(),
+            expect_head,
             response: Vec::new(),
             conn: None,
         }
@@ -161,10 +200,10 @@ impl FloorClient {
     fn exchange(&mut self, conn: &mut UnixStream) -> Result<(), String> {
         conn.write_all(&self.request)
             .map_err(|e| format!("floor write: {e}"))?;
-        self.response.resize(self.request.len(), 0);
+        self.response.resize(self.expect_len, 0);
         conn.read_exact(&mut self.response)
             .map_err(|e| format!("floor read: {e}"))?;
-        if self.response.len() != self.request.len() || self.response[..4] != self.request[..4] {
+        if !self.response.starts_with(&self.expect_head) {
             return Err("floor answered a different length".to_string());
         }
         Ok(())
