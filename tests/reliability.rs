@@ -560,8 +560,7 @@ fn sleeping(pid: i32) -> bool {
 /// and that instance's pid once it runs.
 fn one_instance(extra: &str) -> (Daemon, i32) {
     let d = Daemon::start_args(&[(KEY, &echo(extra))], &[]);
-    wait_for(LONG, "an instance", || d.instances().len() == 1);
-    let pid = d.instances()[0];
+    let pid = d.one_instance(LONG, "an instance");
     (d, pid)
 }
 
@@ -976,8 +975,7 @@ fn as_root_a_program_another_user_could_replace_is_not_run() {
             bin_dir.display()
         ))
     });
-    wait_for(LONG, "the safe one to run", || d.instances().len() == 1);
-    let pid = d.instances()[0];
+    let pid = d.one_instance(LONG, "the safe one to run");
     wait_for(LONG, "the safe program to run", || {
         let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         String::from_utf8_lossy(&c).contains("safe.sh") || c.starts_with(b"sleep\0")
@@ -1062,8 +1060,7 @@ fn instances_run_as_user_and_group_with_supplementary_groups_dropped() {
         )],
         &[],
     );
-    wait_for(LONG, "an instance", || d.instances().len() == 1);
-    let pid = d.instances()[0];
+    let pid = d.one_instance(LONG, "an instance");
     // Between fork and exec the child is still charond's copy.
     wait_for(LONG, "the exec of sleep", || execed(pid, b"sleep\0"));
     assert_eq!(
@@ -1096,8 +1093,7 @@ fn instances_get_only_the_documented_environment() {
         )],
         &[],
     );
-    wait_for(LONG, "an instance", || d.instances().len() == 1);
-    let pid = d.instances()[0];
+    let pid = d.one_instance(LONG, "an instance");
     wait_for(LONG, "the exec of sleep", || execed(pid, b"/bin/sleep\0"));
     let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
     let vars: BTreeSet<String> = environ

@@ -148,6 +148,22 @@ impl Daemon {
         instances_of(&self.run)
     }
 
+    /// Waits until exactly one instance is seen and returns its pid, from
+    /// the same look: a second look can miss it while it execs (its
+    /// environ unreadable for a moment), which made a test index an empty
+    /// list.
+    pub fn one_instance(&self, timeout: Duration, what: &str) -> i32 {
+        let mut pid = 0;
+        wait_for(timeout, what, || match self.instances()[..] {
+            [p] => {
+                pid = p;
+                true
+            }
+            _ => false,
+        });
+        pid
+    }
+
     /// Writes `<key>.toml` beside and renames it in, so a reload never
     /// reads half a file.
     pub fn write_conf(&self, key: &str, toml: &str) {
