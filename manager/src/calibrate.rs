@@ -79,10 +79,16 @@ pub(crate) fn decide(l: &Limits, views: &[View], why: Why) -> Decision {
                 .filter(|v| matches!(v.state, Some(SlotState::Starting | SlotState::Idle)))
                 .count() as u32;
             // One per waiting client when the count is known, else double;
-            // capped by the maximum and the burst guard.
+            // less what is coming; then capped by the maximum and the burst
+            // guard. (Capping before subtracting lost clients: 7 waiting, 6
+            // starting, room for 1 gave min(7, 1) - 6 = nothing, and the
+            // seventh waited for a whole request to finish.)
             let want = if exact { waiting } else { n.max(1) };
-            let want = want.min(l.maximum - n).min(MAX_BURST);
-            match want.saturating_sub(coming) {
+            match want
+                .saturating_sub(coming)
+                .min(l.maximum - n)
+                .min(MAX_BURST)
+            {
                 0 => Decision::Nothing,
                 k => Decision::Start(k),
             }
@@ -156,6 +162,11 @@ mod tests {
         ];
         assert_eq!(decide(&l, &v, exact(3)), Decision::Start(2));
         assert_eq!(decide(&l, &v, exact(1)), Decision::Nothing);
+        // Room for one more, and one more client than is coming: start it.
+        let mut v = vec![view(0, SlotState::Busy, 0, 1.0)];
+        v.extend((1..7).map(|i| view(i, SlotState::Starting, 0, 0.0)));
+        assert_eq!(decide(&l, &v, exact(7)), Decision::Start(1));
+        assert_eq!(decide(&l, &v, exact(6)), Decision::Nothing);
         // An idle instance about to accept is capacity too.
         let v = [view(0, SlotState::Idle, 0, 0.0)];
         assert_eq!(decide(&l, &v, exact(1)), Decision::Nothing);

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use charon_protocol::report::{encode_records, encode_signal, Message, Outcome, Record};
-use charon_protocol::scoreboard::{Scoreboard, SlotState};
+use charon_protocol::scoreboard::{now_ns, Scoreboard, SlotState};
 use charon_protocol::{decode_response, Limits, Response, ServiceKey, HEADER_LEN};
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
@@ -489,4 +489,42 @@ fn a_new_generation_that_exits_before_it_is_up_leaves_the_old_one() {
         r.seen.borrow().signals.is_empty(),
         "nothing signalled the old one"
     );
+}
+
+#[test]
+fn a_hint_that_finds_an_idle_instance_lets_the_next_through_and_waiting_clients_keep_the_watch() {
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.minimum_processes = 1;
+        c.maximum_processes = 8;
+    });
+    r.begin();
+    let slot = r.seen.borrow().spawned[0].1;
+    let set = |r: &Rig, st| r.m.services[0].board.slot(slot).unwrap().set_state(st);
+    set(&r, SlotState::Idle);
+    // A hint from a request that ended before the manager looked: the
+    // instance is idle, nobody waits. Not saturated, and the next hint
+    // must not be held back by the rate limit.
+    const SECOND: u64 = 1_000_000_000;
+    assert!(r.m.services[0].board.claim_hint(now_ns(), 0));
+    assert!(
+        !r.m.services[0].board.claim_hint(now_ns(), SECOND),
+        "rate-limited"
+    );
+    r.m.on_saturated(0);
+    assert_eq!(r.m.services[0].watch, Watch::Off);
+    assert!(
+        r.m.services[0].board.claim_hint(now_ns(), SECOND),
+        "the next saturation is reported at once"
+    );
+    // Clients waiting while the instance is still idle (about to accept
+    // one of them): keep watching and re-check soon.
+    let _clients: Vec<UnixStream> = (0..3).map(|_| r.connect()).collect();
+    r.m.on_saturated(0);
+    assert_eq!(r.m.services[0].watch, Watch::Saturated);
+    assert!(r.m.services[0].sat_check.is_some());
+    // Once it is busy with one, the rest get new instances.
+    set(&r, SlotState::Busy);
+    r.m.on_listener(0);
+    assert!(r.pids().len() > 1, "grew: {:?}", r.pids());
 }

@@ -442,6 +442,16 @@ impl Scoreboard {
     }
 }
 
+impl Scoreboard {
+    /// Lets the next [`Scoreboard::claim_hint`] succeed at once: for the
+    /// manager when it stops watching a service that a hint found not
+    /// saturated after all, so the next real saturation is not lost in the
+    /// gap.
+    pub fn allow_next_hint(&self) {
+        self.header().last_hint_ns.store(0, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Scoreboard {
     fn drop(&mut self) {
         // SAFETY: base/len are exactly what mmap returned, and no reference
