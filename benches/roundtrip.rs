@@ -43,26 +43,37 @@ struct Opts {
     instances: usize,
     seconds: f64,
     json: Option<String>,
-    /// `--only`: run just these connect cells (body bytes, concurrency)
-    /// and, if `persistent` was named, the persistent cells; no targets
-    /// beyond theirs. For looking at one cell under perf or strace.
-    only: Option<(Vec<(usize, usize)>, bool)>,
+    only: Option<Only>,
 }
 
-/// `--only 65536x4,0x1,persistent`.
-fn parse_only(v: &str) -> Option<(Vec<(usize, usize)>, bool)> {
-    let mut cells = Vec::new();
-    let mut persistent = false;
+/// `--only`: run just these connect cells (body bytes, concurrency), the
+/// persistent cells if named, and the scale-up burst (five times) if
+/// named; no other targets. For looking at one thing under perf or strace.
+struct Only {
+    cells: Vec<(usize, usize)>,
+    persistent: bool,
+    scale_up: bool,
+}
+
+/// `--only 65536x4,0x1,persistent,scale-up`.
+fn parse_only(v: &str) -> Option<Only> {
+    let mut o = Only {
+        cells: Vec::new(),
+        persistent: false,
+        scale_up: false,
+    };
     for part in v.split(',') {
-        if part == "persistent" {
-            persistent = true;
-            continue;
+        match part {
+            "persistent" => o.persistent = true,
+            "scale-up" => o.scale_up = true,
+            _ => {
+                let (size, conc) = part.split_once('x')?;
+                let conc: usize = conc.parse().ok().filter(|&c| (1..=64).contains(&c))?;
+                o.cells.push((size.parse().ok()?, conc));
+            }
         }
-        let (size, conc) = part.split_once('x')?;
-        let conc: usize = conc.parse().ok().filter(|&c| (1..=64).contains(&c))?;
-        cells.push((size.parse().ok()?, conc));
     }
-    Some((cells, persistent))
+    Some(o)
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -96,7 +107,7 @@ fn parse_args() -> Result<Opts, String> {
                     args.next()
                         .as_deref()
                         .and_then(parse_only)
-                        .ok_or("--only needs cells like 65536x4,0x1 (body bytes x concurrency) or persistent")?,
+                        .ok_or("--only needs cells like 65536x4,0x1 (body bytes x concurrency), persistent or scale-up")?,
                 );
             }
             "--json" => o.json = Some(args.next().ok_or("--json needs a path, or - for stdout")?),
@@ -192,7 +203,7 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
     let rounds = 2;
     let per = Duration::from_secs_f64(o.seconds / f64::from(rounds));
     let cells: Vec<(usize, usize)> = match &o.only {
-        Some((cells, _)) => cells.clone(),
+        Some(only) => only.cells.clone(),
         None => [1, 4]
             .into_iter()
             .flat_map(|conc| SIZES.map(|size| (size, conc)))
@@ -207,7 +218,7 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
             report.raw("connect", size, conc, &r, &c);
         }
     }
-    if o.only.as_ref().map_or(true, |(_, p)| *p) {
+    if o.only.as_ref().map_or(true, |only| only.persistent) {
         for size in [0, 1024] {
             let (f, c, r) = persistent(&d, &pfl, size, per, rounds);
             report.cell("persistent", size, 1, &f, &c);
@@ -215,7 +226,20 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
         }
     }
     report.table();
-    if o.only.is_some() {
+    if let Some(only) = &o.only {
+        if only.scale_up {
+            // The first burst is the one that counts (later ones find the
+            // instances the first started); a slow one prints what the
+            // manager logged meanwhile.
+            for _ in 0..5 {
+                let seen = d.log().len();
+                let took = extras::scale_up(&d, BURST_KEY)?;
+                if took > Duration::from_millis(150) {
+                    eprint!("{}", d.log().get(seen..).unwrap_or_default());
+                }
+                report.scale_up(took);
+            }
+        }
         return Ok(());
     }
 
