@@ -28,7 +28,9 @@
 //!
 //! A request costs one non-blocking connect, one `sendmsg` of the encoded
 //! head and the body together, reads until one response frame is complete,
-//! and a close. Nothing is relayed: the instance that accepted the
+//! and a close. A response body larger than the first 4 KiB read is
+//! received straight into the `Vec` returned to the caller, so it is
+//! copied once, by the kernel. Nothing is relayed: the instance that accepted the
 //! connection answers it. A service whose listen backlog is full refuses the
 //! non-blocking connect at once, which is [`ErrorKind::Overloaded`], never a
 //! wait. Writes use `MSG_NOSIGNAL`, so a closed peer never raises `SIGPIPE`
