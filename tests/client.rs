@@ -269,6 +269,33 @@ fn slow_service_times_out_within_the_deadline() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
 
+/// `Client::call` leaves a kept connection in blocking mode (it waits in a
+/// blocking read); a batch that takes it back must not block on it.
+#[test]
+fn a_connection_kept_by_call_does_not_block_a_batch() {
+    let dir = TestDir::new();
+    let _e = echo(dir.path(), "system.echo.0.raw");
+    let mut c = client(dir.path(), LONG);
+    let keep = Request::new("system.echo.0.raw", b"one".to_vec()).keep_affinity();
+    assert_eq!(c.call_request(&keep).expect("first"), b"one");
+    assert!(c.has_affinity("system.echo.0.raw"));
+    let mut batch = c.batch();
+    let slow = Request::new("system.echo.0.raw", b"two".to_vec())
+        .need_affinity()
+        .context("echo.sleep-ms", "3000");
+    let t = Instant::now();
+    let id = batch.add(slow).expect("add");
+    // Sending never waits for the answer: on a blocking socket the batch's
+    // first read would have taken the service's 3 s.
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "add took {:?}",
+        t.elapsed()
+    );
+    batch.wait_all();
+    assert_eq!(batch.take(id).expect("finished").expect("answered"), b"two");
+}
+
 #[test]
 fn oversize_request_is_refused_before_sending() {
     let dir = TestDir::new();

@@ -271,7 +271,19 @@ impl<'c> Batch<'c> {
             entry.req.attributes(),
             entry.attempt,
         );
-        match self.client.open(&key, attrs, attempt) {
+        let opened = self.client.open(&key, attrs, attempt).and_then(|s| {
+            // A connection kept by `Client::call` is in blocking mode; the
+            // poll needs it non-blocking.
+            if attrs.contains(Attributes::KEEP_AFFINITY)
+                || attrs.contains(Attributes::NEED_AFFINITY)
+            {
+                s.set_nonblocking(true).map_err(|e| {
+                    Error::with_key(Error::io("make a kept connection non-blocking", e), &key)
+                })?;
+            }
+            Ok(s)
+        });
+        match opened {
             Err(e) => self.finish(idx, Err(e)),
             Ok(stream) => {
                 let ex = Exchange::new(stream, self.client.limits());

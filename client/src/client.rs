@@ -1,9 +1,12 @@
 //! The [`Client`]: options shared by every request, the connections kept for
 //! affinity, and the blocking one-request call.
 //!
-//! The call path waits with a single poll(2) on its one socket, so a request
-//! costs socket, connect, one sendmsg, poll, read(s) and close. Many requests
-//! at once are left to [`crate::Batch`].
+//! The call path connects without blocking (a full backlog is Overloaded at
+//! once), sends with one sendmsg, then switches the socket to blocking mode
+//! with the time left as its read timeout and blocks in the read: socket,
+//! connect, sendmsg, ioctl(FIONBIO), setsockopt(SO_RCVTIMEO), read(s),
+//! close. poll(2) is used only if the request cannot be sent at once. Many
+//! requests at once are left to [`crate::Batch`].
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
@@ -328,7 +331,10 @@ impl Client {
         }
     }
 
-    /// Runs one exchange to its end with poll(2), or fails with Timeout.
+    /// Runs one exchange to its end, or fails with Timeout: poll(2) while
+    /// the request cannot be sent, then blocking reads. A connection kept
+    /// for affinity stays in blocking mode; a batch that takes it back sets
+    /// it non-blocking.
     fn drive(
         &self,
         ex: &mut Exchange,
@@ -337,6 +343,7 @@ impl Client {
         no_wait: bool,
         deadline: Instant,
     ) -> Result<Step, ErrorKind> {
+        let mut blocking = false;
         loop {
             let flags = match ex.advance(head, body, no_wait, &self.limits) {
                 Step::WantWrite => PollFlags::POLLOUT,
@@ -348,6 +355,22 @@ impl Client {
                 return Err(ErrorKind::Timeout {
                     after: self.timeout,
                 });
+            }
+            if flags == PollFlags::POLLIN {
+                // Wait in the read itself, as a blocking read with the time
+                // left as SO_RCVTIMEO, not in poll(2): the roundtrip bench
+                // measured the poll-then-read pattern about 10 us slower at
+                // p50 on one request at a time, worth two cheap syscalls
+                // (the connect before stays non-blocking, for Overloaded at
+                // once). A read that times out gives WouldBlock: WantRead
+                // again, and the deadline above ends it.
+                let s = ex.stream();
+                if (blocking || s.set_nonblocking(false).is_ok())
+                    && s.set_read_timeout(Some(left)).is_ok()
+                {
+                    blocking = true;
+                    continue;
+                }
             }
             let mut fds = [PollFd::new(ex.fd(), flags)];
             match poll(&mut fds, poll_timeout(left)) {

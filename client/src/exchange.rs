@@ -118,6 +118,10 @@ impl Exchange {
         self.stream.as_fd()
     }
 
+    pub(crate) fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
     /// Gives the connection back, for a keep-affinity request.
     pub(crate) fn into_stream(self) -> UnixStream {
         self.stream
@@ -291,14 +295,7 @@ fn recv_into_spare(stream: &UnixStream, body: &mut Vec<u8>, len: usize) -> Resul
     // the Vec's own spare capacity, which nothing else references while
     // `spare` borrows it mutably (MaybeUninit<u8> has u8's layout). The fd
     // is open: `stream` owns it and outlives the call.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            spare.as_mut_ptr().cast(),
-            want,
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let n = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), want, 0) };
     let n = usize::try_from(n).map_err(|_| Errno::last())?;
     // SAFETY: recv reported `n <= want` bytes written at the start of the
     // spare capacity, so the first `body.len() + n` bytes are initialized,

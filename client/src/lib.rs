@@ -36,8 +36,9 @@
 //! wait. Writes use `MSG_NOSIGNAL`, so a closed peer never raises `SIGPIPE`
 //! and the crate changes no signal disposition.
 //!
-//! [`Client::call`] waits on its one socket with a single `poll(2)`. A
-//! [`Batch`] owns one `mio::Poll`: every request's socket is registered in
+//! [`Client::call`] waits for the response in a blocking read with the
+//! time left as the socket's read timeout (measured faster than `poll(2)`
+//! then a read). A [`Batch`] owns one `mio::Poll`: every request's socket is registered in
 //! it and each readiness event advances that exchange, so all requests
 //! progress in parallel in the calling thread.
 //!
