@@ -2,7 +2,8 @@
 //! state machine: send the head and body, then read one response frame.
 //!
 //! [`Exchange::advance`] does as much as the socket allows without blocking
-//! and says what it waits for. Waiting (poll(2) for one call, mio for a
+//! and says what it waits for. Waiting (a blocking read, or poll(2) to
+//! send, for one call; mio for a
 //! batch), deadlines, retries and affinity are left to the callers.
 //!
 //! A response's first read takes at most [`FIRST_WINDOW`] bytes into the
