@@ -1,10 +1,11 @@
-//! One request/response exchange on one non-blocking connection, as a small
-//! state machine: send the head and body, then read one response frame.
+//! One request/response exchange on one connection, as a small state
+//! machine: send the head and body, then read one response frame.
 //!
-//! [`Exchange::advance`] does as much as the socket allows without blocking
-//! and says what it waits for. Waiting (a blocking read, or poll(2) to
-//! send, for one call; mio for a
-//! batch), deadlines, retries and affinity are left to the callers.
+//! [`Exchange::advance`] does as much as the socket allows (never blocking
+//! to send; blocking to read only if the socket is in blocking mode, as
+//! `Client::call` sets it) and says what it waits for. Waiting (a blocking
+//! read, or poll(2) to send, for one call; mio for a batch), deadlines,
+//! retries and affinity are left to the callers.
 //!
 //! A response's first read takes at most [`FIRST_WINDOW`] bytes into the
 //! exchange's reusable `FrameBuf`: a small response arrives whole in it and
