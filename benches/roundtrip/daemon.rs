@@ -101,9 +101,12 @@ impl Daemon {
         }
     }
 
-    /// The socket of service `key` (a concrete key).
+    /// The socket of service `key` (a concrete key), named as charond
+    /// names it.
     pub fn socket(&self, key: &str) -> PathBuf {
-        self.run.join(format!("{key}.sock"))
+        let key = charon_protocol::ServiceKey::parse(key)
+            .unwrap_or_else(|e| unreachable!("the bench's keys are valid: {e}"));
+        self.run.join(key.socket_file_name())
     }
 
     pub fn client(&self) -> Client {

@@ -39,6 +39,18 @@ fn figures(s: &Sample) -> [f64; 5] {
     ]
 }
 
+/// One system's figures for one cell as a JSON line.
+fn sample_json(case: &str, system: &str, size: usize, conc: usize, s: &Sample) -> Value {
+    json!({"kind": "roundtrip", "case": case, "system": system, "body": size,
+    "concurrency": conc, "requests": s.requests, "errors": s.errors,
+    "first_error": s.first_error, "seconds": s.busy.as_secs_f64(), "rps": s.rps(),
+    "p50_us": s.us(0.5), "p99_us": s.us(0.99), "p999_us": s.us(0.999),
+    // The whole shape: at concurrency 1 on two cores the latency is
+    // bimodal (client and server on one CPU, or a cross-CPU wake-up), and
+    // p50 can sit between the modes.
+    "deciles_us": (1..10).map(|d| s.us(f64::from(d) / 10.0)).collect::<Vec<_>>()})
+}
+
 fn size_name(size: usize) -> String {
     match size {
         0 => "0 B".to_string(),
@@ -110,13 +122,7 @@ impl Report {
     /// The minimal hand-written Charon client (`r`) beside `Client` (`c`)
     /// on the same instances: a diagnostic line, no target.
     pub fn raw(&mut self, case: &'static str, size: usize, conc: usize, r: &Sample, c: &Sample) {
-        self.emit(
-            json!({"kind": "roundtrip", "case": case, "system": "charon-raw", "body": size,
-            "concurrency": conc, "requests": r.requests, "errors": r.errors,
-            "first_error": r.first_error, "seconds": r.busy.as_secs_f64(), "rps": r.rps(),
-            "p50_us": r.us(0.5), "p99_us": r.us(0.99), "p999_us": r.us(0.999),
-            "deciles_us": (1..10).map(|d| r.us(f64::from(d) / 10.0)).collect::<Vec<_>>()}),
-        );
+        self.emit(sample_json(case, "charon-raw", size, conc, r));
         let line = format!(
             "{case} {} c={conc}: minimal hand-written client on the same instances: p50 {:.1}us, Client p50 {:.1}us ({} errors)",
             size_name(size),
@@ -130,16 +136,7 @@ impl Report {
 
     pub fn cell(&mut self, case: &'static str, size: usize, conc: usize, f: &Sample, c: &Sample) {
         for (system, s) in [("floor", f), ("charon", c)] {
-            self.emit(
-                json!({"kind": "roundtrip", "case": case, "system": system, "body": size,
-                "concurrency": conc, "requests": s.requests, "errors": s.errors,
-                "first_error": s.first_error, "seconds": s.busy.as_secs_f64(), "rps": s.rps(),
-                "p50_us": s.us(0.5), "p99_us": s.us(0.99), "p999_us": s.us(0.999),
-                // The whole shape: at concurrency 1 on two cores the
-                // latency is bimodal (client and server on one CPU, or a
-                // cross-CPU wake-up), and p50 can sit between the modes.
-                "deciles_us": (1..10).map(|d| s.us(f64::from(d) / 10.0)).collect::<Vec<_>>()}),
-            );
+            self.emit(sample_json(case, system, size, conc, s));
         }
         let errors = [("floor", f), ("charon", c)]
             .iter()
