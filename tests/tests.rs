@@ -13,3 +13,5 @@ mod manager;
 mod operators;
 // Failure as the normal case: chaos, leaks, hostile input, security.
 mod reliability;
+// Nothing lost at the edges: stop, manager death, reload, restart.
+mod edges;

@@ -1,5 +1,6 @@
 //! The end of a generation: after a reload swapped in its successor, or its
-//! config file was removed, or its replacement failed to come up. Its
+//! config file was removed, or its replacement failed to come up, or the
+//! manager is stopping (SIGTERM/SIGINT, its socket unlinked). Its
 //! instances get SIGUSR1 once they are up (serve what is queued, finish the
 //! request in hand, exit 0); a queue left with no instance gets one more
 //! instance of the old config; then the socket closes, the scoreboard is
@@ -28,13 +29,16 @@ const MAX_DRAIN_SPAWNS: u32 = 3;
 
 impl Manager {
     /// Marks a generation as draining: it starts nothing more, and each
-    /// instance is told to drain once it is up.
-    pub(crate) fn begin_drain(&mut self, o: usize) {
+    /// instance is told to drain once it is up. Its socket stays open for
+    /// `LINGER` after its path was handed on (a reload's rename) or, with
+    /// `linger` false, only until its queue is served (a stop: the path was
+    /// unlinked, so nobody can connect any more).
+    pub(crate) fn begin_drain(&mut self, o: usize, linger: bool) {
         let now = Instant::now();
         let svc = &mut self.services[o];
         svc.sock_path = PathBuf::new();
         svc.gen = Gen::Draining {
-            linger_until: now + LINGER,
+            linger_until: if linger { now + LINGER } else { now },
         };
         svc.gen_check = Some(now);
         svc.sat_check = None;
@@ -49,6 +53,11 @@ impl Manager {
     pub(crate) fn drain_step(&mut self, o: usize, now: Instant, linger_until: Instant) -> bool {
         let mut starting = false;
         let mut any = false;
+        // At a stop with nothing queued, an instance not yet up has nothing
+        // to serve: it is stopped at once (as a program that never reports
+        // up, not using the service library, would otherwise wait for the
+        // ready deadline).
+        let idle_stop = self.stopping && !waiting(&self.services[o].listen);
         let ids: Vec<usize> = self
             .procs
             .iter()
@@ -71,10 +80,11 @@ impl Manager {
             // until the library reports it up.
             if matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
                 self.drain_instance(id, now);
-            } else if now.saturating_duration_since(inst.started) > READY_DEADLINE {
+            } else if idle_stop || now.saturating_duration_since(inst.started) > READY_DEADLINE {
                 // Never came up: it serves nothing, so stopping it loses
                 // nothing (and SIGKILL follows after stop-grace).
-                self.stop_instance(id, KillReason::Reload);
+                let reason = self.drain_reason();
+                self.stop_instance(id, reason);
             } else {
                 starting = true;
             }
@@ -84,7 +94,9 @@ impl Manager {
             return true;
         }
         if waiting(&self.services[o].listen) {
-            if self.services[o].drain_spawns < MAX_DRAIN_SPAWNS && !self.stopping {
+            // A graceful stop serves a leftover queue too; a second stop
+            // signal ("now") does not.
+            if self.services[o].drain_spawns < MAX_DRAIN_SPAWNS && !self.stopping_now {
                 self.services[o].drain_spawns += 1;
                 let _ = self.spawn_one(o, StartWhy::Drain);
             } else {
@@ -101,16 +113,31 @@ impl Manager {
         false
     }
 
+    /// Why generations drain now: a reload, or the manager stopping.
+    fn drain_reason(&self) -> KillReason {
+        if self.stopping {
+            KillReason::Shutdown
+        } else {
+            KillReason::Reload
+        }
+    }
+
     /// SIGUSR1 to one instance; SIGKILL after `stop-grace`.
     fn drain_instance(&mut self, id: usize, now: Instant) {
+        let reason = self.drain_reason();
         let Some(inst) = self.procs.get_mut(id) else {
             return;
         };
         let s = inst.service;
-        inst.asked = Some(KillReason::Reload);
+        inst.asked = Some(reason);
         inst.kill_at = Some(now + self.services[s].config.stop_grace);
         let pid = inst.pid;
-        info!(Some(self.services[s].key()), Some(pid), "draining (reload)");
+        info!(
+            Some(self.services[s].key()),
+            Some(pid),
+            "draining ({})",
+            reason.name()
+        );
         self.signal(id, charon_protocol::managed::DRAIN_SIGNAL);
     }
 

@@ -103,6 +103,8 @@ pub(crate) struct Manager {
     pub devnull: OwnedFd,
     pub events: VecDeque<(usize, Event)>,
     pub stopping: bool,
+    /// A second stop signal came: SIGKILL, start nothing, serve no queue.
+    pub stopping_now: bool,
     pub next_tick: Instant,
     pub next_stats: Instant,
     pub rng: u64,
@@ -156,6 +158,7 @@ impl Manager {
             devnull,
             events: VecDeque::new(),
             stopping: false,
+            stopping_now: false,
             next_tick: now + TICK,
             next_stats: now,
             rng: seed | 1,
@@ -184,7 +187,9 @@ impl Manager {
         self.process_events();
         let mut events = Events::with_capacity(256);
         loop {
-            if self.stopping && self.procs.is_empty() {
+            // Stopping ends once every generation has served its queue and
+            // been freed, and every instance is reaped.
+            if self.stopping && self.procs.is_empty() && self.services.is_empty() {
                 info!(None, None, "all instances gone; exiting");
                 return Ok(());
             }
@@ -370,10 +375,12 @@ impl Manager {
         }
     }
 
-    /// SIGTERM/SIGINT: stop watching, remove the sockets, ask every instance
-    /// to finish, and SIGKILL after the grace period.
+    /// SIGTERM/SIGINT: remove the sockets (new clients get NotFound) and
+    /// drain every generation (`drain.rs`): its instances serve the
+    /// connections already queued, finish the request in hand and exit,
+    /// SIGKILLed after `stop-grace`; a queue left with no instance gets one.
     /// A second SIGTERM/SIGINT while stopping means "now": SIGKILL every
-    /// group without waiting for `stop-grace`.
+    /// group without waiting for `stop-grace`, and close what is queued.
     pub(crate) fn begin_shutdown(&mut self) {
         if self.stopping {
             info!(
@@ -382,6 +389,7 @@ impl Manager {
                 "stopping now: killing {} instance(s)",
                 self.procs.len()
             );
+            self.stopping_now = true;
             let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
             for id in ids {
                 self.kill_instance(id, crate::service::state::KillReason::Shutdown);
@@ -392,20 +400,16 @@ impl Manager {
         info!(
             None,
             None,
-            "stopping: {} instance(s) to finish",
+            "stopping: {} instance(s) to serve their queue and finish",
             self.procs.len()
         );
         for s in self.services.ids() {
-            self.events.push_back((s, Event::Shutdown));
-            let path = self.services[s].sock_path.clone();
+            let path = std::mem::take(&mut self.services[s].sock_path);
             remove_socket(&path, self.services[s].key());
+            self.begin_drain(s, false);
         }
         self.answer_reloads_now("the manager is stopping");
         self.process_events();
-        let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
-        for id in ids {
-            self.stop_instance(id, crate::service::state::KillReason::Shutdown);
-        }
     }
 }
 

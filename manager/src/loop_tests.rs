@@ -304,20 +304,31 @@ fn retiring_starts_the_replacement_before_stopping_the_old_one() {
 }
 
 #[test]
-fn shutdown_terms_every_group_removes_the_socket_and_starts_nothing() {
+fn shutdown_drains_every_group_removes_the_socket_and_starts_nothing() {
     let mut r = rig(|c| {
         c.prestart_processes = true;
         c.minimum_processes = 2;
     });
     r.begin();
     let pids = r.pids();
+    let spawned = r.seen.borrow().spawned.clone();
     r.m.begin_shutdown();
     assert!(!r.dir.path().join("run/system.echo.0.raw.sock").exists());
+    // Not up yet: SIGUSR1 would kill them before their handler is in.
+    assert!(r.seen.borrow().signals.is_empty());
+    for (_, slot) in &spawned {
+        r.m.services[0]
+            .board
+            .slot(*slot)
+            .unwrap()
+            .set_state(SlotState::Idle);
+    }
+    assert!(r.m.generation_step(0, Instant::now()));
     let sigs = r.seen.borrow().signals.clone();
     assert_eq!(sigs.len(), 2);
     assert!(sigs
         .iter()
-        .all(|&(p, s)| pids.contains(&p) && s == Signal::SIGTERM));
+        .all(|&(p, s)| pids.contains(&p) && s == Signal::SIGUSR1));
     // A second stop signal does not wait for stop-grace.
     r.m.begin_shutdown();
     let sigs = r.seen.borrow().signals.clone();
@@ -331,6 +342,21 @@ fn shutdown_terms_every_group_removes_the_socket_and_starts_nothing() {
     assert!(r.m.procs.is_empty());
     assert_eq!(r.m.services[0].stats.exits.get("shutdown"), Some(&2));
     assert_eq!(r.pids().len(), 2, "nothing restarted");
+    // The queue is empty: the generation is freed, and the loop may end.
+    assert!(!r.m.generation_step(0, Instant::now()));
+    assert!(r.m.services.is_empty());
+}
+
+#[test]
+fn shutdown_serves_a_queue_left_with_no_instance() {
+    // On demand, a client queued and no instance yet when the stop comes.
+    let mut r = rig(|_| {});
+    r.begin();
+    let _client = UnixStream::connect(r.dir.path().join("run/system.echo.0.raw.sock")).unwrap();
+    r.m.begin_shutdown();
+    assert!(r.seen.borrow().spawned.is_empty());
+    assert!(r.m.generation_step(0, Instant::now()));
+    assert_eq!(r.seen.borrow().spawned.len(), 1, "one instance serves it");
 }
 
 #[test]

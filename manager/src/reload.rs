@@ -372,7 +372,7 @@ impl Manager {
             let carried = std::mem::replace(&mut self.services[o].stats, Stats::new());
             self.services[p].stats.absorb(carried, true);
             let og = self.services[o].generation;
-            self.begin_drain(o);
+            self.begin_drain(o, true);
             info!(
                 Some(&key),
                 None, "reload: generation {generation} serves; draining generation {og}"
@@ -416,7 +416,7 @@ impl Manager {
         if let Some(s) = self.live_of(key) {
             let path = std::mem::take(&mut self.services[s].sock_path);
             remove_socket(&path, key);
-            self.begin_drain(s);
+            self.begin_drain(s, true);
         }
     }
 

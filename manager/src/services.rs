@@ -153,6 +153,11 @@ impl Services {
     pub(crate) fn len(&self) -> usize {
         self.slab.iter().filter(|v| v.is_some()).count()
     }
+
+    /// No generation is left (the last one drained at stop).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slab.iter().all(Option::is_none)
+    }
 }
 
 impl Index<usize> for Services {

@@ -25,7 +25,7 @@
 //! | signal | meaning |
 //! |--------|---------|
 //! | `SIGTERM`, `SIGINT` | [`STOP_SIGNAL`]: finish the request in hand, then exit 0 |
-//! | `SIGUSR1` | [`DRAIN_SIGNAL`]: finish the request in hand, serve the connections already queued on the socket, then exit 0 (a reload's old generation) |
+//! | `SIGUSR1` | [`DRAIN_SIGNAL`]: finish the request in hand, serve the connections already queued on the socket, then exit 0 (a reload's old generation, a stopping manager's instances, and the death signal the manager arms, so its death loses no queued request) |
 //!
 //! Standalone and accept mode use other variables, listed here so that all
 //! names live in one place.

@@ -71,7 +71,9 @@
 //!    the slot's request limit is reached it says it is retiring, once, and
 //!    serves on until the manager, having started a replacement, sends
 //!    SIGTERM. If the manager goes away (its end of the report channel
-//!    closes), the instance finishes the request in hand and stops.
+//!    closes, or its death signal, SIGUSR1, arrives), the instance drains:
+//!    it finishes the request in hand, serves the connections already
+//!    queued on its socket, and stops once the queue is empty.
 //! 2. **Accept mode**: `CHARON_ACCEPT_SOCKET=PATH`. The service binds and
 //!    listens on PATH itself, to run one instance by hand. A stale socket
 //!    file there (nobody listening) is replaced; a live one, or a file that
@@ -123,7 +125,9 @@
 //! SIGUSR1 means *drain*: finish the request in hand, serve the connections
 //! already queued on the listening socket, then return `None` once the
 //! queue is empty. It is for an old generation whose socket has just been
-//! replaced (a reload): nothing queued on the old socket is lost. A
+//! replaced (a reload), for every instance when the manager stops (its
+//! socket unlinked), and it is the death signal the manager arms: nothing
+//! queued on the socket is lost. A
 //! connection kept for affinity is closed instead of waited on.
 //!
 //! ## Answering

@@ -18,7 +18,6 @@ use crate::io::{ready, wait, READABLE};
 use crate::managed::Managed;
 use crate::mode::{Mode, Source};
 use crate::service::Core;
-use crate::sys;
 
 /// What reading a connection came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +126,7 @@ impl Core {
         }
         match woke {
             Ok(true) if self.stopping() => Some(Step::Stop),
-            Ok(true) if sys::drain_requested() => {
+            Ok(true) if self.draining() => {
                 // Draining: a conversation's next request is not queued
                 // work; the client retries it elsewhere.
                 self.conn = None;

@@ -170,7 +170,8 @@ impl Service {
     }
 
     /// Waits for the next request. `Ok(None)` means "stop now and exit 0":
-    /// SIGTERM or SIGINT arrived, the manager is gone, standalone mode's
+    /// SIGTERM or SIGINT arrived, SIGUSR1 arrived or the manager is gone
+    /// and no connection is left queued on the socket, standalone mode's
     /// one request was served, or the program should otherwise leave.
     ///
     /// Bad input (garbage, a truncated or oversized frame, a client that
@@ -228,9 +229,13 @@ impl Service {
 
 impl Core {
     pub(crate) fn stopping(&self) -> bool {
-        self.finished
-            || sys::stop_requested()
-            || self.managed.as_ref().is_some_and(Managed::manager_gone)
+        self.finished || sys::stop_requested()
+    }
+
+    /// Serve what is queued, then stop: SIGUSR1 arrived, or the manager is
+    /// gone (its death loses nothing a client already wrote).
+    pub(crate) fn draining(&self) -> bool {
+        sys::drain_requested() || self.managed.as_ref().is_some_and(Managed::manager_gone)
     }
 
     /// Gets a whole frame into `buf`. False: time to stop.
@@ -284,9 +289,9 @@ impl Core {
         // request came in meanwhile (and served as the request in hand).
         let mut woken = false;
         loop {
-            let stop = *finished
-                || sys::stop_requested()
-                || managed.as_ref().is_some_and(Managed::manager_gone);
+            let stop = *finished || sys::stop_requested();
+            let draining =
+                sys::drain_requested() || managed.as_ref().is_some_and(Managed::manager_gone);
             if stop && !std::mem::take(&mut woken) {
                 return Ok(false);
             }
@@ -308,8 +313,9 @@ impl Core {
             match e.raw_os_error() {
                 // Another took it, and we were only to take that one.
                 Some(libc::EAGAIN) if stop => return Ok(false),
-                // Draining (SIGUSR1): the queue is empty, so we are done.
-                Some(libc::EAGAIN) if sys::drain_requested() => return Ok(false),
+                // Draining (SIGUSR1, or the manager is gone): the queue is
+                // empty, so we are done.
+                Some(libc::EAGAIN) if draining => return Ok(false),
                 Some(libc::EAGAIN) => {
                     // Going idle. The batch goes out once it is due, not at
                     // every gap: at low load each request ends in a short

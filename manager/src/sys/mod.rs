@@ -171,9 +171,12 @@ unsafe fn child_after_fork(
     if libc::setpgid(0, 0) != 0 {
         fail(code::SETPGID, b"setpgid");
     }
+    // The manager's death means drain (SIGUSR1), not stop: the instance
+    // serves the connections already queued on its socket before it leaves,
+    // so a killed manager loses no request a client has written.
     if libc::prctl(
         libc::PR_SET_PDEATHSIG,
-        libc::SIGTERM as libc::c_ulong,
+        libc::SIGUSR1 as libc::c_ulong,
         0,
         0,
         0,
