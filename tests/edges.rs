@@ -152,3 +152,101 @@ fn a_killed_manager_serves_the_requests_in_hand_and_the_queue_and_leaves_no_orph
         b"again"
     );
 }
+
+// ------------------------------------------- the manager's own failures
+
+/// charond's open fds, from `charon stats --json`.
+fn manager_fds(d: &Daemon) -> (u64, u64) {
+    let (code, out, err) = d.charon(&["stats", "--json"]);
+    assert_eq!(code, 0, "charon stats: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let m = &v["manager"];
+    (
+        m["fds_open"].as_u64().expect("fds_open"),
+        m["fds_limit"].as_u64().expect("fds_limit"),
+    )
+}
+
+#[test]
+fn out_of_fds_is_the_managers_problem_not_the_services() {
+    // Ten on-demand services on the defaults.
+    let keys: Vec<String> = (0..10).map(|i| format!("fd.s{i}.0.raw")).collect();
+    let echo = format!("exec = \"{}\"\n", bin("charon-echo").display());
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    for k in &keys {
+        dir.write(&format!("conf/{k}.toml"), &echo);
+    }
+    let run = dir.join("run");
+    // How many fds charond needs with its ten sockets and no instance.
+    let probe = Daemon::start_in(TestDir::new(), conf.clone(), dir.join("probe"));
+    let (base, _) = manager_fds(&probe);
+    drop(probe);
+    // Room for about three instances (two fds each, four while starting)
+    // and the control connection: charond raises its soft limit to the
+    // hard one, so the hard limit is what binds.
+    let limit = base + 9;
+    let nofile = format!("--nofile={limit}:{limit}");
+    let d = Daemon::start_under(dir, conf, run, &[], &["prlimit", &nofile, "--"]);
+    let (mut served, mut starved) = (Vec::new(), Vec::new());
+    let mut slowest_refusal = Duration::ZERO;
+    for k in &keys {
+        let mut c = Client::builder()
+            .run_dir(&d.run)
+            .timeout(Duration::from_secs(10))
+            .name("edges-test")
+            .build()
+            .expect("client");
+        let t0 = Instant::now();
+        match c.call(k, b"hi") {
+            Ok(b) => {
+                assert_eq!(b, b"hi");
+                served.push(k.clone());
+            }
+            Err(e) => match e.kind() {
+                charon_client::ErrorKind::Unavailable { reason, .. }
+                    if reason.contains("file descriptors") =>
+                {
+                    slowest_refusal = slowest_refusal.max(t0.elapsed());
+                    starved.push(k.clone());
+                }
+                _ => panic!(
+                    "{k}: neither served nor refused for the manager's fds: {e}\n{}",
+                    d.log()
+                ),
+            },
+        }
+    }
+    println!(
+        "fd limit {limit} (charond needs {base} with no instance): {} served, {} refused as the manager's problem, slowest refusal {slowest_refusal:?}",
+        served.len(),
+        starved.len()
+    );
+    assert!(
+        !served.is_empty() && !starved.is_empty(),
+        "{served:?} {starved:?}"
+    );
+    // Those with instances keep serving, again and again.
+    for _ in 0..3 {
+        for k in &served {
+            assert_eq!(client_of_key(&d, k), Ok(b"again".to_vec()), "{k}");
+        }
+    }
+    // Nobody was charged: no backoff, no launch failure.
+    let (code, out, _) = d.charon(&["stats", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["manager"]["fds_limit"], limit);
+    for s in v["services"].as_array().expect("services") {
+        assert_ne!(s["state"], "backoff", "{s}");
+        assert_eq!(s["backoffs"], 0, "{s}");
+        assert_eq!(s["exits"]["launch_failed"], 0, "{s}");
+    }
+    assert!(d.log().contains("the manager's problem, not the service's"));
+}
+
+fn client_of_key(d: &Daemon, key: &str) -> Result<Vec<u8>, String> {
+    client_of(&d.run)
+        .call(key, b"again")
+        .map_err(|e| e.to_string())
+}

@@ -96,6 +96,20 @@ pub fn run(opts: &Options) -> Result<(), Fatal> {
             opts.config_dir.display()
         ))
     })?;
+    match crate::starved::raise_fd_limit() {
+        Ok((old, new)) if old < new => {
+            info!(
+                None,
+                None, "raised the fd limit from {old} to {new} (the hard limit)"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => warning!(
+            None,
+            None,
+            "warning: unable to raise the fd limit to the hard limit: {e}"
+        ),
+    }
     // Signals are blocked before anything is forked.
     let signals =
         signals::Signals::new().map_err(|e| Fatal(format!("unable to set up signals: {e}")))?;

@@ -84,6 +84,9 @@ pub(crate) enum Watch {
     /// Every instance is busy below the maximum: a new connection means
     /// grow (the manager never accepts it).
     Saturated,
+    /// No instance, for the manager's own resource failure: accept and
+    /// answer Unavailable naming it (`starved.rs`).
+    Starved,
 }
 
 /// Paths and options the loop needs.
@@ -122,6 +125,8 @@ pub(crate) struct Manager {
     pub reloads: Vec<PendingReload>,
     /// Where fresh statistics go for the `/metrics` thread.
     pub metrics: Option<crossbeam_channel::Sender<String>>,
+    /// The manager's own resource failures: retry time and spare fd.
+    pub starvation: crate::starved::Starvation,
     _lock: Flock<File>,
 }
 
@@ -169,6 +174,7 @@ impl Manager {
             control: None,
             reloads: Vec::new(),
             metrics: None,
+            starvation: crate::starved::Starvation::new(),
             _lock: lock,
         })
     }
@@ -318,6 +324,7 @@ impl Manager {
         }
         let mut d = vec![self.next_tick, self.next_stats];
         d.extend(self.unresp_check);
+        d.extend(self.starvation.deadline());
         for (_, svc) in self.services.iter() {
             d.extend(svc.gen_check);
             if let Mode::Backoff { until, .. } = svc.state.mode {
@@ -355,6 +362,7 @@ impl Manager {
             }
         }
         self.kill_overdue(now);
+        self.starved_retry(now);
         self.control_again();
         if self.unresp_check.is_some_and(|t| t <= now) {
             self.unresp_check = None;

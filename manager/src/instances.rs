@@ -64,6 +64,10 @@ impl Manager {
                 if let Some(sl) = svc.board.slot(slot_u32) {
                     sl.reset(0, 0);
                 }
+                if let Some(problem) = crate::starved::resource_failure(&e) {
+                    self.starved(s, problem);
+                    return None;
+                }
                 warning!(
                     Some(&key),
                     None,
@@ -113,6 +117,7 @@ impl Manager {
             Some(spawned.report),
         ));
         self.register_instance(id);
+        self.fed(s);
         info!(
             Some(&key),
             Some(pid),
@@ -378,6 +383,10 @@ impl Manager {
         let s = inst.service;
         let now = Instant::now();
         let class = ExitClass::of(r.status, inst.asked);
+        // The child ran out of the manager's fds or memory before exec:
+        // the manager's problem, not the service's.
+        let starved =
+            inst.asked.is_none() && matches!(r.status, WaitStatus::Exited(sys::code::RESOURCES));
         let svc = &mut self.services[s];
         // Served, or died mid-request: it did run.
         let ran = svc.board.slot(inst.slot).is_some_and(|sl| {
@@ -403,8 +412,10 @@ impl Manager {
             .header()
             .slots_in_use
             .store(in_use as u32, Ordering::Relaxed);
-        svc.stats.exit(class.name());
-        if matches!(class, ExitClass::LaunchFailure(_)) {
+        if !starved {
+            svc.stats.exit(class.name());
+        }
+        if matches!(class, ExitClass::LaunchFailure(_)) && !starved {
             svc.stats.launch_failures += 1;
         }
         svc.stats.exited_cpu_us += r.cpu_us;
@@ -461,15 +472,21 @@ impl Manager {
                 r.retire = r.retire.map(|(reason, _)| (reason, None));
             }
         }
-        let remaining = self.live_count(s);
-        self.events.push_back((
-            s,
-            Event::Exited {
-                class,
-                remaining,
-                quick,
-            },
-        ));
+        if starved {
+            if let Some(what) = sys::code::describe(sys::code::RESOURCES) {
+                self.starved(s, what);
+            }
+        } else {
+            let remaining = self.live_count(s);
+            self.events.push_back((
+                s,
+                Event::Exited {
+                    class,
+                    remaining,
+                    quick,
+                },
+            ));
+        }
         self.update_hints(s);
     }
 }

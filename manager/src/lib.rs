@@ -65,6 +65,7 @@ mod signals;
 mod snapshot;
 mod spawn;
 mod startup;
+mod starved;
 mod stats;
 mod stderr;
 mod sys;

@@ -51,6 +51,7 @@ impl Manager {
             }
             Watch::FastFail => self.fast_fail(s),
             Watch::Saturated => self.check_saturation(s),
+            Watch::Starved => self.starved_fail(s),
         }
     }
 

@@ -50,6 +50,9 @@ pub(crate) struct Svc {
     pub drain_spawns: u32,
     /// Why a pending generation cannot take over (an instance left early).
     pub gen_failure: Option<String>,
+    /// The manager's own resource failure that kept an instance of it from
+    /// starting, as its clients are told (`starved.rs`).
+    pub starved: Option<String>,
 }
 
 impl Svc {
@@ -93,6 +96,7 @@ impl Svc {
             gen_check: None,
             drain_spawns: 0,
             gen_failure: None,
+            starved: None,
         }
     }
 }

@@ -41,6 +41,18 @@ pub(crate) fn exit_name(class: &str) -> &str {
         .map_or(class, |(n, _)| n)
 }
 
+/// charond's own figures: its fd headroom (`null`s where `/proc` cannot be
+/// read).
+fn manager_json() -> Value {
+    let fds = crate::starved::fd_use();
+    json!({
+        "pid": std::process::id(),
+        "fds_open": fds.map(|f| f.0),
+        "fds_limit": fds.map(|f| f.1),
+        "fds_free": fds.map(|(open, limit)| limit.saturating_sub(open)),
+    })
+}
+
 impl Manager {
     /// The periodic report: one `stats:` line per live service.
     pub(crate) fn log_stats(&self) {
@@ -86,7 +98,7 @@ impl Manager {
         for (k, s) in keys {
             out.push(self.service_json(&k, s));
         }
-        Ok(json!({ "ok": true, "services": out }))
+        Ok(json!({ "ok": true, "manager": manager_json(), "services": out }))
     }
 
     /// Live keys (sorted) with their live generation; only `key` if given.
@@ -168,6 +180,7 @@ impl Manager {
             "backoffs": stats.backoff_entries,
             "fast_failed": stats.fast_failed,
             "backoff_remaining_s": (remaining * 1000.0).round() / 1000.0,
+            "manager_problem": svc.starved,
             "cpu_ms": stats.exited_cpu_us / 1000,
             "max_rss_kb": stats.exited_maxrss_kib,
             "last_exit": stats.last_exit.as_ref().map(|e| json!({

@@ -118,7 +118,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let v = control(args.run_dir, &req, QUICK)?;
     if args.json {
         // Without the transport's "ok": exactly the documented object.
-        let out = serde_json::json!({ "services": v["services"] });
+        let out = serde_json::json!({ "manager": v["manager"], "services": v["services"] });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if args.prometheus {
         print!("{}", charon_manager::metrics::prometheus(&v));
@@ -242,5 +242,21 @@ pub fn table(v: &Value) -> String {
             last,
         ]);
     }
-    align(&rows)
+    let mut out = align(&rows);
+    for s in v["services"].as_array().unwrap_or(&empty) {
+        if let Some(p) = s["manager_problem"].as_str() {
+            out.push_str(&format!("{}: {p}\n", s["key"].as_str().unwrap_or("-")));
+        }
+    }
+    let m = &v["manager"];
+    if !m["fds_open"].is_null() {
+        out.push_str(&format!(
+            "charond (pid {}): {} fds open of {} ({} free)\n",
+            n(&m["pid"]),
+            n(&m["fds_open"]),
+            n(&m["fds_limit"]),
+            n(&m["fds_free"])
+        ));
+    }
+    out
 }

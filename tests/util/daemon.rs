@@ -64,7 +64,27 @@ impl Daemon {
     /// variables are set in charond's environment that must never reach an
     /// instance (instances get a scrubbed environment).
     pub fn start_with(dir: TestDir, conf: PathBuf, run: PathBuf, extra: &[&str]) -> Daemon {
-        let mut cmd = Command::new(bin("charond"));
+        Daemon::start_under(dir, conf, run, extra, &[])
+    }
+
+    /// Starts charond through `wrapper` (a program and its arguments that
+    /// exec the rest of the command line, e.g. `prlimit --nofile=40:40`),
+    /// which becomes charond: the same pid.
+    pub fn start_under(
+        dir: TestDir,
+        conf: PathBuf,
+        run: PathBuf,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Daemon {
+        let mut cmd = match wrapper {
+            [] => Command::new(bin("charond")),
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("charond"));
+                c
+            }
+        };
         cmd.args(extra)
             .arg("--config-dir")
             .arg(&conf)

@@ -56,6 +56,9 @@ pub(crate) enum Event {
     Healthy,
     /// The manager is stopping.
     Shutdown,
+    /// The manager's own resource failure kept instances from starting;
+    /// its retry is due. `remaining` instances exist.
+    Resume { remaining: u32 },
 }
 
 /// What the loop must do for a service.
@@ -107,6 +110,13 @@ pub(crate) fn on_event(s: &mut ServiceState, ev: Event, now: Instant) -> Actions
                 quick,
             },
         ) => exited(s, class, remaining, quick, now),
+        (Mode::Running | Mode::Watching, Event::Resume { remaining }) => resume(s, remaining),
+        (Mode::Trial { .. }, Event::Resume { remaining: 0 }) => vec![Action::Spawn {
+            count: 1,
+            why: StartWhy::Trial,
+        }],
+        // A trial under way, or backoff: its own rules decide.
+        (Mode::Trial { .. } | Mode::Backoff { .. }, Event::Resume { .. }) => Vec::new(),
         (Mode::Backoff { .. }, Event::Exited { remaining, .. }) => {
             if remaining == 0 {
                 vec![Action::WatchFastFail]
@@ -191,6 +201,24 @@ fn enter_backoff(s: &mut ServiceState, remaining: u32, now: Instant) -> Actions 
     a
 }
 
+/// After the manager's own resource failure: start what is still wanted,
+/// or watch for demand again; never a reason for backoff.
+fn resume(s: &mut ServiceState, remaining: u32) -> Actions {
+    let wanted = s.wanted();
+    if remaining < wanted {
+        s.mode = Mode::Running;
+        vec![Action::Spawn {
+            count: wanted - remaining,
+            why: StartWhy::Replace,
+        }]
+    } else if remaining == 0 {
+        s.mode = Mode::Watching;
+        vec![Action::WatchDemand]
+    } else {
+        Vec::new()
+    }
+}
+
 fn exited(
     s: &mut ServiceState,
     class: ExitClass,
@@ -246,7 +274,7 @@ mod tests {
         }
     }
 
-    const ALL_EVENTS: [Event; 6] = [
+    const ALL_EVENTS: [Event; 7] = [
         Event::Begin,
         Event::Demand,
         Event::Exited {
@@ -257,6 +285,7 @@ mod tests {
         Event::BackoffOver,
         Event::Healthy,
         Event::Shutdown,
+        Event::Resume { remaining: 0 },
     ];
 
     #[test]
@@ -531,5 +560,60 @@ mod tests {
             assert_eq!(on_event(&mut s, ev, now), [], "{m:?} x {ev:?}");
             assert_eq!(s.mode, m);
         }
+    }
+
+    #[test]
+    fn resume_starts_what_is_wanted_and_never_backs_off() {
+        let now = Instant::now();
+        // Running, 1 of 3 wanted: start 2.
+        let mut s = running(3);
+        assert_eq!(
+            on_event(&mut s, Event::Resume { remaining: 1 }, now),
+            [Action::Spawn {
+                count: 2,
+                why: StartWhy::Replace
+            }]
+        );
+        assert_eq!(s.mode, Mode::Running);
+        // Everything wanted is there: nothing.
+        assert_eq!(on_event(&mut s, Event::Resume { remaining: 3 }, now), []);
+        // On demand, never demanded, none left: watch again.
+        let mut s = state(1, false);
+        s.mode = Mode::Running;
+        assert_eq!(
+            on_event(&mut s, Event::Resume { remaining: 0 }, now),
+            [Action::WatchDemand]
+        );
+        assert_eq!(s.mode, Mode::Watching);
+        // Watching with a demand that failed to start: start the minimum.
+        let mut s = state(2, false);
+        s.demanded = true;
+        assert_eq!(
+            on_event(&mut s, Event::Resume { remaining: 0 }, now),
+            [Action::Spawn {
+                count: 2,
+                why: StartWhy::Replace
+            }]
+        );
+        // A trial that could not start: try it again; one running: wait.
+        let mut s = running(1);
+        s.mode = Mode::Trial { since: now };
+        assert_eq!(
+            on_event(&mut s, Event::Resume { remaining: 0 }, now),
+            [Action::Spawn {
+                count: 1,
+                why: StartWhy::Trial
+            }]
+        );
+        assert_eq!(on_event(&mut s, Event::Resume { remaining: 1 }, now), []);
+        // Backoff keeps its own rules.
+        let backoff = Mode::Backoff {
+            until: now,
+            wait: Duration::ZERO,
+        };
+        let mut s = running(1);
+        s.mode = backoff;
+        assert_eq!(on_event(&mut s, Event::Resume { remaining: 0 }, now), []);
+        assert_eq!(s.mode, backoff);
     }
 }

@@ -37,6 +37,10 @@ pub(crate) mod code {
     pub const ORPHANED: i32 = 21;
     /// Resetting the signal mask failed.
     pub const SIGMASK: i32 = 22;
+    /// Arranging fds or exec failed for want of the manager's or the
+    /// system's resources (`EMFILE`, `ENFILE`, `ENOMEM`): the manager's
+    /// problem, never charged to the service.
+    pub const RESOURCES: i32 = 23;
 
     /// What a launch-failure code means, for log lines and Unavailable
     /// reasons.
@@ -55,7 +59,8 @@ pub(crate) mod code {
             PRCTL => "prctl(PR_SET_PDEATHSIG) failed",
             ORPHANED => "manager exited during launch",
             SIGMASK => "signal mask reset failed",
-            23..=30 => "launch failure (reserved code)",
+            RESOURCES => "out of file descriptors or memory (the manager's problem)",
+            24..=30 => "launch failure (reserved code)",
             _ => return None,
         })
     }
@@ -144,12 +149,15 @@ unsafe fn child_after_fork(
     envp: &[*const c_char],
 ) -> ! {
     // Fds first, so that later failure messages reach the stderr pipe.
+    // Close every fd but the sources first: the copies below need free
+    // slots, and a manager near its fd limit must not make them fail.
+    close_all_but(fds);
     // Copy every source above 9 first: a source may itself be one of 0-5.
     let mut high = [0 as RawFd; 6];
     for (h, &src) in high.iter_mut().zip(fds) {
         *h = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 10);
         if *h < 0 {
-            fail(code::FDS, b"dup fd");
+            fail(resource_or(code::FDS), b"dup fd");
         }
     }
     for (target, &h) in high.iter().enumerate() {
@@ -226,9 +234,44 @@ unsafe fn child_after_fork(
     let c = match errno() {
         libc::ENOENT | libc::ENOTDIR => code::EXEC_NOT_FOUND,
         libc::EACCES | libc::EPERM => code::EXEC_DENIED,
-        _ => code::EXEC_OTHER,
+        _ => resource_or(code::EXEC_OTHER),
     };
     fail(c, b"exec the program")
+}
+
+/// [`code::RESOURCES`] if errno says the manager or the system ran out of
+/// fds or memory, else `other`. Async-signal-safe.
+fn resource_or(other: i32) -> i32 {
+    match errno() {
+        libc::EMFILE | libc::ENFILE | libc::ENOMEM => code::RESOURCES,
+        _ => other,
+    }
+}
+
+/// Closes every fd of the child but `keep`, with `close_range` over the
+/// gaps between them (sorted on the stack: async-signal-safe). On a kernel
+/// without `close_range` nothing is closed, as before.
+///
+/// # Safety
+///
+/// Only in the child after fork: the fds closed are the child's copies.
+unsafe fn close_all_but(keep: &[RawFd; 6]) {
+    let mut sorted = *keep;
+    sorted.sort_unstable();
+    let mut from: libc::c_uint = 0;
+    for &k in &sorted {
+        let k = k as libc::c_uint;
+        if k > from {
+            libc::syscall(libc::SYS_close_range, from, k - 1, 0 as libc::c_uint);
+        }
+        from = from.max(k + 1);
+    }
+    libc::syscall(
+        libc::SYS_close_range,
+        from,
+        libc::c_uint::MAX,
+        0 as libc::c_uint,
+    );
 }
 
 fn errno() -> i32 {
