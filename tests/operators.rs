@@ -659,11 +659,16 @@ fn stats_match_what_happened_in_every_format() {
     );
     assert!(b["backoff_remaining_s"].as_f64().unwrap() > 60.0, "{b}");
 
-    // The table: a header and one aligned line per service.
+    // The table: a header, one aligned line per service, and charond's fd
+    // headroom.
     let (code, table, _) = d.charon(&["stats"]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 3, "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines[3].starts_with("charond (pid ") && lines[3].contains("fds open of"),
+        "{table}"
+    );
     assert!(
         lines[0].starts_with("KEY") && lines[0].contains("REQUESTS"),
         "{table}"
