@@ -2,8 +2,10 @@
 //! with no syscalls, so that its rules can be property-tested. Growing is
 //! driven by saturation hints while connections wait; shrinking by
 //! `idle-timeout` and by occupancy (busy time over wall time) with a
-//! hysteresis margin. The loop gathers the views and carries out the
-//! decision.
+//! hysteresis margin. Recycling is timed here too: [`retire_notice`] says
+//! when an instance should announce its coming retirement so that its
+//! replacement is ready when it leaves. The loop gathers the views and
+//! carries out the decision.
 
 use std::time::Duration;
 
@@ -120,6 +122,27 @@ fn shrink(l: &Limits, live: &[&View]) -> Decision {
         return Decision::Stop(victim.id, KillReason::Excess);
     }
     Decision::Nothing
+}
+
+/// Start-up time assumed for a service whose instances have not been seen
+/// coming up yet.
+pub(crate) const ASSUMED_STARTUP: Duration = Duration::from_millis(100);
+/// The manager's own delay in noticing a retiring instance and a ready
+/// replacement (its recycle re-check runs every 20 ms).
+const RECYCLE_REACTION: Duration = Duration::from_millis(40);
+
+/// The request count at which an instance limited to `limit` requests
+/// should say it is retiring: early enough that a replacement, taking
+/// `startup` to come up, is ready before the instance serves its last
+/// request at `rate` requests a second. 0 when there is no limit.
+pub(crate) fn retire_notice(limit: u64, rate: f64, startup: Duration) -> u64 {
+    if limit == 0 {
+        return 0;
+    }
+    let during = rate.max(0.0) * (startup + RECYCLE_REACTION).as_secs_f64() * 1.5;
+    // f64 -> u64 saturates; NaN becomes 0.
+    let ahead = (during.ceil() as u64).saturating_add(1);
+    limit.saturating_sub(ahead).max(1)
 }
 
 #[cfg(test)]
@@ -302,5 +325,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn retire_notice_leaves_room_for_the_replacement_to_start() {
+        let ms = Duration::from_millis;
+        // No limit, no notice.
+        assert_eq!(retire_notice(0, 1000.0, ms(100)), 0);
+        // Idle: one request ahead.
+        assert_eq!(retire_notice(100, 0.0, ms(100)), 99);
+        // 100 requests a second, 160 ms to be ready with the reaction:
+        // 24 requests, plus one.
+        assert_eq!(retire_notice(1000, 100.0, ms(120)), 1000 - 25);
+        // Faster than a start-up can follow: announce at the first request.
+        assert_eq!(retire_notice(50, 10_000.0, ms(1000)), 1);
+        assert_eq!(retire_notice(1, 0.0, ms(1)), 1);
+        // Garbage rates are not trusted.
+        assert_eq!(retire_notice(100, f64::NAN, ms(100)), 99);
+        assert_eq!(retire_notice(100, -5.0, ms(100)), 99);
+        assert_eq!(retire_notice(100, f64::INFINITY, ms(100)), 1);
     }
 }

@@ -22,7 +22,7 @@ use crate::process_table::ProcessTable;
 use crate::queue::QueueProbe;
 use crate::reload::{Gen, PendingReload};
 use crate::service::state::Mode;
-use crate::service::transition::{self, Action, Event};
+use crate::service::transition::{self, Action, Event, StartWhy};
 use crate::services::Services;
 pub(crate) use crate::services::{Bound, Svc};
 use crate::signals::{Sig, Signals};
@@ -255,6 +255,10 @@ impl Manager {
 
     fn perform(&mut self, s: usize, a: Action) {
         match a {
+            Action::Spawn {
+                count,
+                why: StartWhy::Replace,
+            } => self.replace(s, count),
             Action::Spawn { count, why } => {
                 for _ in 0..count {
                     self.spawn_one(s, why);
@@ -332,9 +336,11 @@ impl Manager {
             }
             d.extend(svc.sat_check);
             d.extend(svc.recycle_check);
+            d.extend(svc.pace_check);
         }
         for (_, i) in self.procs.iter() {
             d.extend(i.kill_at);
+            d.extend(i.ready_by);
         }
         d.into_iter().min()
     }
@@ -356,6 +362,10 @@ impl Manager {
                 self.services[s].sat_check = None;
                 self.check_saturation(s);
             }
+            if self.services[s].pace_check.is_some_and(|t| t <= now) {
+                self.services[s].pace_check = None;
+                self.replace_owed(s);
+            }
             if self.services[s].recycle_check.is_some_and(|t| t <= now) {
                 self.services[s].recycle_check = None;
                 self.recycle_step(s);
@@ -363,6 +373,7 @@ impl Manager {
         }
         self.kill_overdue(now);
         self.starved_retry(now);
+        self.check_startup(now);
         self.control_again();
         if self.unresp_check.is_some_and(|t| t <= now) {
             self.unresp_check = None;

@@ -9,11 +9,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use charon_protocol::report::{self, Message, MAX_MESSAGE_LEN};
+use charon_protocol::scoreboard::SlotState;
 use mio::unix::SourceFd;
 use mio::Interest;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recv, MsgFlags};
 
+use crate::calibrate;
 use crate::event_loop::{token, Manager, Owner};
 use crate::log::{info, warning};
 use crate::process_table::Instance;
@@ -24,8 +26,8 @@ use crate::spawn::Launch;
 use crate::stats::LastExit;
 use crate::sys::{self, WaitStatus};
 
-/// An instance exiting sooner than this without serving anything has not
-/// really run (see `Event::Exited`'s `quick`).
+/// A clean exit sooner than this, without a request completed, says the
+/// program cannot run (see `Event::Exited`'s `young`).
 const QUICK_EXIT: Duration = Duration::from_secs(1);
 
 impl Manager {
@@ -48,6 +50,11 @@ impl Manager {
         if let Some(sl) = svc.board.slot(slot_u32) {
             // Written before the fork: the instance reads its limit at start.
             sl.reset(u32::MAX, limit);
+            let startup = svc.startup.unwrap_or(calibrate::ASSUMED_STARTUP);
+            sl.retire_notice.store(
+                calibrate::retire_notice(limit, svc.rate, startup),
+                Ordering::Relaxed,
+            );
         }
         let launch = Launch {
             config: &svc.config,
@@ -90,7 +97,7 @@ impl Manager {
                     Event::Exited {
                         class: ExitClass::LaunchFailure(17),
                         remaining,
-                        quick: true,
+                        young: true,
                     },
                 ));
                 return None;
@@ -108,14 +115,16 @@ impl Manager {
         svc.stats.launches += 1;
         let now = Instant::now();
         let pid = spawned.pid;
-        let id = self.procs.insert(Instance::new(
+        let mut inst = Instance::new(
             pid,
             s,
             slot_u32,
             now,
             Some(spawned.stderr),
             Some(spawned.report),
-        ));
+        );
+        inst.ready_by = Some(now + svc.config.startup_timeout);
+        let id = self.procs.insert(inst);
         self.register_instance(id);
         self.fed(s);
         info!(
@@ -126,6 +135,39 @@ impl Manager {
         );
         self.update_hints(s);
         Some(id)
+    }
+
+    /// Starts `count` replacements of dead instances as fast as the fork
+    /// pacer allows; the rest are started by [`Manager::replace_owed`] at
+    /// the pacer's next token.
+    pub(crate) fn replace(&mut self, s: usize, count: u32) {
+        for _ in 0..count {
+            let now = Instant::now();
+            let svc = &mut self.services[s];
+            if !svc.pacer.take(now) {
+                let at = svc.pacer.next_at();
+                svc.pace_check = Some(svc.pace_check.map_or(at, |t| t.min(at)));
+                info!(
+                    Some(svc.key()),
+                    None,
+                    "replacement paced: the next may start in {}ms",
+                    at.saturating_duration_since(now).as_millis()
+                );
+                return;
+            }
+            self.spawn_one(s, StartWhy::Replace);
+        }
+    }
+
+    /// The pacer's deadline: starts what is still owed (the minimum may
+    /// have been met meanwhile, or the service stopped).
+    pub(crate) fn replace_owed(&mut self, s: usize) {
+        let svc = &self.services[s];
+        if self.stopping || svc.state.mode != Mode::Running {
+            return;
+        }
+        let owed = svc.state.wanted().saturating_sub(self.live_count(s));
+        self.replace(s, owed);
     }
 
     fn register_instance(&mut self, id: usize) {
@@ -253,6 +295,63 @@ impl Manager {
         }
     }
 
+    /// Kills instances still starting past their `startup-timeout` (a
+    /// young failure: a program that hangs before it is ready cannot
+    /// serve); forgets the deadline of those that became ready.
+    pub(crate) fn check_startup(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .procs
+            .iter()
+            .filter(|(_, i)| i.ready_by.is_some_and(|t| t <= now))
+            .map(|(id, _)| id)
+            .collect();
+        for id in due {
+            let Some(inst) = self.procs.get_mut(id) else {
+                continue;
+            };
+            inst.ready_by = None;
+            let (pid, s, slot, leaving) = (inst.pid, inst.service, inst.slot, inst.is_leaving());
+            let svc = &self.services[s];
+            let starting = svc
+                .board
+                .slot(slot)
+                .and_then(|sl| sl.state())
+                .map_or(true, |st| st == SlotState::Starting);
+            if !starting || leaving {
+                continue;
+            }
+            warning!(
+                Some(svc.key()),
+                Some(pid),
+                "warning: unable to get instance ready: not ready within startup-timeout {}s; killing it (a young failure: it counts toward backoff)",
+                svc.config.startup_timeout.as_secs_f64()
+            );
+            self.kill_instance(id, KillReason::StartupTimeout);
+        }
+    }
+
+    /// Notes the moment an instance is first seen ready (its slot left
+    /// *starting*): its start-up deadline goes, and the service learns how
+    /// long its instances take to come up.
+    pub(crate) fn note_ready(&mut self, id: usize, now: Instant) {
+        let Some(inst) = self.procs.get_mut(id) else {
+            return;
+        };
+        if inst.ready_by.is_none() {
+            return;
+        }
+        let svc = &mut self.services[inst.service];
+        let ready = svc
+            .board
+            .slot(inst.slot)
+            .and_then(|sl| sl.state())
+            .is_some_and(|st| st != SlotState::Starting);
+        if ready {
+            inst.ready_by = None;
+            svc.seen_ready(now.saturating_duration_since(inst.started));
+        }
+    }
+
     /// Reads an instance's stderr into whole log lines.
     pub(crate) fn read_stderr(&mut self, id: usize, final_drain: bool) {
         let mut buf = [0u8; 8192];
@@ -334,7 +433,14 @@ impl Manager {
                     self.check_trial(s, started);
                 }
                 Ok(Message::Saturated) => self.on_saturated(s),
-                Ok(Message::Retiring) => self.retire(id, KillReason::MaxRequests),
+                Ok(Message::Retiring) => {
+                    let age = inst.started.elapsed();
+                    let svc = &mut self.services[s];
+                    if let Some(sl) = svc.board.slot(inst.slot) {
+                        svc.seen_rate(sl.snapshot().requests, age);
+                    }
+                    self.retire(id, KillReason::MaxRequests);
+                }
                 Err(e) => {
                     // Untrusted bytes: say so once per instance, not per message.
                     let first = self.procs.get_mut(id).is_some_and(|i| {
@@ -382,23 +488,35 @@ impl Manager {
         }
         let s = inst.service;
         let now = Instant::now();
-        let class = ExitClass::of(r.status, inst.asked);
+        // An instance that leaves at its request limit on its own (the
+        // library stops accepting there) is counted as the recycle it is.
+        let asked = inst.asked.or(match (r.status, inst.retire) {
+            (WaitStatus::Exited(0), Some((reason, _))) => Some(reason),
+            _ => None,
+        });
+        let class = ExitClass::of(r.status, asked);
         // The child ran out of the manager's fds or memory before exec:
         // the manager's problem, not the service's.
         let starved =
             inst.asked.is_none() && matches!(r.status, WaitStatus::Exited(sys::code::RESOURCES));
         let svc = &mut self.services[s];
-        // Served, or died mid-request: it did run.
-        let ran = svc.board.slot(inst.slot).is_some_and(|sl| {
-            let snap = sl.snapshot();
-            snap.requests > 0 || snap.busy_since_ns != 0
-        }) || inst.served > 0;
-        let quick = !ran && now.saturating_duration_since(inst.started) < QUICK_EXIT;
+        // Requests it completed, reported or still in an unsent batch (its
+        // slot counts them too).
+        let counted = svc
+            .board
+            .slot(inst.slot)
+            .map_or(0, |sl| sl.snapshot().requests);
+        let served = counted.max(inst.served);
+        // Completed a request: a mature instance, whose death is about that
+        // request or an outside event, not about the program.
+        let completed = served > 0;
+        let young = !completed
+            && (class != ExitClass::Clean
+                || now.saturating_duration_since(inst.started) < QUICK_EXIT);
         if let Some(sl) = svc.board.slot(inst.slot) {
             // Requests served whose records were still in an unsent batch
             // when the instance ended: counted from its slot, so `requests`
             // never loses them (without latency: none was reported).
-            let counted = sl.snapshot().requests;
             if counted > inst.served {
                 svc.stats.requests = svc.stats.requests.saturating_add(counted - inst.served);
             }
@@ -456,7 +574,7 @@ impl Manager {
             Some(inst.pid),
             "exited: {class} [{status}] after {:.3}s, {} request(s); counted as {}",
             now.saturating_duration_since(inst.started).as_secs_f64(),
-            inst.served,
+            served,
             class.name()
         );
         // A retiree whose replacement died waits for a new one (the id may
@@ -472,6 +590,12 @@ impl Manager {
                 r.retire = r.retire.map(|(reason, _)| (reason, None));
             }
         }
+        if completed {
+            // A trial that served has proved the service can run, whatever
+            // happens to it next (its requests may not have been reported
+            // yet).
+            self.check_trial(s, inst.started);
+        }
         if starved {
             if let Some(what) = sys::code::describe(sys::code::RESOURCES) {
                 self.starved(s, what);
@@ -483,7 +607,7 @@ impl Manager {
                 Event::Exited {
                     class,
                     remaining,
-                    quick,
+                    young,
                 },
             ));
         }

@@ -23,6 +23,9 @@ pub(crate) struct Instance {
     pub asked: Option<KillReason>,
     /// SIGKILL the group at this time if still alive.
     pub kill_at: Option<Instant>,
+    /// Kill it at this time if it is still starting (`startup-timeout`);
+    /// cleared once it is seen ready.
+    pub ready_by: Option<Instant>,
     /// Waiting to be replaced (recycle): the reason and the replacement.
     pub retire: Option<(KillReason, Option<usize>)>,
     /// Requests reported served.
@@ -58,6 +61,7 @@ impl Instance {
             report,
             asked: None,
             kill_at: None,
+            ready_by: None,
             retire: None,
             served: 0,
             seen_requests: 0,

@@ -265,6 +265,7 @@ impl Manager {
             inst.idle_since = now;
         }
         let (pid, leaving) = (inst.pid, inst.is_leaving());
+        self.note_ready(id, now);
         if self.check_unresponsive(id, now, ns) {
             return;
         }
@@ -356,6 +357,7 @@ impl Manager {
         let mut active = 0;
         let mut pending = Vec::new();
         let mut ready = Vec::new();
+        let mut reps = Vec::new();
         for (id, i) in self
             .procs
             .iter()
@@ -366,6 +368,7 @@ impl Manager {
                 Some((_, None)) => pending.push(id),
                 Some((reason, Some(rep))) => {
                     active += 1;
+                    reps.push(rep);
                     let rep_state = self
                         .procs
                         .get(rep)
@@ -376,6 +379,10 @@ impl Manager {
                     }
                 }
             }
+        }
+        let now = Instant::now();
+        for rep in reps {
+            self.note_ready(rep, now);
         }
         for (id, reason) in ready {
             self.stop_instance(id, reason);

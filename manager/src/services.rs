@@ -10,7 +10,7 @@
 use std::ops::{Index, IndexMut};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use charon_protocol::scoreboard::Scoreboard;
 
@@ -18,6 +18,7 @@ use crate::config::ServiceConfig;
 use crate::event_loop::Watch;
 use crate::reload::Gen;
 use crate::service::backoff::{Backoff, CrashTally};
+use crate::service::pacing::ForkPacer;
 use crate::service::state::ServiceState;
 use crate::stats::Stats;
 use crate::stderr::RateLimit;
@@ -38,6 +39,15 @@ pub(crate) struct Svc {
     pub sat_check: Option<Instant>,
     /// Advance recycling at this time (while a replacement comes up).
     pub recycle_check: Option<Instant>,
+    /// Replacements of dead instances, rate-limited.
+    pub pacer: ForkPacer,
+    /// Start the replacements the pacer held back at this time.
+    pub pace_check: Option<Instant>,
+    /// How long instances took to become ready (smoothed), once seen.
+    pub startup: Option<Duration>,
+    /// Requests a second one instance served (smoothed), measured over
+    /// the life of instances that reached their retirement notice.
+    pub rate: f64,
     /// Inode of the listening socket, for queue-depth queries.
     pub ino: u64,
     /// Live, pending (a reload's replacement coming up) or draining.
@@ -58,6 +68,24 @@ pub(crate) struct Svc {
 impl Svc {
     pub(crate) fn key(&self) -> &str {
         self.config.key.as_str()
+    }
+
+    /// An instance became ready `took` after it was started.
+    pub(crate) fn seen_ready(&mut self, took: Duration) {
+        self.startup = Some(self.startup.map_or(took, |s| (s * 3 + took) / 4));
+    }
+
+    /// An instance served `requests` in `age`.
+    pub(crate) fn seen_rate(&mut self, requests: u64, age: Duration) {
+        let secs = age.as_secs_f64();
+        if secs > 0.0 {
+            let r = requests as f64 / secs;
+            self.rate = if self.rate == 0.0 {
+                r
+            } else {
+                (self.rate * 3.0 + r) / 4.0
+            };
+        }
     }
 
     /// A generation around a bound socket and scoreboard.
@@ -90,6 +118,10 @@ impl Svc {
             stderr_limit: RateLimit::new(now),
             sat_check: None,
             recycle_check: None,
+            pacer: ForkPacer::new(now),
+            pace_check: None,
+            startup: None,
+            rate: 0.0,
             ino,
             gen,
             generation,

@@ -129,8 +129,8 @@ pub struct Slot {
     _pad: AtomicU32,
     /// Requests served (answered or not) since the instance started.
     pub requests: AtomicU64,
-    /// Requests after which the instance asks to retire (0: no limit);
-    /// written by the manager before the fork.
+    /// Requests after which the instance stops accepting and leaves (0:
+    /// no limit); written by the manager before the fork.
     pub request_limit: AtomicU64,
     /// Monotonic start time of the request in hand; 0 when not busy.
     pub busy_since_ns: AtomicU64,
@@ -140,7 +140,12 @@ pub struct Slot {
     pub request_bytes: AtomicU64,
     /// First bytes of the client name of the request in hand, NUL-padded.
     pub client: [AtomicU64; CLIENT_PREFIX / 8],
-    _reserved: [AtomicU64; 5],
+    /// Requests after which the instance tells the manager it is about to
+    /// reach its limit, so the replacement is started ahead (0, or not
+    /// below `request_limit`: at the limit); the manager may move it at
+    /// any time.
+    pub retire_notice: AtomicU64,
+    _reserved: [AtomicU64; 4],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
@@ -180,7 +185,15 @@ impl Slot {
         SlotState::from_code(self.state.load(Ordering::Acquire))
     }
 
-    /// Instance side: a request has been accepted.
+    /// Instance side: a connection has been accepted. The instance is busy
+    /// from here until its answer is written or the connection ends, so a
+    /// client that sends nothing still occupies it (and the manager sees
+    /// it as busy); `busy_since_ns` waits for the request itself.
+    pub fn accepted(&self) {
+        self.set_state(SlotState::Busy);
+    }
+
+    /// Instance side: a request has been read.
     pub fn begin(&self, now_ns: u64, attempt: u8, request_bytes: u64, client: &str) {
         let mut name = [0u8; CLIENT_PREFIX];
         let n = client.len().min(CLIENT_PREFIX);
@@ -238,6 +251,7 @@ impl Slot {
             w.store(0, Ordering::Relaxed);
         }
         self.request_limit.store(request_limit, Ordering::Relaxed);
+        self.retire_notice.store(0, Ordering::Relaxed);
         self.pid.store(pid, Ordering::Relaxed);
         self.set_state(if pid == 0 {
             SlotState::Empty

@@ -132,6 +132,7 @@ fn layouts() -> BTreeMap<&'static str, Vec<(&'static str, usize, usize)>> {
                 offset_of!(Slot, client),
                 scoreboard::CLIENT_PREFIX,
             ),
+            ("retire_notice", offset_of!(Slot, retire_notice), 8),
         ],
     );
     m

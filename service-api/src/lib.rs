@@ -66,14 +66,18 @@
 //!    batched or when the oldest is a second old (an idle instance wakes up
 //!    to send it then), and at `exit()`: an instance wakes the manager
 //!    about once a second at most, never per request, and a full channel
-//!    loses a batch rather than delay a client. When the manager asks for
-//!    hints and no instance is idle, the instance says it is saturated (rate-limited across instances); when
-//!    the slot's request limit is reached it says it is retiring, once, and
-//!    serves on until the manager, having started a replacement, sends
-//!    SIGTERM. If the manager goes away (its end of the report channel
-//!    closes, or its death signal, SIGUSR1, arrives), the instance drains:
-//!    it finishes the request in hand, serves the connections already
-//!    queued on its socket, and stops once the queue is empty.
+//!    loses a batch rather than delay a client. The slot says *busy* from
+//!    `accept()` until the answer is written or the connection ends. When
+//!    the manager asks for hints and no instance is idle, the instance says
+//!    it is saturated as it accepts (rate-limited across instances). When
+//!    the slot's retirement notice point is reached it says it is retiring,
+//!    once, so that the manager starts a replacement; at the slot's request
+//!    limit (a hard bound) it accepts nothing more and `next_request`
+//!    returns `None`, so the program exits 0. If the manager goes away (its
+//!    end of the report channel closes, or its death signal, SIGUSR1,
+//!    arrives), the instance drains: it finishes the request in hand,
+//!    serves the connections already queued on its socket, and stops once
+//!    the queue is empty.
 //! 2. **Accept mode**: `CHARON_ACCEPT_SOCKET=PATH`. The service binds and
 //!    listens on PATH itself, to run one instance by hand. A stale socket
 //!    file there (nobody listening) is replaced; a live one, or a file that

@@ -79,6 +79,8 @@ pub(crate) struct Managed {
     report: OwnedFd,
     batch: Arc<Mutex<Batch>>,
     retiring_sent: bool,
+    /// The slot's request limit is reached: accept nothing more.
+    at_limit: bool,
     manager_gone: bool,
 }
 
@@ -101,6 +103,7 @@ impl Managed {
                 open: true,
             })),
             retiring_sent: false,
+            at_limit: false,
             manager_gone: false,
         }
     }
@@ -139,6 +142,12 @@ impl Managed {
         self.manager_gone
     }
 
+    /// True once the request limit is reached: the instance must accept no
+    /// further connection and leave (the limit is a hard bound).
+    pub(crate) const fn at_limit(&self) -> bool {
+        self.at_limit
+    }
+
     /// Marks the slot.
     pub(crate) fn set_state(&self, state: SlotState) {
         if let Some(s) = self.slot() {
@@ -146,12 +155,13 @@ impl Managed {
         }
     }
 
-    /// A request has been read: mark the slot busy and, if the manager
+    /// A connection has been accepted: the instance is busy until it is
+    /// answered or gone (a silent client occupies it too). If the manager
     /// asked for hints and no instance is idle, tell it we are saturated.
-    pub(crate) fn begin(&mut self, attempt: u8, request_bytes: u64, client: &str) {
+    pub(crate) fn accepted(&mut self) {
         let now = now_ns();
         if let Some(s) = self.slot() {
-            s.begin(now, attempt, request_bytes, client);
+            s.accepted();
         }
         let sb = &self.scoreboard;
         if sb.header().want_hints.load(Ordering::Relaxed) != 0
@@ -162,8 +172,16 @@ impl Managed {
         }
     }
 
-    /// The request in hand is done: count it, batch its record, and ask to
-    /// retire once the request limit is reached.
+    /// A request has been read: the slot says what it is.
+    pub(crate) fn begin(&mut self, attempt: u8, request_bytes: u64, client: &str) {
+        if let Some(s) = self.slot() {
+            s.begin(now_ns(), attempt, request_bytes, client);
+        }
+    }
+
+    /// The request in hand is done: count it, batch its record, say
+    /// "retiring" once the notice point is reached, and stop accepting at
+    /// the request limit.
     pub(crate) fn finish(&mut self, record: Record) {
         let served = self.slot().map_or(0, |s| s.finish(now_ns()));
         let due = {
@@ -177,10 +195,22 @@ impl Managed {
         if due {
             self.flush();
         }
-        let limit = self
-            .slot()
-            .map_or(0, |s| s.request_limit.load(Ordering::Relaxed));
-        if limit > 0 && served >= limit && !self.retiring_sent {
+        let (limit, notice) = self.slot().map_or((0, 0), |s| {
+            (
+                s.request_limit.load(Ordering::Relaxed),
+                s.retire_notice.load(Ordering::Relaxed),
+            )
+        });
+        if limit == 0 {
+            return;
+        }
+        self.at_limit = served >= limit;
+        let notice = if notice == 0 {
+            limit
+        } else {
+            notice.min(limit)
+        };
+        if served >= notice && !self.retiring_sent {
             self.retiring_sent = true;
             self.flush();
             self.send_now(&encode_signal(&Message::Retiring));
@@ -341,6 +371,7 @@ mod tests {
     fn retiring_is_said_once_after_flushing() {
         let (mut m, peer) = setup(1, 2);
         for i in 0..4 {
+            assert_eq!(m.at_limit(), i >= 2, "at the limit after 2");
             m.begin(1, 10, "c");
             m.finish(rec(i));
         }
@@ -357,17 +388,37 @@ mod tests {
     }
 
     #[test]
+    fn retiring_is_said_at_the_notice_point_ahead_of_the_limit() {
+        let (mut m, peer) = setup(1, 5);
+        m.slot().unwrap().retire_notice.store(3, Ordering::Relaxed);
+        for i in 0..3 {
+            m.begin(1, 10, "c");
+            m.finish(rec(i));
+        }
+        let msgs = received(&peer);
+        assert_eq!(msgs.last(), Some(&Message::Retiring), "{msgs:?}");
+        assert!(!m.at_limit());
+        for i in 3..5 {
+            m.begin(1, 10, "c");
+            m.finish(rec(i));
+        }
+        assert!(m.at_limit());
+        m.flush();
+        assert!(!received(&peer).contains(&Message::Retiring), "said once");
+    }
+
+    #[test]
     fn saturation_hint_only_when_wanted_and_nobody_is_idle() {
         let (mut m, peer) = setup(2, 0);
         m.scoreboard.slot(1).unwrap().set_state(SlotState::Busy);
-        m.begin(1, 10, "c");
+        m.accepted();
         assert!(received(&peer).is_empty(), "hints not wanted");
         m.scoreboard.header().want_hints.store(1, Ordering::Relaxed);
         m.scoreboard.slot(1).unwrap().set_state(SlotState::Idle);
-        m.begin(1, 10, "c");
+        m.accepted();
         assert!(received(&peer).is_empty(), "another instance is idle");
         m.scoreboard.slot(1).unwrap().set_state(SlotState::Busy);
-        m.begin(1, 10, "c");
+        m.accepted();
         assert_eq!(received(&peer), vec![Message::Saturated]);
     }
 

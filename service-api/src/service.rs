@@ -289,6 +289,11 @@ impl Core {
         // request came in meanwhile (and served as the request in hand).
         let mut woken = false;
         loop {
+            // The request limit is a hard bound: not one connection more,
+            // however it woke us.
+            if managed.as_ref().is_some_and(Managed::at_limit) {
+                return Ok(false);
+            }
             let stop = *finished || sys::stop_requested();
             let draining =
                 sys::drain_requested() || managed.as_ref().is_some_and(Managed::manager_gone);
@@ -297,6 +302,9 @@ impl Core {
             }
             let e = match sys::accept_nonblocking(listener.as_fd()) {
                 Ok(stream) => {
+                    if let Some(m) = managed.as_mut() {
+                        m.accepted();
+                    }
                     let now = Instant::now();
                     let refused = allowed.refuses(&stream);
                     *conn = Some(Conn {
@@ -439,8 +447,9 @@ impl Core {
             );
             m.finish(r);
         }
+        let at_limit = self.managed.as_ref().is_some_and(Managed::at_limit);
         match &mut self.conn {
-            Some(c) if f.keep && written => c.idle_since = Some(Instant::now()),
+            Some(c) if f.keep && written && !at_limit => c.idle_since = Some(Instant::now()),
             _ => self.conn = None,
         }
     }

@@ -10,6 +10,7 @@
 //! | `echo.die-once=PATH` | if PATH does not exist, create it and exit 0 without answering; otherwise go on |
 //! | `echo.exit=N` | exit with status N (0-255) without answering |
 //! | `echo.signal=N` | raise signal N (a standard signal number), then go on if still alive |
+//! | `echo.panic=TEXT` | panic with TEXT (a Rust service's bug: the process exits 101) |
 //! | `echo.fault=CODE:TEXT` | answer with fault CODE (1 and up) and TEXT instead of the body |
 //!
 //! They act in that order. All values are checked before any acts: a bad
@@ -43,6 +44,7 @@ Context controls (in the order they act; a bad value gives fault 5):
   echo.die-once=PATH     if PATH does not exist: create it, exit 0 unanswered
   echo.exit=N            exit with status N (0-255) without answering
   echo.signal=N          raise signal N (a standard signal, e.g. 11)
+  echo.panic=TEXT        panic with TEXT (the process exits 101)
   echo.fault=CODE:TEXT   answer with fault CODE (>= 1) and TEXT
 
 Exit status: 0 when told to stop (SIGTERM), 1 if serving fails,
@@ -60,6 +62,7 @@ struct Controls<'a> {
     die_once: Option<&'a str>,
     exit: Option<i32>,
     signal: Option<Signal>,
+    panic: Option<&'a str>,
     fault: Option<(u32, &'a str)>,
 }
 
@@ -141,6 +144,9 @@ fn serve(req: Request<'_>) -> Result<(), charon_service::Error> {
         }
         let _ = nix::sys::signal::raise(sig);
     }
+    if let Some(text) = c.panic {
+        panic!("echo.panic: {text}");
+    }
     if let Some((code, text)) = c.fault {
         return req.fault(code, text);
     }
@@ -167,6 +173,7 @@ fn parse_controls<'a>(req: &Request<'a>) -> Result<Controls<'a>, String> {
                     .map_err(|_| format!("{name}={n} is not a signal this system can raise"))?;
                 c.signal = Some(sig);
             }
+            "panic" => c.panic = Some(value),
             "fault" => {
                 let (code, text) = value.split_once(':').ok_or_else(|| {
                     format!("{name} must be CODE:TEXT (e.g. 100:out of stock), not {value:?}")
@@ -176,7 +183,7 @@ fn parse_controls<'a>(req: &Request<'a>) -> Result<Controls<'a>, String> {
             _ => {
                 return Err(format!(
                     "unknown control {name:?}; valid: echo.log, echo.sleep-ms, echo.die-once, \
-                     echo.exit, echo.signal, echo.fault"
+                     echo.exit, echo.signal, echo.panic, echo.fault"
                 ))
             }
         }

@@ -68,6 +68,10 @@ pub struct ServiceConfig {
     pub read_timeout: Duration,
     /// `stop-grace` (default 10s): after SIGTERM, SIGKILL once this passes.
     pub stop_grace: Duration,
+    /// `startup-timeout` (default 30s): an instance not ready (waiting for
+    /// its first request) this long after it was started is killed, as a
+    /// young failure.
+    pub startup_timeout: Duration,
     /// `ulimit-cpu-milliseconds` (RLIMIT_CPU, rounded up to seconds).
     pub ulimit_cpu_milliseconds: Option<u64>,
     /// `ulimit-data-memory` in bytes (RLIMIT_DATA).
@@ -117,6 +121,7 @@ impl ServiceConfig {
             affinity_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(30),
             ulimit_cpu_milliseconds: None,
             ulimit_data_memory: None,
             ulimit_open_files: None,

@@ -75,6 +75,7 @@ fn every_key_is_read_with_its_unit() {
         affinity-timeout = "1h"
         read-timeout = "3s"
         stop-grace = "20s"
+        startup-timeout = "2m"
         ulimit-cpu-milliseconds = 2500
         ulimit-data-memory = "512M"
         ulimit-open-files = 4096
@@ -112,6 +113,7 @@ fn every_key_is_read_with_its_unit() {
     want.affinity_timeout = Duration::from_secs(3600);
     want.read_timeout = Duration::from_secs(3);
     want.stop_grace = Duration::from_secs(20);
+    want.startup_timeout = Duration::from_secs(120);
     want.ulimit_cpu_milliseconds = Some(2500);
     want.ulimit_data_memory = Some(512 << 20);
     want.ulimit_open_files = Some(4096);

@@ -296,6 +296,10 @@ impl Validator<'_> {
         );
         put(&mut cfg.read_timeout, positive(self, &raw.read_timeout));
         put(&mut cfg.stop_grace, positive(self, &raw.stop_grace));
+        put(
+            &mut cfg.startup_timeout,
+            positive(self, &raw.startup_timeout),
+        );
         // 0 turns the unresponsive check off, stored as None.
         if let Some(v) = &raw.unresponsive_timeout {
             if let Some(d) = self.duration(v, true) {

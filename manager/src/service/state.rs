@@ -22,6 +22,8 @@ pub(crate) enum KillReason {
     Reload,
     /// Recycled by `charon restart`.
     Restart,
+    /// Not ready within `startup-timeout`: a young failure.
+    StartupTimeout,
 }
 
 impl KillReason {
@@ -35,6 +37,7 @@ impl KillReason {
             KillReason::Shutdown => "shutdown",
             KillReason::Reload => "reload",
             KillReason::Restart => "restart",
+            KillReason::StartupTimeout => "startup_timeout",
         }
     }
 }
@@ -67,9 +70,19 @@ impl ExitClass {
         }
     }
 
-    /// True for exits that put the service in backoff by themselves.
-    pub(crate) const fn is_failure(self) -> bool {
-        matches!(self, ExitClass::Failed(_) | ExitClass::LaunchFailure(_))
+    /// What this exit says about the service. `young`: the instance had
+    /// not completed a request (for a clean exit: and it left within a
+    /// second of starting), so its exit is evidence about the program, not
+    /// about one request or an outside event.
+    pub(crate) const fn blame(self, young: bool) -> Blame {
+        match self {
+            ExitClass::LaunchFailure(_) | ExitClass::Killed(KillReason::StartupTimeout) => {
+                Blame::CannotRun
+            }
+            ExitClass::Failed(_) if young => Blame::CannotRun,
+            ExitClass::Crash(_) | ExitClass::Clean if young => Blame::Crash,
+            _ => Blame::None,
+        }
     }
 
     pub(crate) const fn name(self) -> &'static str {
@@ -97,6 +110,19 @@ impl fmt::Display for ExitClass {
             ExitClass::Killed(r) => write!(f, "stopped by the manager ({})", r.name()),
         }
     }
+}
+
+/// What an exit counts toward (DESIGN.md's table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blame {
+    /// A young failure that will not heal by retrying at once (non-zero
+    /// exit, launch failure, start-up timeout): backoff now.
+    CannotRun,
+    /// A young crash (or a quick clean exit): counts toward the crash loop.
+    Crash,
+    /// A mature instance's exit or one the manager asked for: replace it,
+    /// never a reason to stop launching.
+    None,
 }
 
 /// Where a service is in its life.

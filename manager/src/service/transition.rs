@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::state::{ExitClass, Mode, ServiceState};
+use super::state::{Blame, ExitClass, Mode, ServiceState};
 
 /// Why an instance is started (logged with it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,13 +42,13 @@ pub(crate) enum Event {
     /// A connection waits on the socket while no instance exists.
     Demand,
     /// An instance exited; `remaining` instances of the service are left.
-    /// `quick`: it exited within a second of starting without serving a
-    /// request, so even a clean exit says the program cannot run (it counts
-    /// toward the crash-loop limit, and fails a trial).
+    /// `young`: it had not completed a request (and, for a clean exit, it
+    /// left within a second of starting): only a young exit is evidence
+    /// that the program cannot run (see [`ExitClass::blame`]).
     Exited {
         class: ExitClass,
         remaining: u32,
-        quick: bool,
+        young: bool,
     },
     /// The backoff deadline passed.
     BackoffOver,
@@ -91,25 +91,22 @@ pub(crate) fn on_event(s: &mut ServiceState, ev: Event, now: Instant) -> Actions
         (Mode::Backoff { .. }, Event::Demand) => Vec::new(),
         (Mode::Backoff { .. }, Event::BackoffOver) => trial(s, now),
         (Mode::Trial { .. }, Event::Healthy) => recovered(s, 0),
-        (Mode::Trial { .. }, Event::Exited { class, quick, .. })
-            if !quick && !class.is_failure() && !matches!(class, ExitClass::Crash(_)) =>
-        {
-            // A clean or manager-made exit proves nothing either way: try
-            // again at once.
-            vec![Action::Spawn {
-                count: 1,
-                why: StartWhy::Trial,
-            }]
-        }
-        (Mode::Trial { .. }, Event::Exited { remaining, .. }) => enter_backoff(s, remaining, now),
+        (
+            Mode::Trial { .. },
+            Event::Exited {
+                class,
+                remaining,
+                young,
+            },
+        ) => trial_exited(s, class.blame(young), remaining, now),
         (
             Mode::Running | Mode::Watching,
             Event::Exited {
                 class,
                 remaining,
-                quick,
+                young,
             },
-        ) => exited(s, class, remaining, quick, now),
+        ) => exited(s, class.blame(young), remaining, now),
         (Mode::Running | Mode::Watching, Event::Resume { remaining }) => resume(s, remaining),
         (Mode::Trial { .. }, Event::Resume { remaining: 0 }) => vec![Action::Spawn {
             count: 1,
@@ -201,8 +198,9 @@ fn enter_backoff(s: &mut ServiceState, remaining: u32, now: Instant) -> Actions 
     a
 }
 
-/// After the manager's own resource failure: start what is still wanted,
-/// or watch for demand again; never a reason for backoff.
+/// After the manager's own resource failure, or an exit that says nothing
+/// against the program: start what is still wanted, or watch for demand
+/// again; never a reason for backoff.
 fn resume(s: &mut ServiceState, remaining: u32) -> Actions {
     let wanted = s.wanted();
     if remaining < wanted {
@@ -219,29 +217,28 @@ fn resume(s: &mut ServiceState, remaining: u32) -> Actions {
     }
 }
 
-fn exited(
-    s: &mut ServiceState,
-    class: ExitClass,
-    remaining: u32,
-    quick: bool,
-    now: Instant,
-) -> Actions {
-    let crash_like = matches!(class, ExitClass::Crash(_)) || (quick && class == ExitClass::Clean);
-    if class.is_failure() || (crash_like && s.crashes.crash(now)) {
-        return enter_backoff(s, remaining, now);
+/// An exit while running. Only young failures stop launches: a mature
+/// instance's death (a poison request, an outside kill) is replaced, so one
+/// bad process stays one bad process.
+fn exited(s: &mut ServiceState, blame: Blame, remaining: u32, now: Instant) -> Actions {
+    match blame {
+        Blame::CannotRun => enter_backoff(s, remaining, now),
+        Blame::Crash if s.crashes.crash(now) => enter_backoff(s, remaining, now),
+        Blame::Crash | Blame::None => resume(s, remaining),
     }
-    let wanted = s.wanted();
-    if remaining < wanted {
-        s.mode = Mode::Running;
-        vec![Action::Spawn {
-            count: wanted - remaining,
-            why: StartWhy::Replace,
-        }]
-    } else if remaining == 0 {
-        s.mode = Mode::Watching;
-        vec![Action::WatchDemand]
-    } else {
-        Vec::new()
+}
+
+/// An exit during a trial: any young failure fails the trial (the backoff
+/// doubles); any other exit leaves the trial running, or starts it again
+/// if nothing is left.
+fn trial_exited(s: &mut ServiceState, blame: Blame, remaining: u32, now: Instant) -> Actions {
+    match blame {
+        Blame::CannotRun | Blame::Crash => enter_backoff(s, remaining, now),
+        Blame::None if remaining == 0 => vec![Action::Spawn {
+            count: 1,
+            why: StartWhy::Trial,
+        }],
+        Blame::None => Vec::new(),
     }
 }
 
@@ -266,11 +263,21 @@ mod tests {
         s
     }
 
+    /// A mature instance's exit: it had served.
     fn exit(class: ExitClass, remaining: u32) -> Event {
         Event::Exited {
             class,
             remaining,
-            quick: false,
+            young: false,
+        }
+    }
+
+    /// A young instance's exit: it had not completed a request.
+    fn young(class: ExitClass, remaining: u32) -> Event {
+        Event::Exited {
+            class,
+            remaining,
+            young: true,
         }
     }
 
@@ -280,7 +287,7 @@ mod tests {
         Event::Exited {
             class: ExitClass::Clean,
             remaining: 0,
-            quick: false,
+            young: false,
         },
         Event::BackoffOver,
         Event::Healthy,
@@ -355,11 +362,15 @@ mod tests {
     }
 
     #[test]
-    fn failures_enter_backoff_and_fast_fail_when_none_left() {
+    fn young_failures_enter_backoff_and_fast_fail_when_none_left() {
         let now = Instant::now();
-        for class in [ExitClass::Failed(1), ExitClass::LaunchFailure(15)] {
+        for class in [
+            ExitClass::Failed(1),
+            ExitClass::LaunchFailure(15),
+            ExitClass::Killed(KillReason::StartupTimeout),
+        ] {
             let mut s = running(1);
-            let a = on_event(&mut s, exit(class, 0), now);
+            let a = on_event(&mut s, young(class, 0), now);
             assert_eq!(
                 a,
                 [
@@ -369,9 +380,49 @@ mod tests {
             );
             assert!(s.mode.is_backoff());
             let mut s = running(1);
-            let a = on_event(&mut s, exit(class, 2), now);
+            let a = on_event(&mut s, young(class, 2), now);
             assert_eq!(a, [Action::BackoffEntered(Duration::from_secs(1))]);
         }
+    }
+
+    #[test]
+    fn launch_failures_and_startup_timeouts_are_young_whatever_the_flag() {
+        let now = Instant::now();
+        for class in [
+            ExitClass::LaunchFailure(15),
+            ExitClass::Killed(KillReason::StartupTimeout),
+        ] {
+            let mut s = running(1);
+            assert!(on_event(&mut s, exit(class, 0), now)
+                .contains(&Action::BackoffEntered(Duration::from_secs(1))));
+        }
+    }
+
+    #[test]
+    fn mature_deaths_are_replaced_and_never_back_off() {
+        let now = Instant::now();
+        let mut s = running(2);
+        // However many: a mature instance's death is about one request or
+        // an outside kill, not the program.
+        for _ in 0..100 {
+            for class in [
+                ExitClass::Failed(1),
+                ExitClass::Crash(9),
+                ExitClass::Crash(11),
+            ] {
+                assert_eq!(
+                    on_event(&mut s, exit(class, 1), now),
+                    [Action::Spawn {
+                        count: 1,
+                        why: StartWhy::Replace
+                    }]
+                );
+                assert_eq!(s.mode, Mode::Running);
+            }
+        }
+        // Above the minimum nothing is owed (growth is calibrate's job).
+        assert_eq!(on_event(&mut s, exit(ExitClass::Failed(1), 3), now), []);
+        assert_eq!(s.backoff.entries, 0);
     }
 
     #[test]
@@ -380,14 +431,14 @@ mod tests {
         let mut s = running(1);
         for _ in 0..2 {
             assert_eq!(
-                on_event(&mut s, exit(ExitClass::Crash(11), 0), now),
+                on_event(&mut s, young(ExitClass::Crash(11), 0), now),
                 [Action::Spawn {
                     count: 1,
                     why: StartWhy::Replace
                 }]
             );
         }
-        let a = on_event(&mut s, exit(ExitClass::Crash(11), 0), now);
+        let a = on_event(&mut s, young(ExitClass::Crash(11), 0), now);
         assert_eq!(a[0], Action::BackoffEntered(Duration::from_secs(1)));
     }
 
@@ -395,7 +446,7 @@ mod tests {
     fn backoff_then_trial_then_recovery_resets() {
         let now = Instant::now();
         let mut s = running(2);
-        on_event(&mut s, exit(ExitClass::Failed(1), 0), now);
+        on_event(&mut s, young(ExitClass::Failed(1), 0), now);
         // Demand during backoff: fast fail is the loop's job, no change.
         assert_eq!(on_event(&mut s, Event::Demand, now), []);
         assert_eq!(
@@ -411,7 +462,7 @@ mod tests {
         assert!(matches!(s.mode, Mode::Trial { .. }));
         // The trial fails: the backoff doubles.
         assert_eq!(
-            on_event(&mut s, exit(ExitClass::Failed(1), 0), now)[0],
+            on_event(&mut s, young(ExitClass::Failed(1), 0), now)[0],
             Action::BackoffEntered(Duration::from_secs(2))
         );
         on_event(&mut s, Event::BackoffOver, now);
@@ -429,7 +480,7 @@ mod tests {
         assert_eq!(s.mode, Mode::Running);
         // Reset: the next failure waits the initial backoff again.
         assert_eq!(
-            on_event(&mut s, exit(ExitClass::Failed(1), 0), now)[0],
+            on_event(&mut s, young(ExitClass::Failed(1), 0), now)[0],
             Action::BackoffEntered(Duration::from_secs(1))
         );
     }
@@ -437,11 +488,7 @@ mod tests {
     #[test]
     fn quick_clean_exits_count_toward_the_crash_loop() {
         let now = Instant::now();
-        let quick = Event::Exited {
-            class: ExitClass::Clean,
-            remaining: 0,
-            quick: true,
-        };
+        let quick = young(ExitClass::Clean, 0);
         let mut s = running(1);
         for _ in 0..2 {
             assert_eq!(
@@ -482,8 +529,11 @@ mod tests {
                 why: StartWhy::Trial
             }]
         );
+        // An older instance leaving while the trial runs changes nothing.
+        assert_eq!(on_event(&mut s, exit(ExitClass::Crash(9), 1), now), []);
+        assert!(matches!(s.mode, Mode::Trial { .. }));
         assert_eq!(
-            on_event(&mut s, exit(ExitClass::Crash(9), 0), now)[0],
+            on_event(&mut s, young(ExitClass::Crash(9), 0), now)[0],
             Action::BackoffEntered(Duration::from_secs(1))
         );
     }
