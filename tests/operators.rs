@@ -548,11 +548,13 @@ fn stats_match_what_happened_in_every_format() {
                 KEY,
                 &echo_conf(
                     &echo,
-                    "prestart-processes = true\nminimum-processes = 1\ncrash-loop-count = 20",
+                    "prestart-processes = true\nminimum-processes = 1",
                 ),
             ),
             (
                 bad,
+                // A backoff longer than the test, so the figures read
+                // below cannot move under a trial.
                 &echo_conf(
                     &echo,
                     "prestart-processes = true\nminimum-processes = 1\nbackoff-initial = \"10m\"\nexec-failure-backoff = \"10m\"",

@@ -11,6 +11,9 @@ mod client;
 mod manager;
 // Operators: reload, the control socket, `charon stats` / `ps` / ...
 mod operators;
+// The instance lifecycle rules on the default config: mature deaths,
+// maximum-requests, start-up timeout, busy from accept, backoff.
+mod lifecycle;
 // Failure as the normal case: chaos, leaks, hostile input, security.
 mod reliability;
 // Nothing lost at the edges: stop, manager death, reload, restart.
