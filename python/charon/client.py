@@ -1,0 +1,607 @@
+"""The client: one blocking call, or a batch of many requests driven in
+parallel from one thread by a selector (PROTOCOL.md section 8.1, 8.3, 8.4).
+
+A request costs one connect, one write, one read, one close. A silent
+close (end of stream before any byte of a response) is retried once on a
+new connection as attempt 2, unless the request says no-retry or
+need-affinity. Everything runs under one timeout clock per call or batch.
+"""
+
+import errno
+import os
+import selectors
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from . import frame
+from .errors import (
+    CharonError,
+    Disconnected,
+    FrameworkError,
+    InvalidRequest,
+    NoAffinity,
+    NotFound,
+    Overloaded,
+    ProtocolError,
+    ServiceFault,
+    Timeout,
+    Unavailable,
+)
+from .key import check_key, default_run_dir, socket_path, wildcard
+
+__all__ = ["Client", "Batch", "call", "DEFAULT_TIMEOUT"]
+
+DEFAULT_TIMEOUT = 4.0
+RESERVED_PREFIX = "charon."
+_READ_CHUNK = 65_536
+_TIMEVAL = struct.Struct("@ll")
+_SILENT_ERRNOS = (errno.ECONNRESET,)
+_WRITE_CLOSED = (errno.EPIPE, errno.ECONNRESET)
+
+Context = Union[Mapping[str, Union[bytes, str]], Sequence[Tuple[str, Union[bytes, str]]], None]
+
+
+def _program_name() -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    b = name.encode()[: frame.MAX_CLIENT_NAME]
+    return b.decode(errors="ignore")
+
+
+def _context_list(context: Context) -> List[Tuple[str, bytes]]:
+    if not context:
+        return []
+    items = context.items() if isinstance(context, Mapping) else context
+    out = []
+    for name, value in items:
+        if name.startswith(RESERVED_PREFIX):
+            raise InvalidRequest(
+                f"context name {name!r} starts with the reserved prefix {RESERVED_PREFIX!r}"
+            )
+        out.append((name, value.encode() if isinstance(value, str) else bytes(value)))
+    return out
+
+
+def _with_key(e: CharonError, key: str) -> CharonError:
+    e.key = key
+    return e
+
+
+def _connect(run_dir: str, key: str) -> socket.socket:
+    """A non-blocking connection to the exact key's socket, else its
+    wildcard's (ENOENT and ECONNREFUSED fall through; EAGAIN is
+    overloaded)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    stale = None
+    try:
+        for k in (key, wildcard(key)):
+            path = socket_path(run_dir, k)
+            try:
+                err = s.connect_ex(path)
+            except OSError as e:  # a path too long for sun_path
+                raise InvalidRequest(f"socket path {path!r}: {e}") from None
+            if err == 0:
+                return s
+            if err == errno.ENOENT:
+                continue
+            if err == errno.ECONNREFUSED:
+                stale = stale or path
+                continue
+            if err == errno.EAGAIN:
+                raise Overloaded(f"{key}: the service's listen backlog is full")
+            raise CharonError(f"{key}: connect to {path}: {os.strerror(err)}")
+    except BaseException:
+        s.close()
+        raise
+    s.close()
+    msg = f"no service {key} (nor its wildcard) in {run_dir}"
+    if stale:
+        msg += f"; {stale} exists but nobody listens on it"
+    raise NotFound(msg, run_dir, stale)
+
+
+def _result(resp: frame.Response) -> bytes:
+    """A response's body, or the exception its status stands for."""
+    if resp.status == frame.OK:
+        return resp.body
+    if resp.status == frame.FAULT:
+        raise ServiceFault(resp.code, resp.text)
+    if resp.status == frame.UNAVAILABLE:
+        raise Unavailable(resp.retry_after, resp.text)
+    raise FrameworkError(resp.code, resp.text)
+
+
+class _Silent(Exception):
+    """A close before any byte of a response: retried once if allowed."""
+
+
+class _Response:
+    """Accumulates one response frame from the bytes read so far."""
+
+    __slots__ = ("buf", "need", "limits")
+
+    def __init__(self, limits: frame.Limits) -> None:
+        self.buf = bytearray()
+        self.need = 0
+        self.limits = limits
+
+    def feed(self, data: bytes) -> Optional[frame.Response]:
+        """Adds bytes; the decoded response once whole."""
+        self.buf += data
+        if not self.need and len(self.buf) >= frame.HEADER_LEN:
+            n = frame.check_header(bytes(self.buf[:8]), frame.KIND_RESPONSE, self.limits)
+            self.need = frame.HEADER_LEN + n
+        if self.need and len(self.buf) >= self.need:
+            if len(self.buf) > self.need:
+                raise ProtocolError(f"{len(self.buf) - self.need} bytes after the response frame")
+            return frame.decode_response(bytes(memoryview(self.buf)[8:]), self.limits)
+        return None
+
+    def want(self) -> int:
+        return max(self.need - len(self.buf), frame.HEADER_LEN - len(self.buf), 1)
+
+    def eof(self) -> None:
+        if not self.buf:
+            raise _Silent()
+        raise Disconnected(
+            f"the connection closed after {len(self.buf)} bytes of a response", len(self.buf)
+        )
+
+
+def _may_retry(attrs: int, attempt: int) -> bool:
+    return attempt == 1 and not attrs & (frame.NO_RETRY | frame.NEED_AFFINITY)
+
+
+class Client:
+    """Options (run dir, timeout, limits, client name) and the connections
+    kept by keep-affinity requests. One client per thread."""
+
+    def __init__(
+        self,
+        *,
+        run_dir: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        name: Optional[str] = None,
+        limits: frame.Limits = frame.DEFAULT_LIMITS,
+    ) -> None:
+        if not timeout > 0:
+            raise InvalidRequest("timeout must be greater than zero")
+        self.run_dir = run_dir if run_dir is not None else default_run_dir()
+        self.timeout = timeout
+        self.name = _program_name() if name is None else name
+        if len(self.name.encode()) > frame.MAX_CLIENT_NAME:
+            raise InvalidRequest(f"client name is over {frame.MAX_CLIENT_NAME} bytes")
+        self.limits = limits
+        self._kept: Dict[str, socket.socket] = {}
+
+    def close(self) -> None:
+        """Closes every kept connection."""
+        for s in self._kept.values():
+            s.close()
+        self._kept.clear()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def has_affinity(self, key: str) -> bool:
+        return key in self._kept
+
+    def drop_affinity(self, key: str) -> None:
+        s = self._kept.pop(key, None)
+        if s is not None:
+            s.close()
+
+    def batch(self, timeout: Optional[float] = None) -> "Batch":
+        return Batch(self, timeout)
+
+    # -- shared by call and batch
+
+    def _encode(self, key: str, body: bytes, context: List[Tuple[str, bytes]],
+                attrs: int, attempt: int) -> bytes:
+        """The whole request frame."""
+        req = frame.Request(key, b"", self.name, context, attempt, attrs)
+        return frame.encode_request_head(req, self.limits, len(body)) + body
+
+    def _open(self, key: str, attrs: int, attempt: int) -> socket.socket:
+        if attempt == 1 and attrs & (frame.NEED_AFFINITY | frame.KEEP_AFFINITY):
+            s = self._kept.pop(key, None)
+            if s is not None:
+                return s
+        if attrs & frame.NEED_AFFINITY:
+            raise NoAffinity(f"{key}: no connection kept by an earlier keep-affinity request")
+        return _connect(self.run_dir, key)
+
+    def _keep(self, key: str, attrs: int, resp: frame.Response, s: socket.socket) -> bool:
+        if attrs & frame.KEEP_AFFINITY and resp.status in (frame.OK, frame.FAULT):
+            old = self._kept.pop(key, None)
+            if old is not None:
+                old.close()
+            self._kept[key] = s
+            return True
+        return False
+
+    # -- one blocking call
+
+    def call(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        context: Context = None,
+        timeout: Optional[float] = None,
+        retry: bool = True,
+        no_wait: bool = False,
+        keep_affinity: bool = False,
+        need_affinity: bool = False,
+    ) -> bytes:
+        """Sends ``body`` to service ``key`` and returns the response body.
+
+        Raises ServiceFault, Unavailable, Overloaded, NotFound, Timeout,
+        Disconnected, ProtocolError, FrameworkError, NoAffinity,
+        InvalidKey or InvalidRequest. A no-wait request returns b"" once
+        sent.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        attrs = _attributes(retry, no_wait, keep_affinity, need_affinity)
+        check_key(key)
+        ctx = _context_list(context)
+        body = bytes(body)
+        attempt = 1
+        while True:
+            data = self._encode(key, body, ctx, attrs, attempt)
+            try:
+                s = self._open(key, attrs, attempt)
+            except CharonError as e:
+                raise _with_key(e, key)
+            try:
+                return self._exchange(key, s, data, attrs, deadline)
+            except _Silent:
+                if not _may_retry(attrs, attempt):
+                    raise _with_key(Disconnected(
+                        f"{key}: the connection closed before any byte of a response"), key)
+                attempt = 2
+            except CharonError as e:
+                raise _with_key(e, key)
+
+    def _exchange(self, key: str, s: socket.socket, data: bytes, attrs: int,
+                  deadline: float) -> bytes:
+        keep = False
+        try:
+            s.setblocking(True)
+            _set_timeouts(s, deadline)
+            try:
+                s.sendall(data, socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                raise Timeout(f"{key}: the request could not be written in time") from None
+            except OSError as e:
+                if e.errno not in _WRITE_CLOSED:
+                    raise CharonError(f"{key}: write the request: {e}") from None
+                # A fast fail may be waiting to be read (section 8.2).
+            if attrs & frame.NO_WAIT:
+                return b""
+            acc = _Response(self.limits)
+            while True:
+                try:
+                    chunk = s.recv(_READ_CHUNK if not acc.need else acc.want())
+                except BlockingIOError:
+                    raise Timeout(f"{key}: no response in time") from None
+                except OSError as e:
+                    if e.errno in _SILENT_ERRNOS:
+                        chunk = b""
+                    else:
+                        raise CharonError(f"{key}: read the response: {e}") from None
+                if not chunk:
+                    acc.eof()
+                resp = acc.feed(chunk)
+                if resp is not None:
+                    keep = self._keep(key, attrs, resp, s)
+                    return _result(resp)
+                _set_timeouts(s, deadline)
+        finally:
+            if not keep:
+                s.close()
+
+
+def _attributes(retry: bool, no_wait: bool, keep: bool, need: bool) -> int:
+    a = 0
+    if not retry:
+        a |= frame.NO_RETRY
+    if no_wait:
+        a |= frame.NO_WAIT
+    if keep:
+        a |= frame.KEEP_AFFINITY
+    if need:
+        a |= frame.NEED_AFFINITY
+    return a
+
+
+def _set_timeouts(s: socket.socket, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise Timeout("no response in time")
+    sec = int(left)
+    usec = max(int((left - sec) * 1e6), 1 if sec == 0 else 0)
+    tv = _TIMEVAL.pack(sec, usec)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+_local = threading.local()
+
+
+def call(
+    key: str,
+    body: bytes,
+    *,
+    context: Context = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    retry: bool = True,
+    run_dir: Optional[str] = None,
+    no_wait: bool = False,
+    keep_affinity: bool = False,
+    need_affinity: bool = False,
+) -> bytes:
+    """Sends ``body`` to the service ``key`` and returns its response body.
+
+    Uses one client per thread and run dir, so keep-affinity connections
+    outlive the call. See Client.call for the exceptions.
+    """
+    clients = getattr(_local, "clients", None)
+    if clients is None:
+        clients = _local.clients = {}
+    rd = run_dir if run_dir is not None else default_run_dir()
+    client = clients.get(rd)
+    if client is None:
+        client = clients[rd] = Client(run_dir=rd)
+    return client.call(key, body, context=context, timeout=timeout, retry=retry,
+                       no_wait=no_wait, keep_affinity=keep_affinity,
+                       need_affinity=need_affinity)
+
+
+# ---------------------------------------------------------------- the batch
+
+class _Entry:
+    __slots__ = ("idx", "key", "body", "context", "attrs", "attempt", "sock", "out", "sent",
+                 "acc", "result", "done")
+
+    def __init__(self, idx: int, key: str, body: bytes, context: List[Tuple[str, bytes]],
+                 attrs: int):
+        self.idx = idx
+        self.key = key
+        self.body = body
+        self.context = context
+        self.attrs = attrs
+        self.attempt = 1
+        self.sock: Optional[socket.socket] = None
+        self.out = memoryview(b"")
+        self.sent = False
+        self.acc: Optional[_Response] = None
+        self.result: Union[bytes, CharonError, None] = None
+        self.done = False
+
+
+class Batch:
+    """Many requests, to one or several services, progressing in parallel
+    on non-blocking sockets under one timeout clock.
+
+    ``add`` returns an id; ``wait_all``, ``wait_any``, ``wait_one`` and
+    ``wait_sent`` drive the requests; ``result(id)`` returns the body or
+    raises the request's exception.
+    """
+
+    def __init__(self, client: Client, timeout: Optional[float] = None) -> None:
+        self._client = client
+        self._timeout = client.timeout if timeout is None else timeout
+        if not self._timeout > 0:
+            raise InvalidRequest("timeout must be greater than zero")
+        self._deadline: Optional[float] = None
+        self._entries: List[_Entry] = []
+        self._sel = selectors.DefaultSelector()
+        self._completed: List[int] = []
+        self._returned = set()  # type: ignore[var-annotated]
+        self._live = 0
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Abandons unfinished requests and closes their connections."""
+        for e in self._entries:
+            if not e.done:
+                self._finish(e, Timeout(f"{e.key}: the batch was closed"))
+        self._sel.close()
+
+    def set_timeout(self, timeout: float) -> None:
+        """Sets the timeout and restarts the clock from now."""
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def pending(self) -> int:
+        return self._live
+
+    def add(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        context: Context = None,
+        retry: bool = True,
+        no_wait: bool = False,
+        keep_affinity: bool = False,
+        need_affinity: bool = False,
+    ) -> int:
+        """Adds a request and starts it (connects and writes what the
+        socket takes). A failure to reach the service becomes its result;
+        a request that breaks a rule raises here and is not added."""
+        check_key(key)
+        ctx = _context_list(context)
+        attrs = _attributes(retry, no_wait, keep_affinity, need_affinity)
+        body = bytes(body)
+        self._client._encode(key, body, ctx, attrs, 1)
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self._timeout
+        e = _Entry(len(self._entries), key, body, ctx, attrs)
+        self._entries.append(e)
+        self._live += 1
+        self._start(len(self._entries) - 1)
+        return len(self._entries) - 1
+
+    def wait_all(self) -> None:
+        self._drive(lambda: self._live == 0)
+
+    def wait_any(self) -> Optional[int]:
+        """The next finished request's id (each returned once), or None
+        when none is left."""
+        while True:
+            self._drive(lambda: bool(self._completed) or self._live == 0)
+            if not self._completed:
+                return None
+            i = self._completed.pop(0)
+            if i not in self._returned:
+                self._returned.add(i)
+                return i
+
+    def wait_one(self, rid: int) -> bytes:
+        """Waits for request ``rid`` and returns its body (or raises)."""
+        e = self._entries[rid]
+        self._drive(lambda: e.done)
+        return self.result(rid)
+
+    def wait_sent(self) -> None:
+        """Waits until every request is fully written (or finished)."""
+        self._drive(lambda: all(e.done or e.sent for e in self._entries))
+
+    def done(self, rid: int) -> bool:
+        return self._entries[rid].done
+
+    def result(self, rid: int) -> bytes:
+        """The body of finished request ``rid``, or its exception raised."""
+        e = self._entries[rid]
+        if not e.done:
+            raise InvalidRequest(f"request {rid} has not finished")
+        if isinstance(e.result, CharonError):
+            raise e.result
+        assert e.result is not None
+        return e.result
+
+    # -- mechanism
+
+    def _start(self, i: int) -> None:
+        e = self._entries[i]
+        try:
+            data = self._client._encode(e.key, e.body, e.context, e.attrs, e.attempt)
+            s = self._client._open(e.key, e.attrs, e.attempt)
+        except CharonError as err:
+            self._finish(e, _with_key(err, e.key))
+            return
+        s.setblocking(False)
+        e.sock = s
+        e.out = memoryview(data)
+        e.sent = False
+        e.acc = _Response(self._client.limits)
+        self._sel.register(s, selectors.EVENT_WRITE, i)
+        self._write(i)
+
+    def _finish(self, e: _Entry, result: Union[bytes, CharonError], keep: bool = False) -> None:
+        if e.sock is not None:
+            try:
+                self._sel.unregister(e.sock)
+            except (KeyError, ValueError):
+                pass
+            if not keep:
+                e.sock.close()
+            e.sock = None
+        if not e.done:
+            e.done = True
+            e.result = result
+            self._live -= 1
+            self._completed.append(e.idx)
+
+    def _write(self, i: int) -> None:
+        e = self._entries[i]
+        assert e.sock is not None
+        try:
+            while e.out:
+                n = e.sock.send(e.out, socket.MSG_NOSIGNAL)
+                e.out = e.out[n:]
+        except BlockingIOError:
+            return
+        except OSError as err:
+            if err.errno not in _WRITE_CLOSED:
+                self._finish(e, _with_key(CharonError(f"write the request: {err}"), e.key))
+                return
+            e.out = memoryview(b"")
+        e.sent = True
+        if e.attrs & frame.NO_WAIT:
+            self._finish(e, b"")
+            return
+        self._sel.modify(e.sock, selectors.EVENT_READ, i)
+
+    def _read(self, i: int) -> None:
+        e = self._entries[i]
+        assert e.sock is not None and e.acc is not None
+        try:
+            while True:
+                try:
+                    chunk = e.sock.recv(_READ_CHUNK if not e.acc.need else e.acc.want())
+                except BlockingIOError:
+                    return
+                except OSError as err:
+                    if err.errno not in _SILENT_ERRNOS:
+                        raise CharonError(f"read the response: {err}") from None
+                    chunk = b""
+                if not chunk:
+                    e.acc.eof()
+                resp = e.acc.feed(chunk)
+                if resp is not None:
+                    keep = self._client._keep(e.key, e.attrs, resp, e.sock)
+                    try:
+                        result: Union[bytes, CharonError] = _result(resp)
+                    except CharonError as err:
+                        result = _with_key(err, e.key)
+                    self._finish(e, result, keep)
+                    return
+        except _Silent:
+            if _may_retry(e.attrs, e.attempt):
+                self._sel.unregister(e.sock)
+                e.sock.close()
+                e.sock = None
+                e.attempt = 2
+                self._start(i)
+            else:
+                self._finish(e, _with_key(Disconnected(
+                    f"{e.key}: the connection closed before any byte of a response"), e.key))
+        except CharonError as err:
+            self._finish(e, _with_key(err, e.key))
+
+    def _drive(self, done) -> None:  # type: ignore[no-untyped-def]
+        while not done() and self._live:
+            assert self._deadline is not None
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                for e in self._entries:
+                    if not e.done:
+                        self._finish(e, _with_key(Timeout(
+                            f"{e.key}: no response within {self._timeout} s"), e.key))
+                return
+            for skey, events in self._sel.select(left):
+                i = skey.data
+                if self._entries[i].done:
+                    continue
+                if events & selectors.EVENT_WRITE:
+                    self._write(i)
+                elif events & selectors.EVENT_READ:
+                    self._read(i)

@@ -1,0 +1,374 @@
+"""Frames: the 8-byte header, request and response payloads, and the
+limits every announced length is checked against (PROTOCOL.md sections 2-6).
+
+Decoders take untrusted bytes and raise only ProtocolError; encoders check
+a frame against the limits before producing any of it and raise
+InvalidRequest.
+"""
+
+import struct
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from .errors import InvalidKey, InvalidRequest, ProtocolError
+from .key import MAX_KEY_LEN, check_key
+
+MAGIC = b"CH"
+VERSION = 1
+KIND_REQUEST = 1
+KIND_RESPONSE = 2
+HEADER_LEN = 8
+
+NO_RETRY = 0x01
+NO_WAIT = 0x02
+KEEP_AFFINITY = 0x04
+NEED_AFFINITY = 0x08
+_ATTRIBUTE_BITS = 0x0F
+
+OK = 0
+FAULT = 1
+UNAVAILABLE = 2
+ERROR = 3
+
+# Framework error codes (section 4.2).
+MALFORMED_REQUEST = 1
+REQUEST_TOO_LARGE = 2
+NO_ANSWER = 3
+NOT_PERMITTED = 4
+UNSUPPORTED_VERSION = 5
+INTERNAL = 6
+RESPONSE_TOO_LARGE = 7
+WRONG_SERVICE = 8
+READ_TIMEOUT = 9
+
+MAX_CLIENT_NAME = 256
+MAX_TEXT = 65_536
+
+_HEADER = struct.Struct(">2sBBI")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_STATUS_U32 = struct.Struct(">BI")
+_ERROR_HEAD = struct.Struct(">BH")
+_OK_HEAD = struct.Struct(">2sBBIBI")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits of section 5; both ends should use the same."""
+
+    max_request_body: int = 67_108_864
+    max_response_body: int = 67_108_864
+    max_context_entries: int = 64
+    max_context_name: int = 128
+    max_context_value: int = 65_536
+
+    def max_request_payload(self) -> int:
+        return (
+            1 + 1 + (2 + MAX_KEY_LEN) + (2 + MAX_CLIENT_NAME) + 2
+            + self.max_context_entries * (2 + self.max_context_name + 4 + self.max_context_value)
+            + 4 + self.max_request_body
+        )
+
+    def max_response_payload(self) -> int:
+        return 1 + 4 + max(self.max_response_body, 4 + MAX_TEXT)
+
+    def max_payload(self, kind: int) -> int:
+        if kind == KIND_REQUEST:
+            return self.max_request_payload()
+        return self.max_response_payload()
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class Request:
+    """A decoded (or to be encoded) request frame."""
+
+    key: str
+    body: bytes = b""
+    client: str = ""
+    context: List[Tuple[str, bytes]] = field(default_factory=list)
+    attempt: int = 1
+    attributes: int = 0
+
+    def context_value(self, name: str) -> Optional[bytes]:
+        """The first context value named ``name``, or None."""
+        for n, v in self.context:
+            if n == name:
+                return v
+        return None
+
+
+@dataclass
+class Response:
+    """A decoded (or to be encoded) response frame: ``status`` says which
+    of ``body`` (OK), ``code``/``text`` (FAULT, ERROR) or
+    ``retry_after``/``text`` (UNAVAILABLE) are meaningful."""
+
+    status: int
+    body: bytes = b""
+    code: int = 0
+    text: str = ""
+    retry_after: int = 0
+
+
+def header(kind: int, payload_len: int) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, kind, payload_len)
+
+
+def check_header(head: bytes, expected_kind: int, limits: Limits = DEFAULT_LIMITS) -> int:
+    """Checks an 8-byte header in the order of section 2 and returns the
+    payload length."""
+    magic, version, kind, length = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise ProtocolError(f"not a charon frame: expected magic \"CH\", got {magic!r}")
+    if version != VERSION:
+        raise ProtocolError(
+            f"protocol version {version} is not supported (this side speaks {VERSION})",
+            UNSUPPORTED_VERSION,
+        )
+    if kind not in (KIND_REQUEST, KIND_RESPONSE):
+        raise ProtocolError(f"frame kind {kind} is neither request (1) nor response (2)")
+    if kind != expected_kind:
+        want = "request" if expected_kind == KIND_REQUEST else "response"
+        raise ProtocolError(f"wrong frame kind {kind}: expected a {want}")
+    limit = limits.max_payload(kind)
+    if length > limit:
+        raise ProtocolError(
+            f"payload of {length} bytes exceeds the limit of {limit} bytes",
+            REQUEST_TOO_LARGE,
+        )
+    return length
+
+
+# ------------------------------------------------------------------ encoding
+
+def _str16(s: str, what: str) -> bytes:
+    b = s.encode()
+    if len(b) > 0xFFFF:
+        raise InvalidRequest(f"{what} of {len(b)} bytes does not fit a str16")
+    return _U16.pack(len(b)) + b
+
+
+def encode_request_head(req: Request, limits: Limits = DEFAULT_LIMITS,
+                        body_len: Optional[int] = None) -> bytes:
+    """Everything of a request frame before the body's bytes (the header,
+    the fields and the body's length), after checking every limit.
+    ``body_len`` stands for ``len(req.body)`` when the body is sent apart."""
+    if req.attempt not in (1, 2):
+        raise InvalidRequest(f"attempt {req.attempt} is not 1 or 2")
+    if req.attributes & ~_ATTRIBUTE_BITS or req.attributes < 0:
+        raise InvalidRequest(f"attributes {req.attributes:#x} has undefined bits")
+    try:
+        check_key(req.key)
+    except InvalidKey as e:
+        raise InvalidRequest(str(e)) from None
+    client = req.client.encode()
+    if len(client) > MAX_CLIENT_NAME:
+        raise InvalidRequest(
+            f"client name of {len(client)} bytes is over the limit of {MAX_CLIENT_NAME}"
+        )
+    if len(req.context) > limits.max_context_entries:
+        raise InvalidRequest(
+            f"{len(req.context)} context entries are over the limit of "
+            f"{limits.max_context_entries}"
+        )
+    if body_len is None:
+        body_len = len(req.body)
+    if body_len > limits.max_request_body:
+        raise InvalidRequest(
+            f"request body of {body_len} bytes is over the limit of {limits.max_request_body}"
+        )
+    key = req.key.encode()
+    parts = [
+        bytes((req.attempt, req.attributes)),
+        _U16.pack(len(key)), key,
+        _U16.pack(len(client)), client,
+        _U16.pack(len(req.context)),
+    ]
+    for name, value in req.context:
+        nb = name.encode()
+        if not nb or len(nb) > limits.max_context_name:
+            raise InvalidRequest(
+                f"context name {name!r} must be 1 to {limits.max_context_name} bytes"
+            )
+        if len(value) > limits.max_context_value:
+            raise InvalidRequest(
+                f"context value {name!r} of {len(value)} bytes is over the limit of "
+                f"{limits.max_context_value}"
+            )
+        parts += (_U16.pack(len(nb)), nb, _U32.pack(len(value)), bytes(value))
+    parts.append(_U32.pack(body_len))
+    fields = b"".join(parts)
+    return header(KIND_REQUEST, len(fields) + body_len) + fields
+
+
+def encode_request(req: Request, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    return encode_request_head(req, limits) + bytes(req.body)
+
+
+def encode_ok_head(body_len: int, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The header, status and body length of an OK response."""
+    if body_len > limits.max_response_body:
+        raise InvalidRequest(
+            f"response body of {body_len} bytes is over the limit of {limits.max_response_body}"
+        )
+    return _OK_HEAD.pack(MAGIC, VERSION, KIND_RESPONSE, 5 + body_len, OK, body_len)
+
+
+def _text32(text: str, what: str) -> bytes:
+    b = text.encode()
+    if len(b) > MAX_TEXT:
+        raise InvalidRequest(f"{what} of {len(b)} bytes is over the limit of {MAX_TEXT}")
+    return _U32.pack(len(b)) + b
+
+
+def encode_response(resp: Response, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    if resp.status == OK:
+        return encode_ok_head(len(resp.body), limits) + bytes(resp.body)
+    if resp.status == FAULT:
+        if not 0 <= resp.code <= 0xFFFFFFFF:
+            raise InvalidRequest(f"fault code {resp.code} does not fit a u32")
+        payload = _STATUS_U32.pack(FAULT, resp.code) + _text32(resp.text, "fault text")
+    elif resp.status == UNAVAILABLE:
+        if not 0 <= resp.retry_after <= 0xFFFFFFFF:
+            raise InvalidRequest(f"retry_after {resp.retry_after} does not fit a u32")
+        payload = _STATUS_U32.pack(UNAVAILABLE, resp.retry_after) + _text32(resp.text, "reason")
+    elif resp.status == ERROR:
+        if not 0 <= resp.code <= 0xFFFF:
+            raise InvalidRequest(f"error code {resp.code} does not fit a u16")
+        payload = _ERROR_HEAD.pack(ERROR, resp.code) + _text32(resp.text, "error text")
+    else:
+        raise InvalidRequest(f"status {resp.status} is not 0-3")
+    return header(KIND_RESPONSE, len(payload)) + payload
+
+
+# ------------------------------------------------------------------ decoding
+
+class _Reader:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        end = self.pos + n
+        if end > len(self.buf):
+            raise ProtocolError(f"the payload ends inside the {what}")
+        s = self.buf[self.pos:end]
+        self.pos = end
+        return bytes(s)
+
+    def u8(self, what: str) -> int:
+        if self.pos >= len(self.buf):
+            raise ProtocolError(f"the payload ends inside the {what}")
+        b = self.buf[self.pos]
+        self.pos += 1
+        return b
+
+    def u16(self, what: str) -> int:
+        return int(_U16.unpack(self.take(2, what))[0])
+
+    def u32(self, what: str) -> int:
+        return int(_U32.unpack(self.take(4, what))[0])
+
+    def utf8(self, b: bytes, what: str) -> str:
+        try:
+            return b.decode()
+        except UnicodeDecodeError:
+            raise ProtocolError(f"the {what} is not UTF-8") from None
+
+    def str16(self, what: str) -> str:
+        return self.utf8(self.take(self.u16(what), what), what)
+
+    def bytes32(self, what: str) -> bytes:
+        return self.take(self.u32(what), what)
+
+    def text32(self, what: str) -> str:
+        b = self.bytes32(what)
+        _check_len(what, len(b), MAX_TEXT)
+        return self.utf8(b, what)
+
+    def finish(self) -> None:
+        left = len(self.buf) - self.pos
+        if left:
+            raise ProtocolError(f"{left} bytes after the last field")
+
+
+def _check_len(what: str, n: int, limit: int) -> None:
+    if n > limit:
+        raise ProtocolError(
+            f"the {what} of {n} is over the limit of {limit}", REQUEST_TOO_LARGE
+        )
+
+
+def decode_request(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
+    """Decodes a request payload (the bytes after the header)."""
+    r = _Reader(payload)
+    attempt = r.u8("attempt")
+    if attempt not in (1, 2):
+        raise ProtocolError(f"attempt {attempt} is not 1 or 2")
+    attributes = r.u8("attributes")
+    if attributes & ~_ATTRIBUTE_BITS:
+        raise ProtocolError(f"attributes {attributes:#04x} has undefined bits set")
+    key = r.str16("key")
+    try:
+        check_key(key)
+    except InvalidKey as e:
+        raise ProtocolError(str(e)) from None
+    client = r.str16("client name")
+    _check_len("client name", len(client.encode()), MAX_CLIENT_NAME)
+    count = r.u16("context count")
+    _check_len("context count", count, limits.max_context_entries)
+    context = []
+    for _ in range(count):
+        name = r.str16("context name")
+        if not name:
+            raise ProtocolError("a context entry has an empty name")
+        _check_len("context name", len(name.encode()), limits.max_context_name)
+        value = r.bytes32("context value")
+        _check_len("context value", len(value), limits.max_context_value)
+        context.append((name, value))
+    body = r.bytes32("body")
+    _check_len("body", len(body), limits.max_request_body)
+    r.finish()
+    return Request(key, body, client, context, attempt, attributes)
+
+
+def decode_response(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Response:
+    """Decodes a response payload (the bytes after the header)."""
+    r = _Reader(payload)
+    status = r.u8("status")
+    if status == OK:
+        body = r.bytes32("body")
+        _check_len("body", len(body), limits.max_response_body)
+        resp = Response(OK, body=body)
+    elif status == FAULT:
+        code = r.u32("fault code")
+        resp = Response(FAULT, code=code, text=r.text32("fault text"))
+    elif status == UNAVAILABLE:
+        after = r.u32("retry_after")
+        resp = Response(UNAVAILABLE, retry_after=after, text=r.text32("reason"))
+    elif status == ERROR:
+        code = r.u16("error code")
+        resp = Response(ERROR, code=code, text=r.text32("error text"))
+    else:
+        raise ProtocolError(f"response status {status} is not 0-3")
+    r.finish()
+    return resp
+
+
+def decode_frame(data: bytes, kind: int, limits: Limits = DEFAULT_LIMITS):  # type: ignore[no-untyped-def]
+    """Decodes one whole frame of ``kind``; the bytes must hold exactly it."""
+    if len(data) < HEADER_LEN:
+        raise ProtocolError(f"a frame of {len(data)} bytes is shorter than its header")
+    length = check_header(data[:HEADER_LEN], kind, limits)
+    if len(data) != HEADER_LEN + length:
+        raise ProtocolError(
+            f"the header announces {length} payload bytes, {len(data) - HEADER_LEN} follow"
+        )
+    if kind == KIND_REQUEST:
+        return decode_request(data[HEADER_LEN:], limits)
+    return decode_response(data[HEADER_LEN:], limits)

@@ -1,0 +1,225 @@
+"""Managed mode's side channels (PROTOCOL.md section 10.1): the instance's
+scoreboard slot and the report channel to the manager.
+
+The scoreboard is a memfd the manager shares with every instance; each
+field is an aligned native integer. Python has no atomic instructions, so
+every field is written with one aligned store of its own width (through a
+typed memoryview), which is what the manager's atomic loads need; the
+saturation hint's compare-and-swap is a load, a compare and a store, which
+at worst lets two instances send one hint each.
+
+Per-request records are batched and sent without blocking when 64 are
+batched or the oldest is a second old; a batch that cannot be sent at once
+is dropped rather than delay a client.
+"""
+
+import atexit
+import errno
+import mmap
+import os
+import socket
+import struct
+import time
+from typing import List, Optional
+
+SCOREBOARD_MAGIC = 0x4348524E53423031
+HEADER_SIZE = 64
+SLOT_SIZE = 128
+MAX_SLOTS = 20_000
+
+STARTING, IDLE, BUSY, EXITING = 1, 2, 3, 4
+
+REPORT_VERSION = 1
+KIND_RECORDS, KIND_SATURATED, KIND_RETIRING = 1, 2, 3
+MAX_RECORDS = 64
+OUTCOME_OK, OUTCOME_FAULT, OUTCOME_ERROR, OUTCOME_NO_ANSWER = 0, 1, 2, 3
+
+FLUSH_AGE = 1.0
+HINT_GAP_NS = 2_000_000
+
+_RECORD = struct.Struct(">IIIBBH")
+_MSG_HEAD = struct.Struct(">BBH")
+_U32_MAX = 0xFFFFFFFF
+
+# Word indexes (u32 and u64 views) of the header and slot fields.
+_H_VERSION, _H_SLOT_COUNT, _H_SLOT_SIZE, _H_WANT_HINTS = 2, 3, 4, 5   # u32
+_H_MAGIC, _H_LAST_HINT = 0, 3                                          # u64
+_H_SLOTS_IN_USE = 8                                                    # u32
+_S_STATE, _S_PID, _S_ATTEMPT = 0, 1, 2                                 # u32
+_S_REQUESTS, _S_LIMIT, _S_SINCE, _S_TOTAL, _S_BYTES, _S_CLIENT = 2, 3, 4, 5, 6, 7  # u64
+
+
+class ScoreboardError(Exception):
+    """The fd is not a scoreboard this library can map."""
+
+
+def encode_records(records: List[bytes]) -> bytes:
+    return _MSG_HEAD.pack(REPORT_VERSION, KIND_RECORDS, len(records)) + b"".join(records)
+
+
+def encode_signal(kind: int) -> bytes:
+    return _MSG_HEAD.pack(REPORT_VERSION, kind, 0)
+
+
+def record(elapsed_us: int, request_bytes: int, response_bytes: int, outcome: int,
+           attempt: int) -> bytes:
+    return _RECORD.pack(min(elapsed_us, _U32_MAX), min(request_bytes, _U32_MAX),
+                        min(response_bytes, _U32_MAX), outcome, attempt, 0)
+
+
+class Scoreboard:
+    """A mapped scoreboard, checked as section 10.1 says."""
+
+    def __init__(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        if size < HEADER_SIZE + SLOT_SIZE or size % 8:
+            raise ScoreboardError(f"a scoreboard of {size} bytes is too small")
+        self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._u32 = memoryview(self._map).cast("I")
+        self._u64 = memoryview(self._map).cast("Q")
+        if self._u64[_H_MAGIC] != SCOREBOARD_MAGIC:
+            raise ScoreboardError("bad magic")
+        if self._u32[_H_VERSION] != 1:
+            raise ScoreboardError(f"layout version {self._u32[_H_VERSION]} is not 1")
+        if self._u32[_H_SLOT_SIZE] != SLOT_SIZE:
+            raise ScoreboardError(f"slot size {self._u32[_H_SLOT_SIZE]} is not {SLOT_SIZE}")
+        count = self._u32[_H_SLOT_COUNT]
+        if not 1 <= count <= MAX_SLOTS or HEADER_SIZE + SLOT_SIZE * count > size:
+            raise ScoreboardError(f"slot count {count} does not fit {size} bytes")
+        self.slot_count = count
+
+    def u32(self, slot: int, index: int) -> int:
+        return int(self._u32[(HEADER_SIZE + SLOT_SIZE * slot) // 4 + index])
+
+    def set_u32(self, slot: int, index: int, value: int) -> None:
+        self._u32[(HEADER_SIZE + SLOT_SIZE * slot) // 4 + index] = value
+
+    def u64(self, slot: int, index: int) -> int:
+        return int(self._u64[(HEADER_SIZE + SLOT_SIZE * slot) // 8 + index])
+
+    def set_u64(self, slot: int, index: int, value: int) -> None:
+        self._u64[(HEADER_SIZE + SLOT_SIZE * slot) // 8 + index] = value
+
+    def any_idle(self) -> bool:
+        upto = min(self._u32[_H_SLOTS_IN_USE], self.slot_count)
+        return any(self.u32(i, _S_STATE) == IDLE for i in range(upto))
+
+    def want_hints(self) -> bool:
+        return self._u32[_H_WANT_HINTS] != 0
+
+    def claim_hint(self, now_ns: int) -> bool:
+        last = int(self._u64[_H_LAST_HINT])
+        if now_ns - last < HINT_GAP_NS:
+            return False
+        self._u64[_H_LAST_HINT] = now_ns
+        return True
+
+
+class Managed:
+    """The slot and the report channel of this managed instance."""
+
+    def __init__(self, scoreboard: Scoreboard, slot: int, report: socket.socket) -> None:
+        self._sb = scoreboard
+        self._slot = slot
+        self._report = report
+        self._records: List[bytes] = []
+        self._oldest: Optional[float] = None
+        self._retiring_sent = False
+        self.manager_gone = False
+        self._pid = os.getpid()
+        atexit.register(self._at_exit)
+
+    def report_fd(self) -> int:
+        return self._report.fileno()
+
+    def set_state(self, state: int) -> None:
+        self._sb.set_u32(self._slot, _S_STATE, state)
+
+    def begin(self, attempt: int, request_bytes: int, client: str) -> None:
+        """A request has been read: mark the slot busy; if the manager wants
+        hints and nobody is idle, say the service is saturated."""
+        sb, slot = self._sb, self._slot
+        name = client.encode()[:32].ljust(32, b"\0")
+        for i, (w,) in enumerate(struct.iter_unpack("@Q", name)):
+            sb.set_u64(slot, _S_CLIENT + i, w)
+        sb.set_u32(slot, _S_ATTEMPT, attempt)
+        sb.set_u64(slot, _S_BYTES, request_bytes)
+        now = time.monotonic_ns()
+        sb.set_u64(slot, _S_SINCE, max(now, 1))
+        sb.set_u32(slot, _S_STATE, BUSY)
+        if sb.want_hints() and not sb.any_idle() and sb.claim_hint(now):
+            self._send(encode_signal(KIND_SATURATED))
+
+    def finish(self, rec: bytes) -> None:
+        """The request in hand is done: count it, batch its record, and ask
+        to retire once the request limit is reached."""
+        sb, slot = self._sb, self._slot
+        since = sb.u64(slot, _S_SINCE)
+        sb.set_u64(slot, _S_SINCE, 0)
+        if since:
+            elapsed = max(time.monotonic_ns() - since, 0)
+            sb.set_u64(slot, _S_TOTAL, sb.u64(slot, _S_TOTAL) + elapsed)
+        served = sb.u64(slot, _S_REQUESTS) + 1
+        sb.set_u64(slot, _S_REQUESTS, served)
+        self.note(rec)
+        limit = sb.u64(slot, _S_LIMIT)
+        if limit and served >= limit and not self._retiring_sent:
+            self._retiring_sent = True
+            self.flush()
+            self._send(encode_signal(KIND_RETIRING))
+
+    def at_limit(self) -> bool:
+        """True once the slot's request limit is reached."""
+        limit = self._sb.u64(self._slot, _S_LIMIT)
+        return bool(limit) and self._sb.u64(self._slot, _S_REQUESTS) >= limit
+
+    def note(self, rec: bytes) -> None:
+        """Batches a record; sends the batch when full or old."""
+        now = time.monotonic()
+        if not self._records:
+            self._oldest = now
+        self._records.append(rec)
+        if len(self._records) >= MAX_RECORDS or now - (self._oldest or now) >= FLUSH_AGE:
+            self.flush()
+
+    def flush_due(self) -> Optional[float]:
+        """When (time.monotonic) the unsent batch is due, if any."""
+        return None if self._oldest is None else self._oldest + FLUSH_AGE
+
+    def flush(self) -> None:
+        if not self._records:
+            return
+        msg = encode_records(self._records)
+        self._records = []
+        self._oldest = None
+        self._send(msg)
+
+    def _send(self, msg: bytes) -> None:
+        if self.manager_gone:
+            return
+        try:
+            self._report.send(msg, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except OSError as e:
+            if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
+                self.manager_gone = True
+            # Full (EAGAIN) or other trouble: the batch is lost; a client
+            # never waits on the manager.
+
+    def check_channel(self) -> None:
+        """The report channel polled readable: the manager sends nothing,
+        so this is its end closing."""
+        try:
+            if self._report.recv(16, socket.MSG_DONTWAIT) == b"":
+                self.manager_gone = True
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.manager_gone = True
+
+    def leave(self) -> None:
+        self.flush()
+        self.set_state(EXITING)
+
+    def _at_exit(self) -> None:
+        if os.getpid() == self._pid:
+            self.flush()

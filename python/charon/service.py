@@ -1,0 +1,631 @@
+"""The service: ``for request in service: request.respond(...)``, in any
+of the three modes of PROTOCOL.md section 10, chosen from the environment
+(managed if ``CHARON_SLOT`` is set, accept mode if
+``CHARON_ACCEPT_SOCKET`` is, standalone if fds 3 and 4 are open).
+
+One request at a time: accept a connection, read one request frame within
+the read timeout, hand it to the program, write its one response, close
+(or keep the connection for an affinity conversation). SIGTERM and SIGINT
+finish the request in hand and end the loop; SIGUSR1 (drain) also serves
+the connections already queued. A request the program leaves unanswered
+is answered ERROR NO_ANSWER when the loop moves on.
+"""
+
+import errno
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
+import time
+from typing import Iterator, List, Optional, Tuple, Union
+
+from . import frame, managed
+from .errors import CharonError, InvalidRequest, ProtocolError
+from .managed import Managed, Scoreboard, ScoreboardError
+
+__all__ = ["Service", "Request", "ServiceError", "MANAGED", "ACCEPT", "STANDALONE"]
+
+MANAGED, ACCEPT, STANDALONE = "managed", "accept", "standalone"
+LISTEN_FD, SCOREBOARD_FD, REPORT_FD = 3, 4, 5
+REQUEST_FD, RESPONSE_FD = 3, 4
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_AFFINITY_TIMEOUT = 60.0
+DEFAULT_WRITE_TIMEOUT = 10.0
+_MAX_ENV_MS = 86_400_000
+_TIMEVAL = struct.Struct("@ll")
+_PEERCRED = struct.Struct("3i")
+_READ_CHUNK = 65_536
+
+
+class ServiceError(CharonError):
+    """The service cannot start: a bad environment or unusable fds."""
+
+
+def _env_ms(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        ms = int(value.strip())
+    except ValueError:
+        ms = 0
+    if not 1 <= ms <= _MAX_ENV_MS:
+        raise ServiceError(
+            f"{name} must be a whole number of milliseconds from 1 to {_MAX_ENV_MS}, "
+            f"not {value!r}"
+        )
+    return ms / 1000.0
+
+
+def _id_set(name: str) -> Optional[set]:  # type: ignore[type-arg]
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return {int(v) for v in value.split(",") if v.strip()}
+    except ValueError:
+        raise ServiceError(f"{name} must be comma-separated decimal ids, not {value!r}") from None
+
+
+def _timeval(seconds: float) -> bytes:
+    sec = int(seconds)
+    return _TIMEVAL.pack(sec, max(int((seconds - sec) * 1e6), 1 if sec == 0 else 0))
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+class _Flags:
+    """Set from signal handlers; read by the loop."""
+
+    stop = False
+    drain = False
+
+
+def _on_stop(signum: int, _frame: object) -> None:
+    _Flags.stop = True
+
+
+def _on_drain(signum: int, _frame: object) -> None:
+    _Flags.drain = True
+
+
+class Request:
+    """One request in hand: its key, client, attempt, context and body.
+    Answer it once with ``respond`` or ``fault``."""
+
+    __slots__ = ("_service", "_frame", "answered")
+
+    def __init__(self, service: "Service", req: frame.Request) -> None:
+        self._service = service
+        self._frame = req
+        self.answered = False
+
+    @property
+    def key(self) -> str:
+        return self._frame.key
+
+    @property
+    def application(self) -> str:
+        return self._frame.key.split(".")[0]
+
+    @property
+    def function(self) -> str:
+        return self._frame.key.split(".")[1]
+
+    @property
+    def version(self) -> int:
+        return int(self._frame.key.split(".")[2])
+
+    @property
+    def serialization(self) -> str:
+        return self._frame.key.split(".")[3]
+
+    @property
+    def client(self) -> str:
+        return self._frame.client
+
+    @property
+    def attempt(self) -> int:
+        return self._frame.attempt
+
+    @property
+    def attributes(self) -> int:
+        return self._frame.attributes
+
+    @property
+    def body(self) -> bytes:
+        return self._frame.body
+
+    @property
+    def context(self) -> List[Tuple[str, bytes]]:
+        return self._frame.context
+
+    def context_value(self, name: str) -> Optional[bytes]:
+        """The first context value named ``name``, or None."""
+        return self._frame.context_value(name)
+
+    def respond(self, body: Union[bytes, bytearray, memoryview, str]) -> None:
+        """Answers OK with ``body`` (a str is sent as UTF-8). A body over
+        the response limit is answered ERROR RESPONSE_TOO_LARGE and raises
+        InvalidRequest."""
+        self._claim()
+        data = body.encode() if isinstance(body, str) else body
+        self._service._answer_ok(data)
+
+    def fault(self, code: int, text: str) -> None:
+        """Answers FAULT: the request cannot be served (never retried).
+        Codes 1-99 are reserved (PROTOCOL.md 4.1); use 100 and up."""
+        self._claim()
+        if not 1 <= code <= 0xFFFFFFFF:
+            raise InvalidRequest(f"fault code {code} is not 1 to 4294967295")
+        text = text.encode()[: frame.MAX_TEXT].decode(errors="ignore")
+        self._service._answer(frame.Response(frame.FAULT, code=code, text=text),
+                              managed.OUTCOME_FAULT)
+
+    def _claim(self) -> None:
+        if self.answered:
+            raise InvalidRequest("this request was already answered")
+        if self._service._current is not self:
+            raise InvalidRequest("this request is no longer the one in hand")
+        self.answered = True
+
+    def __repr__(self) -> str:
+        return (f"Request(key={self.key!r}, client={self.client!r}, attempt={self.attempt}, "
+                f"body={len(self.body)} bytes)")
+
+
+class Service:
+    """The request loop of a service program.
+
+    ``Service()`` reads its mode and options from the environment;
+    iterate it to get requests. ``limits`` and the timeouts may be given
+    (the ``CHARON_READ_TIMEOUT_MS`` and ``CHARON_AFFINITY_TIMEOUT_MS``
+    variables, when set, win).
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: frame.Limits = frame.DEFAULT_LIMITS,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        affinity_timeout: float = DEFAULT_AFFINITY_TIMEOUT,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    ) -> None:
+        self.limits = limits
+        self.read_timeout = _env_ms("CHARON_READ_TIMEOUT_MS", read_timeout)
+        self.affinity_timeout = _env_ms("CHARON_AFFINITY_TIMEOUT_MS", affinity_timeout)
+        self.write_timeout = write_timeout
+        self._allowed_uids = _id_set("CHARON_ALLOWED_UIDS")
+        self._allowed_gids = _id_set("CHARON_ALLOWED_GIDS")
+        self._max_payload = limits.max_request_payload()
+        self._listener: Optional[socket.socket] = None
+        self._bound: Optional[Tuple[str, int, int]] = None
+        self._managed: Optional[Managed] = None
+        self._conn: Optional[socket.socket] = None
+        self._started = 0.0
+        self._keep = False
+        self._current: Optional[Request] = None
+        self._request_bytes = 0
+        self._finished = False
+        self._sel: Optional[selectors.BaseSelector] = None
+        self._wake_r = -1
+        slot = os.environ.get("CHARON_SLOT")
+        accept_path = os.environ.get("CHARON_ACCEPT_SOCKET")
+        if slot is not None:
+            self.mode = MANAGED
+            self._setup_managed(slot)
+        elif accept_path is not None:
+            self.mode = ACCEPT
+            self._setup_accept(accept_path)
+        elif _fd_open(REQUEST_FD) and _fd_open(RESPONSE_FD):
+            self.mode = STANDALONE
+        else:
+            raise ServiceError(
+                "no way to receive requests: run me under charond, or set "
+                "CHARON_ACCEPT_SOCKET=PATH, or give a request on fd 3 and a response file "
+                "on fd 4 (service 3<request 4>response)"
+            )
+        self._install_signals()
+
+    # -- setup
+
+    def _setup_managed(self, slot_text: str) -> None:
+        try:
+            slot = int(slot_text.strip())
+        except ValueError:
+            raise ServiceError(f"CHARON_SLOT must be a scoreboard slot index, not {slot_text!r}")
+        try:
+            listener = socket.socket(fileno=LISTEN_FD)
+        except OSError as e:
+            raise ServiceError(f"fd 3 must be the listening rendezvous socket: {e}") from None
+        if (listener.family != socket.AF_UNIX or listener.type != socket.SOCK_STREAM
+                or not listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            raise ServiceError("fd 3 must be a listening AF_UNIX stream socket")
+        try:
+            sb = Scoreboard(SCOREBOARD_FD)
+        except (OSError, ValueError, ScoreboardError) as e:
+            raise ServiceError(f"fd 4 must be the scoreboard memfd: {e}") from None
+        if not 0 <= slot < sb.slot_count:
+            raise ServiceError(f"CHARON_SLOT {slot} is not below the slot count {sb.slot_count}")
+        try:
+            report = socket.socket(fileno=REPORT_FD)
+        except OSError as e:
+            raise ServiceError(f"fd 5 must be the report channel: {e}") from None
+        if report.type != socket.SOCK_SEQPACKET:
+            raise ServiceError("fd 5 must be a SOCK_SEQPACKET socket (the report channel)")
+        for fd in (LISTEN_FD, SCOREBOARD_FD, REPORT_FD):
+            os.set_inheritable(fd, False)
+        listener.setblocking(False)
+        self._listener = listener
+        self._managed = Managed(sb, slot, report)
+        self._managed.set_state(managed.STARTING)
+
+    def _setup_accept(self, path: str) -> None:
+        if not path:
+            raise ServiceError("CHARON_ACCEPT_SOCKET is empty; set it to a socket path")
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ServiceError(f"{path}: a file that is not a socket is in the way")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                raise ServiceError(f"{path}: another process is listening there")
+            except ConnectionRefusedError:
+                os.unlink(path)
+            finally:
+                probe.close()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(socket.SOMAXCONN)
+        listener.setblocking(False)
+        st = os.lstat(path)
+        self._bound = (path, st.st_dev, st.st_ino)
+        self._listener = listener
+
+    def _install_signals(self) -> None:
+        _Flags.stop = False
+        _Flags.drain = False
+        signal.signal(signal.SIGTERM, _on_stop)
+        signal.signal(signal.SIGINT, _on_stop)
+        signal.signal(signal.SIGUSR1, _on_drain)
+        if self._listener is None:
+            return
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._wake_r = r
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, "listener")
+        sel.register(r, selectors.EVENT_READ, "signal")
+        if self._managed is not None:
+            sel.register(self._managed.report_fd(), selectors.EVENT_READ, "report")
+        self._sel = sel
+
+    # -- the loop
+
+    def __iter__(self) -> Iterator[Request]:
+        return self
+
+    def __next__(self) -> Request:
+        req = self.next_request()
+        if req is None:
+            raise StopIteration
+        return req
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # An exit (SystemExit) mid-request must stay a silent close, which
+        # the client retries; anything else answers NO_ANSWER.
+        if exc_type is not SystemExit:
+            self._unanswered()
+        self.close()
+
+    def stopping(self) -> bool:
+        return (self._finished or _Flags.stop
+                or (self._managed is not None and self._managed.manager_gone))
+
+    def next_request(self) -> Optional[Request]:
+        """The next request, or None when the service should end."""
+        self._unanswered()
+        while True:
+            if self.mode == STANDALONE:
+                if self._finished:
+                    self.close()
+                    return None
+                self._finished = True
+                got = self._standalone_frame()
+            else:
+                if self._conn is None and not self._accept():
+                    self.close()
+                    return None
+                got = self._read_conn()
+            if got is not None:
+                req = Request(self, got)
+                self._current = req
+                return req
+
+    def close(self) -> None:
+        """Ends the service: answers an unanswered request, closes the
+        connection, flushes the reports, removes an accept-mode socket."""
+        self._unanswered()
+        self._close_conn()
+        if self._managed is not None:
+            self._managed.leave()
+        if self._bound is not None:
+            path, dev, ino = self._bound
+            self._bound = None
+            try:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    def _unanswered(self) -> None:
+        cur = self._current
+        if cur is not None and not cur.answered:
+            cur.answered = True
+            self._answer(frame.Response(
+                frame.ERROR, code=frame.NO_ANSWER,
+                text="the service dropped the request without answering it"),
+                managed.OUTCOME_NO_ANSWER)
+        self._current = None
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._keep = False
+
+    def _accept(self) -> bool:
+        assert self._listener is not None and self._sel is not None
+        m = self._managed
+        woken = False
+        while True:
+            stop = self.stopping()
+            if stop and not woken:
+                return False
+            woken = False
+            try:
+                conn, _ = self._listener.accept()
+            except BlockingIOError:
+                if stop or _Flags.drain:
+                    return False
+                due = None
+                if m is not None:
+                    m.set_state(managed.IDLE)
+                    due = m.flush_due()
+                    if due is not None and due <= time.monotonic():
+                        m.flush()
+                        due = None
+                timeout = None if due is None else max(due - time.monotonic(), 0)
+                for key, _ in self._sel.select(timeout):
+                    if key.data == "listener":
+                        woken = True
+                    elif key.data == "signal":
+                        try:
+                            os.read(self._wake_r, 512)
+                        except BlockingIOError:
+                            pass
+                    elif key.data == "report" and m is not None:
+                        m.check_channel()
+                continue
+            except (InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as e:
+                if e.errno in (errno.EPROTO,):
+                    continue
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._sel.select(0.05)
+                    continue
+                raise ServiceError(f"accept a connection: {e}") from None
+            self._conn = conn
+            self._started = time.monotonic()
+            self._keep = False
+            try:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                _timeval(self.write_timeout))
+            except OSError:
+                pass
+            return True
+
+    def _refused_peer(self) -> Optional[str]:
+        if self._allowed_uids is None and self._allowed_gids is None:
+            return None
+        assert self._conn is not None
+        _pid, uid, gid = _PEERCRED.unpack(
+            self._conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        if uid in (self._allowed_uids or ()) or gid in (self._allowed_gids or ()):
+            return None
+        return f"peer uid {uid} gid {gid} is not allowed to call this service"
+
+    def _read_conn(self) -> Optional[frame.Request]:
+        """Reads one request on the connection; None after a refusal or
+        a close (the loop then accepts the next connection)."""
+        conn = self._conn
+        assert conn is not None
+        if self._keep:
+            if not self._wait_kept():
+                self._close_conn()
+                return None
+            self._started = time.monotonic()
+        deadline = self._started + self.read_timeout
+        buf = bytearray()
+        need = 0
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BlockingIOError()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(left))
+                want = _READ_CHUNK if not need else min(need - len(buf), _READ_CHUNK * 16)
+                chunk = conn.recv(want)
+                if not chunk:
+                    if buf:
+                        self._refuse(frame.MALFORMED_REQUEST,
+                                     f"the connection closed after {len(buf)} bytes of a "
+                                     "request frame", len(buf))
+                    else:
+                        self._close_conn()
+                    return None
+                buf += chunk
+                if not need and len(buf) >= frame.HEADER_LEN:
+                    need = frame.HEADER_LEN + frame.check_header(
+                        bytes(buf[:8]), frame.KIND_REQUEST, self.limits)
+                if need and len(buf) >= need:
+                    break
+            if len(buf) > need:
+                raise ProtocolError(f"{len(buf) - need} bytes after the request frame")
+            req = frame.decode_request(bytes(memoryview(buf)[8:]), self.limits)
+        except BlockingIOError:
+            self._refuse(frame.READ_TIMEOUT,
+                         f"no complete request within the read timeout of "
+                         f"{int(self.read_timeout * 1000)} ms", len(buf))
+            return None
+        except ProtocolError as e:
+            self._refuse(e.error_code, str(e), len(buf))
+            return None
+        except OSError:
+            self._close_conn()
+            return None
+        refused = self._refused_peer()
+        if refused is not None:
+            self._refuse(frame.NOT_PERMITTED, refused, len(buf))
+            return None
+        self._request_bytes = len(buf)
+        self._keep = bool(req.attributes & frame.KEEP_AFFINITY)
+        self._attempt = req.attempt
+        if self._managed is not None:
+            self._managed.begin(req.attempt, len(buf), req.client)
+        return req
+
+    def _wait_kept(self) -> bool:
+        """Waits on a kept affinity connection for the next request's first
+        byte; False when the conversation is over."""
+        assert self._conn is not None and self._sel is not None
+        expires = time.monotonic() + self.affinity_timeout
+        self._sel.register(self._conn, selectors.EVENT_READ, "conn")
+        try:
+            while True:
+                if self.stopping() or _Flags.drain:
+                    return False
+                now = time.monotonic()
+                if now >= expires:
+                    return False
+                until = expires
+                due = self._managed.flush_due() if self._managed else None
+                if due is not None:
+                    until = min(until, due)
+                for key, _ in self._sel.select(max(until - now, 0)):
+                    if key.data == "conn":
+                        return True
+                    if key.data == "signal":
+                        try:
+                            os.read(self._wake_r, 512)
+                        except BlockingIOError:
+                            pass
+                    elif key.data == "report" and self._managed is not None:
+                        self._managed.check_channel()
+                if self._managed is not None and due is not None and time.monotonic() >= due:
+                    self._managed.flush()
+        finally:
+            self._sel.unregister(self._conn)
+
+    def _standalone_frame(self) -> Optional[frame.Request]:
+        buf = bytearray()
+        need = 0
+        self._started = time.monotonic()
+        try:
+            while not need or len(buf) < need:
+                chunk = os.read(REQUEST_FD, _READ_CHUNK if not need else need - len(buf))
+                if not chunk:
+                    text = ("fd 3 held no request (empty input)" if not buf
+                            else f"fd 3 ended after {len(buf)} bytes of a request frame")
+                    self._refuse(frame.MALFORMED_REQUEST, text, len(buf))
+                    return None
+                buf += chunk
+                if not need and len(buf) >= frame.HEADER_LEN:
+                    need = frame.HEADER_LEN + frame.check_header(
+                        bytes(buf[:8]), frame.KIND_REQUEST, self.limits)
+            req = frame.decode_request(bytes(memoryview(buf)[8:need]), self.limits)
+        except ProtocolError as e:
+            self._refuse(e.error_code, str(e), len(buf))
+            return None
+        except OSError as e:
+            self._refuse(frame.INTERNAL, f"cannot read fd 3: {e}", len(buf))
+            return None
+        self._request_bytes = need
+        self._keep = False
+        self._attempt = req.attempt
+        return req
+
+    # -- answers
+
+    def _write(self, data: bytes) -> bool:
+        try:
+            if self.mode == STANDALONE:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(RESPONSE_FD, view):]
+            else:
+                assert self._conn is not None
+                self._conn.sendall(data, socket.MSG_NOSIGNAL)
+            return True
+        except OSError:
+            return False
+
+    def _answer_ok(self, body: Union[bytes, bytearray, memoryview]) -> None:
+        try:
+            head = frame.encode_ok_head(len(body), self.limits)
+        except InvalidRequest as e:
+            self._answer(frame.Response(frame.ERROR, code=frame.RESPONSE_TOO_LARGE, text=(
+                f"the service produced a response of {len(body)} bytes, over the limit of "
+                f"{self.limits.max_response_body} bytes")), managed.OUTCOME_ERROR)
+            raise e
+        data = head + body if len(body) < _READ_CHUNK else None
+        if data is not None:
+            ok = self._write(data)
+        else:
+            ok = self._write(head) and self._write(bytes(body))
+        self._complete(managed.OUTCOME_OK, len(head) + len(body), ok)
+
+    def _answer(self, resp: frame.Response, outcome: int) -> None:
+        data = frame.encode_response(resp, self.limits)
+        self._complete(outcome, len(data), self._write(data))
+
+    def _complete(self, outcome: int, response_bytes: int, written: bool) -> None:
+        if self._managed is not None:
+            elapsed = int((time.monotonic() - self._started) * 1e6)
+            self._managed.finish(managed.record(
+                elapsed, self._request_bytes,
+                response_bytes if written else 0,
+                outcome if written else managed.OUTCOME_NO_ANSWER, self._attempt))
+        if not (self._keep and written):
+            self._close_conn()
+
+    def _refuse(self, code: int, text: str, received: int) -> None:
+        """Answers a connection that did not bring a valid request, closes
+        it, and records it (not counted as a request in the slot)."""
+        data = frame.encode_response(frame.Response(frame.ERROR, code=code, text=text),
+                                     self.limits)
+        sent = self._write(data)
+        self._close_conn()
+        if self.mode == STANDALONE:
+            self._finished = True
+        if self._managed is not None:
+            elapsed = int((time.monotonic() - self._started) * 1e6)
+            self._managed.note(managed.record(elapsed, received, len(data) if sent else 0,
+                                              managed.OUTCOME_ERROR, 1))

@@ -1,0 +1,40 @@
+"""A test service: echoes the body, steered by context entries.
+
+``fault=CODE:TEXT`` answers a fault; ``exit=N`` exits with status N before
+answering; ``die-once=PATH`` exits 0 unanswered if PATH does not exist yet
+(creating it); ``sleep=MS`` sleeps first; ``log=TEXT`` writes a stderr line;
+``pid`` answers with the instance's pid; ``noanswer`` drops the request.
+"""
+
+import os
+import sys
+import time
+
+import charon
+
+if os.environ.get("SVC_FAIL_AT_START"):
+    print("svc: cannot start: " + os.environ["SVC_FAIL_AT_START"], file=sys.stderr, flush=True)
+    sys.exit(3)
+
+for request in charon.Service():
+    ctx = dict(request.context)
+    if "log" in ctx:
+        print("svc: " + ctx["log"].decode(), file=sys.stderr, flush=True)
+    if "sleep" in ctx:
+        time.sleep(int(ctx["sleep"]) / 1000)
+    if "die-once" in ctx:
+        path = ctx["die-once"].decode()
+        if not os.path.exists(path):
+            open(path, "w").close()
+            sys.exit(0)
+    if "exit" in ctx:
+        sys.exit(int(ctx["exit"]))
+    if "noanswer" in ctx:
+        continue
+    if "fault" in ctx:
+        code, _, text = ctx["fault"].decode().partition(":")
+        request.fault(int(code), text)
+    elif "pid" in ctx:
+        request.respond(str(os.getpid()))
+    else:
+        request.respond(request.body)

@@ -1,0 +1,127 @@
+"""The Python client against the real charond and the Rust charon-echo:
+answers, faults, retry once, affinity, no-wait, not found, wildcard lookup
+and batches under one clock."""
+
+import os
+import socket
+import time
+
+import pytest
+
+import charon
+from charon import frame
+from conftest import bin_path, service_exec, toml_env, wait_for
+
+KEY = "system.echo.0.raw"
+
+
+def echo_conf(extra: str = "") -> str:
+    return f'exec = "{bin_path("charon-echo")}"\n{extra}\n'
+
+
+def test_call_echo_fault_and_context(daemon):
+    d = daemon({KEY: echo_conf()})
+    rd = str(d.run)
+    assert charon.call(KEY, b"hello", run_dir=rd) == b"hello"
+    assert charon.call(KEY, b"", run_dir=rd) == b""
+    big = os.urandom(3 * 65536 + 7)
+    assert charon.call(KEY, big, run_dir=rd) == big
+    with pytest.raises(charon.ServiceFault) as e:
+        charon.call(KEY, b"x", context={"echo.fault": "107:on purpose"}, run_dir=rd)
+    assert (e.value.code, e.value.text) == (107, "on purpose")
+    with pytest.raises(charon.InvalidRequest):
+        charon.call(KEY, b"x", context={"charon.mine": "no"}, run_dir=rd)
+
+
+def test_not_found_stale_and_bad_key(daemon, tmp_short):
+    with pytest.raises(charon.NotFound):
+        charon.call("app.none.0.raw", b"", run_dir=str(tmp_short))
+    # A socket file nobody listens on is not found, and says so.
+    path = tmp_short / "app.stale.0.raw.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()
+    with pytest.raises(charon.NotFound) as e:
+        charon.call("app.stale.0.raw", b"", run_dir=str(tmp_short))
+    assert e.value.stale == str(path)
+    with pytest.raises(charon.InvalidKey):
+        charon.call("app..0.raw", b"", run_dir=str(tmp_short))
+    with pytest.raises(charon.InvalidKey):
+        charon.call("app.f.01.raw", b"", run_dir=str(tmp_short))
+
+
+def test_wildcard_lookup_and_exact_key_in_frame(daemon):
+    d = daemon({"mail..1.raw": echo_conf()})
+    # charon-echo answers the key it was asked with under echo.key.
+    assert charon.call("mail.send.1.raw", b"w", run_dir=str(d.run)) == b"w"
+    assert charon.resolve(str(d.run), "mail.send.1.raw") == str(d.run / "mail..1.raw.sock")
+
+
+def test_silent_close_is_retried_once_as_attempt_2(daemon):
+    d = daemon({KEY: echo_conf()})
+    c = charon.Client(run_dir=str(d.run), timeout=20)
+    # charon-echo exits 0 mid-request the first time only: the retry
+    # reaches a fresh instance.
+    once = str(d.dir / "died")
+    assert c.call(KEY, b"again", context={"echo.die-once": once}) == b"again"
+    assert os.path.exists(once)
+    with pytest.raises(charon.Disconnected):
+        c.call(KEY, b"x", context={"echo.exit": "0"}, retry=False)
+    wait_for("the retry counted", lambda: d.stats(KEY)["retried"] >= 1)
+
+
+def test_batch_wait_modes_under_one_clock(daemon):
+    d = daemon({KEY: echo_conf("maximum-processes = 4")})
+    c = charon.Client(run_dir=str(d.run), timeout=20)
+    b = c.batch()
+    ids = [b.add(KEY, f"b{i}".encode()) for i in range(16)]
+    b.add("app.none.0.raw", b"")
+    b.wait_all()
+    assert [b.result(i) for i in ids] == [f"b{i}".encode() for i in range(16)]
+    with pytest.raises(charon.NotFound):
+        b.result(16)
+    b = c.batch()
+    first = b.add(KEY, b"one")
+    b.add(KEY, b"two")
+    assert b.wait_one(first) == b"one"
+    seen = set()
+    while (i := b.wait_any()) is not None:
+        seen.add(i)
+    assert seen == {0, 1}
+    # One clock: a slow request times out when the batch's clock runs out.
+    b = c.batch(timeout=0.5)
+    slow = b.add(KEY, b"s", context={"echo.sleep-ms": "5000"})
+    t = time.monotonic()
+    b.wait_all()
+    assert time.monotonic() - t < 4
+    with pytest.raises(charon.Timeout):
+        b.result(slow)
+
+
+def test_no_wait_and_wait_sent(daemon):
+    d = daemon({KEY: echo_conf()})
+    c = charon.Client(run_dir=str(d.run), timeout=20)
+    assert c.call(KEY, b"fire", no_wait=True) == b""
+    b = c.batch()
+    i = b.add(KEY, b"x" * 100_000, no_wait=True)
+    b.wait_sent()
+    assert b.done(i) and b.result(i) == b""
+    wait_for("both counted", lambda: d.stats(KEY)["requests"] >= 2)
+
+
+def test_affinity_conversation_stays_on_one_instance(daemon):
+    # Python on both sides: the service keeps the connection too.
+    key = "py.svc.0.raw"
+    d = daemon({key: f"exec = {service_exec('svc.py')}\n{toml_env()}"
+                     "minimum-processes = 2\nprestart-processes = true\n"})
+    c = charon.Client(run_dir=str(d.run), timeout=20)
+    with pytest.raises(charon.NoAffinity):
+        c.call(key, b"x", need_affinity=True)
+    pid = c.call(key, b"", context={"pid": ""}, keep_affinity=True)
+    assert c.has_affinity(key)
+    for _ in range(5):
+        assert c.call(key, b"", context={"pid": ""}, keep_affinity=True,
+                      need_affinity=True) == pid
+    assert c.call(key, b"", context={"pid": ""}, need_affinity=True) == pid
+    assert not c.has_affinity(key)
+    c.close()

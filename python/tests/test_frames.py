@@ -1,0 +1,164 @@
+"""Frames: PROTOCOL.md's example frames decode and re-encode byte for byte,
+decoding arbitrary bytes raises only the library's own errors, and encoding
+then decoding gives back what was encoded."""
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from charon import frame
+from charon.errors import CharonError, InvalidRequest, ProtocolError
+from charon.managed import encode_records, record
+
+from conftest import REPO
+
+SPEC = (REPO / "protocol" / "PROTOCOL.md").read_text()
+
+
+def example(name: str) -> bytes:
+    """The bytes of a ``<!-- example: NAME -->`` hex dump."""
+    m = re.search(r"<!-- example: " + re.escape(name) + r" -->\n```text\n(.*?)```", SPEC, re.S)
+    assert m, f"example {name} in PROTOCOL.md"
+    out = bytearray()
+    for line in m.group(1).splitlines():
+        hexpart = line[6:54]
+        out += bytes.fromhex(hexpart)
+    return bytes(out)
+
+
+def test_request_example_decodes_and_reencodes():
+    data = example("request")
+    req = frame.decode_frame(data, frame.KIND_REQUEST)
+    assert req == frame.Request("system.echo.0.raw", b"hi", "cli", [("lang", b"en")], 1,
+                                frame.NO_RETRY)
+    assert frame.encode_request(req) == data
+
+
+def test_retry_example_decodes_and_reencodes():
+    data = example("request-retry")
+    req = frame.decode_frame(data, frame.KIND_REQUEST)
+    assert (req.key, req.attempt, req.attributes, req.body) == (
+        "mail.send.1.JSON", 2, frame.KEEP_AFFINITY, b"{}")
+    assert frame.encode_request(req) == data
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("response-ok", frame.Response(frame.OK, body=b"hi")),
+    ("response-fault", frame.Response(frame.FAULT, code=2, text="no such function")),
+    ("response-unavailable", frame.Response(frame.UNAVAILABLE, retry_after=5, text="exit 1")),
+    ("response-error", frame.Response(frame.ERROR, code=2, text="too big")),
+])
+def test_response_examples_decode_and_reencode(name, expected):
+    data = example(name)
+    assert frame.decode_frame(data, frame.KIND_RESPONSE) == expected
+    assert frame.encode_response(expected) == data
+
+
+def test_report_example_encodes():
+    rec = record(250, 54, 15, 0, 1)
+    assert encode_records([rec]) == example("report")
+
+
+def test_limits_match_the_spec_formula():
+    assert frame.DEFAULT_LIMITS.max_request_payload() == 71_312_143
+    assert frame.DEFAULT_LIMITS.max_response_payload() == 67_108_869
+
+
+def test_header_checks_in_order_with_their_codes():
+    ok = frame.header(frame.KIND_REQUEST, 10)
+    frame.check_header(ok, frame.KIND_REQUEST)
+    with pytest.raises(ProtocolError) as e:
+        frame.check_header(b"XX" + ok[2:], frame.KIND_REQUEST)
+    assert e.value.error_code == frame.MALFORMED_REQUEST
+    with pytest.raises(ProtocolError) as e:
+        frame.check_header(ok[:2] + b"\x02" + ok[3:], frame.KIND_REQUEST)
+    assert e.value.error_code == frame.UNSUPPORTED_VERSION
+    with pytest.raises(ProtocolError) as e:
+        frame.check_header(ok, frame.KIND_RESPONSE)
+    assert e.value.error_code == frame.MALFORMED_REQUEST
+    with pytest.raises(ProtocolError) as e:
+        frame.check_header(frame.header(frame.KIND_REQUEST, 0xFFFFFFFF), frame.KIND_REQUEST)
+    assert e.value.error_code == frame.REQUEST_TOO_LARGE
+
+
+def test_encoders_refuse_what_breaks_a_limit():
+    tiny = frame.Limits(max_request_body=4, max_context_entries=1)
+    with pytest.raises(InvalidRequest):
+        frame.encode_request(frame.Request("a.b.0.raw", b"12345"), tiny)
+    with pytest.raises(InvalidRequest):
+        frame.encode_request(frame.Request("a.b.0.raw", b"", context=[("x", b""), ("y", b"")]),
+                             tiny)
+    with pytest.raises(InvalidRequest):
+        frame.encode_request(frame.Request("a..0.raw", b""))
+    with pytest.raises(InvalidRequest):
+        frame.encode_response(frame.Response(frame.FAULT, code=1, text="x" * 70_000))
+
+
+# ------------------------------------------------------------ properties
+
+part = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
+keys = st.builds(
+    lambda a, f, v, s: f"{a}.{f}.{v}.{s}",
+    part, part, st.integers(0, 999_999), st.sampled_from(frame_serials := [
+        "raw", "JSON", "XML", "NETSTRING", "HTML", "PHP", "SOAP", "COBOL", "JMS", "MSGPACK",
+        "PROTOBUF", "CBOR"]),
+)
+names = st.text(min_size=1, max_size=20).filter(lambda s: 1 <= len(s.encode()) <= 128)
+requests = st.builds(
+    frame.Request,
+    key=keys,
+    body=st.binary(max_size=300),
+    client=st.text(max_size=40),
+    context=st.lists(st.tuples(names, st.binary(max_size=50)), max_size=5),
+    attempt=st.sampled_from([1, 2]),
+    attributes=st.integers(0, 15),
+)
+texts = st.text(max_size=60)
+responses = st.one_of(
+    st.builds(lambda b: frame.Response(frame.OK, body=b), st.binary(max_size=300)),
+    st.builds(lambda c, t: frame.Response(frame.FAULT, code=c, text=t),
+              st.integers(0, 2**32 - 1), texts),
+    st.builds(lambda r, t: frame.Response(frame.UNAVAILABLE, retry_after=r, text=t),
+              st.integers(0, 2**32 - 1), texts),
+    st.builds(lambda c, t: frame.Response(frame.ERROR, code=c, text=t),
+              st.integers(0, 2**16 - 1), texts),
+)
+
+
+@given(requests)
+def test_requests_round_trip(req):
+    data = frame.encode_request(req)
+    assert frame.decode_frame(data, frame.KIND_REQUEST) == req
+
+
+@given(responses)
+def test_responses_round_trip(resp):
+    data = frame.encode_response(resp)
+    assert frame.decode_frame(data, frame.KIND_RESPONSE) == resp
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=200), st.sampled_from([frame.KIND_REQUEST, frame.KIND_RESPONSE]))
+def test_arbitrary_bytes_raise_only_protocol_errors(data, kind):
+    try:
+        decoded = frame.decode_frame(data, kind)
+    except ProtocolError:
+        return
+    enc = frame.encode_request if kind == frame.KIND_REQUEST else frame.encode_response
+    assert enc(decoded) == data, "whatever decodes re-encodes to the same bytes"
+
+
+@settings(max_examples=300)
+@given(requests, st.data())
+def test_mutated_requests_raise_only_protocol_errors(req, data):
+    raw = bytearray(frame.encode_request(req))
+    i = data.draw(st.integers(0, len(raw) - 1))
+    raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    for candidate in (bytes(raw), bytes(raw[:cut])):
+        try:
+            frame.decode_frame(candidate, frame.KIND_REQUEST)
+        except CharonError as e:
+            assert isinstance(e, ProtocolError)

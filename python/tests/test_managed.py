@@ -1,0 +1,116 @@
+"""A Python service run by the real charond (managed mode): the Rust CLI
+and client call it, charond counts, retries, fast-fails, recycles and
+scales it exactly as it does a Rust service."""
+
+import json
+import os
+import time
+
+import pytest
+
+import charon
+from conftest import service_exec, toml_env, wait_for
+
+KEY = "py.svc.0.raw"
+
+
+def conf(extra: str = "") -> str:
+    return f"exec = {service_exec('svc.py')}\n{toml_env()}{extra}\n"
+
+
+def test_rust_cli_calls_a_python_service_and_stats_count_it(daemon):
+    d = daemon({KEY: conf()})
+    r = d.charon("send", KEY, "from rust")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"from rust"
+    r = d.charon("send", "-C", "fault=123:not today", KEY, "x")
+    assert r.returncode != 0
+    assert b"123" in r.stderr and b"not today" in r.stderr, r.stderr
+    r = d.charon("ping", "-c", "20", KEY)
+    assert r.returncode == 0, r.stderr + r.stdout
+    c = charon.Client(run_dir=str(d.run), timeout=20)
+    for i in range(5):
+        assert c.call(KEY, b"py %d" % i) == b"py %d" % i
+    # Records are batched for up to a second before they reach charond.
+    wait_for("the requests and the fault counted",
+             lambda: d.stats(KEY)["requests"] == 27 and d.stats(KEY)["faults"] == 1)
+    s = d.stats(KEY)
+    assert s["latency_us"]["max"] > 0, s
+    assert s["latency_us"]["p50"] > 0, s
+    assert s["retried"] == 0, s
+    assert s["instances"]["running"] >= 1, s
+
+
+def test_a_python_service_that_exits_mid_request_is_retried_once(daemon):
+    d = daemon({KEY: conf()})
+    c = charon.Client(run_dir=str(d.run), timeout=30)
+    once = str(d.dir / "died")
+    assert c.call(KEY, b"survived", context={"die-once": once}) == b"survived"
+    assert os.path.exists(once)
+    wait_for("the retry and the clean exit counted", lambda: (
+        d.stats(KEY)["retried"] == 1 and d.stats(KEY)["exits"]["clean"] >= 1))
+    with pytest.raises(charon.Disconnected):
+        c.call(KEY, b"x", context={"exit": "0"})
+
+
+def test_a_failing_python_service_fast_fails_with_the_reason(daemon):
+    # A long backoff so that the service is still in backoff when the test
+    # looks (the default first backoff is a second).
+    d = daemon({KEY: conf('backoff-initial = "10m"\nexec-failure-backoff = "10m"')})
+    c = charon.Client(run_dir=str(d.run), timeout=30)
+    with pytest.raises(charon.Disconnected):
+        c.call(KEY, b"x", context={"log": "the disk is gone", "exit": "3"})
+    wait_for("the backoff", lambda: d.stats(KEY)["state"] == "backoff")
+    t = time.monotonic()
+    with pytest.raises(charon.Unavailable) as e:
+        c.call(KEY, b"y")
+    assert time.monotonic() - t < 2.0
+    assert e.value.retry_after > 0
+    assert "the disk is gone" in e.value.reason, e.value.reason
+    assert d.stats(KEY)["fast_failed"] >= 1
+
+
+def test_recycling_after_maximum_requests(daemon):
+    # The knob under test, without jitter so the count is exact.
+    d = daemon({KEY: conf("maximum-requests = 5\nmaximum-requests-jitter = 0")})
+    c = charon.Client(run_dir=str(d.run), timeout=30)
+    pids = []
+
+    def five_more() -> bool:
+        for _ in range(5):
+            pids.append(int(c.call(KEY, b"", context={"pid": ""})))
+        return d.stats(KEY)["exits"]["max_requests"] >= 2
+
+    wait_for("two recycles", five_more)
+    assert len(set(pids)) >= 3, pids
+    s = d.stats(KEY)
+    assert s["exits"]["crashed"] == 0 and s["exits"]["nonzero"] == 0, s
+    wait_for("every request counted", lambda: d.stats(KEY)["requests"] >= len(pids))
+
+
+def test_a_batch_of_64_across_4_python_instances_runs_in_parallel(daemon):
+    # Four instances up front, so the timing measures parallelism rather
+    # than Python's start-up.
+    d = daemon({KEY: conf("minimum-processes = 4\nmaximum-processes = 4\n"
+                          "prestart-processes = true")})
+    wait_for("four idle instances", lambda: d.stats(KEY)["instances"]["idle"] == 4)
+    c = charon.Client(run_dir=str(d.run), timeout=60)
+    b = c.batch()
+    ids = [b.add(KEY, b"", context={"sleep": "100", "pid": ""}) for _ in range(64)]
+    t = time.monotonic()
+    b.wait_all()
+    elapsed = time.monotonic() - t
+    pids = {b.result(i) for i in ids}
+    assert len(pids) == 4, pids
+    # In series: 64 x 100 ms = 6.4 s; four at a time: 1.6 s.
+    assert elapsed < 4.0, elapsed
+    wait_for("all 64 counted", lambda: d.stats(KEY)["requests"] == 64)
+
+
+def test_stats_json_is_what_the_cli_prints(daemon):
+    d = daemon({KEY: conf()})
+    charon.call(KEY, b"x", run_dir=str(d.run))
+    r = d.charon("stats", "--json")
+    assert r.returncode == 0
+    keys = [s["key"] for s in json.loads(r.stdout)["services"]]
+    assert KEY in keys
