@@ -47,6 +47,7 @@ _H_MAGIC, _H_LAST_HINT = 0, 3                                          # u64
 _H_SLOTS_IN_USE = 8                                                    # u32
 _S_STATE, _S_PID, _S_ATTEMPT = 0, 1, 2                                 # u32
 _S_REQUESTS, _S_LIMIT, _S_SINCE, _S_TOTAL, _S_BYTES, _S_CLIENT = 2, 3, 4, 5, 6, 7  # u64
+_S_NOTICE = 11                                                         # u64
 
 
 class ScoreboardError(Exception):
@@ -125,6 +126,7 @@ class Managed:
         self._records: List[bytes] = []
         self._oldest: Optional[float] = None
         self._retiring_sent = False
+        self.at_limit = False
         self.manager_gone = False
         self._pid = os.getpid()
         atexit.register(self._at_exit)
@@ -135,9 +137,17 @@ class Managed:
     def set_state(self, state: int) -> None:
         self._sb.set_u32(self._slot, _S_STATE, state)
 
+    def accepted(self) -> None:
+        """A connection has been accepted: the instance is busy until it is
+        answered or gone (a silent client occupies it too). If the manager
+        wants hints and nobody is idle, say the service is saturated."""
+        sb = self._sb
+        sb.set_u32(self._slot, _S_STATE, BUSY)
+        if sb.want_hints() and not sb.any_idle() and sb.claim_hint(time.monotonic_ns()):
+            self._send(encode_signal(KIND_SATURATED))
+
     def begin(self, attempt: int, request_bytes: int, client: str) -> None:
-        """A request has been read: mark the slot busy; if the manager wants
-        hints and nobody is idle, say the service is saturated."""
+        """A request has been read: the slot says what it is."""
         sb, slot = self._sb, self._slot
         name = client.encode()[:32].ljust(32, b"\0")
         for i, (w,) in enumerate(struct.iter_unpack("@Q", name)):
@@ -147,12 +157,11 @@ class Managed:
         now = time.monotonic_ns()
         sb.set_u64(slot, _S_SINCE, max(now, 1))
         sb.set_u32(slot, _S_STATE, BUSY)
-        if sb.want_hints() and not sb.any_idle() and sb.claim_hint(now):
-            self._send(encode_signal(KIND_SATURATED))
 
     def finish(self, rec: bytes) -> None:
-        """The request in hand is done: count it, batch its record, and ask
-        to retire once the request limit is reached."""
+        """The request in hand is done: count it, batch its record, say
+        "retiring" once the notice point is reached, and stop accepting at
+        the request limit (a hard bound)."""
         sb, slot = self._sb, self._slot
         since = sb.u64(slot, _S_SINCE)
         sb.set_u64(slot, _S_SINCE, 0)
@@ -163,15 +172,15 @@ class Managed:
         sb.set_u64(slot, _S_REQUESTS, served)
         self.note(rec)
         limit = sb.u64(slot, _S_LIMIT)
-        if limit and served >= limit and not self._retiring_sent:
+        if not limit:
+            return
+        self.at_limit = served >= limit
+        notice = sb.u64(slot, _S_NOTICE)
+        notice = limit if notice == 0 else min(notice, limit)
+        if served >= notice and not self._retiring_sent:
             self._retiring_sent = True
             self.flush()
             self._send(encode_signal(KIND_RETIRING))
-
-    def at_limit(self) -> bool:
-        """True once the slot's request limit is reached."""
-        limit = self._sb.u64(self._slot, _S_LIMIT)
-        return bool(limit) and self._sb.u64(self._slot, _S_REQUESTS) >= limit
 
     def note(self, rec: bytes) -> None:
         """Batches a record; sends the batch when full or old."""

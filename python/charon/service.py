@@ -334,8 +334,13 @@ class Service:
         self.close()
 
     def stopping(self) -> bool:
-        return (self._finished or _Flags.stop
-                or (self._managed is not None and self._managed.manager_gone))
+        """SIGTERM or SIGINT arrived (or the one standalone request is done)."""
+        return self._finished or _Flags.stop
+
+    def draining(self) -> bool:
+        """Serve what is queued, then stop: SIGUSR1 arrived, or the manager
+        is gone (its death loses nothing a client already wrote)."""
+        return _Flags.drain or (self._managed is not None and self._managed.manager_gone)
 
     def next_request(self) -> Optional[Request]:
         """The next request, or None when the service should end."""
@@ -395,6 +400,9 @@ class Service:
         m = self._managed
         woken = False
         while True:
+            # The request limit is a hard bound: not one connection more.
+            if m is not None and m.at_limit:
+                return False
             stop = self.stopping()
             if stop and not woken:
                 return False
@@ -402,7 +410,7 @@ class Service:
             try:
                 conn, _ = self._listener.accept()
             except BlockingIOError:
-                if stop or _Flags.drain:
+                if stop or self.draining():
                     return False
                 due = None
                 if m is not None:
@@ -432,6 +440,8 @@ class Service:
                     self._sel.select(0.05)
                     continue
                 raise ServiceError(f"accept a connection: {e}") from None
+            if m is not None:
+                m.accepted()
             self._conn = conn
             self._started = time.monotonic()
             self._keep = False
@@ -520,7 +530,7 @@ class Service:
         self._sel.register(self._conn, selectors.EVENT_READ, "conn")
         try:
             while True:
-                if self.stopping() or _Flags.drain:
+                if self.stopping() or self.draining():
                     return False
                 now = time.monotonic()
                 if now >= expires:
@@ -613,7 +623,8 @@ class Service:
                 elapsed, self._request_bytes,
                 response_bytes if written else 0,
                 outcome if written else managed.OUTCOME_NO_ANSWER, self._attempt))
-        if not (self._keep and written):
+        at_limit = self._managed is not None and self._managed.at_limit
+        if not (self._keep and written and not at_limit):
             self._close_conn()
 
     def _refuse(self, code: int, text: str, received: int) -> None:
