@@ -1,0 +1,195 @@
+"""Accept and standalone modes, run by hand: the stop and drain signals,
+the read timeout and the limits, with the same framework errors as the
+Rust library."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import charon
+from charon import frame
+from conftest import PATIENCE, SERVICES, bin_path, service_env, wait_for
+
+KEY = "py.svc.0.raw"
+
+
+def start_accept(procs, sock: Path, **env: str) -> subprocess.Popen:
+    e = service_env()
+    e["CHARON_ACCEPT_SOCKET"] = str(sock)
+    e.update(env)
+    p = procs.start([sys.executable, str(SERVICES / "svc.py")], env=e,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE)
+    wait_for("the accept-mode socket", lambda: sock.exists() or p.poll() is not None)
+    assert p.poll() is None, p.stderr.read()
+    return p
+
+
+def stderr_lines(p: subprocess.Popen):
+    assert p.stderr is not None
+    os.set_blocking(p.stderr.fileno(), False)
+    return p.stderr
+
+
+def raw_exchange(sock: Path, data: bytes, timeout: float = 20.0) -> frame.Response:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(sock))
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # a fast fail: the answer is waiting
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+        return frame.decode_frame(buf, frame.KIND_RESPONSE)
+    finally:
+        s.close()
+
+
+def test_accept_mode_serves_and_sigterm_finishes_the_request_in_hand(procs, tmp_short):
+    sock = tmp_short / "svc.sock"
+    p = start_accept(procs, sock)
+    c = charon.Client(run_dir=str(tmp_short), timeout=20)
+    b = c.batch()
+    # The client finds the socket by key in a run dir: link it there. A
+    # small request is written whole by add(), so only reading is left.
+    os.symlink(sock, tmp_short / f"{KEY}.sock")
+    slow = b.add(KEY, b"in hand", context={"log": "started", "sleep": "700"})
+    err = stderr_lines(p)
+    seen = b""
+
+    def started() -> bool:
+        nonlocal seen
+        seen += err.read() or b""
+        return b"svc: started" in seen
+
+    wait_for("the request in hand", started)
+    p.send_signal(signal.SIGTERM)
+    b.wait_all()
+    assert b.result(slow) == b"in hand"
+    assert p.wait(timeout=PATIENCE) == 0
+    assert not sock.exists(), "the socket is removed on exit"
+
+
+def test_drain_serves_the_queued_connections(procs, tmp_short):
+    sock = tmp_short / "svc.sock"
+    p = start_accept(procs, sock)
+    os.symlink(sock, tmp_short / f"{KEY}.sock")
+    c = charon.Client(run_dir=str(tmp_short), timeout=30)
+    b = c.batch()
+    ids = [b.add(KEY, b"q%d" % i, context={"log": "got %d" % i, "sleep": "200"})
+           for i in range(4)]
+    err = stderr_lines(p)
+    seen = b""
+
+    def first() -> bool:
+        nonlocal seen
+        seen += err.read() or b""
+        return b"svc: got" in seen
+
+    wait_for("the first request in hand", first)
+    p.send_signal(signal.SIGUSR1)
+    b.wait_all()
+    assert [b.result(i) for i in ids] == [b"q%d" % i for i in range(4)]
+    assert p.wait(timeout=PATIENCE) == 0
+
+
+def test_read_timeout_and_limits_answer_framework_errors(procs, tmp_short):
+    sock = tmp_short / "svc.sock"
+    # The knob under test, short so the test does not wait 10 s.
+    start_accept(procs, sock, CHARON_READ_TIMEOUT_MS="300")
+    t = time.monotonic()
+    r = raw_exchange(sock, frame.header(frame.KIND_REQUEST, 40)[:5])
+    assert (r.status, r.code) == (frame.ERROR, frame.READ_TIMEOUT), r
+    assert time.monotonic() - t >= 0.3
+    r = raw_exchange(sock, frame.header(frame.KIND_REQUEST, 0xFFFFFFFF))
+    assert (r.status, r.code) == (frame.ERROR, frame.REQUEST_TOO_LARGE), r
+    r = raw_exchange(sock, b"GET / HTTP/1.0\r\n\r\n")
+    assert (r.status, r.code) == (frame.ERROR, frame.MALFORMED_REQUEST), r
+    r = raw_exchange(sock, b"CH\x07\x01\x00\x00\x00\x00")
+    assert (r.status, r.code) == (frame.ERROR, frame.UNSUPPORTED_VERSION), r
+    good = frame.encode_request(frame.Request(KEY, b"ok"))
+    bad_attr = bytearray(good)
+    bad_attr[9] = 0x10
+    r = raw_exchange(sock, bytes(bad_attr))
+    assert (r.status, r.code) == (frame.ERROR, frame.MALFORMED_REQUEST), r
+    r = raw_exchange(sock, frame.encode_request(frame.Request(KEY, b"", context=[
+        ("noanswer", b"")])))
+    assert (r.status, r.code) == (frame.ERROR, frame.NO_ANSWER), r
+    # After all that, it still serves.
+    assert raw_exchange(sock, good) == frame.Response(frame.OK, body=b"ok")
+
+
+def test_a_live_socket_is_not_replaced(procs, tmp_short):
+    sock = tmp_short / "svc.sock"
+    start_accept(procs, sock)
+    e = service_env()
+    e["CHARON_ACCEPT_SOCKET"] = str(sock)
+    r = subprocess.run([sys.executable, str(SERVICES / "svc.py")], env=e,
+                       capture_output=True, timeout=PATIENCE)
+    assert r.returncode != 0
+    assert b"another process is listening" in r.stderr
+
+
+def test_standalone_with_charon_test(tmp_short):
+    env = service_env()
+    cmd = [str(bin_path("charon")), "test", "-K", KEY, "--", sys.executable,
+           str(SERVICES / "svc.py")]
+    r = subprocess.run(cmd, input=b"standalone body", capture_output=True, env=env,
+                       timeout=PATIENCE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"standalone body"
+    r = subprocess.run(cmd[:2] + ["-C", "fault=150:refused"] + cmd[2:], input=b"x",
+                       capture_output=True, env=env, timeout=PATIENCE)
+    assert r.returncode != 0
+    assert b"150" in r.stderr and b"refused" in r.stderr
+
+
+def test_standalone_by_hand_with_fds_3_and_4(tmp_short):
+    req = tmp_short / "request"
+    resp = tmp_short / "response"
+    req.write_bytes(frame.encode_request(frame.Request(KEY, b"by hand", "me")))
+    with open(req, "rb") as i, open(resp, "wb") as o:
+        r = subprocess.run(
+            [sys.executable, "-c",
+             "import os,runpy; os.dup2(int(os.environ['I']),3); os.dup2(int(os.environ['O']),4);"
+             f"runpy.run_path({str(SERVICES / 'svc.py')!r}, run_name='__main__')"],
+            env={**service_env(), "I": str(i.fileno()), "O": str(o.fileno())},
+            pass_fds=(i.fileno(), o.fileno()), capture_output=True, timeout=PATIENCE)
+    assert r.returncode == 0, r.stderr
+    assert frame.decode_frame(resp.read_bytes(), frame.KIND_RESPONSE) == frame.Response(
+        frame.OK, body=b"by hand")
+    # A truncated request is answered with an error, and the program sees none.
+    req.write_bytes(frame.encode_request(frame.Request(KEY, b"by hand"))[:-3])
+    with open(req, "rb") as i, open(resp, "wb") as o:
+        subprocess.run(
+            [sys.executable, "-c",
+             "import os,runpy; os.dup2(int(os.environ['I']),3); os.dup2(int(os.environ['O']),4);"
+             f"runpy.run_path({str(SERVICES / 'svc.py')!r}, run_name='__main__')"],
+            env={**service_env(), "I": str(i.fileno()), "O": str(o.fileno())},
+            pass_fds=(i.fileno(), o.fileno()), capture_output=True, timeout=PATIENCE)
+    got = frame.decode_frame(resp.read_bytes(), frame.KIND_RESPONSE)
+    assert (got.status, got.code) == (frame.ERROR, frame.MALFORMED_REQUEST)
+
+
+def test_no_mode_is_a_clear_error():
+    env = service_env()
+    r = subprocess.run([sys.executable, str(SERVICES / "svc.py")], env=env,
+                       capture_output=True, timeout=PATIENCE, stdin=subprocess.DEVNULL,
+                       close_fds=True)
+    assert r.returncode != 0
+    assert b"no way to receive requests" in r.stderr
