@@ -250,3 +250,176 @@ fn client_of_key(d: &Daemon, key: &str) -> Result<Vec<u8>, String> {
         .call(key, b"again")
         .map_err(|e| e.to_string())
 }
+
+// ----------------------------------------------- what instances leave behind
+
+/// A shell service that leaves a `setsid sleep 300` behind (its own
+/// session, out of the instance's process group), then execs charon-echo.
+fn leaves_a_sleeper(dir: &TestDir) -> String {
+    let script = dir.write(
+        "leaver.sh",
+        format!(
+            "#!/bin/sh\nsetsid sleep 300 &\nexec {}\n",
+            bin("charon-echo").display()
+        ),
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    format!(
+        "exec = \"{}\"\nprestart-processes = true\n",
+        script.display()
+    )
+}
+
+/// The `sleep 300`s left by instances of this run dir (alive, not zombies).
+fn sleepers(run: &Path) -> Vec<i32> {
+    instances_of(run)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"sleep\x00300\x00")
+        })
+        .collect()
+}
+
+/// True once `pid` is reaped, not just dead.
+fn gone(pid: i32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_setsid_grandchild_is_stopped_after_its_instance_is_recycled_and_at_stop() {
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    dir.write(&format!("conf/{KEY}.toml"), leaves_a_sleeper(&dir));
+    let run = dir.join("run");
+    let mut d = Daemon::start_in(dir, conf, run);
+    let mut first = Vec::new();
+    wait_for(PATIENCE, "the first instance's sleeper", || {
+        first = sleepers(&d.run);
+        first.len() == 1
+    });
+    let (code, _, err) = d.charon(&["restart", KEY]);
+    assert_eq!(code, 0, "{err}");
+    let t0 = Instant::now();
+    wait_for(
+        PATIENCE,
+        "the recycled instance's sleeper to be reaped",
+        || gone(first[0]),
+    );
+    println!(
+        "left behind by a recycled instance: reaped {:?} after the restart",
+        t0.elapsed()
+    );
+    let mut second = Vec::new();
+    wait_for(PATIENCE, "the replacement's sleeper", || {
+        second = sleepers(&d.run);
+        second.len() == 1
+    });
+    assert!(d
+        .log()
+        .contains("an instance left this process behind: stopping it"));
+    d.signal(Signal::SIGTERM);
+    let status = d.proc.as_mut().expect("charond").wait_timeout(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(gone(second[0]), "nothing outlives charond's stop");
+    assert!(instances_of(&d.run).is_empty());
+}
+
+/// charond's pid (outside the namespace) under `unshare --fork`: the one
+/// child of the unshare process.
+fn child_of(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The pid namespace's own pid of `pid` (the last `NSpid` field).
+fn ns_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn as_pid_1_of_a_pid_namespace_charond_reaps_every_orphan_and_stops_everything() {
+    let unshare = ["unshare", "--pid", "--fork", "--mount-proc"];
+    let probe = std::process::Command::new(unshare[0])
+        .args(&unshare[1..])
+        .arg("true")
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        println!(
+            "skipped: unshare --pid --fork --mount-proc is refused here (needs root): {probe:?}"
+        );
+        return;
+    }
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    dir.write(&format!("conf/{KEY}.toml"), leaves_a_sleeper(&dir));
+    let run = dir.join("run");
+    let mut d = Daemon::start_under(dir, conf, run, &[], &unshare);
+    let charond = child_of(d.pid()).expect("charond under unshare");
+    assert_eq!(
+        ns_pid(charond),
+        Some(1),
+        "charond is PID 1 of its namespace"
+    );
+    // An orphan that is nobody's instance: a process entered into the
+    // namespace whose parent exits at once is re-parented to PID 1.
+    // Not through the harness's `run`, which kills the command's process
+    // group when it returns: the orphan may not have left it yet.
+    // No pipes either: the orphan would hold them open.
+    let st = std::process::Command::new("nsenter")
+        .args(["-t", &charond.to_string(), "-p", "-m", "sh", "-c"])
+        .arg("setsid sleep 1.5 & exit 0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("nsenter");
+    assert!(st.success(), "nsenter: {st}");
+    // Polled: it may not have exec'd sleep yet when nsenter returns.
+    let mut stray = None;
+    wait_for(PATIENCE, "the stray orphan to be charond's child", || {
+        stray = std::fs::read_to_string(format!("/proc/{charond}/task/{charond}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .find(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"sleep\x001.5\x00")
+            });
+        stray.is_some()
+    });
+    let mut first = Vec::new();
+    wait_for(PATIENCE, "the instance's sleeper", || {
+        first = sleepers(&d.run);
+        first.len() == 1
+    });
+    let (code, _, err) = d.charon(&["restart", KEY]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(PATIENCE, "the recycled instance's sleeper reaped", || {
+        gone(first[0])
+    });
+    let stray = stray.expect("found above");
+    wait_for(
+        PATIENCE,
+        "the stray orphan reaped by PID 1 (no zombie)",
+        || gone(stray),
+    );
+    d.signal_pid(charond, Signal::SIGTERM);
+    let status = d.proc.as_mut().expect("unshare").wait_timeout(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(gone(charond));
+    assert!(
+        instances_of(&d.run).is_empty(),
+        "SIGTERM stopped everything"
+    );
+    println!("as PID 1: the instance's and a stray orphan reaped, exit 0 after SIGTERM");
+}

@@ -32,6 +32,17 @@ pub struct Options {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// How a stop went, for the exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Every instance, and every process an instance left behind, exited
+    /// on its own within `stop-grace`.
+    Graceful,
+    /// Something had to be SIGKILLed: `stop-grace` passed, or a second stop
+    /// signal asked for it.
+    Forced,
+}
+
 /// A start-up problem that stops the manager: one clear line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fatal(pub String);
@@ -72,14 +83,15 @@ pub fn check(config_dir: &Path) -> Result<CheckReport, Fatal> {
 }
 
 /// Runs the manager in the foreground until SIGTERM or SIGINT, then stops
-/// every instance and returns.
+/// every instance (and every process an instance left behind) and returns
+/// how the stop went.
 ///
 /// # Errors
 ///
 /// A [`Fatal`] start-up problem: the config dir is missing, the run dir
 /// cannot be created or written, another manager holds its lock, or the
 /// event loop cannot be set up.
-pub fn run(opts: &Options) -> Result<(), Fatal> {
+pub fn run(opts: &Options) -> Result<Stop, Fatal> {
     if let Some(path) = &opts.log_file {
         crate::log::to_file(path)
             .map_err(|e| Fatal(format!("unable to open log file {}: {e}", path.display())))?;
@@ -109,6 +121,15 @@ pub fn run(opts: &Options) -> Result<(), Fatal> {
             None,
             "warning: unable to raise the fd limit to the hard limit: {e}"
         ),
+    }
+    // Descendants an instance leaves behind become ours, not init's
+    // (`orphans.rs`); as a container's PID 1 we are their reaper anyway.
+    if let Err(e) = crate::sys::become_subreaper() {
+        warning!(
+            None,
+            None,
+            "warning: unable to become a child subreaper: {e}; processes instances leave behind go to init"
+        );
     }
     // Signals are blocked before anything is forked.
     let signals =
@@ -189,7 +210,14 @@ pub fn run(opts: &Options) -> Result<(), Fatal> {
     if let Some(c) = &m.control {
         c.remove();
     }
-    r.map_err(|e| Fatal(format!("event loop failed: {e}")))
+    r.map(|graceful| {
+        if graceful {
+            Stop::Graceful
+        } else {
+            Stop::Forced
+        }
+    })
+    .map_err(|e| Fatal(format!("event loop failed: {e}")))
 }
 
 /// Binds each service's socket and creates its scoreboard. A service that

@@ -127,6 +127,11 @@ pub(crate) struct Manager {
     pub metrics: Option<crossbeam_channel::Sender<String>>,
     /// The manager's own resource failures: retry time and spare fd.
     pub starvation: crate::starved::Starvation,
+    /// Processes instances left behind (charond is their subreaper).
+    pub orphans: crate::orphans::Orphans,
+    /// While stopping, something had to be SIGKILLed (stop-grace passed, or
+    /// a second stop signal): the exit status says so.
+    pub forced: bool,
     _lock: Flock<File>,
 }
 
@@ -175,17 +180,21 @@ impl Manager {
             reloads: Vec::new(),
             metrics: None,
             starvation: crate::starved::Starvation::new(),
+            orphans: crate::orphans::Orphans::default(),
+            forced: false,
             _lock: lock,
         })
     }
 
-    /// Runs until a stop signal has been handled and every instance is gone.
+    /// Runs until a stop signal has been handled and every instance and
+    /// every process an instance left behind is gone. True if the stop
+    /// was graceful: nothing had to be SIGKILLed.
     ///
     /// # Errors
     ///
     /// Only an error of the poll itself, which leaves the loop unable to go
     /// on.
-    pub(crate) fn run(&mut self) -> io::Result<()> {
+    pub(crate) fn run(&mut self) -> io::Result<bool> {
         self.next_stats = Instant::now() + self.paths.stats_interval;
         for s in self.services.ids() {
             self.events.push_back((s, Event::Begin));
@@ -195,9 +204,22 @@ impl Manager {
         loop {
             // Stopping ends once every generation has served its queue and
             // been freed, and every instance is reaped.
-            if self.stopping && self.procs.is_empty() && self.services.is_empty() {
-                info!(None, None, "all instances gone; exiting");
-                return Ok(());
+            if self.stopping
+                && self.procs.is_empty()
+                && self.services.is_empty()
+                && self.orphans.is_empty()
+            {
+                info!(
+                    None,
+                    None,
+                    "all instances gone; exiting{}",
+                    if self.forced {
+                        " (some had to be killed)"
+                    } else {
+                        ""
+                    }
+                );
+                return Ok(!self.forced);
             }
             let timeout = self
                 .next_deadline()
@@ -329,6 +351,7 @@ impl Manager {
         let mut d = vec![self.next_tick, self.next_stats];
         d.extend(self.unresp_check);
         d.extend(self.starvation.deadline());
+        d.extend(self.orphans.deadline());
         for (_, svc) in self.services.iter() {
             d.extend(svc.gen_check);
             if let Mode::Backoff { until, .. } = svc.state.mode {
@@ -372,6 +395,7 @@ impl Manager {
             }
         }
         self.kill_overdue(now);
+        self.orphans_overdue(Some(now));
         self.starved_retry(now);
         self.check_startup(now);
         self.control_again();
@@ -386,6 +410,7 @@ impl Manager {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);
+            self.find_orphans(None);
             self.publish_metrics();
         }
         if now >= self.next_stats {
@@ -409,10 +434,12 @@ impl Manager {
                 self.procs.len()
             );
             self.stopping_now = true;
+            self.forced = true;
             let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
             for id in ids {
                 self.kill_instance(id, crate::service::state::KillReason::Shutdown);
             }
+            self.orphans_overdue(None);
             return;
         }
         self.stopping = true;

@@ -289,6 +289,7 @@ impl Manager {
             if let Some(inst) = self.procs.get_mut(id) {
                 inst.kill_at = None;
                 let (pid, s) = (inst.pid, inst.service);
+                self.forced |= self.stopping;
                 warning!(Some(self.services[s].key()), Some(pid), "warning: unable to stop instance gracefully: still running after stop-grace; sending SIGKILL");
                 self.signal(id, Signal::SIGKILL);
             }
@@ -475,7 +476,8 @@ impl Manager {
 
     pub(crate) fn on_reaped(&mut self, r: sys::Reaped) {
         let Some(id) = self.procs.id_of(r.pid) else {
-            // Not ours (cannot happen: every child is an instance).
+            // A process an instance left behind, or (as PID 1) anyone's.
+            self.orphan_reaped(&r);
             return;
         };
         self.read_stderr(id, true);
@@ -596,6 +598,11 @@ impl Manager {
             // yet).
             self.check_trial(s, inst.started);
         }
+        let (key, grace) = (
+            self.services[s].key().to_string(),
+            self.services[s].config.stop_grace,
+        );
+        self.instance_gone(id, &key, grace);
         if starved {
             if let Some(what) = sys::code::describe(sys::code::RESOURCES) {
                 self.starved(s, what);

@@ -54,6 +54,7 @@ mod log;
 #[cfg(test)]
 mod loop_tests;
 pub mod metrics;
+mod orphans;
 mod process_table;
 mod queue;
 mod reload;
@@ -70,4 +71,4 @@ mod stats;
 mod stderr;
 mod sys;
 
-pub use daemon::{check, run, CheckReport, Fatal, Options};
+pub use daemon::{check, run, CheckReport, Fatal, Options, Stop};

@@ -265,6 +265,11 @@ pub(crate) trait Spawner {
 
     /// Signals the instance `pid` (not yet reaped) and what it forked.
     fn signal(&mut self, pid: i32, sig: Signal);
+
+    /// The manager's children now, instances or not (`orphans.rs`).
+    fn children(&self) -> Vec<i32> {
+        crate::orphans::children()
+    }
 }
 
 /// The real thing: fork and exec.

@@ -1,7 +1,8 @@
 //! `charond`: the Charon manager. Turns arguments into options and calls the
 //! manager library; the only place where errors become exit codes (see
-//! doc/charond.md: 0 clean stop or valid config, 1 config errors found by
-//! `--check`, 2 usage, 100 fatal start-up problem).
+//! doc/charond.md: 0 graceful stop or valid config, 1 config errors found
+//! by `--check`, 2 usage, 3 a stop that had to SIGKILL, 100 fatal start-up
+//! problem).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ struct Args {
 
 /// Exit status for a fatal start-up problem.
 const FATAL: u8 = 100;
+/// Exit status of a stop that had to SIGKILL something.
+const FORCED: u8 = 3;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -75,7 +78,8 @@ fn main() -> ExitCode {
         metrics_listen: args.metrics_listen,
     };
     match charon_manager::run(&opts) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(charon_manager::Stop::Graceful) => ExitCode::SUCCESS,
+        Ok(charon_manager::Stop::Forced) => ExitCode::from(FORCED),
         Err(e) => {
             eprintln!("charond: {e}");
             ExitCode::from(FATAL)

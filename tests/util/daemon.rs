@@ -163,6 +163,11 @@ impl Daemon {
         self.proc.as_ref().expect("charond").signal(sig);
     }
 
+    /// Sends `pid` a signal (charond's own pid when a wrapper started it).
+    pub fn signal_pid(&self, pid: i32, sig: Signal) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+
     /// Live (non-zombie) instances of this daemon.
     pub fn instances(&self) -> Vec<i32> {
         instances_of(&self.run)

@@ -431,3 +431,14 @@ pub(crate) fn ignore_sigpipe() -> io::Result<()> {
     unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
     Ok(())
 }
+
+/// Makes charond a child subreaper (`PR_SET_CHILD_SUBREAPER`): orphaned
+/// descendants of its instances are re-parented to it, not to init.
+///
+/// # Errors
+///
+/// The error of `prctl`.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)?;
+    Ok(())
+}
