@@ -37,6 +37,10 @@ struct Seen {
     signals: Vec<(i32, Signal)>,
     stderr: Vec<OwnedFd>,
     report: Vec<OwnedFd>,
+    /// What the manager's children look like (instances and orphans).
+    children: Vec<i32>,
+    /// Make each spawn fail with this errno.
+    fail: Option<i32>,
 }
 
 struct Recorder {
@@ -46,6 +50,9 @@ struct Recorder {
 
 impl Spawner for Recorder {
     fn spawn(&mut self, l: &Launch<'_>) -> std::io::Result<Spawned> {
+        if let Some(errno) = self.seen.borrow().fail {
+            return Err(std::io::Error::from_raw_os_error(errno));
+        }
         let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -73,7 +80,7 @@ impl Spawner for Recorder {
 
     /// The test process's own children are not the manager's.
     fn children(&self) -> Vec<i32> {
-        Vec::new()
+        self.seen.borrow().children.clone()
     }
 }
 
@@ -558,4 +565,65 @@ fn a_hint_that_finds_an_idle_instance_lets_the_next_through_and_waiting_clients_
     set(&r, SlotState::Busy);
     r.m.on_listener(0);
     assert!(r.pids().len() > 1, "grew: {:?}", r.pids());
+}
+
+#[test]
+fn a_process_left_behind_is_stopped_killed_after_stop_grace_and_reaped() {
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.stop_grace = Duration::from_secs(5);
+    });
+    r.begin();
+    let p = r.pids()[0];
+    // Far above any real pid, with no /proc entry: attributed to the
+    // instance reaped when it shows up.
+    let left = 50_000_001;
+    r.seen.borrow_mut().children = vec![p, left];
+    r.m.find_orphans(None);
+    assert!(
+        r.m.orphans.is_empty(),
+        "no environment, no instance gone: not ours"
+    );
+    // Reaped, the instance is no longer a child; what it left is.
+    r.seen.borrow_mut().children = vec![left];
+    r.exit(p, WaitStatus::Exited(0));
+    assert!(r.seen.borrow().signals.contains(&(left, Signal::SIGTERM)));
+    let due = r.m.orphans.deadline().unwrap();
+    assert!(due > Instant::now() + Duration::from_secs(4));
+    r.m.orphans_overdue(Some(due));
+    assert!(r.seen.borrow().signals.contains(&(left, Signal::SIGKILL)));
+    assert!(!r.m.forced, "not stopping: not a forced stop");
+    r.seen.borrow_mut().children.clear();
+    r.m.on_reaped(Reaped {
+        pid: left,
+        status: WaitStatus::Signaled(9),
+        cpu_us: 0,
+        maxrss_kib: 0,
+    });
+    assert!(r.m.orphans.is_empty());
+}
+
+#[test]
+fn out_of_fds_is_no_launch_failure_no_backoff_and_retried() {
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.seen.borrow_mut().fail = Some(libc::EMFILE);
+    r.begin();
+    let svc = &r.m.services[0];
+    assert_eq!(svc.stats.launch_failures, 0);
+    assert!(!svc.state.mode.is_backoff());
+    assert!(svc.starved.as_deref().unwrap().contains("EMFILE"));
+    assert_eq!(
+        svc.watch,
+        Watch::Starved,
+        "no instance: its clients are answered"
+    );
+    let retry = r.m.starvation.deadline().unwrap();
+    r.seen.borrow_mut().fail = None;
+    r.m.starved_retry(retry);
+    r.m.process_events();
+    assert_eq!(r.pids().len(), 1, "the retry starts the wanted instance");
+    let svc = &r.m.services[0];
+    assert!(svc.starved.is_none());
+    assert_eq!(svc.watch, Watch::Off);
+    assert_eq!(svc.stats.backoff_entries, 0);
 }
