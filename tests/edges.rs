@@ -423,3 +423,65 @@ fn as_pid_1_of_a_pid_namespace_charond_reaps_every_orphan_and_stops_everything()
     );
     println!("as PID 1: the instance's and a stray orphan reaped, exit 0 after SIGTERM");
 }
+
+// ------------------------------------------------------ stderr, unread
+
+#[test]
+fn a_stopped_manager_does_not_stall_instances_that_log() {
+    let d = Daemon::start(&[(
+        KEY,
+        &format!("exec = \"{}\"\n", bin("charon-echo").display()),
+    )]);
+    // 2 KB of stderr per request.
+    let line = "x".repeat(2000);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..2)
+        .map(|i| {
+            let (run, line, stop) = (d.run.clone(), line.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                // The client's default timeout (4 s).
+                let mut c = Client::builder()
+                    .run_dir(&run)
+                    .name("edges-test")
+                    .build()
+                    .expect("client");
+                let req = Request::new(KEY, vec![i]).context("echo.log", line.as_str());
+                let (mut n, mut slowest, mut failed) = (0u32, Duration::ZERO, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    match c.call_request(&req) {
+                        Ok(_) => n += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    slowest = slowest.max(t0.elapsed());
+                    // The load: about 50 requests a second per loop, 200 KB
+                    // of stderr a second in all.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (n, slowest, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    d.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(3));
+    d.signal(Signal::SIGCONT);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut n, mut slowest, mut failed) = (0, Duration::ZERO, Vec::new());
+    for l in loops {
+        let (a, b, c) = l.join().expect("client loop");
+        n += a;
+        slowest = slowest.max(b);
+        failed.extend(c);
+    }
+    println!("charond stopped 3 s under 2 KB of stderr per request: {n} requests, slowest {slowest:?}, {} failed", failed.len());
+    assert!(failed.is_empty(), "{failed:?}");
+    // A blocked instance would have waited for the SIGCONT: about 2.5 s.
+    assert!(slowest < Duration::from_secs(2), "slowest {slowest:?}");
+    // charond read it all afterwards and answers.
+    assert_eq!(
+        client_of(&d.run).call(KEY, b"after").expect("served"),
+        b"after"
+    );
+}

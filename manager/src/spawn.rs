@@ -302,6 +302,7 @@ pub(crate) fn spawn(l: &Launch<'_>) -> io::Result<Spawned> {
     // The child's end must block: only our end is non-blocking. pipe2 sets
     // O_NONBLOCK on both, so clear it on the write end.
     nix::fcntl::fcntl(&err_w, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))?;
+    crate::stderr::enlarge_pipe(&err_r);
     let (rep_m, rep_c) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,

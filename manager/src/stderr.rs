@@ -1,9 +1,40 @@
-//! Instances' stderr, line by line: split the pipe's bytes into whole lines
-//! (never cutting one mid-line unless it outgrows [`MAX_LINE`]) and ration
-//! them per service so that a crash loop cannot flood the log. Reading the
-//! pipe and writing the log are the loop's.
+//! Instances' stderr, line by line: give the pipe a large buffer (so that a
+//! stopped or slow manager does not stall an instance that logs), split the
+//! pipe's bytes into whole lines (never cutting one mid-line unless it
+//! outgrows [`MAX_LINE`]) and ration them per service so that a crash loop
+//! cannot flood the log. Reading the pipe and writing the log are the
+//! loop's.
 
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// The capture pipe's buffer: how much an instance can write to stderr
+/// unread (while the manager is stopped or busy) before its write blocks.
+/// Capped by `/proc/sys/fs/pipe-max-size` (1 MiB by default). The kernel
+/// allocates the pages only as they fill.
+pub(crate) const PIPE_SIZE: usize = 1 << 20;
+
+/// Gives a capture pipe [`PIPE_SIZE`] bytes of buffer, or as much as the
+/// system allows; on failure the pipe keeps the kernel's default (64 KiB),
+/// said once in the log.
+pub(crate) fn enlarge_pipe(fd: impl AsFd) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(PIPE_SIZE);
+    let size = i32::try_from(PIPE_SIZE.min(max)).unwrap_or(i32::MAX);
+    if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size)) {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            crate::log::warning!(
+                None,
+                None,
+                "warning: unable to enlarge an instance's stderr pipe to {size} bytes: {e} (it keeps the default; an instance can then block on stderr sooner while charond does not read)"
+            );
+        }
+    }
+}
 
 /// A line longer than this is logged in pieces marked `[continued]`.
 pub(crate) const MAX_LINE: usize = 16 * 1024;
