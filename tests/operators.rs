@@ -513,13 +513,57 @@ fn parse_prometheus(text: &str) -> BTreeSet<String> {
                 }
             }
         }
+        // A histogram's samples are its name with a suffix.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find(|f| typed.contains(*f))
+            .unwrap_or(name);
         assert!(
-            helped.contains(name) && typed.contains(name),
+            helped.contains(family) && typed.contains(family),
             "HELP/TYPE before {line}"
         );
         samples.insert(series.to_string());
     }
     samples
+}
+
+/// Runs `promtool check metrics` (Prometheus' own linter) on `text` and
+/// fails on any complaint. .ci/run installs promtool; a machine without it
+/// skips the check with a loud message, except under CI.
+fn promtool_accepts(text: &str) {
+    let mut cmd = Command::new("promtool");
+    cmd.args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped());
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+            eprintln!("\n!!! promtool not found: the Prometheus exposition was NOT checked by promtool (.ci/run installs it) !!!\n");
+            return;
+        }
+        Err(e) => panic!("unable to run promtool (.ci/run installs it): {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {:?}: {said}\n{text}",
+        out.status
+    );
 }
 
 fn free_port() -> u16 {
@@ -706,6 +750,24 @@ fn stats_match_what_happened_in_every_format() {
             && body.contains(&format!("charon_requests_total{{key=\"{KEY}\"}} {}", n + m))
     });
     assert_eq!(parse_prometheus(&body), from_cli, "same series over HTTP");
+    promtool_accepts(&prom);
+    promtool_accepts(&body);
+    // Latency as a histogram in seconds, one count per answered request.
+    let count = format!("charon_request_duration_seconds_count{{key=\"{KEY}\"}} ");
+    let count_line = prom.lines().find(|l| l.starts_with(&count)).expect(&count);
+    let s = d.stats(KEY);
+    assert_eq!(
+        count_line[count.len()..].parse::<u64>().unwrap(),
+        s["latency_histogram"]["count"].as_u64().unwrap(),
+        "{prom}"
+    );
+    assert!(
+        s["latency_histogram"]["count"].as_u64().unwrap() >= n + m,
+        "{s}"
+    );
+    let inf = format!("charon_request_duration_seconds_bucket{{key=\"{KEY}\",le=\"+Inf\"}} ");
+    assert!(prom.contains(&inf), "{prom}");
+    assert!(!prom.contains("quantile="), "{prom}");
     assert_eq!(http_get(port, "/other").split(' ').nth(1), Some("404"));
 
     // `charon restart` ends the (10 minute) backoff at once.

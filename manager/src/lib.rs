@@ -50,6 +50,7 @@ mod daemon;
 mod drain;
 mod event_loop;
 mod instances;
+pub mod latency;
 mod log;
 #[cfg(test)]
 mod loop_tests;

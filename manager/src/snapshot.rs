@@ -175,6 +175,7 @@ impl Manager {
             "queue_depth": queue_depth,
             "overload_seen": stats.overload_seen,
             "latency_us": latency(&stats),
+            "latency_histogram": stats.latency_buckets.to_json(),
             "exits": exits(&stats),
             "launches": stats.launches,
             "backoffs": stats.backoff_entries,

@@ -1,5 +1,6 @@
 //! Per-service figures kept for operators: requests, faults, retries,
-//! latency (hdrhistogram), exits by reason, launches and their failures,
+//! latency (hdrhistogram for quantiles, fixed buckets in `latency.rs` for
+//! figures that add up), exits by reason, launches and their failures,
 //! backoff entries, fast-failed connections, resources of exited instances
 //! and the last exit. Counting only; reading them out (control socket,
 //! `charon stats`) is left to others, and the loop logs a summary line.
@@ -8,6 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use charon_protocol::report::{Outcome, Record};
 use hdrhistogram::Histogram;
+
+use crate::latency::Buckets;
 
 /// The last exit of a service, for Unavailable reasons and stats.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,6 +62,8 @@ pub(crate) struct Stats {
     pub unanswered: u64,
     pub retried: u64,
     pub latency_us: Option<Histogram<u64>>,
+    /// The same latencies on a fixed scale, for figures that add up.
+    pub latency_buckets: Buckets,
     pub exits: BTreeMap<&'static str, u64>,
     pub launches: u64,
     pub launch_failures: u64,
@@ -84,6 +89,7 @@ impl Stats {
             // Made on the first record: a configured service nobody calls
             // costs nothing.
             latency_us: None,
+            latency_buckets: Buckets::new(),
             exits: BTreeMap::new(),
             launches: 0,
             launch_failures: 0,
@@ -116,6 +122,7 @@ impl Stats {
             if let Some(h) = &mut self.latency_us {
                 h.saturating_record(u64::from(r.elapsed_us).max(1));
             }
+            self.latency_buckets.record(u64::from(r.elapsed_us));
         }
     }
 
@@ -152,6 +159,7 @@ impl Stats {
             (None, Some(o)) => self.latency_us = Some(o),
             _ => {}
         }
+        self.latency_buckets.add(&other.latency_buckets);
         for (k, v) in other.exits {
             *self.exits.entry(k).or_insert(0) += v;
         }
