@@ -18,3 +18,5 @@ mod lifecycle;
 mod reliability;
 // Nothing lost at the edges: stop, manager death, reload, restart.
 mod edges;
+// Probes: `charon health` for containers and Kubernetes.
+mod probes;

@@ -48,6 +48,8 @@ pub enum Request {
     Restart(String),
     /// The manager's version.
     Version,
+    /// Whether every service can take requests now (for probes).
+    Health,
 }
 
 #[derive(Deserialize)]
@@ -75,11 +77,12 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
         "ps" => Ok(Request::Ps(key)),
         "reload" => no_key("reload", key).map(|()| Request::Reload),
         "version" => no_key("version", key).map(|()| Request::Version),
+        "health" => no_key("health", key).map(|()| Request::Health),
         "restart" => key
             .map(Request::Restart)
             .ok_or_else(|| "command \"restart\" needs a \"key\"".to_string()),
         other => Err(format!(
-            "unknown command {other:?}; valid commands are stats, ps, reload, restart, version"
+            "unknown command {other:?}; valid commands are stats, ps, reload, restart, version, health"
         )),
     }
 }
@@ -379,6 +382,7 @@ impl Manager {
             Request::Ps(key) => self.ps_json(key.as_deref()),
             Request::Restart(key) => self.restart(&key),
             Request::Version => Ok(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })),
+            Request::Health => Ok(self.health_json()),
             Request::Reload => Err("reload is answered on its own".into()),
         };
         r.unwrap_or_else(|e| error_answer(&e))
@@ -478,6 +482,7 @@ mod tests {
         assert_eq!(parse(br#"{"cmd":"ps"}"#), Ok(Request::Ps(None)));
         assert_eq!(parse(br#" {"cmd":"reload"} "#), Ok(Request::Reload));
         assert_eq!(parse(br#"{"cmd":"version"}"#), Ok(Request::Version));
+        assert_eq!(parse(br#"{"cmd":"health"}"#), Ok(Request::Health));
         assert_eq!(
             parse(br#"{"cmd":"restart","key":"a.b.0.raw"}"#),
             Ok(Request::Restart("a.b.0.raw".into()))
@@ -500,6 +505,8 @@ mod tests {
         assert!(e.contains("needs a \"key\""), "{e}");
         let e = parse(br#"{"cmd":"reload","key":"x"}"#).unwrap_err();
         assert!(e.contains("takes no \"key\""), "{e}");
+        let e = parse(br#"{"cmd":"health","key":"x"}"#).unwrap_err();
+        assert!(e.contains("takes no \"key\""), "{e}");
         let e = parse(br#"{"cmd":"stats","extra":1}"#).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
         let e = parse(br#"{"cmd":7}"#).unwrap_err();
@@ -515,7 +522,7 @@ mod tests {
         #[test]
         fn arbitrary_commands_are_errors_unless_known(cmd in "[a-z]{0,12}") {
             let line = format!(r#"{{"cmd":"{cmd}"}}"#);
-            let known = ["stats", "ps", "reload", "version"].contains(&cmd.as_str());
+            let known = ["stats", "ps", "reload", "version", "health"].contains(&cmd.as_str());
             prop_assert_eq!(parse(line.as_bytes()).is_ok(), known);
         }
     }

@@ -199,6 +199,7 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
         .map_err(|e| Fatal(format!("unable to watch the control socket: {e}")))?;
     m.control = Some(control);
     m.metrics = metrics;
+    m.broken = scan.errors;
     info!(
         None,
         None,

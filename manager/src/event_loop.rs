@@ -132,6 +132,9 @@ pub(crate) struct Manager {
     /// While stopping, something had to be SIGKILLed (stop-grace passed, or
     /// a second stop signal): the exit status says so.
     pub forced: bool,
+    /// Errors of the config files that failed to load at the last scan
+    /// (start or reload), sorted by file: `charon health` names them.
+    pub broken: Vec<crate::config::ConfigError>,
     _lock: Flock<File>,
 }
 
@@ -182,6 +185,7 @@ impl Manager {
             starvation: crate::starved::Starvation::new(),
             orphans: crate::orphans::Orphans::default(),
             forced: false,
+            broken: Vec::new(),
             _lock: lock,
         })
     }

@@ -49,6 +49,7 @@ pub mod control;
 mod daemon;
 mod drain;
 mod event_loop;
+mod health;
 mod instances;
 pub mod latency;
 mod log;

@@ -147,6 +147,7 @@ impl Manager {
             );
             report.errors.push(e.to_string());
         }
+        self.broken.clone_from(&scan.errors);
         let failed: BTreeSet<String> = scan
             .failed_keys()
             .iter()

@@ -19,15 +19,19 @@
 //!
 //! Whenever the status is not 0, stderr gets a one-line message.
 //!
-//! `stats`, `ps`, `reload` and `restart` talk to the manager over its
-//! control socket; for them 4 means the key is not configured and 7 covers
-//! "no manager running", a reload that could not apply a change, and
-//! config errors found by a reload.
+//! `stats`, `ps`, `reload`, `restart` and `health` talk to the manager over
+//! its control socket; for them 4 means the key is not configured and 7
+//! covers "no manager running", a reload that could not apply a change, and
+//! config errors found by a reload. `health` exits 3 when charond answers
+//! but a service is not ready (backoff, starting, ...) or a config file
+//! failed to load, 5 when charond does not answer in time, 7 when there is
+//! no charond.
 //!
 //! A new subcommand is a module here with an `Args` (clap derive) and a
 //! `run(Args) -> Result<(), Failure>`, plus one variant in [`Command`].
 
 mod common;
+mod health;
 mod lookup;
 mod ping;
 mod ps;
@@ -68,6 +72,8 @@ enum Command {
     Reload(reload::Args),
     /// End a service's backoff and recycle its instances.
     Restart(restart::Args),
+    /// Exit 0 if charond answers and every service can take requests.
+    Health(health::Args),
 }
 
 /// Exit statuses, as documented above.
@@ -173,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Ps(args) => ps::run(args),
         Command::Reload(args) => reload::run(args),
         Command::Restart(args) => restart::run(args),
+        Command::Health(args) => health::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -127,7 +127,7 @@ pub(crate) fn load_bytes(
 }
 
 /// The service key a file name gives, or why it gives none.
-fn key_from_path(path: &Path) -> Result<ServiceKey, String> {
+pub(crate) fn key_from_path(path: &Path) -> Result<ServiceKey, String> {
     let name = path
         .file_name()
         .ok_or_else(|| "the path has no file name".to_string())?;

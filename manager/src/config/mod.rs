@@ -13,7 +13,7 @@
 //! documents every key for operators.
 
 mod error;
-mod load;
+pub(crate) mod load;
 mod raw;
 mod service;
 mod suggest;
