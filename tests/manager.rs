@@ -486,7 +486,10 @@ fn instances_exit_when_the_manager_is_killed_and_a_new_one_starts_clean() {
     let (conf, run) = (d.conf.clone(), d.run.clone());
     drop(d);
     let d2 = Daemon::start_in(dir, conf, run);
-    assert!(d2.log().contains("removed stale socket"), "{}", d2.log());
+    // The log is read by a thread: wait for the line rather than race it.
+    d2.wait_log("the stale socket removed", |l| {
+        l.contains("removed stale socket")
+    });
     assert_eq!(d2.client().call(KEY, b"new").expect("answered"), b"new");
 }
 
