@@ -6,7 +6,7 @@
 //! exit with the documented codes 11-30 (doc/charond.md).
 #![allow(unsafe_code)]
 
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr;
@@ -157,14 +157,14 @@ unsafe fn child_after_fork(
     for (h, &src) in high.iter_mut().zip(fds) {
         *h = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 10);
         if *h < 0 {
-            fail(resource_or(code::FDS), b"dup fd");
+            fail(resource_or(code::FDS), b"dup fd", None);
         }
     }
     for (target, &h) in high.iter().enumerate() {
         // dup2 clears close-on-exec on the target, which is what we want
         // for 0-5 only.
         if libc::dup2(h, target as RawFd) < 0 {
-            fail(code::FDS, b"dup2 fd");
+            fail(code::FDS, b"dup2 fd", None);
         }
     }
     // Everything else is close-on-exec already; close_range is belt and
@@ -177,7 +177,7 @@ unsafe fn child_after_fork(
     );
 
     if libc::setpgid(0, 0) != 0 {
-        fail(code::SETPGID, b"setpgid");
+        fail(code::SETPGID, b"setpgid", None);
     }
     // The manager's death means drain (SIGUSR1), not stop: the instance
     // serves the connections already queued on its socket before it leaves,
@@ -190,16 +190,16 @@ unsafe fn child_after_fork(
         0,
     ) != 0
     {
-        fail(code::PRCTL, b"prctl");
+        fail(code::PRCTL, b"prctl", None);
     }
     // The manager may have died before PDEATHSIG was armed.
     if libc::getppid() != plan.manager_pid {
-        fail(code::ORPHANED, b"find the manager");
+        fail(code::ORPHANED, b"find the manager", None);
     }
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     if libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) != 0 {
-        fail(code::SIGMASK, b"sigprocmask");
+        fail(code::SIGMASK, b"sigprocmask", None);
     }
     // SIG_IGN survives exec (the manager ignores SIGPIPE); reset them all.
     // Errors for the signals libc reserves are expected and harmless.
@@ -214,20 +214,20 @@ unsafe fn child_after_fork(
             rlim_max: lim,
         };
         if libc::setrlimit(res, &rl) != 0 {
-            fail(code::SETRLIMIT, b"setrlimit");
+            fail(code::SETRLIMIT, b"setrlimit", None);
         }
     }
     if let Some(cwd) = &plan.cwd {
         if libc::chdir(cwd.as_ptr()) != 0 {
-            fail(code::CHDIR, b"chdir");
+            fail(code::CHDIR, b"chdir to", Some(cwd));
         }
     }
     if let Some((uid, gid, groups)) = &plan.ids {
         if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(*gid) != 0 {
-            fail(code::SETGID, b"setgid");
+            fail(code::SETGID, b"setgid", None);
         }
         if libc::setuid(*uid) != 0 {
-            fail(code::SETUID, b"setuid");
+            fail(code::SETUID, b"setuid", None);
         }
     }
     libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
@@ -236,7 +236,7 @@ unsafe fn child_after_fork(
         libc::EACCES | libc::EPERM => code::EXEC_DENIED,
         _ => resource_or(code::EXEC_OTHER),
     };
-    fail(c, b"exec the program")
+    fail(c, b"exec", Some(&plan.path))
 }
 
 /// [`code::RESOURCES`] if errno says the manager or the system ran out of
@@ -280,44 +280,72 @@ fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
-/// Writes `charond: launch failed: unable to <what>: errno N` to fd 2 and
-/// exits with `code`. Async-signal-safe: a stack buffer, write, _exit.
-fn fail(code: i32, what: &[u8]) -> ! {
+/// Writes `charond: launch failed: unable to <what> [<subject>]: <strerror
+/// text> (errno N)` to fd 2 and exits with `code`. Async-signal-safe: a
+/// stack buffer, a static message table (`Errno::desc`), write, _exit.
+fn fail(code: i32, what: &[u8], subject: Option<&CStr>) -> ! {
     let e = errno();
-    let mut buf = [0u8; 128];
-    let mut n = 0;
-    for part in [
-        &b"charond: launch failed: unable to "[..],
-        what,
-        b": errno ",
-    ] {
-        let take = part.len().min(buf.len() - n - 12);
-        buf[n..n + take].copy_from_slice(&part[..take]);
-        n += take;
+    let mut line = StackLine::new();
+    line.push(b"charond: launch failed: unable to ");
+    line.push(what);
+    if let Some(s) = subject {
+        line.push(b" ");
+        line.push(s.to_bytes());
     }
-    let mut digits = [0u8; 10];
-    let mut d = 0;
-    let mut v = e.unsigned_abs();
-    loop {
-        digits[d] = b'0' + (v % 10) as u8;
-        d += 1;
-        v /= 10;
-        if v == 0 || d == digits.len() {
-            break;
+    line.push(b": ");
+    line.push(nix::errno::Errno::from_raw(e).desc().as_bytes());
+    line.push(b" (errno ");
+    line.push_decimal(e.unsigned_abs());
+    line.push(b")");
+    let bytes = line.finish();
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; `bytes` is a
+    // live slice of a stack array.
+    unsafe {
+        libc::write(2, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(code)
+    }
+}
+
+/// One line built in a stack buffer, cut short when full: no allocation,
+/// so it may be used between fork and exec.
+struct StackLine {
+    buf: [u8; 512],
+    n: usize,
+}
+
+impl StackLine {
+    const fn new() -> StackLine {
+        StackLine {
+            buf: [0; 512],
+            n: 0,
         }
     }
-    while d > 0 {
-        d -= 1;
-        buf[n] = digits[d];
-        n += 1;
+
+    /// Appends what fits, keeping one byte for the newline.
+    fn push(&mut self, part: &[u8]) {
+        let take = part.len().min(self.buf.len() - 1 - self.n);
+        self.buf[self.n..self.n + take].copy_from_slice(&part[..take]);
+        self.n += take;
     }
-    buf[n] = b'\n';
-    n += 1;
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; buf is a live
-    // stack array of at least n bytes.
-    unsafe {
-        libc::write(2, buf.as_ptr().cast(), n);
-        libc::_exit(code)
+
+    fn push_decimal(&mut self, mut v: u32) {
+        let mut digits = [0u8; 10];
+        let mut d = digits.len();
+        loop {
+            d -= 1;
+            digits[d] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[d..]);
+    }
+
+    /// The line with its newline.
+    fn finish(&mut self) -> &[u8] {
+        self.buf[self.n] = b'\n';
+        &self.buf[..=self.n]
     }
 }
 
