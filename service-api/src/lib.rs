@@ -181,6 +181,7 @@ mod io;
 mod managed;
 mod mode;
 mod options;
+mod panic;
 mod peer;
 mod read;
 mod request;

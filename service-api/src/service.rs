@@ -88,12 +88,21 @@ struct InFlight {
 }
 
 impl Service {
-    /// Starts a service named `name` (its key, for messages), choosing the
-    /// mode from the environment with default [`Options`].
+    /// Starts the service, choosing the mode from the environment with
+    /// default [`Options`].
+    ///
+    /// `name` only labels this program in the library's own messages (a
+    /// refused peer, a panic); any short name does, such as the program's
+    /// name or the key it is written for. It does not choose which requests
+    /// come: the manager's config file (or the socket path in accept mode)
+    /// decides that, and the key of each request is in [`Request::key`].
     ///
     /// Call it first thing in `main`: in managed and standalone mode it
     /// takes ownership of the inherited fds 3 to 5, which the program must
-    /// not have used. It installs a SIGTERM and SIGINT handler.
+    /// not have used. It installs a SIGTERM and SIGINT handler, and a panic
+    /// hook that prints one line, `NAME: panicked at FILE:LINE:COL:
+    /// MESSAGE`, as the program's last stderr line (the one the manager
+    /// shows in `charon stats` and in the reason of a fast fail).
     ///
     /// # Errors
     ///
@@ -123,6 +132,7 @@ impl Service {
         // The mode first: it looks at fds 3 and 4, which the wake-up eventfd
         // would otherwise take.
         let setup = mode::setup(&env)?;
+        crate::panic::install(name);
         let stop_fd =
             sys::install_stop_handler().map_err(|e| Error::io("install the SIGTERM handler", e))?;
         let idle = match &setup.source {
