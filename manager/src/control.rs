@@ -182,11 +182,7 @@ impl Manager {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warning!(
-                        None,
-                        None,
-                        "warning: unable to accept a control connection: {e}"
-                    );
+                    warning!(None, None, "unable to accept a control connection: {e}");
                     return;
                 }
             };
@@ -211,11 +207,7 @@ impl Manager {
                 token(Owner::ControlConn(idx)),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
-                warning!(
-                    None,
-                    None,
-                    "warning: unable to watch a control connection: {e}"
-                );
+                warning!(None, None, "unable to watch a control connection: {e}");
                 continue;
             }
             let serial = ctl.next_serial;

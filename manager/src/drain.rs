@@ -159,7 +159,7 @@ impl Manager {
             warning!(
                 Some(self.services[o].key()),
                 None,
-                "warning: unable to serve {n} connection(s) left on a drained socket: closed them (clients retry once)"
+                "unable to serve {n} connection(s) left on a drained socket: closed them (clients retry once)"
             );
         }
     }

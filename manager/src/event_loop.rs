@@ -117,8 +117,9 @@ pub(crate) struct Manager {
     pub spawner: Box<dyn Spawner>,
     /// sock_diag queries; None where the kernel does not offer them.
     pub probe: Option<QueueProbe>,
-    /// The next generation number.
-    pub next_generation: u64,
+    /// Numbers the temporary socket names of new generations
+    /// (`.gen<N>.sock`), unique for the manager's life.
+    pub next_temp_name: u64,
     /// The control socket and its connections.
     pub control: Option<Control>,
     /// Reloads whose answer waits for new generations to come up.
@@ -156,10 +157,9 @@ impl Manager {
             .register(&mut SourceFd(&signals.raw()), SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
         let mut slab = Services::default();
-        let mut next_generation = 1;
+        // Each key counts its own generations, from 1.
         for b in services {
-            slab.insert(Svc::new(b, Gen::Live, next_generation, now));
-            next_generation += 1;
+            slab.insert(Svc::new(b, Gen::Live, 1, now));
         }
         let seed = u64::from(std::process::id()) ^ crate::scaling::clock_seed();
         Ok(Manager {
@@ -178,7 +178,7 @@ impl Manager {
             probe: QueueProbe::new().ok(),
             unresp_check: None,
             spawner,
-            next_generation,
+            next_temp_name: 1,
             control: None,
             reloads: Vec::new(),
             metrics: None,
@@ -296,7 +296,7 @@ impl Manager {
             Action::BackoffEntered(wait) => {
                 let svc = &mut self.services[s];
                 svc.stats.backoff_entries += 1;
-                info!(
+                warning!(
                     Some(svc.key()),
                     None,
                     "backoff: no launch for {}s",
@@ -321,7 +321,7 @@ impl Manager {
                 warning!(
                     Some(svc.config.key.as_str()),
                     None,
-                    "warning: unable to unwatch socket: {e}"
+                    "unable to unwatch socket: {e}"
                 );
             }
         }
@@ -338,7 +338,7 @@ impl Manager {
                 Err(e) => warning!(
                     Some(svc.config.key.as_str()),
                     None,
-                    "warning: unable to watch socket: {e}"
+                    "unable to watch socket: {e}"
                 ),
             }
         }
@@ -473,7 +473,7 @@ pub(crate) fn remove_socket(path: &Path, key: &str) {
             warning!(
                 Some(key),
                 None,
-                "warning: unable to remove socket {}: {e}",
+                "unable to remove socket {}: {e}",
                 path.display()
             );
         }

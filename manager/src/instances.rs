@@ -17,7 +17,7 @@ use nix::sys::socket::{recv, MsgFlags};
 
 use crate::calibrate;
 use crate::event_loop::{token, Manager, Owner};
-use crate::log::{info, warning};
+use crate::log::{info, warning, Level};
 use crate::process_table::Instance;
 use crate::reload::Gen;
 use crate::service::state::{ExitClass, KillReason, Mode};
@@ -41,7 +41,7 @@ impl Manager {
             warning!(
                 Some(&key),
                 None,
-                "warning: unable to start an instance: all {} scoreboard slots in use",
+                "unable to start an instance: all {} scoreboard slots in use",
                 svc.used_slots.len()
             );
             return None;
@@ -75,11 +75,7 @@ impl Manager {
                     self.starved(s, problem);
                     return None;
                 }
-                warning!(
-                    Some(&key),
-                    None,
-                    "warning: unable to start an instance: {e}"
-                );
+                warning!(Some(&key), None, "unable to start an instance: {e}");
                 svc.stats.launch_failures += 1;
                 svc.stats.exit("launch_failure");
                 svc.stats.set_last_exit(LastExit {
@@ -183,11 +179,7 @@ impl Manager {
                 if let Err(e) =
                     reg.register(&mut SourceFd(&fd.as_raw_fd()), token(o), Interest::READABLE)
                 {
-                    warning!(
-                        None,
-                        Some(inst.pid),
-                        "warning: unable to watch instance fd: {e}"
-                    );
+                    warning!(None, Some(inst.pid), "unable to watch instance fd: {e}");
                 }
             }
         }
@@ -290,7 +282,7 @@ impl Manager {
                 inst.kill_at = None;
                 let (pid, s) = (inst.pid, inst.service);
                 self.forced |= self.stopping;
-                warning!(Some(self.services[s].key()), Some(pid), "warning: unable to stop instance gracefully: still running after stop-grace; sending SIGKILL");
+                warning!(Some(self.services[s].key()), Some(pid), "unable to stop instance gracefully: still running after stop-grace; sending SIGKILL");
                 self.signal(id, Signal::SIGKILL);
             }
         }
@@ -452,7 +444,7 @@ impl Manager {
                         warning!(
                             Some(self.services[s].key()),
                             Some(pid),
-                            "warning: unable to decode report: {e} (further bad reports from this instance are ignored silently)"
+                            "unable to decode report: {e} (further bad reports from this instance are ignored silently)"
                         );
                     }
                 }
@@ -467,7 +459,7 @@ impl Manager {
                 Ok(Some(r)) => self.on_reaped(r),
                 Ok(None) => return,
                 Err(e) => {
-                    warning!(None, None, "warning: unable to reap children: {e}");
+                    warning!(None, None, "unable to reap children: {e}");
                     return;
                 }
             }
@@ -571,13 +563,21 @@ impl Manager {
             }
             Gen::Draining { .. } => svc.gen_check = Some(now),
         }
-        info!(
+        let level = if class.is_trouble() {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        crate::log::line(
+            level,
             Some(svc.config.key.as_str()),
             Some(inst.pid),
-            "exited: {class} [{status}] after {:.3}s, {} request(s); counted as {}",
-            now.saturating_duration_since(inst.started).as_secs_f64(),
-            served,
-            class.name()
+            format_args!(
+                "exited: {class} [{status}] after {:.3}s, {} request(s); counted as {}",
+                now.saturating_duration_since(inst.started).as_secs_f64(),
+                served,
+                class.name()
+            ),
         );
         // A retiree whose replacement died waits for a new one (the id may
         // be reused by an unrelated instance).

@@ -69,7 +69,7 @@ pub(crate) fn reopen() {
             None,
             None,
             format_args!(
-                "warning: unable to reopen log file {}: {e}; still writing to the old one",
+                "unable to reopen log file {}: {e}; still writing to the old one",
                 path.display()
             ),
         ),
@@ -129,8 +129,8 @@ macro_rules! info {
     };
 }
 
-/// `warn` line; the message should read `warning: unable to <verb> <object>:
-/// <cause>`.
+/// `warn` line, for a problem or a failure: the level says so once, so the
+/// message reads `unable to <verb> <object>: <cause>` (no `warning:`).
 macro_rules! warning {
     ($key:expr, $pid:expr, $($arg:tt)*) => {
         $crate::log::line($crate::log::Level::Warn, $key, $pid, format_args!($($arg)*))

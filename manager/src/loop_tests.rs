@@ -225,7 +225,7 @@ fn a_failed_exit_enters_backoff_and_fast_fails_with_the_reason() {
             reason,
         } => {
             assert_eq!(retry_after, 1);
-            assert!(reason.contains("exit 1 (unrecoverable)"), "{reason}");
+            assert!(reason.contains("exit 1 (failed)"), "{reason}");
             assert!(
                 reason.contains("last stderr line: config missing"),
                 "{reason}"

@@ -133,7 +133,7 @@ impl Manager {
         let scan = match cfg::scan_dir(&self.paths.config_dir) {
             Ok(s) => s,
             Err(e) => {
-                warning!(None, None, "warning: unable to reload: {e}");
+                warning!(None, None, "unable to reload: {e}");
                 self.answer_reload(conn, Err(format!("unable to reload: {e}")));
                 return;
             }
@@ -143,7 +143,7 @@ impl Manager {
             warning!(
                 None,
                 None,
-                "warning: unable to load config (the running service keeps its previous config): {e}"
+                "unable to load config (the running service keeps its previous config): {e}"
             );
             report.errors.push(e.to_string());
         }
@@ -176,7 +176,7 @@ impl Manager {
             match startup::bind_generation(c, path) {
                 Ok(b) => {
                     let now = Instant::now();
-                    let generation = self.take_generation();
+                    let generation = self.take_generation(&key);
                     let s = self
                         .services
                         .insert(Svc::new(b, Gen::Live, generation, now));
@@ -188,11 +188,7 @@ impl Manager {
                     report.started.push(key);
                 }
                 Err(e) => {
-                    warning!(
-                        Some(&key),
-                        None,
-                        "warning: unable to start new service: {e}"
-                    );
+                    warning!(Some(&key), None, "unable to start new service: {e}");
                     report.failed.push(KeyFailure { key, error: e });
                 }
             }
@@ -219,7 +215,7 @@ impl Manager {
                     warning!(
                         Some(&key),
                         None,
-                        "warning: unable to reload: {e}; the running generation keeps serving"
+                        "unable to reload: {e}; the running generation keeps serving"
                     );
                     report.failed.push(KeyFailure { key, error: e });
                 }
@@ -237,10 +233,16 @@ impl Manager {
         }
     }
 
-    fn take_generation(&mut self) -> u64 {
-        let g = self.next_generation;
-        self.next_generation += 1;
-        g
+    /// The number of `key`'s next generation: one more than the newest it
+    /// has (live, pending or draining), 1 for a key new to the manager.
+    fn take_generation(&self, key: &str) -> u64 {
+        self.services
+            .iter()
+            .filter(|(_, v)| v.key() == key)
+            .map(|(_, v)| v.generation)
+            .max()
+            .unwrap_or(0)
+            + 1
     }
 
     /// The pending generation of `key`, if one comes up.
@@ -261,11 +263,15 @@ impl Manager {
 
     /// Binds a new generation at a temporary name and starts it.
     fn start_pending(&mut self, c: ServiceConfig) -> Result<(), String> {
-        let generation = self.take_generation();
         let key = c.key.as_str().to_string();
+        let generation = self.take_generation(&key);
         // Short and unique: a long key must not push the temporary path
         // past the 107 bytes a Unix socket path may have.
-        let tmp = self.paths.run_dir.join(format!(".gen{generation}.sock"));
+        let tmp = self
+            .paths
+            .run_dir
+            .join(format!(".gen{}.sock", self.next_temp_name));
+        self.next_temp_name += 1;
         let b = startup::bind_generation(c, tmp)?;
         let now = Instant::now();
         let mut svc = Svc::new(
@@ -388,7 +394,7 @@ impl Manager {
         warning!(
             Some(&key),
             None,
-            "warning: unable to reload: {why}; the running generation keeps serving"
+            "unable to reload: {why}; the running generation keeps serving"
         );
         let path = std::mem::take(&mut self.services[p].sock_path);
         remove_socket(&path, &key);

@@ -81,7 +81,7 @@ impl Manager {
             warning!(
                 Some(svc.config.key.as_str()),
                 None,
-                "warning: unable to encode an unavailable answer: {e}"
+                "unable to encode an unavailable answer: {e}"
             );
             return;
         }
@@ -95,7 +95,7 @@ impl Manager {
                     warning!(
                         Some(svc.config.key.as_str()),
                         None,
-                        "warning: unable to accept a connection: {e}"
+                        "unable to accept a connection: {e}"
                     );
                     return;
                 }
@@ -221,7 +221,7 @@ impl Manager {
                 warning!(
                     Some(&key),
                     None,
-                    "warning: unable to log all stderr: {n} line(s) dropped by the rate limit"
+                    "unable to log all stderr: {n} line(s) dropped by the rate limit"
                 );
             }
             self.recycle_step(s);
@@ -317,7 +317,7 @@ impl Manager {
         warning!(
             Some(svc.config.key.as_str()),
             Some(inst.pid),
-            "warning: unable to get an answer from instance: busy {:.1}s on one request (client {:?}, attempt {}, {} bytes); killing it",
+            "unable to get an answer from instance: busy {:.1}s on one request (client {:?}, attempt {}, {} bytes); killing it",
             busy_for.as_secs_f64(),
             snap.client,
             snap.attempt,

@@ -256,13 +256,13 @@ mod tests {
     fn reason_names_status_and_stderr() {
         let e = LastExit {
             pid: 7,
-            status: "exit 1 (unrecoverable)".into(),
+            status: "exit 1 (failed)".into(),
             stderr: "boom".into(),
             ..LastExit::default()
         };
         assert_eq!(
             e.reason(),
-            "last instance (pid 7) exit 1 (unrecoverable); last stderr line: boom"
+            "last instance (pid 7) exit 1 (failed); last stderr line: boom"
         );
     }
 }

@@ -85,6 +85,19 @@ impl ExitClass {
         }
     }
 
+    /// True for exits logged at `warn`: the program failed (a non-zero
+    /// exit, a launch failure, a crash, a hang the manager had to kill),
+    /// not stopped by design or by a clean exit.
+    pub(crate) const fn is_trouble(self) -> bool {
+        matches!(
+            self,
+            ExitClass::Failed(_)
+                | ExitClass::LaunchFailure(_)
+                | ExitClass::Crash(_)
+                | ExitClass::Killed(KillReason::StartupTimeout | KillReason::Unresponsive)
+        )
+    }
+
     pub(crate) const fn name(self) -> &'static str {
         match self {
             ExitClass::Clean => "clean",
@@ -100,7 +113,7 @@ impl fmt::Display for ExitClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitClass::Clean => f.write_str("exit 0 (clean)"),
-            ExitClass::Failed(c) => write!(f, "exit {c} (unrecoverable)"),
+            ExitClass::Failed(c) => write!(f, "exit {c} (failed)"),
             ExitClass::LaunchFailure(c) => write!(
                 f,
                 "exit {c} (launch failure: {})",
