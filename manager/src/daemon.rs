@@ -63,6 +63,31 @@ pub struct CheckReport {
     pub errors: Vec<String>,
     /// Each file that is not a service file, as `FILE: reason`.
     pub ignored: Vec<String>,
+    /// How many service files are valid.
+    pub valid: usize,
+    /// How many service files have errors.
+    pub broken: usize,
+}
+
+impl CheckReport {
+    /// The one-line summary `charond --check` ends with, e.g. `config dir
+    /// demo: 2 service file(s) valid, 1 with errors (3 error(s)), 1 ignored`.
+    #[must_use]
+    pub fn summary(&self, config_dir: &Path) -> String {
+        let mut s = format!(
+            "config dir {}: {} service file(s) valid, {} with errors",
+            config_dir.display(),
+            self.valid,
+            self.broken
+        );
+        if !self.errors.is_empty() {
+            s.push_str(&format!(" ({} error(s))", self.errors.len()));
+        }
+        if !self.ignored.is_empty() {
+            s.push_str(&format!(", {} ignored", self.ignored.len()));
+        }
+        s
+    }
 }
 
 /// Validates every config file in `config_dir`.
@@ -72,7 +97,11 @@ pub struct CheckReport {
 /// The config dir cannot be read.
 pub fn check(config_dir: &Path) -> Result<CheckReport, Fatal> {
     let scan = cfg::scan_dir(config_dir).map_err(|e| Fatal(e.to_string()))?;
+    let broken: std::collections::BTreeSet<&Path> =
+        scan.errors.iter().map(|e| e.file.as_path()).collect();
     Ok(CheckReport {
+        valid: scan.services.len(),
+        broken: broken.len(),
         errors: scan.errors.iter().map(ToString::to_string).collect(),
         ignored: scan
             .ignored
@@ -166,38 +195,25 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
             )))
         }
     }
+    // Bound before the control socket: a failure here leaves nothing in
+    // the run dir that would say a manager runs.
+    let metrics = match opts.metrics_listen {
+        Some(addr) => Some(crate::metrics::serve(addr).map_err(Fatal)?),
+        None => None,
+    };
     let control = Control::bind(&run_dir).map_err(|e| {
         Fatal(format!(
             "unable to bind the control socket in {}: {e}",
             run_dir.display()
         ))
     })?;
-    let metrics = match opts.metrics_listen {
-        Some(addr) => Some(crate::metrics::serve(addr).map_err(Fatal)?),
-        None => None,
+    let mut m = match set_up(config_dir, run_dir, opts, lock, signals, control) {
+        Ok(m) => m,
+        Err((e, control)) => {
+            control.remove();
+            return Err(e);
+        }
     };
-    let scan = cfg::scan_dir(&config_dir).map_err(|e| Fatal(e.to_string()))?;
-    for i in &scan.ignored {
-        info!(None, None, "ignored {}: {}", i.file.display(), i.reason);
-    }
-    for e in &scan.errors {
-        warning!(None, None, "warning: unable to load config: {e}");
-    }
-    let services = bind_services(scan.services, &run_dir);
-    let devnull =
-        startup::devnull().map_err(|e| Fatal(format!("unable to open /dev/null: {e}")))?;
-    let paths = Paths {
-        config_dir,
-        run_dir,
-        stats_interval: opts.stats_interval.max(Duration::from_secs(1)),
-    };
-    let mut m = Manager::new(paths, lock, signals, services, devnull, Box::new(ForkExec))
-        .map_err(|e| Fatal(format!("unable to set up the event loop: {e}")))?;
-    let mut control = control;
-    control
-        .register(m.poll.registry())
-        .map_err(|e| Fatal(format!("unable to watch the control socket: {e}")))?;
-    m.control = Some(control);
     m.metrics = metrics;
     m.broken = scan.errors;
     info!(
@@ -221,6 +237,56 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
     .map_err(|e| Fatal(format!("event loop failed: {e}")))
 }
 
+/// Loads the config dir, binds the services and builds the event loop
+/// around them and the control socket. On failure the control socket comes
+/// back so that the caller can remove it.
+fn set_up(
+    config_dir: PathBuf,
+    run_dir: PathBuf,
+    opts: &Options,
+    lock: nix::fcntl::Flock<std::fs::File>,
+    signals: signals::Signals,
+    mut control: Control,
+) -> Result<Manager, (Fatal, Control)> {
+    let scan = match cfg::scan_dir(&config_dir) {
+        Ok(scan) => scan,
+        Err(e) => return Err((Fatal(e.to_string()), control)),
+    };
+    for i in &scan.ignored {
+        info!(None, None, "ignored {}: {}", i.file.display(), i.reason);
+    }
+    for e in &scan.errors {
+        warning!(None, None, "unable to load config: {e}");
+    }
+    let devnull = match startup::devnull() {
+        Ok(fd) => fd,
+        Err(e) => return Err((Fatal(format!("unable to open /dev/null: {e}")), control)),
+    };
+    let services = bind_services(scan.services, &run_dir);
+    let paths = Paths {
+        config_dir,
+        run_dir,
+        stats_interval: opts.stats_interval.max(Duration::from_secs(1)),
+    };
+    let mut m = match Manager::new(paths, lock, signals, services, devnull, Box::new(ForkExec)) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err((
+                Fatal(format!("unable to set up the event loop: {e}")),
+                control,
+            ))
+        }
+    };
+    if let Err(e) = control.register(m.poll.registry()) {
+        return Err((
+            Fatal(format!("unable to watch the control socket: {e}")),
+            control,
+        ));
+    }
+    m.control = Some(control);
+    Ok(m)
+}
+
 /// Binds each service's socket and creates its scoreboard. A service that
 /// cannot be set up is logged and left out; the others run.
 fn bind_services(configs: Vec<ServiceConfig>, run_dir: &Path) -> Vec<Bound> {
@@ -232,7 +298,7 @@ fn bind_services(configs: Vec<ServiceConfig>, run_dir: &Path) -> Vec<Bound> {
             warning!(
                 Some(&key),
                 None,
-                "warning: unable to switch instances to user/group: charond is not running as root; they run as charond's user"
+                "unable to switch instances to user/group: charond is not running as root; they run as charond's user"
             );
         }
         let path = run_dir.join(c.key.socket_file_name());
@@ -241,7 +307,7 @@ fn bind_services(configs: Vec<ServiceConfig>, run_dir: &Path) -> Vec<Bound> {
                 info!(Some(&key), None, "listening on {}", b.sock_path.display());
                 services.push(b);
             }
-            Err(e) => warning!(Some(&key), None, "warning: {e}"),
+            Err(e) => warning!(Some(&key), None, "{e}"),
         }
     }
     services

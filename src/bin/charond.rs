@@ -19,8 +19,10 @@ struct Args {
     /// Directory of `<service key>.toml` files.
     #[arg(long, value_name = "DIR")]
     config_dir: PathBuf,
-    /// Directory for the rendezvous sockets and the lock (created if missing).
-    #[arg(long, value_name = "DIR", required_unless_present = "check")]
+    /// Directory for the rendezvous sockets and the lock (created if
+    /// missing) [default: $CHARON_RUN_DIR, /run/charon for root,
+    /// $XDG_RUNTIME_DIR/charon, /tmp/charon-$UID: where the clients look].
+    #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
     /// Validate the config files, print each error, and exit (1 if any).
     #[arg(long)]
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
                 for e in &report.errors {
                     println!("{e}");
                 }
+                println!("{}", report.summary(&args.config_dir));
                 if report.errors.is_empty() {
                     ExitCode::SUCCESS
                 } else {
@@ -66,10 +69,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let Some(run_dir) = args.run_dir else {
-        eprintln!("charond: --run-dir is required to run");
-        return ExitCode::from(2);
-    };
+    // The same default as the clients', so that `charon` finds the
+    // manager with neither given a run dir.
+    let run_dir = args.run_dir.unwrap_or_else(charon_client::default_run_dir);
     let opts = charon_manager::Options {
         config_dir: args.config_dir,
         run_dir,
