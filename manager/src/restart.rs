@@ -5,6 +5,8 @@
 
 use std::time::Instant;
 
+use charon_protocol::ServiceKey;
+
 use crate::event_loop::Manager;
 use crate::log::info;
 use crate::service::backoff::CrashTally;
@@ -16,7 +18,7 @@ impl Manager {
     /// recycle the running instances (each replacement first).
     pub(crate) fn restart(&mut self, key: &str) -> Result<serde_json::Value, String> {
         let Some(s) = self.live_of(key) else {
-            return Err(format!("no service {key:?} is configured"));
+            return Err(self.not_configured(key));
         };
         let now = Instant::now();
         let svc = &mut self.services[s];
@@ -54,5 +56,21 @@ impl Manager {
             "backoff_ended": was_backoff,
             "recycled": recycled,
         }))
+    }
+
+    /// Why `key` cannot be restarted: it is not configured, and if its
+    /// wildcard serves it, that is the service to restart.
+    fn not_configured(&self, key: &str) -> String {
+        let wildcard = ServiceKey::parse(key)
+            .ok()
+            .and_then(|k| k.wildcard())
+            .filter(|w| self.live_of(w.as_str()).is_some());
+        match wildcard {
+            Some(w) => format!(
+                "no service {key:?} is configured: the wildcard {w:?} serves it (charon restart {w})",
+                w = w.as_str()
+            ),
+            None => format!("no service {key:?} is configured"),
+        }
     }
 }
