@@ -17,7 +17,9 @@ use charon_protocol::{DecodeError, EncodeError, ErrorCode, KeyError};
 ///
 /// The key the request named (when there was one) is kept beside the kind so
 /// that messages can say which service was meant.
-#[derive(Debug)]
+///
+/// `{:?}` prints the same sentence as `{}`, so that `fn main() -> Result<(),
+/// Error>` reports a failure readably; `{:#?}` prints the fields.
 pub struct Error {
     kind: ErrorKind,
     key: Option<Box<str>>,
@@ -231,6 +233,19 @@ impl fmt::Display for Error {
     }
 }
 
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.debug_struct("Error")
+                .field("kind", &self.kind)
+                .field("key", &self.key)
+                .finish()
+        } else {
+            fmt::Display::fmt(self, f)
+        }
+    }
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
@@ -274,5 +289,27 @@ mod tests {
         );
         assert!(!nf.is_retryable());
         assert!(nf.to_string().contains("stale"), "{nf}");
+    }
+
+    #[test]
+    fn debug_is_the_sentence_and_alternate_debug_the_fields() {
+        // What `fn main() -> Result<(), Error>` prints after "Error: ".
+        let nf = Error::with_key(
+            ErrorKind::NotFound {
+                run_dir: "/r".into(),
+                stale: None,
+            },
+            "a.b.0.raw",
+        );
+        assert_eq!(format!("{nf:?}"), nf.to_string());
+        assert_eq!(
+            format!("{nf:?}"),
+            "no service a.b.0.raw in /r: neither the key nor its wildcard has a socket"
+        );
+        let fields = format!("{nf:#?}");
+        assert!(
+            fields.contains("NotFound") && fields.contains("run_dir"),
+            "{fields}"
+        );
     }
 }
