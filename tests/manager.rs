@@ -154,13 +154,30 @@ fn missing_executable_is_a_launch_failure() {
         "{}",
         d.log()
     );
+    // A failure is a warning, and the backoff it causes too.
+    d.wait_log("the backoff", |l| l.contains("backoff: no launch"));
+    let log = d.log();
+    for needle in ["counted as launch_failure", "backoff: no launch"] {
+        let found: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(|l| l.split(' ').nth(1).unwrap_or(""))
+            .collect();
+        assert!(
+            !found.is_empty() && found.iter().all(|l| *l == "warn"),
+            "{needle}: {log}"
+        );
+    }
     let err = d.client().call(KEY, b"x").expect_err("in backoff");
     match err.into_kind() {
         ErrorKind::Unavailable { reason, .. } => {
             assert!(reason.contains("executable not found"), "{reason}");
             assert!(
-                reason.contains("launch failed: unable to exec the program: errno 2"),
-                "last stderr line: {reason}"
+                reason.contains(
+                    "launch failed: unable to exec /nonexistent/charon-no-such-program: \
+                     No such file or directory (errno 2)"
+                ),
+                "last stderr line names the program and says why: {reason}"
             );
         }
         other => panic!("expected Unavailable, got {other:?}"),
@@ -284,13 +301,29 @@ fn check_reports_each_kind_of_config_error() {
     ] {
         assert!(out.contains(file), "{key}: {file} missing in:\n{out}");
     }
+    // The last line sums it up.
+    assert!(
+        out.trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.ends_with(": 0 service file(s) valid, 4 with errors (4 error(s))")),
+        "{out}"
+    );
     dir.write("good/a.b.0.raw.toml", "exec = \"x\"\n");
     dir.write("good/README.toml", "not a service\n");
     let mut cmd = Command::new(bin("charond"));
     cmd.arg("--check").arg("--config-dir").arg(dir.join("good"));
     let (status, out, err) = run(cmd, LONG);
-    assert_eq!(status.code(), Some(0), "{}", String::from_utf8_lossy(&out));
-    assert!(out.is_empty());
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status.code(), Some(0), "{out}");
+    // Success says so, in one line.
+    assert_eq!(
+        out,
+        format!(
+            "config dir {}: 1 service file(s) valid, 0 with errors, 1 ignored\n",
+            dir.join("good").display()
+        )
+    );
     let err = String::from_utf8_lossy(&err);
     assert!(
         err.contains("charond: ignored ") && err.contains("README.toml: "),
@@ -784,7 +817,10 @@ fn a_missing_cd_directory_is_launch_failure_11() {
         "{log}"
     );
     assert!(
-        log.contains("stderr: charond: launch failed: unable to chdir: errno 2"),
+        log.contains(
+            "stderr: charond: launch failed: unable to chdir to /nonexistent-charon-dir: \
+             No such file or directory (errno 2)"
+        ),
         "{log}"
     );
 }

@@ -61,3 +61,12 @@ pub fn with_context(mut req: Request, context: &[(String, String)]) -> Request {
     }
     req
 }
+
+/// Checks a key given to a manager command (`stats`, `ps`, `restart`): a
+/// key as a config file names it, so a wildcard such as `text..1.raw` is
+/// valid. A key that breaks a rule is a usage error, as for `send`.
+pub fn check_config_key(key: &str) -> Result<(), Failure> {
+    charon_protocol::ServiceKey::parse_config(key)
+        .map(drop)
+        .map_err(|e| Failure::usage(format!("invalid service key {key:?}: {e}")))
+}

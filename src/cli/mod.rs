@@ -46,9 +46,9 @@ use std::process::ExitCode;
 use charon_client::{Error, ErrorKind};
 use clap::{Parser, Subcommand};
 
-/// Talk to Charon services.
+/// Talk to Charon services and to their manager, charond.
 #[derive(Debug, Parser)]
-#[command(name = "charon", version, about, long_about = None)]
+#[command(name = "charon", version, arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -154,6 +154,11 @@ pub fn main() -> ExitCode {
             // --help and --version.
             let _ = e.print();
             return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `charon` alone: the help (to stderr), as a usage error.
+            let _ = e.print();
+            return ExitCode::from(status::USAGE);
         }
         Err(e) => {
             // clap's message spans lines (what is wrong, then usage); keep

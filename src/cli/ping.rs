@@ -1,14 +1,15 @@
 //! `charon ping`: Pluton's plPing. Sends random bodies to an echo service,
-//! keeping PARALLEL requests in flight through one batch, checks every echo,
-//! and reports the rate and latency percentiles.
+//! checks every echo, and reports the rate and latency percentiles. At
+//! `-p 1` each request is one `Client::call`, the call a program makes;
+//! above, PARALLEL requests are kept in flight through one batch.
 //!
-//! The batch (`charon-client`) does the I/O; this module only schedules
-//! requests and summarises samples.
+//! The client library does the I/O; this module only schedules requests
+//! and summarises samples.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use charon_client::{Client, Error, Request, RequestId};
+use charon_client::{Client, Error, Request};
 
 use super::common::{client, parse_pause, parse_seconds};
 use super::{status, status_of, Failure};
@@ -61,6 +62,12 @@ impl Tally {
         self.errors += 1;
         self.first_error.get_or_insert((status, message));
     }
+
+    /// True when the next request cannot fare better: the key is invalid
+    /// or no service has it.
+    fn hopeless(&self) -> bool {
+        matches!(&self.first_error, Some((s, _)) if *s == status::NOT_FOUND || *s == status::USAGE)
+    }
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
@@ -72,13 +79,21 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let mut rng = Rng::seeded();
     let mut tally = Tally::default();
     let started = Instant::now();
-    while tally.count < args.count {
-        run_batch(&mut client, &args, timeout, &mut rng, &mut tally)?;
+    if args.parallel == 1 {
+        run_serial(&mut client, &args, &mut rng, &mut tally);
+    } else {
+        while tally.count < args.count && !tally.hopeless() {
+            run_batch(&mut client, &args, timeout, &mut rng, &mut tally)?;
+        }
     }
     let elapsed = started.elapsed();
-    report(&args, &mut tally, elapsed);
+    // A summary of nothing but failures says nothing the error does not.
+    if !tally.samples_us.is_empty() {
+        report(&args, &mut tally, elapsed);
+    }
     match tally.first_error {
         None => Ok(()),
+        Some((status, first)) if tally.errors == tally.count => Err(Failure::new(status, first)),
         Some((status, first)) => Err(Failure::new(
             status,
             format!(
@@ -87,6 +102,35 @@ pub fn run(args: Args) -> Result<(), Failure> {
             ),
         )),
     }
+}
+
+/// One request at a time: exactly the call a program makes with
+/// [`Client::call`], timed around it, so that ping measures what the
+/// library costs and no more.
+fn run_serial(client: &mut Client, args: &Args, rng: &mut Rng, tally: &mut Tally) {
+    let mut next_start = Instant::now();
+    while tally.count < args.count && !tally.hopeless() {
+        pace(args.interval, &mut next_start);
+        let body = rng.bytes(args.size as usize);
+        let start = Instant::now();
+        let outcome = client.call(&args.key, &body);
+        let elapsed = start.elapsed();
+        let index = tally.count;
+        tally.count += 1;
+        check(Some(outcome), &body, index, elapsed, tally);
+    }
+}
+
+/// Sleeps until `next_start`, then sets the next one `interval` later.
+fn pace(interval: Duration, next_start: &mut Instant) {
+    if interval.is_zero() {
+        return;
+    }
+    let now = Instant::now();
+    if *next_start > now {
+        std::thread::sleep(*next_start - now);
+    }
+    *next_start = Instant::now() + interval;
 }
 
 /// Runs requests through one batch until it has carried
@@ -107,13 +151,10 @@ fn run_batch(
             && tally.count < args.count
             && batch.len() < REQUESTS_PER_BATCH
         {
-            if !args.interval.is_zero() {
-                let now = Instant::now();
-                if next_start > now {
-                    std::thread::sleep(next_start - now);
-                }
-                next_start = Instant::now() + args.interval;
+            if tally.hopeless() {
+                break;
             }
+            pace(args.interval, &mut next_start);
             let body = rng.bytes(args.size as usize);
             // Timed from before `add`: it already connects and sends, and a
             // fast service may even have answered by the time it returns.
@@ -136,14 +177,14 @@ fn run_batch(
             .request(id)
             .map(|r| r.body().to_vec())
             .unwrap_or_default();
-        check(batch.take(id), &sent, id, elapsed, tally);
+        check(batch.take(id), &sent, id.index() as u64, elapsed, tally);
     }
 }
 
 fn check(
     outcome: Option<Result<Vec<u8>, Error>>,
     sent: &[u8],
-    id: RequestId,
+    index: u64,
     elapsed: Duration,
     tally: &mut Tally,
 ) {
@@ -156,17 +197,13 @@ fn check(
         Some(Ok(body)) => tally.error(
             status::OTHER,
             format!(
-                "request {} came back wrong: sent {} bytes, got {} different bytes",
-                id.index(),
+                "request {index} came back wrong: sent {} bytes, got {} different bytes",
                 sent.len(),
                 body.len()
             ),
         ),
         Some(Err(e)) => tally.error(status_of(&e), super::message_of(&e)),
-        None => tally.error(
-            status::OTHER,
-            format!("request {} has no result", id.index()),
-        ),
+        None => tally.error(status::OTHER, format!("request {index} has no result")),
     }
 }
 

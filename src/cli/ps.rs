@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use super::common::check_config_key;
 use super::stats::{align, control, QUICK};
 use super::Failure;
 
@@ -25,6 +26,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Failure> {
     let mut req = serde_json::json!({ "cmd": "ps" });
     if let Some(k) = &args.key {
+        check_config_key(k)?;
         req["key"] = Value::String(k.clone());
     }
     let v = control(args.run_dir, &req, QUICK)?;

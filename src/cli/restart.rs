@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use super::common::check_config_key;
 use super::stats::{control, QUICK};
 use super::Failure;
 
@@ -18,6 +19,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
+    check_config_key(&args.key)?;
     let req = serde_json::json!({ "cmd": "restart", "key": args.key });
     let v = control(args.run_dir, &req, QUICK)?;
     println!(

@@ -1,9 +1,10 @@
 //! `charon send`: one request to one service; the response body goes to
-//! stdout, any failure to the exit status.
+//! stdout (with a newline added when stdout is a terminal and the body does
+//! not end with one), any failure to the exit status.
 //!
 //! Exit statuses and messages are left to `cli/mod.rs`.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,7 +53,17 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     let response = client.call_request(&req)?;
     let mut out = std::io::stdout().lock();
+    // On a terminal the prompt must not run on after the body; in a pipe
+    // or a file the body is exactly what the service answered.
+    let newline = out.is_terminal() && !response.ends_with(b"\n");
     out.write_all(&response)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| out.flush())
         .map_err(|e| Failure::other(format!("unable to write the response to stdout: {e}")))
 }

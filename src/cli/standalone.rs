@@ -99,7 +99,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let program = &args.program[0];
     let exit = run_program(&args.program, &req_path, &resp_path, args.timeout)?;
     let how = describe(exit);
-    eprintln!("charon: program {program} {how}");
+    if !exit.success() {
+        // Worth knowing even when a response came: exit 0 is the only
+        // status a managed instance is replaced after without a backoff.
+        eprintln!("charon: program {program} {how}");
+    }
 
     if exit.code() == Some(126) || exit.code() == Some(127) {
         // sh's own statuses for a program it could not execute.

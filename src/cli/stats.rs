@@ -13,6 +13,7 @@ use std::time::Duration;
 use charon_client::default_run_dir;
 use serde_json::Value;
 
+use super::common::check_config_key;
 use super::{status, Failure};
 
 /// Show each service's figures.
@@ -113,6 +114,7 @@ pub const QUICK: Duration = Duration::from_secs(10);
 pub fn run(args: Args) -> Result<(), Failure> {
     let mut req = serde_json::json!({ "cmd": "stats" });
     if let Some(k) = &args.key {
+        check_config_key(k)?;
         req["key"] = Value::String(k.clone());
     }
     let v = control(args.run_dir, &req, QUICK)?;
@@ -210,7 +212,7 @@ pub fn table(v: &Value) -> String {
                     e["description"].as_str().unwrap_or("")
                 );
                 if let Some(l) = e["stderr"].as_str().filter(|l| !l.is_empty()) {
-                    let short: String = l.chars().take(60).collect();
+                    let short: String = l.chars().take(200).collect();
                     t.push_str(&format!(": {short}"));
                 }
                 t
