@@ -196,6 +196,8 @@ fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
     }
     let s = d.stats(KEY);
     assert_eq!(s["generation"], last[0]["generation"], "{s}");
+    // The key's own count: the first config was generation 1.
+    assert_eq!(s["generation"], 21, "{s}");
     assert!(
         s["exits"]["reload"].as_u64().unwrap_or(0) >= 20,
         "each old generation's instances drained: {s}"

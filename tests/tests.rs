@@ -20,3 +20,5 @@ mod reliability;
 mod edges;
 // Probes: `charon health` for containers and Kubernetes.
 mod probes;
+// The first hour of a new user: command-line edges, messages, defaults.
+mod firsthour;
