@@ -218,6 +218,13 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
             report.raw("connect", size, conc, &r, &c);
         }
     }
+    if o.only
+        .as_ref()
+        .map_or(true, |only| only.cells.contains(&(0, 1)))
+    {
+        let (f, c, pings) = ping_cell(&d, &fl, per, rounds)?;
+        report.ping(&f, &c, &pings);
+    }
     if o.only.as_ref().map_or(true, |only| only.persistent) {
         for size in [0, 1024] {
             let (f, c, r) = persistent(&d, &pfl, size, per, rounds);
@@ -329,6 +336,33 @@ fn ab(
         }
     }
     (f, c, raw.then_some(r))
+}
+
+/// `charon ping -p 1` beside `Client::call` and the floor, in turns, 0 B
+/// bodies: ping must cost what the library costs. Each round's ping makes
+/// as many calls as `Client::call` made in its turn; returns the floor and
+/// Client samples and each round's ping p50 (us).
+fn ping_cell(
+    d: &Daemon,
+    fl: &FloorServers,
+    per: Duration,
+    rounds: u32,
+) -> Result<(Sample, Sample, Vec<f64>), String> {
+    let (mut f, mut c, mut pings) = (Sample::new(), Sample::new(), Vec::new());
+    for _ in 0..rounds {
+        f.merge(run_load(1, per, || {
+            let mut cl = FloorClient::new(fl.path(), &[]);
+            move || cl.call()
+        }));
+        let turn = run_load(1, per, || {
+            let mut cl = d.client();
+            move || check(cl.call(KEY, &[]), 0)
+        });
+        let count = turn.requests.clamp(1_000, 500_000);
+        c.merge(turn);
+        pings.push(extras::ping_p50_us(d, KEY, count)?);
+    }
+    Ok((f, c, pings))
 }
 
 /// A keep-affinity conversation against a persistent floor ping-pong, and

@@ -1,6 +1,6 @@
 //! The targets that are not a floor ratio: the manager's CPU share under
 //! load, fast fail, cold start, scale-up, and 200 services (start-up,
-//! reload, RSS). Each returns plain figures; judging and printing them is
+//! reload, RSS); and `charon ping`'s own p50, to set beside the floor's. Each returns plain figures; judging and printing them is
 //! left to the main file.
 
 use std::io::Write as _;
@@ -86,6 +86,39 @@ pub fn fast_fail(d: &Daemon, key: &str, n: usize) -> Result<Sample, String> {
         Err(e) => Err(format!("expected unavailable, got {e}")),
         Ok(_) => Err("expected unavailable, got an answer".to_string()),
     }))
+}
+
+/// `charon ping -p 1 -s 0 -c COUNT` against the echo: the p50 it reports
+/// (its own clock around each call), in microseconds.
+pub fn ping_p50_us(d: &Daemon, key: &str, count: u64) -> Result<f64, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_charon"))
+        .args([
+            "ping",
+            "--json",
+            "-p",
+            "1",
+            "-s",
+            "0",
+            "-c",
+            &count.to_string(),
+        ])
+        .arg("--run-dir")
+        .arg(&d.run)
+        .arg(key)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("charon ping: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "charon ping: {}",
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("charon ping --json: {e}"))?;
+    v["p50_us"]
+        .as_f64()
+        .ok_or_else(|| format!("charon ping --json has no p50_us: {v}"))
 }
 
 /// The echo program's own start-up: spawn it standalone on one request

@@ -261,6 +261,24 @@ impl Report {
         self.targets.push((text.to_string(), pass));
     }
 
+    /// `charon ping -p 1` (`pings`: each round's p50) against the floor
+    /// (`f`) and `Client::call` (`c`) of the same run.
+    pub fn ping(&mut self, f: &Sample, c: &Sample, pings: &[f64]) {
+        let ping = pings.iter().sum::<f64>() / pings.len().max(1) as f64;
+        let (floor, client) = (f.us(0.5), c.us(0.5));
+        self.emit(
+            json!({"kind": "ping", "ping_p50_us": ping, "client_p50_us": client,
+            "floor_p50_us": floor, "rounds_p50_us": pings}),
+        );
+        let text = format!(
+            "charon ping -p 1, 0 B: p50 {ping:.1}us = {:.2}x floor ({floor:.1}us); Client::call p50 {client:.1}us = {:.2}x floor; ping/Client {:.2} (<= 1.10)",
+            ping / floor,
+            client / floor,
+            ping / client
+        );
+        self.target(&text, ping <= client * 1.10, ping / client);
+    }
+
     pub fn manager_cpu(&mut self, m: &ManagerCpu, dur: Duration) {
         let pct = 100.0 * m.manager_ticks as f64 / m.all_ticks.max(1) as f64;
         let text = format!(

@@ -87,8 +87,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
     }
     let elapsed = started.elapsed();
-    // A summary of nothing but failures says nothing the error does not.
-    if !tally.samples_us.is_empty() {
+    // A line of nothing but failures says nothing the error does not; the
+    // JSON object is for scripts, which want it whatever happened.
+    if args.json || !tally.samples_us.is_empty() {
         report(&args, &mut tally, elapsed);
     }
     match tally.first_error {
