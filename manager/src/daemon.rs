@@ -148,7 +148,7 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
         Err(e) => warning!(
             None,
             None,
-            "warning: unable to raise the fd limit to the hard limit: {e}"
+            "unable to raise the fd limit to the hard limit: {e}"
         ),
     }
     // Descendants an instance leaves behind become ours, not init's

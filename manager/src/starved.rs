@@ -110,7 +110,7 @@ impl Manager {
             warning!(
                 Some(svc.key()),
                 None,
-                "warning: unable to start an instance: {problem}: the manager's problem, not the service's (no backoff); retrying in {:.1}s",
+                "unable to start an instance: {problem}: the manager's problem, not the service's (no backoff); retrying in {:.1}s",
                 retry_at.saturating_duration_since(now).as_secs_f64()
             );
         }
@@ -170,7 +170,7 @@ impl Manager {
                     warning!(
                         Some(self.services[s].key()),
                         None,
-                        "warning: unable to accept a connection to answer it unavailable: {e}"
+                        "unable to accept a connection to answer it unavailable: {e}"
                     );
                     return;
                 }
