@@ -316,7 +316,7 @@ impl Manager {
             warning!(
                 Some(svc.key()),
                 Some(pid),
-                "warning: unable to get instance ready: not ready within startup-timeout {}s; killing it (a young failure: it counts toward backoff)",
+                "unable to get instance ready: not ready within startup-timeout {}s; killing it (a young failure: it counts toward backoff)",
                 svc.config.startup_timeout.as_secs_f64()
             );
             self.kill_instance(id, KillReason::StartupTimeout);
