@@ -157,7 +157,7 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
         warning!(
             None,
             None,
-            "warning: unable to become a child subreaper: {e}; processes instances leave behind go to init"
+            "unable to become a child subreaper: {e}; processes instances leave behind go to init"
         );
     }
     // Signals are blocked before anything is forked.

@@ -175,6 +175,35 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The level is said once: a `warn` line's message does not start with
+    /// the word warning again. Checked over the sources, since any module
+    /// may log.
+    #[test]
+    fn no_message_repeats_the_level() {
+        let mut dirs = vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        let mut offenders = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let needle = ["\"warning", ": "].concat();
+                    for (n, l) in text.lines().enumerate() {
+                        if l.contains(&needle) {
+                            offenders.push(format!("{}:{}", path.display(), n + 1));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "messages that say the level again: {offenders:?}"
+        );
+    }
+
     #[test]
     fn formats_utc_with_millis() {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_283_200_123);

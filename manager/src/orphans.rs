@@ -181,7 +181,7 @@ impl Manager {
                 warning!(
                     Some(&o.key),
                     Some(pid),
-                    "warning: unable to stop a process an instance left behind gracefully: sending SIGKILL"
+                    "unable to stop a process an instance left behind gracefully: sending SIGKILL"
                 );
                 self.forced |= self.stopping;
                 self.spawner.signal(pid, Signal::SIGKILL);
@@ -202,7 +202,7 @@ impl Manager {
         warning!(
             Some(&o.key),
             Some(pid),
-            "warning: an instance left this process behind: stopping it (SIGTERM, SIGKILL after {:.1}s)",
+            "an instance left this process behind: stopping it (SIGTERM, SIGKILL after {:.1}s)",
             o.grace.as_secs_f64()
         );
         self.spawner.signal(pid, Signal::SIGTERM);
