@@ -215,7 +215,6 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
         }
     };
     m.metrics = metrics;
-    m.broken = scan.errors;
     info!(
         None,
         None,
@@ -284,6 +283,7 @@ fn set_up(
         ));
     }
     m.control = Some(control);
+    m.broken = scan.errors;
     Ok(m)
 }
 

@@ -30,7 +30,7 @@ pub(crate) fn enlarge_pipe(fd: impl AsFd) {
             crate::log::warning!(
                 None,
                 None,
-                "warning: unable to enlarge an instance's stderr pipe to {size} bytes: {e} (it keeps the default; an instance can then block on stderr sooner while charond does not read)"
+                "unable to enlarge an instance's stderr pipe to {size} bytes: {e} (it keeps the default; an instance can then block on stderr sooner while charond does not read)"
             );
         }
     }
