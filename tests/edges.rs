@@ -485,3 +485,100 @@ fn a_stopped_manager_does_not_stall_instances_that_log() {
         b"after"
     );
 }
+
+// ------------------------------------------------------ the control socket
+
+/// Resident set size in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn idle_and_pipelining_control_connections_cannot_lock_operators_out() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let d = Daemon::start(&[(
+        KEY,
+        &format!("exec = \"{}\"\n", bin("charon-echo").display()),
+    )]);
+    let ctl = d.run.join("charond.sock");
+    let rss_before = rss_kib(d.pid());
+    let stop = Arc::new(AtomicBool::new(false));
+    // 31 connections that pipeline stats and ps and never read an answer.
+    let writers: Vec<_> = (0..31)
+        .map(|_| {
+            let s = UnixStream::connect(&ctl).expect("connect");
+            s.set_nonblocking(true).expect("nonblocking");
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let burst = b"{\"cmd\":\"stats\"}\n{\"cmd\":\"ps\"}\n".repeat(64);
+                let mut sent = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    match (&s).write(&burst) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    // 64 that connect and say nothing.
+    let idle: Vec<UnixStream> = (0..64)
+        .map(|_| UnixStream::connect(&ctl).expect("connect"))
+        .collect();
+    // An operator tries `charon stats` until it answers: refused meanwhile
+    // with charond's own message.
+    let t0 = Instant::now();
+    let mut refusals = 0;
+    let mut rss_peak = rss_before;
+    loop {
+        rss_peak = rss_peak.max(rss_kib(d.pid()));
+        let (code, _, err) = d.charon(&["stats"]);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            err.contains("too many control connections"),
+            "the refusal is charond's, not a broken pipe: {err}"
+        );
+        refusals += 1;
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "still locked out after {:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = t0.elapsed();
+    rss_peak = rss_peak.max(rss_kib(d.pid()));
+    stop.store(true, Ordering::Relaxed);
+    let sent: usize = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    drop(idle);
+    println!(
+        "control socket: 64 idle + 31 pipelining ({} KiB of requests written): `charon stats` answered after {took:?} ({refusals} refusals); charond RSS {rss_before} KiB -> peak {rss_peak} KiB",
+        sent / 1024
+    );
+    // 10 s is the idle timeout (doc/control-protocol.md).
+    assert!(took <= Duration::from_secs(12), "{took:?}");
+    assert!(
+        rss_peak < rss_before + 16 * 1024,
+        "RSS {rss_before} KiB -> {rss_peak} KiB"
+    );
+}

@@ -9,6 +9,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
@@ -28,12 +29,18 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub const MAX_CONNS: usize = 32;
 /// Stop reading a connection's requests while this much of its output is
 /// unsent (a client that sends without reading cannot grow it unbounded).
-const MAX_UNSENT: usize = 4 << 20;
+pub const MAX_UNSENT: usize = 16 * 1024;
+/// A connection that neither sends a byte nor takes one of its answers for
+/// this long is closed (one waiting for a reload's answer excepted), so
+/// that idle or stuck connections cannot hold the connection limit.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from one connection per round, and rounds per wake-up: the
 /// rest waits for the next turn of the loop, so a client that writes
 /// without pause cannot hold the manager.
-const READ_BUDGET: usize = 64 * 1024;
+const READ_BUDGET: usize = 16 * 1024;
 const ROUNDS: usize = 4;
+/// Capacity a connection's buffers keep between requests.
+const KEEP_BUFFER: usize = 16 * 1024;
 
 /// A control request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +118,8 @@ struct Conn {
     /// The line being read grew past [`MAX_LINE`]: answer an error after
     /// the complete lines before it, then close.
     too_long: bool,
+    /// Last time a byte came in or one of its answers went out.
+    active: Instant,
 }
 
 /// The listening socket and its connections.
@@ -159,6 +168,16 @@ impl Control {
     /// True if some connection has work left for the next loop turn.
     pub(crate) fn has_work(&self) -> bool {
         !self.again.is_empty()
+    }
+
+    /// When the least recently active connection passes the idle timeout.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| !c.awaiting_reload)
+            .map(|c| c.active + IDLE_TIMEOUT)
+            .min()
     }
 
     pub(crate) fn register(&mut self, reg: &mio::Registry) -> io::Result<()> {
@@ -220,6 +239,7 @@ impl Manager {
                 closing: false,
                 awaiting_reload: false,
                 too_long: false,
+                active: Instant::now(),
             };
             if idx == ctl.conns.len() {
                 ctl.conns.push(Some(conn));
@@ -295,6 +315,7 @@ impl Manager {
                     conn.closing = true;
                 }
                 Ok(n) => {
+                    conn.active = Instant::now();
                     budget = budget.saturating_sub(n);
                     conn.input.extend_from_slice(&buf[..n]);
                     let pending_line = conn.input.iter().rposition(|b| *b == b'\n');
@@ -401,6 +422,7 @@ impl Manager {
                     break;
                 }
                 Ok(n) => {
+                    conn.active = Instant::now();
                     conn.output.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -411,11 +433,45 @@ impl Manager {
                 }
             }
         }
+        // A large answer once sent leaves no large buffer behind: 32
+        // connections' buffers stay small (doc/control-protocol.md).
+        if conn.output.is_empty() && conn.output.capacity() > KEEP_BUFFER {
+            conn.output.shrink_to(KEEP_BUFFER);
+        }
+        if conn.input.capacity() > KEEP_BUFFER && conn.input.len() <= KEEP_BUFFER {
+            conn.input.shrink_to(KEEP_BUFFER);
+        }
         let done = conn.closing
             && conn.output.is_empty()
             && !conn.awaiting_reload
             && !conn.input.contains(&b'\n');
         if broken || done {
+            self.control_close(c);
+        }
+    }
+
+    /// Closes every connection idle past [`IDLE_TIMEOUT`], telling it why
+    /// (best effort: its socket buffer may be full).
+    pub(crate) fn control_expire(&mut self, now: Instant) {
+        let idle: Vec<usize> = self.control.as_ref().map_or_else(Vec::new, |ctl| {
+            ctl.conns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+                .filter(|(_, c)| !c.awaiting_reload && c.active + IDLE_TIMEOUT <= now)
+                .map(|(i, _)| i)
+                .collect()
+        });
+        for c in idle {
+            if let Some(conn) = self.conn_mut(c) {
+                let mut line = error_answer(&format!(
+                    "idle for {}s (no request sent and no answer taken): closing the connection",
+                    IDLE_TIMEOUT.as_secs()
+                ))
+                .to_string();
+                line.push('\n');
+                let _ = conn.stream.write(line.as_bytes());
+            }
             self.control_close(c);
         }
     }

@@ -353,6 +353,7 @@ impl Manager {
             return Some(Instant::now());
         }
         let mut d = vec![self.next_tick, self.next_stats];
+        d.extend(self.control.as_ref().and_then(Control::deadline));
         d.extend(self.unresp_check);
         d.extend(self.starvation.deadline());
         d.extend(self.orphans.deadline());
@@ -403,6 +404,7 @@ impl Manager {
         self.starved_retry(now);
         self.check_startup(now);
         self.control_again();
+        self.control_expire(now);
         if self.unresp_check.is_some_and(|t| t <= now) {
             self.unresp_check = None;
             let ns = charon_protocol::scoreboard::now_ns();

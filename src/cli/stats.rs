@@ -53,11 +53,17 @@ pub fn control(
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = request.to_string();
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
+    // charond may refuse the connection (too many) and close it before our
+    // request is written: its one-line answer is still there to read, and
+    // it says more than `Broken pipe`.
+    let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
         .map_err(|e| {
+            if let Err(w) = &sent {
+                return io(std::io::Error::new(w.kind(), w.to_string()));
+            }
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
@@ -74,6 +80,15 @@ pub fn control(
                 io(e)
             }
         })?;
+    if answer.is_empty() {
+        return Err(match sent {
+            Err(w) => io(w),
+            Ok(()) => Failure::other(format!(
+                "charond at {} closed the connection without an answer",
+                path.display()
+            )),
+        });
+    }
     let v: Value = serde_json::from_str(&answer).map_err(|e| {
         Failure::other(format!(
             "charond sent an answer that is not JSON ({e}): {:?}",
