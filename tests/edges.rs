@@ -582,3 +582,35 @@ fn idle_and_pipelining_control_connections_cannot_lock_operators_out() {
         "RSS {rss_before} KiB -> {rss_peak} KiB"
     );
 }
+
+#[test]
+fn stop_grace_still_bounds_a_stop_and_the_exit_status_says_so() {
+    // The knob is the subject: a 1 s stop-grace against 3 s requests in
+    // hand.
+    let mut d = Daemon::start(&[(KEY, &format!("{}stop-grace = \"1s\"\n", pool_of_2()))]);
+    wait_for(PATIENCE, "2 instances", || d.instances().len() == 2);
+    let pool = d.instances();
+    let calls: Vec<Call> = (0..2).map(|i| call(&d.run, i, IN_HAND_MS)).collect();
+    wait_for(PATIENCE, "2 requests in hand", || {
+        pool.iter().filter(|&&p| sleeping(p)).count() == 2
+    });
+    let t0 = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let status = d.proc.as_mut().expect("charond").wait_timeout(PATIENCE);
+    let took = t0.elapsed();
+    // 3: something had to be SIGKILLed (doc/charond.md, exit codes).
+    assert_eq!(status.code(), Some(3), "{}", d.log());
+    assert!(
+        took < Duration::from_millis(2500),
+        "bounded by stop-grace: {took:?}"
+    );
+    for c in calls {
+        let (_, res, _) = c.join().expect("client thread");
+        assert!(
+            res.is_err(),
+            "killed mid-request: a typed error, not an answer"
+        );
+    }
+    assert!(d.instances().is_empty());
+    println!("stop-grace 1 s against 3 s requests: charond exited 3 after {took:?}");
+}

@@ -627,3 +627,18 @@ fn out_of_fds_is_no_launch_failure_no_backoff_and_retried() {
     assert_eq!(svc.watch, Watch::Off);
     assert_eq!(svc.stats.backoff_entries, 0);
 }
+
+#[test]
+fn a_child_out_of_fds_before_exec_is_the_managers_problem() {
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    let p = r.pids()[0];
+    r.exit(p, WaitStatus::Exited(crate::sys::code::RESOURCES));
+    let svc = &r.m.services[0];
+    assert_eq!(svc.stats.launch_failures, 0);
+    assert!(svc.stats.exits.get("launch_failure").is_none());
+    assert!(!svc.state.mode.is_backoff());
+    assert!(svc.starved.is_some());
+    assert_eq!(svc.watch, Watch::Starved);
+    assert_eq!(r.pids().len(), 1, "nothing started before the retry");
+}
