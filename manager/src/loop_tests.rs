@@ -636,7 +636,7 @@ fn a_child_out_of_fds_before_exec_is_the_managers_problem() {
     r.exit(p, WaitStatus::Exited(crate::sys::code::RESOURCES));
     let svc = &r.m.services[0];
     assert_eq!(svc.stats.launch_failures, 0);
-    assert!(svc.stats.exits.get("launch_failure").is_none());
+    assert!(!svc.stats.exits.contains_key("launch_failure"));
     assert!(!svc.state.mode.is_backoff());
     assert!(svc.starved.is_some());
     assert_eq!(svc.watch, Watch::Starved);
