@@ -9,9 +9,9 @@ need-affinity. Everything runs under one timeout clock per call or batch.
 
 import errno
 import os
+import select
 import selectors
 import socket
-import struct
 import sys
 import threading
 import time
@@ -38,7 +38,6 @@ __all__ = ["Client", "Batch", "call", "DEFAULT_TIMEOUT"]
 DEFAULT_TIMEOUT = 4.0
 RESERVED_PREFIX = "charon."
 _READ_CHUNK = 65_536
-_TIMEVAL = struct.Struct("@ll")
 _SILENT_ERRNOS = (errno.ECONNRESET,)
 _WRITE_CLOSED = (errno.EPIPE, errno.ECONNRESET)
 
@@ -70,15 +69,21 @@ def _with_key(e: CharonError, key: str) -> CharonError:
     return e
 
 
-def _connect(run_dir: str, key: str) -> socket.socket:
-    """A non-blocking connection to the exact key's socket, else its
-    wildcard's (ENOENT and ECONNREFUSED fall through; EAGAIN is
-    overloaded)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+_SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+
+
+def _connect(run_dir: str, key: str, path: Optional[str] = None) -> socket.socket:
+    """A non-blocking connection to the exact key's socket (``path``, if
+    known), else its wildcard's (ENOENT and ECONNREFUSED fall through;
+    EAGAIN is overloaded)."""
+    s = socket.socket(socket.AF_UNIX, _SOCK_TYPE)
     stale = None
     try:
-        for k in (key, wildcard(key)):
-            path = socket_path(run_dir, k)
+        for k in (key, None):
+            if k is None:
+                path = socket_path(run_dir, wildcard(key))
+            elif path is None:
+                path = socket_path(run_dir, key)
             try:
                 err = s.connect_ex(path)
             except OSError as e:  # a path too long for sun_path
@@ -176,6 +181,8 @@ class Client:
             raise InvalidRequest(f"client name is over {frame.MAX_CLIENT_NAME} bytes")
         self.limits = limits
         self._kept: Dict[str, socket.socket] = {}
+        self._fields_cache: Dict[str, bytes] = {}
+        self._paths: Dict[str, str] = {}
 
     def close(self) -> None:
         """Closes every kept connection."""
@@ -202,11 +209,30 @@ class Client:
 
     # -- shared by call and batch
 
+    def _fields(self, key: str, context: List[Tuple[str, bytes]]) -> bytes:
+        """The key, client and context fields, cached for requests without
+        context (the common case)."""
+        if context:
+            return frame.encode_request_fields(key, self.name, context, self.limits)
+        f = self._fields_cache.get(key)
+        if f is None:
+            if len(self._fields_cache) >= 1024:
+                self._fields_cache.clear()
+                self._paths.clear()
+            f = frame.encode_request_fields(key, self.name, (), self.limits)
+            self._fields_cache[key] = f
+            self._paths[key] = socket_path(self.run_dir, key)
+        return f
+
     def _encode(self, key: str, body: bytes, context: List[Tuple[str, bytes]],
                 attrs: int, attempt: int) -> bytes:
         """The whole request frame."""
-        req = frame.Request(key, b"", self.name, context, attempt, attrs)
-        return frame.encode_request_head(req, self.limits, len(body)) + body
+        if len(body) > self.limits.max_request_body:
+            raise InvalidRequest(
+                f"request body of {len(body)} bytes is over the limit of "
+                f"{self.limits.max_request_body}"
+            )
+        return frame.request_frame(self._fields(key, context), attempt, attrs, body)
 
     def _open(self, key: str, attrs: int, attempt: int) -> socket.socket:
         if attempt == 1 and attrs & (frame.NEED_AFFINITY | frame.KEEP_AFFINITY):
@@ -215,7 +241,7 @@ class Client:
                 return s
         if attrs & frame.NEED_AFFINITY:
             raise NoAffinity(f"{key}: no connection kept by an earlier keep-affinity request")
-        return _connect(self.run_dir, key)
+        return _connect(self.run_dir, key, self._paths.get(key))
 
     def _keep(self, key: str, attrs: int, resp: frame.Response, s: socket.socket) -> bool:
         if attrs & frame.KEEP_AFFINITY and resp.status in (frame.OK, frame.FAULT):
@@ -249,14 +275,18 @@ class Client:
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         attrs = _attributes(retry, no_wait, keep_affinity, need_affinity)
-        check_key(key)
-        ctx = _context_list(context)
-        body = bytes(body)
+        ctx = _context_list(context) if context else []
+        if not isinstance(body, bytes):
+            body = bytes(body)
         attempt = 1
         while True:
-            data = self._encode(key, body, ctx, attrs, attempt)
             try:
+                data = self._encode(key, body, ctx, attrs, attempt)
                 s = self._open(key, attrs, attempt)
+            except InvalidRequest as e:
+                if key not in self._fields_cache:
+                    check_key(key)  # an InvalidKey says which rule
+                raise _with_key(e, key)
             except CharonError as e:
                 raise _with_key(e, key)
             try:
@@ -271,41 +301,96 @@ class Client:
 
     def _exchange(self, key: str, s: socket.socket, data: bytes, attrs: int,
                   deadline: float) -> bytes:
+        """One request on the non-blocking socket ``s``: write it whole,
+        then (unless no-wait) read one response, under ``deadline``."""
         keep = False
         try:
-            s.setblocking(True)
-            _set_timeouts(s, deadline)
-            try:
-                s.sendall(data, socket.MSG_NOSIGNAL)
-            except BlockingIOError:
-                raise Timeout(f"{key}: the request could not be written in time") from None
-            except OSError as e:
-                if e.errno not in _WRITE_CLOSED:
-                    raise CharonError(f"{key}: write the request: {e}") from None
-                # A fast fail may be waiting to be read (section 8.2).
+            _send(s, data, deadline)
             if attrs & frame.NO_WAIT:
                 return b""
-            acc = _Response(self.limits)
-            while True:
-                try:
-                    chunk = s.recv(_READ_CHUNK if not acc.need else acc.want())
-                except BlockingIOError:
-                    raise Timeout(f"{key}: no response in time") from None
-                except OSError as e:
-                    if e.errno in _SILENT_ERRNOS:
-                        chunk = b""
-                    else:
-                        raise CharonError(f"{key}: read the response: {e}") from None
-                if not chunk:
-                    acc.eof()
-                resp = acc.feed(chunk)
-                if resp is not None:
-                    keep = self._keep(key, attrs, resp, s)
-                    return _result(resp)
-                _set_timeouts(s, deadline)
+            resp = _receive(s, deadline, self.limits)
+            keep = self._keep(key, attrs, resp, s)
+            return _result(resp)
         finally:
             if not keep:
                 s.close()
+
+
+def _wait(p: "select.poll", deadline: float, what: str) -> None:
+    """Polls until ready; Timeout once the deadline passes."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout(f"{what} in time")
+        if p.poll(int(left * 1000) + 1):
+            return
+
+
+def _send(s: socket.socket, data: bytes, deadline: float) -> None:
+    """Writes the whole frame. A peer that closed (EPIPE, ECONNRESET) may
+    have answered first (a fast fail, PROTOCOL.md 8.2): the caller reads."""
+    try:
+        n = s.send(data, socket.MSG_NOSIGNAL)
+    except BlockingIOError:
+        n = 0
+    except OSError as e:
+        if e.errno in _WRITE_CLOSED:
+            return
+        raise CharonError(f"write the request: {e}") from None
+    if n == len(data):
+        return
+    view = memoryview(data)[n:]
+    p = select.poll()
+    p.register(s, select.POLLOUT)
+    while view:
+        _wait(p, deadline, "the request could not be written")
+        try:
+            view = view[s.send(view, socket.MSG_NOSIGNAL):]
+        except BlockingIOError:
+            continue
+        except OSError as e:
+            if e.errno in _WRITE_CLOSED:
+                return
+            raise CharonError(f"write the request: {e}") from None
+
+
+def _receive(s: socket.socket, deadline: float, limits: frame.Limits) -> frame.Response:
+    """Reads one response frame; _Silent on a close before any byte."""
+    p = select.poll()
+    p.register(s, select.POLLIN)
+    buf = b""
+    big: Optional[bytearray] = None
+    need = 0
+    while True:
+        _wait(p, deadline, "no response")
+        try:
+            chunk = s.recv(_READ_CHUNK if not need else max(need - len(big or buf), 1))
+        except BlockingIOError:
+            continue
+        except OSError as e:
+            if e.errno not in _SILENT_ERRNOS:
+                raise CharonError(f"read the response: {e}") from None
+            chunk = b""
+        have = len(big) if big is not None else len(buf)
+        if not chunk:
+            if not have:
+                raise _Silent()
+            raise Disconnected(f"the connection closed after {have} bytes of a response", have)
+        if big is not None:
+            big += chunk
+        elif buf:
+            big = bytearray(buf)
+            big += chunk
+        else:
+            buf = chunk
+        data = big if big is not None else buf
+        if not need and len(data) >= frame.HEADER_LEN:
+            need = frame.HEADER_LEN + frame.check_header(
+                bytes(data[:frame.HEADER_LEN]), frame.KIND_RESPONSE, limits)
+        if need and len(data) >= need:
+            if len(data) > need:
+                raise ProtocolError(f"{len(data) - need} bytes after the response frame")
+            return frame.decode_response(memoryview(data)[frame.HEADER_LEN:], limits)
 
 
 def _attributes(retry: bool, no_wait: bool, keep: bool, need: bool) -> int:
@@ -319,17 +404,6 @@ def _attributes(retry: bool, no_wait: bool, keep: bool, need: bool) -> int:
     if need:
         a |= frame.NEED_AFFINITY
     return a
-
-
-def _set_timeouts(s: socket.socket, deadline: float) -> None:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise Timeout("no response in time")
-    sec = int(left)
-    usec = max(int((left - sec) * 1e6), 1 if sec == 0 else 0)
-    tv = _TIMEVAL.pack(sec, usec)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
 _local = threading.local()

@@ -6,12 +6,16 @@ a frame against the limits before producing any of it and raise
 InvalidRequest.
 """
 
+import functools
 import struct
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .errors import InvalidKey, InvalidRequest, ProtocolError
 from .key import MAX_KEY_LEN, check_key
+
+# Keys repeat: remember the valid ones (a refused key raises every time).
+_check_key_cached = functools.lru_cache(maxsize=1024)(check_key)
 
 MAGIC = b"CH"
 VERSION = 1
@@ -50,6 +54,8 @@ _U32 = struct.Struct(">I")
 _STATUS_U32 = struct.Struct(">BI")
 _ERROR_HEAD = struct.Struct(">BH")
 _OK_HEAD = struct.Struct(">2sBBIBI")
+_U16_AT = _U16.unpack_from
+_U32_AT = _U32.unpack_from
 
 
 @dataclass(frozen=True)
@@ -151,43 +157,27 @@ def _str16(s: str, what: str) -> bytes:
     return _U16.pack(len(b)) + b
 
 
-def encode_request_head(req: Request, limits: Limits = DEFAULT_LIMITS,
-                        body_len: Optional[int] = None) -> bytes:
-    """Everything of a request frame before the body's bytes (the header,
-    the fields and the body's length), after checking every limit.
-    ``body_len`` stands for ``len(req.body)`` when the body is sent apart."""
-    if req.attempt not in (1, 2):
-        raise InvalidRequest(f"attempt {req.attempt} is not 1 or 2")
-    if req.attributes & ~_ATTRIBUTE_BITS or req.attributes < 0:
-        raise InvalidRequest(f"attributes {req.attributes:#x} has undefined bits")
+def encode_request_fields(key: str, client: str, context: Sequence[Tuple[str, bytes]],
+                          limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The key, client name and context fields of a request, after checking
+    each against its rule and limit."""
     try:
-        check_key(req.key)
+        _check_key_cached(key)
     except InvalidKey as e:
         raise InvalidRequest(str(e)) from None
-    client = req.client.encode()
-    if len(client) > MAX_CLIENT_NAME:
+    cb = client.encode()
+    if len(cb) > MAX_CLIENT_NAME:
         raise InvalidRequest(
-            f"client name of {len(client)} bytes is over the limit of {MAX_CLIENT_NAME}"
+            f"client name of {len(cb)} bytes is over the limit of {MAX_CLIENT_NAME}"
         )
-    if len(req.context) > limits.max_context_entries:
+    if len(context) > limits.max_context_entries:
         raise InvalidRequest(
-            f"{len(req.context)} context entries are over the limit of "
+            f"{len(context)} context entries are over the limit of "
             f"{limits.max_context_entries}"
         )
-    if body_len is None:
-        body_len = len(req.body)
-    if body_len > limits.max_request_body:
-        raise InvalidRequest(
-            f"request body of {body_len} bytes is over the limit of {limits.max_request_body}"
-        )
-    key = req.key.encode()
-    parts = [
-        bytes((req.attempt, req.attributes)),
-        _U16.pack(len(key)), key,
-        _U16.pack(len(client)), client,
-        _U16.pack(len(req.context)),
-    ]
-    for name, value in req.context:
+    kb = key.encode()
+    parts = [_U16.pack(len(kb)), kb, _U16.pack(len(cb)), cb, _U16.pack(len(context))]
+    for name, value in context:
         nb = name.encode()
         if not nb or len(nb) > limits.max_context_name:
             raise InvalidRequest(
@@ -199,9 +189,38 @@ def encode_request_head(req: Request, limits: Limits = DEFAULT_LIMITS,
                 f"{limits.max_context_value}"
             )
         parts += (_U16.pack(len(nb)), nb, _U32.pack(len(value)), bytes(value))
-    parts.append(_U32.pack(body_len))
-    fields = b"".join(parts)
-    return header(KIND_REQUEST, len(fields) + body_len) + fields
+    return b"".join(parts)
+
+
+def request_frame(fields: bytes, attempt: int, attributes: int, body: bytes) -> bytes:
+    """A whole request frame from fields made by encode_request_fields (the
+    body's size already checked)."""
+    return b"".join((
+        _HEADER.pack(MAGIC, VERSION, KIND_REQUEST, 6 + len(fields) + len(body)),
+        bytes((attempt, attributes)), fields, _U32.pack(len(body)), body,
+    ))
+
+
+def encode_request_head(req: Request, limits: Limits = DEFAULT_LIMITS,
+                        body_len: Optional[int] = None) -> bytes:
+    """Everything of a request frame before the body's bytes (the header,
+    the fields and the body's length), after checking every limit.
+    ``body_len`` stands for ``len(req.body)`` when the body is sent apart."""
+    if req.attempt not in (1, 2):
+        raise InvalidRequest(f"attempt {req.attempt} is not 1 or 2")
+    if req.attributes & ~_ATTRIBUTE_BITS or req.attributes < 0:
+        raise InvalidRequest(f"attributes {req.attributes:#x} has undefined bits")
+    if body_len is None:
+        body_len = len(req.body)
+    if body_len > limits.max_request_body:
+        raise InvalidRequest(
+            f"request body of {body_len} bytes is over the limit of {limits.max_request_body}"
+        )
+    fields = encode_request_fields(req.key, req.client, req.context, limits)
+    return b"".join((
+        _HEADER.pack(MAGIC, VERSION, KIND_REQUEST, 6 + len(fields) + body_len),
+        bytes((req.attempt, req.attributes)), fields, _U32.pack(body_len),
+    ))
 
 
 def encode_request(req: Request, limits: Limits = DEFAULT_LIMITS) -> bytes:
@@ -304,41 +323,80 @@ def _check_len(what: str, n: int, limit: int) -> None:
         )
 
 
+def _trunc(what: str) -> ProtocolError:
+    return ProtocolError(f"the payload ends inside the {what}")
+
+
+def _str16_at(buf: bytes, pos: int, what: str) -> Tuple[str, int]:
+    if pos + 2 > len(buf):
+        raise _trunc(what)
+    end = pos + 2 + _U16_AT(buf, pos)[0]
+    if end > len(buf):
+        raise _trunc(what)
+    try:
+        return str(buf[pos + 2:end], "utf-8"), end
+    except UnicodeDecodeError:
+        raise ProtocolError(f"the {what} is not UTF-8") from None
+
+
+def _bytes32_at(buf: bytes, pos: int, what: str) -> Tuple[bytes, int]:
+    if pos + 4 > len(buf):
+        raise _trunc(what)
+    end = pos + 4 + _U32_AT(buf, pos)[0]
+    if end > len(buf):
+        raise _trunc(what)
+    return bytes(buf[pos + 4:end]), end
+
+
 def decode_request(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
-    """Decodes a request payload (the bytes after the header)."""
-    r = _Reader(payload)
-    attempt = r.u8("attempt")
-    if attempt not in (1, 2):
+    """Decodes a request payload (the bytes after the header), checking
+    the fields in order, each against its limit."""
+    n = len(payload)
+    if n < 1:
+        raise _trunc("attempt")
+    attempt = payload[0]
+    if attempt != 1 and attempt != 2:
         raise ProtocolError(f"attempt {attempt} is not 1 or 2")
-    attributes = r.u8("attributes")
+    if n < 2:
+        raise _trunc("attributes")
+    attributes = payload[1]
     if attributes & ~_ATTRIBUTE_BITS:
         raise ProtocolError(f"attributes {attributes:#04x} has undefined bits set")
-    key = r.str16("key")
+    key, pos = _str16_at(payload, 2, "key")
     try:
-        check_key(key)
+        _check_key_cached(key)
     except InvalidKey as e:
         raise ProtocolError(str(e)) from None
-    client = r.str16("client name")
-    _check_len("client name", len(client.encode()), MAX_CLIENT_NAME)
-    count = r.u16("context count")
+    client, pos = _str16_at(payload, pos, "client name")
+    if len(client) > MAX_CLIENT_NAME // 4:
+        _check_len("client name", len(client.encode()), MAX_CLIENT_NAME)
+    if pos + 2 > n:
+        raise _trunc("context count")
+    count = _U16_AT(payload, pos)[0]
+    pos += 2
     _check_len("context count", count, limits.max_context_entries)
     context = []
     for _ in range(count):
-        name = r.str16("context name")
+        name, pos = _str16_at(payload, pos, "context name")
         if not name:
             raise ProtocolError("a context entry has an empty name")
         _check_len("context name", len(name.encode()), limits.max_context_name)
-        value = r.bytes32("context value")
+        value, pos = _bytes32_at(payload, pos, "context value")
         _check_len("context value", len(value), limits.max_context_value)
         context.append((name, value))
-    body = r.bytes32("body")
+    body, pos = _bytes32_at(payload, pos, "body")
     _check_len("body", len(body), limits.max_request_body)
-    r.finish()
+    if pos != n:
+        raise ProtocolError(f"{n - pos} bytes after the last field")
     return Request(key, body, client, context, attempt, attributes)
 
 
 def decode_response(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Response:
     """Decodes a response payload (the bytes after the header)."""
+    if len(payload) >= 5 and payload[0] == OK:
+        n = _U32_AT(payload, 1)[0]
+        if 5 + n == len(payload) and n <= limits.max_response_body:
+            return Response(OK, body=bytes(payload[5:]))
     r = _Reader(payload)
     status = r.u8("status")
     if status == OK:

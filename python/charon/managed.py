@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 SCOREBOARD_MAGIC = 0x4348524E53423031
 HEADER_SIZE = 64
@@ -122,6 +122,21 @@ class Managed:
     def __init__(self, scoreboard: Scoreboard, slot: int, report: socket.socket) -> None:
         self._sb = scoreboard
         self._slot = slot
+        # The slot's fields as indexes into the scoreboard's u32 and u64
+        # views, for the per-request stores.
+        base = HEADER_SIZE + SLOT_SIZE * slot
+        self._u32 = scoreboard._u32
+        self._u64 = scoreboard._u64
+        self._state = base // 4 + _S_STATE
+        self._attempt = base // 4 + _S_ATTEMPT
+        self._requests = base // 8 + _S_REQUESTS
+        self._limit = base // 8 + _S_LIMIT
+        self._since = base // 8 + _S_SINCE
+        self._total = base // 8 + _S_TOTAL
+        self._bytes = base // 8 + _S_BYTES
+        self._client = base // 8 + _S_CLIENT
+        self._notice = base // 8 + _S_NOTICE
+        self._client_words: Dict[str, Tuple[int, ...]] = {}
         self._report = report
         self._records: List[bytes] = []
         self._oldest: Optional[float] = None
@@ -141,41 +156,43 @@ class Managed:
         """A connection has been accepted: the instance is busy until it is
         answered or gone (a silent client occupies it too). If the manager
         wants hints and nobody is idle, say the service is saturated."""
+        self._u32[self._state] = BUSY
         sb = self._sb
-        sb.set_u32(self._slot, _S_STATE, BUSY)
         if sb.want_hints() and not sb.any_idle() and sb.claim_hint(time.monotonic_ns()):
             self._send(encode_signal(KIND_SATURATED))
 
     def begin(self, attempt: int, request_bytes: int, client: str) -> None:
         """A request has been read: the slot says what it is."""
-        sb, slot = self._sb, self._slot
-        name = client.encode()[:32].ljust(32, b"\0")
-        for i, (w,) in enumerate(struct.iter_unpack("@Q", name)):
-            sb.set_u64(slot, _S_CLIENT + i, w)
-        sb.set_u32(slot, _S_ATTEMPT, attempt)
-        sb.set_u64(slot, _S_BYTES, request_bytes)
-        now = time.monotonic_ns()
-        sb.set_u64(slot, _S_SINCE, max(now, 1))
-        sb.set_u32(slot, _S_STATE, BUSY)
+        words = self._client_words.get(client)
+        if words is None:
+            if len(self._client_words) > 256:
+                self._client_words.clear()
+            name = client.encode()[:32].ljust(32, b"\0")
+            words = self._client_words[client] = struct.unpack("@4Q", name)
+        u64, c = self._u64, self._client
+        u64[c], u64[c + 1], u64[c + 2], u64[c + 3] = words
+        self._u32[self._attempt] = attempt
+        u64[self._bytes] = request_bytes
+        u64[self._since] = time.monotonic_ns() or 1
+        self._u32[self._state] = BUSY
 
     def finish(self, rec: bytes) -> None:
         """The request in hand is done: count it, batch its record, say
         "retiring" once the notice point is reached, and stop accepting at
         the request limit (a hard bound)."""
-        sb, slot = self._sb, self._slot
-        since = sb.u64(slot, _S_SINCE)
-        sb.set_u64(slot, _S_SINCE, 0)
+        u64 = self._u64
+        since = u64[self._since]
+        u64[self._since] = 0
         if since:
-            elapsed = max(time.monotonic_ns() - since, 0)
-            sb.set_u64(slot, _S_TOTAL, sb.u64(slot, _S_TOTAL) + elapsed)
-        served = sb.u64(slot, _S_REQUESTS) + 1
-        sb.set_u64(slot, _S_REQUESTS, served)
+            u64[self._total] = u64[self._total] + max(time.monotonic_ns() - since, 0)
+        served = u64[self._requests] + 1
+        u64[self._requests] = served
         self.note(rec)
-        limit = sb.u64(slot, _S_LIMIT)
+        limit = u64[self._limit]
         if not limit:
             return
         self.at_limit = served >= limit
-        notice = sb.u64(slot, _S_NOTICE)
+        notice = u64[self._notice]
         notice = limit if notice == 0 else min(notice, limit)
         if served >= notice and not self._retiring_sent:
             self._retiring_sent = True

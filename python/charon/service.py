@@ -13,13 +13,13 @@ is answered ERROR NO_ANSWER when the loop moves on.
 
 import errno
 import os
-import selectors
+import select
 import signal
 import socket
 import stat
 import struct
 import time
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from . import frame, managed
 from .errors import CharonError, InvalidRequest, ProtocolError
@@ -36,7 +36,9 @@ DEFAULT_WRITE_TIMEOUT = 10.0
 _MAX_ENV_MS = 86_400_000
 _TIMEVAL = struct.Struct("@ll")
 _PEERCRED = struct.Struct("3i")
+_OK_HEAD = struct.Struct(">2sBBIBI")
 _READ_CHUNK = 65_536
+_EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 
 
 class ServiceError(CharonError):
@@ -215,7 +217,8 @@ class Service:
         self._current: Optional[Request] = None
         self._request_bytes = 0
         self._finished = False
-        self._sel: Optional[selectors.BaseSelector] = None
+        self._ep: Optional["select.epoll"] = None
+        self._tags: Dict[int, str] = {}
         self._wake_r = -1
         slot = os.environ.get("CHARON_SLOT")
         accept_path = os.environ.get("CHARON_ACCEPT_SOCKET")
@@ -305,12 +308,34 @@ class Service:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         self._wake_r = r
-        sel = selectors.DefaultSelector()
-        sel.register(self._listener, selectors.EVENT_READ, "listener")
-        sel.register(r, selectors.EVENT_READ, "signal")
+        # An exclusive wait on the listener: one connection wakes one
+        # waiting instance, not all of them.
+        ep = select.epoll()
+        ep.register(self._listener.fileno(), select.EPOLLIN | _EPOLLEXCLUSIVE)
+        ep.register(r, select.EPOLLIN)
+        self._tags = {self._listener.fileno(): "listener", r: "signal"}
         if self._managed is not None:
-            sel.register(self._managed.report_fd(), selectors.EVENT_READ, "report")
-        self._sel = sel
+            ep.register(self._managed.report_fd(), select.EPOLLIN)
+            self._tags[self._managed.report_fd()] = "report"
+        self._ep = ep
+
+    def _wait(self, timeout: Optional[float]) -> List[str]:
+        """Waits for the listener, a signal, the report channel or a kept
+        connection; what woke, by name. Signals are drained and counted
+        (their handlers set the flags); the report channel is checked."""
+        assert self._ep is not None
+        woke = []
+        for fd, _ in self._ep.poll(-1 if timeout is None else timeout):
+            tag = self._tags.get(fd, "")
+            if tag == "signal":
+                try:
+                    os.read(self._wake_r, 512)
+                except BlockingIOError:
+                    pass
+            elif tag == "report" and self._managed is not None:
+                self._managed.check_channel()
+            woke.append(tag)
+        return woke
 
     # -- the loop
 
@@ -396,7 +421,7 @@ class Service:
         self._keep = False
 
     def _accept(self) -> bool:
-        assert self._listener is not None and self._sel is not None
+        assert self._listener is not None
         m = self._managed
         woken = False
         while True:
@@ -408,7 +433,8 @@ class Service:
                 return False
             woken = False
             try:
-                conn, _ = self._listener.accept()
+                # socket.accept() without its enum conversions.
+                fd, _ = self._listener._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 if stop or self.draining():
                     return False
@@ -420,16 +446,7 @@ class Service:
                         m.flush()
                         due = None
                 timeout = None if due is None else max(due - time.monotonic(), 0)
-                for key, _ in self._sel.select(timeout):
-                    if key.data == "listener":
-                        woken = True
-                    elif key.data == "signal":
-                        try:
-                            os.read(self._wake_r, 512)
-                        except BlockingIOError:
-                            pass
-                    elif key.data == "report" and m is not None:
-                        m.check_channel()
+                woken = "listener" in self._wait(timeout)
                 continue
             except (InterruptedError, ConnectionAbortedError):
                 continue
@@ -437,19 +454,15 @@ class Service:
                 if e.errno in (errno.EPROTO,):
                     continue
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._sel.select(0.05)
+                    time.sleep(0.05)
                     continue
                 raise ServiceError(f"accept a connection: {e}") from None
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
             if m is not None:
                 m.accepted()
             self._conn = conn
             self._started = time.monotonic()
             self._keep = False
-            try:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                                _timeval(self.write_timeout))
-            except OSError:
-                pass
             return True
 
     def _refused_peer(self) -> Optional[str]:
@@ -473,61 +486,75 @@ class Service:
                 return None
             self._started = time.monotonic()
         deadline = self._started + self.read_timeout
-        buf = bytearray()
+        data: Union[bytes, bytearray] = b""
         need = 0
+        poller = None
         try:
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BlockingIOError()
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(left))
-                want = _READ_CHUNK if not need else min(need - len(buf), _READ_CHUNK * 16)
-                chunk = conn.recv(want)
+                # Usually the whole request is there by the time accept()
+                # returns: one non-blocking read, no poll.
+                try:
+                    chunk = conn.recv(_READ_CHUNK if not need else need - len(data),
+                                      socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if poller is None:
+                        poller = select.poll()
+                        poller.register(conn, select.POLLIN)
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not poller.poll(int(left * 1000) + 1):
+                        if time.monotonic() >= deadline:
+                            raise TimeoutError() from None
+                    continue
                 if not chunk:
-                    if buf:
+                    if data:
                         self._refuse(frame.MALFORMED_REQUEST,
-                                     f"the connection closed after {len(buf)} bytes of a "
-                                     "request frame", len(buf))
+                                     f"the connection closed after {len(data)} bytes of a "
+                                     "request frame", len(data))
                     else:
                         self._close_conn()
                     return None
-                buf += chunk
-                if not need and len(buf) >= frame.HEADER_LEN:
+                if not data:
+                    data = chunk
+                else:
+                    if isinstance(data, bytes):
+                        data = bytearray(data)
+                    data += chunk
+                if not need and len(data) >= frame.HEADER_LEN:
                     need = frame.HEADER_LEN + frame.check_header(
-                        bytes(buf[:8]), frame.KIND_REQUEST, self.limits)
-                if need and len(buf) >= need:
+                        bytes(data[:8]), frame.KIND_REQUEST, self.limits)
+                if need and len(data) >= need:
                     break
-            if len(buf) > need:
-                raise ProtocolError(f"{len(buf) - need} bytes after the request frame")
-            req = frame.decode_request(bytes(memoryview(buf)[8:]), self.limits)
-        except BlockingIOError:
+            req = frame.decode_request(memoryview(data)[8:], self.limits)
+        except TimeoutError:
             self._refuse(frame.READ_TIMEOUT,
                          f"no complete request within the read timeout of "
-                         f"{int(self.read_timeout * 1000)} ms", len(buf))
+                         f"{int(self.read_timeout * 1000)} ms", len(data))
             return None
         except ProtocolError as e:
-            self._refuse(e.error_code, str(e), len(buf))
+            self._refuse(e.error_code, str(e), len(data))
             return None
         except OSError:
             self._close_conn()
             return None
         refused = self._refused_peer()
         if refused is not None:
-            self._refuse(frame.NOT_PERMITTED, refused, len(buf))
+            self._refuse(frame.NOT_PERMITTED, refused, len(data))
             return None
-        self._request_bytes = len(buf)
+        self._request_bytes = len(data)
         self._keep = bool(req.attributes & frame.KEEP_AFFINITY)
         self._attempt = req.attempt
         if self._managed is not None:
-            self._managed.begin(req.attempt, len(buf), req.client)
+            self._managed.begin(req.attempt, len(data), req.client)
         return req
 
     def _wait_kept(self) -> bool:
         """Waits on a kept affinity connection for the next request's first
         byte; False when the conversation is over."""
-        assert self._conn is not None and self._sel is not None
+        assert self._conn is not None and self._ep is not None
         expires = time.monotonic() + self.affinity_timeout
-        self._sel.register(self._conn, selectors.EVENT_READ, "conn")
+        fd = self._conn.fileno()
+        self._ep.register(fd, select.EPOLLIN)
+        self._tags[fd] = "conn"
         try:
             while True:
                 if self.stopping() or self.draining():
@@ -539,20 +566,13 @@ class Service:
                 due = self._managed.flush_due() if self._managed else None
                 if due is not None:
                     until = min(until, due)
-                for key, _ in self._sel.select(max(until - now, 0)):
-                    if key.data == "conn":
-                        return True
-                    if key.data == "signal":
-                        try:
-                            os.read(self._wake_r, 512)
-                        except BlockingIOError:
-                            pass
-                    elif key.data == "report" and self._managed is not None:
-                        self._managed.check_channel()
+                if "conn" in self._wait(max(until - now, 0)):
+                    return True
                 if self._managed is not None and due is not None and time.monotonic() >= due:
                     self._managed.flush()
         finally:
-            self._sel.unregister(self._conn)
+            self._ep.unregister(fd)
+            del self._tags[fd]
 
     def _standalone_frame(self) -> Optional[frame.Request]:
         buf = bytearray()
@@ -591,15 +611,32 @@ class Service:
                 while view:
                     view = view[os.write(RESPONSE_FD, view):]
             else:
-                assert self._conn is not None
-                self._conn.sendall(data, socket.MSG_NOSIGNAL)
+                conn = self._conn
+                assert conn is not None
+                if len(data) > _READ_CHUNK:
+                    # More than the socket buffer may hold: bound the wait
+                    # on a client that does not read.
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                    _timeval(self.write_timeout))
+                conn.sendall(data, socket.MSG_NOSIGNAL)
             return True
         except OSError:
             return False
 
     def _answer_ok(self, body: Union[bytes, bytearray, memoryview]) -> None:
+        n = len(body)
+        if n <= self.limits.max_response_body and n < _READ_CHUNK and self._conn is not None:
+            # The common case: a small answer on a connection, in one write.
+            data = _OK_HEAD.pack(b"CH", 1, 2, 5 + n, 0, n) + body
+            try:
+                self._conn.sendall(data, socket.MSG_NOSIGNAL)
+                ok = True
+            except OSError:
+                ok = False
+            self._complete(managed.OUTCOME_OK, len(data), ok)
+            return
         try:
-            head = frame.encode_ok_head(len(body), self.limits)
+            head = frame.encode_ok_head(n, self.limits)
         except InvalidRequest as e:
             self._answer(frame.Response(frame.ERROR, code=frame.RESPONSE_TOO_LARGE, text=(
                 f"the service produced a response of {len(body)} bytes, over the limit of "
