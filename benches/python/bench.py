@@ -13,8 +13,9 @@ socket), side by side in one run.
   close), both calling the same plain server, so the difference is the
   client library.
 
-Each cell (side x concurrency 1 and 4) runs A for S/2 seconds, B for S/2,
-then both again (A B A B), clients being separate processes. It prints a
+Each cell (side x concurrency 1 and 4) runs A and B in turns, A B A B
+(``--rounds`` pairs, S/rounds seconds a turn), clients being separate
+processes, so that noise lands on both. It prints a
 Markdown table and each target with PASS or MISS:
 
 - the charond-run Python service at least 0.8x the plain server's
@@ -241,6 +242,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="per system per cell")
     ap.add_argument("--instances", type=int, default=2, help="server processes")
     ap.add_argument("--body", type=int, default=64, help="request body bytes")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="A B pairs per cell (each system gets S/rounds a turn)")
     args = ap.parse_args()
     bins = bin_dir()
     tmp = Path(tempfile.mkdtemp(prefix="chpybench", dir="/tmp"))
@@ -274,11 +277,11 @@ def main() -> None:
             ("client", "plain client", plain_client(plain_sock),
              "charon.Client.call", charon_client()),
         ]
-        half = args.seconds / 2
+        half = args.seconds / args.rounds
         for side, a_name, a_make, b_name, b_make in cells:
             for conc in (1, 4):
                 a, b = Sample(), Sample()
-                for _ in range(2):
+                for _ in range(args.rounds):
                     n, lat = run_clients(conc, half, a_make)
                     a.add(n, half, lat)
                     n, lat = run_clients(conc, half, b_make)

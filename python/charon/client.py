@@ -12,6 +12,7 @@ import os
 import select
 import selectors
 import socket
+import struct
 import sys
 import threading
 import time
@@ -69,6 +70,7 @@ def _with_key(e: CharonError, key: str) -> CharonError:
     return e
 
 
+_HEADER_UNPACK = struct.Struct(">2sBBI").unpack_from
 _SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
@@ -358,39 +360,43 @@ def _receive(s: socket.socket, deadline: float, limits: frame.Limits) -> frame.R
     """Reads one response frame; _Silent on a close before any byte."""
     p = select.poll()
     p.register(s, select.POLLIN)
-    buf = b""
-    big: Optional[bytearray] = None
+    data: Union[bytes, bytearray] = b""
     need = 0
+    monotonic = time.monotonic
     while True:
-        _wait(p, deadline, "no response")
+        left = deadline - monotonic()
+        if left <= 0:
+            raise Timeout("no response in time")
+        if not p.poll(int(left * 1000) + 1):
+            continue
         try:
-            chunk = s.recv(_READ_CHUNK if not need else max(need - len(big or buf), 1))
+            chunk = s.recv(_READ_CHUNK if not need else max(need - len(data), 1))
         except BlockingIOError:
             continue
         except OSError as e:
             if e.errno not in _SILENT_ERRNOS:
                 raise CharonError(f"read the response: {e}") from None
             chunk = b""
-        have = len(big) if big is not None else len(buf)
         if not chunk:
-            if not have:
+            if not data:
                 raise _Silent()
-            raise Disconnected(f"the connection closed after {have} bytes of a response", have)
-        if big is not None:
-            big += chunk
-        elif buf:
-            big = bytearray(buf)
-            big += chunk
+            raise Disconnected(
+                f"the connection closed after {len(data)} bytes of a response", len(data))
+        if not data:
+            data = chunk
         else:
-            buf = chunk
-        data = big if big is not None else buf
-        if not need and len(data) >= frame.HEADER_LEN:
-            need = frame.HEADER_LEN + frame.check_header(
-                bytes(data[:frame.HEADER_LEN]), frame.KIND_RESPONSE, limits)
+            if isinstance(data, bytes):
+                data = bytearray(data)
+            data += chunk
+        if not need and len(data) >= 8:
+            magic, version, kind, n = _HEADER_UNPACK(data)
+            if magic != b"CH" or version != 1 or kind != 2 or n > limits.max_response_payload():
+                frame.check_header(bytes(data[:8]), frame.KIND_RESPONSE, limits)
+            need = 8 + n
         if need and len(data) >= need:
             if len(data) > need:
                 raise ProtocolError(f"{len(data) - need} bytes after the response frame")
-            return frame.decode_response(memoryview(data)[frame.HEADER_LEN:], limits)
+            return frame.decode_response(memoryview(data)[8:], limits)
 
 
 def _attributes(retry: bool, no_wait: bool, keep: bool, need: bool) -> int:

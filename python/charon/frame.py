@@ -83,6 +83,12 @@ class Limits:
             return self.max_request_payload()
         return self.max_response_payload()
 
+    def __post_init__(self) -> None:
+        # Computed once: the payload limits are checked on every frame.
+        req, resp = self.max_request_payload(), self.max_response_payload()
+        object.__setattr__(self, "max_request_payload", lambda: req)
+        object.__setattr__(self, "max_response_payload", lambda: resp)
+
 
 DEFAULT_LIMITS = Limits()
 
