@@ -14,6 +14,8 @@ mod operators;
 // The instance lifecycle rules on the default config: mature deaths,
 // maximum-requests, start-up timeout, busy from accept, backoff.
 mod lifecycle;
+// `charon top` under a terminal (tmux) and without one.
+mod top;
 // Failure as the normal case: chaos, leaks, hostile input, security.
 mod reliability;
 // Nothing lost at the edges: stop, manager death, reload, restart.

@@ -19,13 +19,13 @@
 //!
 //! Whenever the status is not 0, stderr gets a one-line message.
 //!
-//! `stats`, `ps`, `reload`, `restart` and `health` talk to the manager over
-//! its control socket; for them 4 means the key is not configured and 7
-//! covers "no manager running", a reload that could not apply a change, and
-//! config errors found by a reload. `health` exits 3 when charond answers
-//! but a service is not ready (backoff, starting, ...) or a config file
-//! failed to load, 5 when charond does not answer in time, 7 when there is
-//! no charond.
+//! `stats`, `ps`, `reload`, `restart`, `health` and `top` talk to the
+//! manager over its control socket; for them 4 means the key is not
+//! configured and 7 covers "no manager running", a reload that could not
+//! apply a change, and config errors found by a reload. `health` exits 3
+//! when charond answers but a service is not ready (backoff, starting, ...)
+//! or a config file failed to load, 5 when charond does not answer in time,
+//! 7 when there is no charond.
 //!
 //! A new subcommand is a module here with an `Args` (clap derive) and a
 //! `run(Args) -> Result<(), Failure>`, plus one variant in [`Command`].
@@ -40,6 +40,7 @@ mod restart;
 mod send;
 mod standalone;
 mod stats;
+mod top;
 
 use std::process::ExitCode;
 
@@ -74,6 +75,8 @@ enum Command {
     Restart(restart::Args),
     /// Exit 0 if charond answers and every service can take requests.
     Health(health::Args),
+    /// A live view of the services, refreshed every second (q quits).
+    Top(top::Args),
 }
 
 /// Exit statuses, as documented above.
@@ -185,6 +188,7 @@ pub fn main() -> ExitCode {
         Command::Reload(args) => reload::run(args),
         Command::Restart(args) => restart::run(args),
         Command::Health(args) => health::run(args),
+        Command::Top(args) => top::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
