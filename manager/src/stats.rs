@@ -231,6 +231,17 @@ mod tests {
             (s.requests, s.faults, s.unanswered, s.retried),
             (3, 1, 1, 1)
         );
+        // Every record's latency is in the buckets, and a generation's
+        // buckets add to its successor's (one key, one histogram).
+        let mut next = Stats::new();
+        next.records(&[rec(Outcome::Ok, 1)]);
+        next.absorb(s.clone(), true);
+        let h = next.latency_buckets.to_json();
+        assert_eq!(
+            (h["count"].as_u64(), h["sum_us"].as_u64()),
+            (Some(4), Some(400))
+        );
+        assert_eq!(h["buckets"], serde_json::json!([[100, 4]]));
         s.exit("clean");
         s.exit("clean");
         for pid in 0..20 {
