@@ -376,6 +376,7 @@ mod tests {
             let line = text.lines().find(|l| l.starts_with(&want)).unwrap();
             line[want.len()..].parse::<u64>().unwrap()
         };
+        assert_eq!(sample("0.000005"), 0);
         assert_eq!(sample("0.00001"), 1);
         assert_eq!(sample("0.00005"), 3);
         assert_eq!(sample("0.001"), 4);
