@@ -9,7 +9,7 @@ InvalidRequest.
 import functools
 import struct
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from .errors import InvalidKey, InvalidRequest, ProtocolError
 from .key import MAX_KEY_LEN, check_key
@@ -44,6 +44,9 @@ INTERNAL = 6
 RESPONSE_TOO_LARGE = 7
 WRONG_SERVICE = 8
 READ_TIMEOUT = 9
+
+# What decoders read: the bytes of a frame, or a view of them.
+Buffer = Union[bytes, bytearray, memoryview]
 
 MAX_CLIENT_NAME = 256
 MAX_TEXT = 65_536
@@ -151,7 +154,7 @@ def check_header(head: bytes, expected_kind: int, limits: Limits = DEFAULT_LIMIT
             f"payload of {length} bytes exceeds the limit of {limit} bytes",
             REQUEST_TOO_LARGE,
         )
-    return length
+    return int(length)
 
 
 # ------------------------------------------------------------------ encoding
@@ -274,7 +277,7 @@ def encode_response(resp: Response, limits: Limits = DEFAULT_LIMITS) -> bytes:
 class _Reader:
     __slots__ = ("buf", "pos")
 
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: Buffer) -> None:
         self.buf = buf
         self.pos = 0
 
@@ -333,7 +336,7 @@ def _trunc(what: str) -> ProtocolError:
     return ProtocolError(f"the payload ends inside the {what}")
 
 
-def _str16_at(buf: bytes, pos: int, what: str) -> Tuple[str, int]:
+def _str16_at(buf: Buffer, pos: int, what: str) -> Tuple[str, int]:
     if pos + 2 > len(buf):
         raise _trunc(what)
     end = pos + 2 + _U16_AT(buf, pos)[0]
@@ -345,7 +348,7 @@ def _str16_at(buf: bytes, pos: int, what: str) -> Tuple[str, int]:
         raise ProtocolError(f"the {what} is not UTF-8") from None
 
 
-def _bytes32_at(buf: bytes, pos: int, what: str) -> Tuple[bytes, int]:
+def _bytes32_at(buf: Buffer, pos: int, what: str) -> Tuple[bytes, int]:
     if pos + 4 > len(buf):
         raise _trunc(what)
     end = pos + 4 + _U32_AT(buf, pos)[0]
@@ -354,7 +357,7 @@ def _bytes32_at(buf: bytes, pos: int, what: str) -> Tuple[bytes, int]:
     return bytes(buf[pos + 4:end]), end
 
 
-def decode_request(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
+def decode_request(payload: Buffer, limits: Limits = DEFAULT_LIMITS) -> Request:
     """Decodes a request payload (the bytes after the header), checking
     the fields in order, each against its limit."""
     n = len(payload)
@@ -397,7 +400,7 @@ def decode_request(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     return Request(key, body, client, context, attempt, attributes)
 
 
-def decode_response(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Response:
+def decode_response(payload: Buffer, limits: Limits = DEFAULT_LIMITS) -> Response:
     """Decodes a response payload (the bytes after the header)."""
     if len(payload) >= 5 and payload[0] == OK:
         n = _U32_AT(payload, 1)[0]

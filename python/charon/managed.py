@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 SCOREBOARD_MAGIC = 0x4348524E53423031
 HEADER_SIZE = 64
@@ -38,6 +38,7 @@ FLUSH_AGE = 1.0
 HINT_GAP_NS = 2_000_000
 
 _RECORD = struct.Struct(">IIIBBH")
+_PACK_RECORD = _RECORD.pack
 _MSG_HEAD = struct.Struct(">BBH")
 _U32_MAX = 0xFFFFFFFF
 
@@ -64,8 +65,12 @@ def encode_signal(kind: int) -> bytes:
 
 def record(elapsed_us: int, request_bytes: int, response_bytes: int, outcome: int,
            attempt: int) -> bytes:
-    return _RECORD.pack(min(elapsed_us, _U32_MAX), min(request_bytes, _U32_MAX),
-                        min(response_bytes, _U32_MAX), outcome, attempt, 0)
+    """One 16-byte record; sizes and times saturate at u32's maximum."""
+    if elapsed_us > _U32_MAX or request_bytes > _U32_MAX or response_bytes > _U32_MAX:
+        elapsed_us, request_bytes, response_bytes = (
+            min(elapsed_us, _U32_MAX), min(request_bytes, _U32_MAX),
+            min(response_bytes, _U32_MAX))
+    return _PACK_RECORD(elapsed_us, request_bytes, response_bytes, outcome, attempt, 0)
 
 
 class Scoreboard:
@@ -136,7 +141,15 @@ class Managed:
         self._bytes = base // 8 + _S_BYTES
         self._client = base // 8 + _S_CLIENT
         self._notice = base // 8 + _S_NOTICE
-        self._client_words: Dict[str, Tuple[int, ...]] = {}
+        # What this instance last stored (it is the slot's only writer
+        # once started; the manager wrote the limit before the fork).
+        self._state_now = -1
+        self._last_client: Optional[str] = None
+        self._last_attempt = -1
+        self._since_now = 0
+        self._busy_total = 0
+        self._served = 0
+        self._request_limit = self._u64[self._limit]
         self._report = report
         self._records: List[bytes] = []
         self._oldest: Optional[float] = None
@@ -150,45 +163,55 @@ class Managed:
         return self._report.fileno()
 
     def set_state(self, state: int) -> None:
-        self._sb.set_u32(self._slot, _S_STATE, state)
+        if state != self._state_now:
+            self._state_now = state
+            self._u32[self._state] = state
 
     def accepted(self) -> None:
         """A connection has been accepted: the instance is busy until it is
         answered or gone (a silent client occupies it too). If the manager
         wants hints and nobody is idle, say the service is saturated."""
+        self._state_now = BUSY
         self._u32[self._state] = BUSY
-        sb = self._sb
-        if sb.want_hints() and not sb.any_idle() and sb.claim_hint(time.monotonic_ns()):
-            self._send(encode_signal(KIND_SATURATED))
+        if self._u32[_H_WANT_HINTS]:
+            sb = self._sb
+            if not sb.any_idle() and sb.claim_hint(time.monotonic_ns()):
+                self._send(encode_signal(KIND_SATURATED))
 
     def begin(self, attempt: int, request_bytes: int, client: str) -> None:
-        """A request has been read: the slot says what it is."""
-        words = self._client_words.get(client)
-        if words is None:
-            if len(self._client_words) > 256:
-                self._client_words.clear()
+        """A request has been read: the slot says what it is. Fields that
+        hold the same value as for the last request are not stored again
+        (this instance is their only writer)."""
+        u64 = self._u64
+        if client != self._last_client:
+            self._last_client = client
             name = client.encode()[:32].ljust(32, b"\0")
-            words = self._client_words[client] = struct.unpack("@4Q", name)
-        u64, c = self._u64, self._client
-        u64[c], u64[c + 1], u64[c + 2], u64[c + 3] = words
-        self._u32[self._attempt] = attempt
+            c = self._client
+            u64[c], u64[c + 1], u64[c + 2], u64[c + 3] = struct.unpack("@4Q", name)
+        if attempt != self._last_attempt:
+            self._last_attempt = attempt
+            self._u32[self._attempt] = attempt
         u64[self._bytes] = request_bytes
-        u64[self._since] = time.monotonic_ns() or 1
-        self._u32[self._state] = BUSY
+        now = time.monotonic_ns()
+        self._since_now = now
+        u64[self._since] = now or 1
 
     def finish(self, rec: bytes) -> None:
         """The request in hand is done: count it, batch its record, say
         "retiring" once the notice point is reached, and stop accepting at
         the request limit (a hard bound)."""
         u64 = self._u64
-        since = u64[self._since]
-        u64[self._since] = 0
+        since = self._since_now
         if since:
-            u64[self._total] = u64[self._total] + max(time.monotonic_ns() - since, 0)
-        served = u64[self._requests] + 1
+            self._since_now = 0
+            u64[self._since] = 0
+            self._busy_total += time.monotonic_ns() - since
+            u64[self._total] = self._busy_total
+        self._served += 1
+        served = self._served
         u64[self._requests] = served
         self.note(rec)
-        limit = u64[self._limit]
+        limit = self._request_limit
         if not limit:
             return
         self.at_limit = served >= limit
@@ -201,11 +224,11 @@ class Managed:
 
     def note(self, rec: bytes) -> None:
         """Batches a record; sends the batch when full or old."""
-        now = time.monotonic()
-        if not self._records:
-            self._oldest = now
-        self._records.append(rec)
-        if len(self._records) >= MAX_RECORDS or now - (self._oldest or now) >= FLUSH_AGE:
+        records = self._records
+        records.append(rec)
+        if len(records) == 1:
+            self._oldest = time.monotonic()
+        elif len(records) >= MAX_RECORDS or time.monotonic() - (self._oldest or 0.0) >= FLUSH_AGE:
             self.flush()
 
     def flush_due(self) -> Optional[float]:

@@ -642,9 +642,8 @@ class Service:
                 f"the service produced a response of {len(body)} bytes, over the limit of "
                 f"{self.limits.max_response_body} bytes")), managed.OUTCOME_ERROR)
             raise e
-        data = head + body if len(body) < _READ_CHUNK else None
-        if data is not None:
-            ok = self._write(data)
+        if len(body) < _READ_CHUNK:
+            ok = self._write(head + body)
         else:
             ok = self._write(head) and self._write(bytes(body))
         self._complete(managed.OUTCOME_OK, len(head) + len(body), ok)
