@@ -615,3 +615,52 @@ fn stop_grace_still_bounds_a_stop_and_the_exit_status_says_so() {
     assert!(d.instances().is_empty());
     println!("stop-grace 1 s against 3 s requests: charond exited 3 after {took:?}");
 }
+
+#[test]
+fn a_dead_managers_instances_stop_draining_after_stop_grace_under_constant_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // The knob is the subject: the drain after the manager's death is
+    // bounded by stop-grace (2 s here), even while clients keep coming.
+    let mut d = Daemon::start(&[(KEY, &format!("{}stop-grace = \"2s\"\n", pool_of_2()))]);
+    wait_for(PATIENCE, "2 instances", || d.instances().len() == 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    // 4 loops of 100 ms requests against 2 instances: the queue is never
+    // empty, so without a bound the drain would never end.
+    let loops: Vec<_> = (0..4u8)
+        .map(|i| {
+            let (run, stop) = (d.run.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut c = client_of(&run);
+                let req = Request::new(KEY, vec![i]).context("echo.sleep-ms", "100");
+                let mut bad = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = c.call_request(&req) {
+                        if !matches!(e.kind(), charon_client::ErrorKind::NotFound { .. }) {
+                            bad.push(e.to_string());
+                        }
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    d.signal(Signal::SIGKILL);
+    d.proc.as_mut().expect("charond").wait_timeout(PATIENCE);
+    let t0 = Instant::now();
+    wait_for(PATIENCE, "the instances to leave", || {
+        instances_of(&d.run).is_empty()
+    });
+    let took = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let bad: Vec<String> = loops
+        .into_iter()
+        .flat_map(|l| l.join().expect("loop"))
+        .collect();
+    println!("a dead manager's instances under constant load left {took:?} after its death (stop-grace 2 s)");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    // Answered, or (once no instance is left) told the socket is stale;
+    // never a timeout.
+    assert!(bad.iter().all(|e| !e.contains("timed out")), "{bad:?}");
+}

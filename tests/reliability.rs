@@ -1109,6 +1109,7 @@ fn instances_get_only_the_documented_environment() {
         "CHARON_RUN_DIR",
         "CHARON_AFFINITY_TIMEOUT_MS",
         "CHARON_READ_TIMEOUT_MS",
+        "CHARON_DRAIN_TIMEOUT_MS",
         "CHARON_ALLOWED_UIDS",
         "GREETING",
     ]

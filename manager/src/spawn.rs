@@ -101,6 +101,10 @@ pub(crate) fn environment(l: &Launch<'_>, path_var: &str) -> Vec<(String, String
             managed::ENV_READ_TIMEOUT_MS.to_string(),
             c.read_timeout.as_millis().to_string(),
         ),
+        (
+            managed::ENV_DRAIN_TIMEOUT_MS.to_string(),
+            c.stop_grace.as_millis().to_string(),
+        ),
     ];
     let list = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     if let Some(uids) = &c.allowed_uids {

@@ -18,6 +18,7 @@
 //! | [`ENV_RUN_DIR`] | the run dir, so it can call other services |
 //! | [`ENV_AFFINITY_TIMEOUT_MS`] | how long a kept (affinity) connection may sit idle |
 //! | [`ENV_READ_TIMEOUT_MS`] | how long an accepted connection may take to send its request |
+//! | [`ENV_DRAIN_TIMEOUT_MS`] | how long a drain may keep taking connections (the service's `stop-grace`) |
 //! | [`ENV_ALLOWED_UIDS`], [`ENV_ALLOWED_GIDS`] | if set, the peer uids / gids (`SO_PEERCRED`) allowed to call |
 //!
 //! Signals an instance honours (the service library implements them):
@@ -56,6 +57,12 @@ pub const ENV_ACCEPT_SOCKET: &str = "CHARON_ACCEPT_SOCKET";
 /// accepting a connection before giving up on it (default in the service
 /// library).
 pub const ENV_READ_TIMEOUT_MS: &str = "CHARON_READ_TIMEOUT_MS";
+/// How long, in milliseconds, an instance drains (takes connections from
+/// its socket's queue after SIGUSR1 or its manager's death) before it stops
+/// taking new ones: the service's `stop-grace`, after which a manager would
+/// SIGKILL it. Bounds a drain that new clients keep feeding (a dead
+/// manager's socket file stays in place).
+pub const ENV_DRAIN_TIMEOUT_MS: &str = "CHARON_DRAIN_TIMEOUT_MS";
 /// How long, in milliseconds, an instance keeps an affinity connection open
 /// waiting for the client's next request.
 pub const ENV_AFFINITY_TIMEOUT_MS: &str = "CHARON_AFFINITY_TIMEOUT_MS";

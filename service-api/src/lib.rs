@@ -131,7 +131,10 @@
 //! queue is empty. It is for an old generation whose socket has just been
 //! replaced (a reload), for every instance when the manager stops (its
 //! socket unlinked), and it is the death signal the manager arms: nothing
-//! queued on the socket is lost. A
+//! queued on the socket is lost. A drain takes connections for at most
+//! [`Options::drain_timeout`] (`CHARON_DRAIN_TIMEOUT_MS`, the manager's
+//! `stop-grace`): a dead manager's socket stays in place, and new clients
+//! could otherwise keep its queue from ever emptying. A
 //! connection kept for affinity is closed instead of waited on.
 //!
 //! ## Answering
@@ -168,6 +171,7 @@
 //! | `CHARON_ACCEPT_SOCKET` | accept mode: the socket path to listen on |
 //! | `CHARON_READ_TIMEOUT_MS` | [`Options::read_timeout`] in ms (default 10000) |
 //! | `CHARON_AFFINITY_TIMEOUT_MS` | [`Options::affinity_timeout`] in ms (default 60000) |
+//! | `CHARON_DRAIN_TIMEOUT_MS` | [`Options::drain_timeout`] in ms (default 10000) |
 //! | `CHARON_ALLOWED_UIDS`, `CHARON_ALLOWED_GIDS` | comma-separated ids: if either is set, only a peer (`SO_PEERCRED`) whose uid or gid is listed may call (managed and accept mode) |
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use charon_protocol::managed::{ENV_AFFINITY_TIMEOUT_MS, ENV_READ_TIMEOUT_MS};
+use charon_protocol::managed::{
+    ENV_AFFINITY_TIMEOUT_MS, ENV_DRAIN_TIMEOUT_MS, ENV_READ_TIMEOUT_MS,
+};
 use charon_protocol::Limits;
 
 use crate::error::{Error, ErrorKind};
@@ -18,6 +20,9 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for [`Options::write_timeout`]: 10 s.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`Options::drain_timeout`]: 10 s (the manager's default
+/// `stop-grace`).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest timeout the environment may set: one day.
 const MAX_ENV_MS: u64 = 86_400_000;
@@ -51,6 +56,13 @@ pub struct Options {
     /// How long a client may take to read a response before the instance
     /// gives up on it (counted as no answer).
     pub write_timeout: Duration,
+    /// How long a drain (SIGUSR1, or the manager gone) keeps taking
+    /// connections from the socket's queue; after it the request in hand is
+    /// finished and [`crate::Service::next_request`] returns `None`. It
+    /// bounds a drain that new clients keep feeding. Overridden by
+    /// `CHARON_DRAIN_TIMEOUT_MS` (the manager passes the service's
+    /// `stop-grace`).
+    pub drain_timeout: Duration,
 }
 
 impl Default for Options {
@@ -60,6 +72,7 @@ impl Default for Options {
             read_timeout: DEFAULT_READ_TIMEOUT,
             affinity_timeout: DEFAULT_AFFINITY_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -75,6 +88,9 @@ impl Options {
         }
         if let Some(d) = env_ms(&env, ENV_AFFINITY_TIMEOUT_MS)? {
             self.affinity_timeout = d;
+        }
+        if let Some(d) = env_ms(&env, ENV_DRAIN_TIMEOUT_MS)? {
+            self.drain_timeout = d;
         }
         Ok(self)
     }
@@ -116,10 +132,12 @@ mod tests {
             .with_env(env_of(&[
                 ("CHARON_READ_TIMEOUT_MS", "250"),
                 ("CHARON_AFFINITY_TIMEOUT_MS", " 1500 "),
+                ("CHARON_DRAIN_TIMEOUT_MS", "2000"),
             ]))
             .unwrap();
         assert_eq!(o.read_timeout, Duration::from_millis(250));
         assert_eq!(o.affinity_timeout, Duration::from_millis(1500));
+        assert_eq!(o.drain_timeout, Duration::from_secs(2));
         assert_eq!(o.write_timeout, DEFAULT_WRITE_TIMEOUT);
         let o = Options::default().with_env(env_of(&[])).unwrap();
         assert_eq!(o, Options::default());

@@ -62,6 +62,9 @@ pub(crate) struct Core {
     pub(crate) finished: bool,
     /// How an idle listener waits (managed and accept mode).
     idle: Option<IdleWait>,
+    /// When a drain was first seen: it takes connections until
+    /// `opts.drain_timeout` after.
+    drain_since: Option<Instant>,
 }
 
 /// A connection we are reading a request from, or keeping for affinity.
@@ -162,6 +165,7 @@ impl Service {
                 allowed,
                 inflight: None,
                 finished: false,
+                drain_since: None,
                 idle,
             },
         })
@@ -288,6 +292,7 @@ impl Core {
             finished,
             allowed,
             idle,
+            drain_since,
             ..
         } = self;
         let Source::Listener(listener) = source else {
@@ -304,9 +309,13 @@ impl Core {
             if managed.as_ref().is_some_and(Managed::at_limit) {
                 return Ok(false);
             }
-            let stop = *finished || sys::stop_requested();
             let draining =
                 sys::drain_requested() || managed.as_ref().is_some_and(Managed::manager_gone);
+            // A drain that new clients keep feeding (a dead manager's socket
+            // stays in place) ends after the drain timeout.
+            let drained = draining
+                && drain_since.get_or_insert_with(Instant::now).elapsed() >= opts.drain_timeout;
+            let stop = *finished || sys::stop_requested() || drained;
             if stop && !std::mem::take(&mut woken) {
                 return Ok(false);
             }
