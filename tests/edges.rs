@@ -242,7 +242,9 @@ fn out_of_fds_is_the_managers_problem_not_the_services() {
         assert_eq!(s["backoffs"], 0, "{s}");
         assert_eq!(s["exits"]["launch_failed"], 0, "{s}");
     }
-    assert!(d.log().contains("the manager's problem, not the service's"));
+    d.wait_log("the manager's problem logged", |l| {
+        l.contains("the manager's problem, not the service's")
+    });
 }
 
 fn client_of_key(d: &Daemon, key: &str) -> Result<Vec<u8>, String> {
@@ -315,9 +317,9 @@ fn a_setsid_grandchild_is_stopped_after_its_instance_is_recycled_and_at_stop() {
         second = sleepers(&d.run);
         second.len() == 1
     });
-    assert!(d
-        .log()
-        .contains("an instance left this process behind: stopping it"));
+    d.wait_log("the stop of what was left behind logged", |l| {
+        l.contains("an instance left this process behind: stopping it")
+    });
     // SIGINT stops as SIGTERM does.
     d.signal(Signal::SIGINT);
     let status = d.proc.as_mut().expect("charond").wait_timeout(PATIENCE);
@@ -663,4 +665,26 @@ fn a_dead_managers_instances_stop_draining_after_stop_grace_under_constant_load(
     // Answered, or (once no instance is left) told the socket is stale;
     // never a timeout.
     assert!(bad.iter().all(|e| !e.contains("timed out")), "{bad:?}");
+}
+
+#[test]
+fn charond_raises_its_soft_fd_limit_to_the_hard_one_and_shows_the_headroom() {
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    dir.write(
+        &format!("conf/{KEY}.toml"),
+        format!("exec = \"{}\"\n", bin("charon-echo").display()),
+    );
+    let run = dir.join("run");
+    let d = Daemon::start_under(dir, conf, run, &[], &["prlimit", "--nofile=64:2048", "--"]);
+    let (open, limit) = manager_fds(&d);
+    assert_eq!(limit, 2048, "soft raised to hard");
+    assert!(open > 0 && open < 64, "{open}");
+    let (code, table, _) = d.charon(&["stats"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("fds open of 2048 ("), "{table}");
+    // Polled: the harness reads charond's log in a thread of its own.
+    d.wait_log("the raise logged", |l| {
+        l.contains("raised the fd limit from 64 to 2048")
+    });
 }
