@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::util::daemon::Daemon;
-use crate::util::{bin, run, wait_for, TestDir};
+use crate::util::{bin, free_port, http_get, run, wait_for, TestDir};
 
 const KEY: &str = "system.echo.0.raw";
 const LONG: Duration = Duration::from_secs(60);
@@ -566,20 +566,6 @@ fn promtool_accepts(text: &str) {
         "promtool check metrics: {:?}: {said}\n{text}",
         out.status
     );
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(LONG)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]

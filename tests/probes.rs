@@ -98,6 +98,10 @@ fn a_service_in_backoff_is_named_and_the_others_are_not() {
     );
     assert!(!err.contains(KEY), "only the service in trouble: {err}");
     assert!(out.is_empty(), "{out}");
+    // Liveness: charond answers, so it is alive, backoff or not.
+    let (code, out, err) = d.charon(&["health", "--live"]);
+    assert_eq!(code, 0, "stdout: {out} stderr: {err}");
+    assert_eq!(out.trim(), "charond answers");
 }
 
 #[test]
@@ -151,4 +155,9 @@ fn without_charond_health_says_so_in_one_line() {
         err.starts_with("charon: no charond is running on run dir "),
         "{err}"
     );
+    let mut cmd = Command::new(bin("charon"));
+    cmd.args(["health", "--live", "--run-dir"])
+        .arg(dir.join("run"));
+    let (st, _, err) = run(cmd, Duration::from_secs(60));
+    assert_eq!(st.code(), Some(7), "{}", String::from_utf8_lossy(&err));
 }

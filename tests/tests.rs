@@ -24,3 +24,5 @@ mod edges;
 mod probes;
 // The first hour of a new user: command-line edges, messages, defaults.
 mod firsthour;
+// The container image's entrypoint and health check, without the image.
+mod image;

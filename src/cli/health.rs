@@ -2,7 +2,8 @@
 //! readiness probe). Asks the manager `{"cmd":"health"}` on its control
 //! socket; exits 0 when every configured service is ready or on demand,
 //! else non-zero with one line naming each service in trouble and each
-//! config file that failed to load. The verdicts are the manager's
+//! config file that failed to load. With `--live` (liveness probes) only
+//! charond's answer counts. The verdicts are the manager's
 //! (`health.rs` there); this module only asks and words the line.
 
 use std::path::PathBuf;
@@ -30,6 +31,11 @@ pub struct Args {
     /// Print the manager's JSON answer as well (on stdout).
     #[arg(long)]
     json: bool,
+    /// Only check that charond answers, whatever its services' health (for
+    /// liveness probes: a service in backoff is no reason to restart
+    /// charond).
+    #[arg(long)]
+    live: bool,
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
@@ -40,6 +46,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
     if args.json {
         println!("{v}");
+    }
+    if args.live {
+        if !args.json {
+            println!("charond answers");
+        }
+        return Ok(());
     }
     match verdict(&v) {
         Ok(line) => {

@@ -91,9 +91,15 @@ impl Daemon {
             .arg("--run-dir")
             .arg(&run)
             .env("CHARON_TEST_LEAK", "must-not-reach-instances")
-            .env("LD_LIBRARY_PATH", "/must/not/reach/instances")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("LD_LIBRARY_PATH", "/must/not/reach/instances");
+        Daemon::spawn(dir, conf, run, cmd)
+    }
+
+    /// Starts charond from a command line the test built whole (the
+    /// image's entrypoint, say); `run` is the run dir that command gives
+    /// it. Returns once the control socket answers.
+    pub fn spawn(dir: TestDir, conf: PathBuf, run: PathBuf, mut cmd: Command) -> Daemon {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut proc = Proc::spawn("charond", cmd);
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = proc.child_mut().stderr.take().expect("stderr");

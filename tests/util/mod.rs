@@ -179,3 +179,23 @@ pub fn run(mut cmd: Command, timeout: Duration) -> (ExitStatus, Vec<u8>, Vec<u8>
         t_err.join().expect("join"),
     )
 }
+
+/// A TCP port free on 127.0.0.1 a moment ago (for a listener the test
+/// cannot ask to bind port 0, such as charond's `--metrics-listen`).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// `GET path` over HTTP/1.0 on 127.0.0.1:port: the whole response, head
+/// included.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
