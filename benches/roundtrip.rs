@@ -35,6 +35,10 @@ static ALLOC: alloc::Counting = alloc::Counting;
 const KEY: &str = "system.echo.0.raw";
 const FALSE_KEY: &str = "bench.false.0.raw";
 const BURST_KEY: &str = "bench.burst.0.raw";
+/// The echo with recycling on: `maximum-requests = 100`, default jitter.
+const RECYCLE_KEY: &str = "bench.recycle.0.raw";
+/// Concurrency of the recycle-cost cell.
+const RECYCLE_CONC: usize = 4;
 const SIZES: [usize; 4] = [0, 1024, 64 * 1024, 1024 * 1024];
 const COLD: usize = 5;
 
@@ -47,25 +51,29 @@ struct Opts {
 }
 
 /// `--only`: run just these connect cells (body bytes, concurrency), the
-/// persistent cells if named, and the scale-up burst (five times) if
-/// named; no other targets. For looking at one thing under perf or strace.
+/// persistent cells if named, the scale-up burst (five times) and the
+/// recycle-cost cell if named; no other targets. For looking at one thing
+/// under perf or strace.
 struct Only {
     cells: Vec<(usize, usize)>,
     persistent: bool,
     scale_up: bool,
+    recycle: bool,
 }
 
-/// `--only 65536x4,0x1,persistent,scale-up`.
+/// `--only 65536x4,0x1,persistent,scale-up,recycle`.
 fn parse_only(v: &str) -> Option<Only> {
     let mut o = Only {
         cells: Vec::new(),
         persistent: false,
         scale_up: false,
+        recycle: false,
     };
     for part in v.split(',') {
         match part {
             "persistent" => o.persistent = true,
             "scale-up" => o.scale_up = true,
+            "recycle" => o.recycle = true,
             _ => {
                 let (size, conc) = part.split_once('x')?;
                 let conc: usize = conc.parse().ok().filter(|&c| (1..=64).contains(&c))?;
@@ -107,7 +115,7 @@ fn parse_args() -> Result<Opts, String> {
                     args.next()
                         .as_deref()
                         .and_then(parse_only)
-                        .ok_or("--only needs cells like 65536x4,0x1 (body bytes x concurrency), persistent or scale-up")?,
+                        .ok_or("--only needs cells like 65536x4,0x1 (body bytes x concurrency), persistent, scale-up or recycle")?,
                 );
             }
             "--json" => o.json = Some(args.next().ok_or("--json needs a path, or - for stdout")?),
@@ -176,6 +184,12 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
                 .to_string(),
         ),
         (
+            RECYCLE_KEY.to_string(),
+            echo_conf(&format!(
+                "prestart-processes = true\nminimum-processes = {n}\nmaximum-processes = {n}\nmaximum-requests = 100"
+            )),
+        ),
+        (
             BURST_KEY.to_string(),
             echo_conf("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 8"),
         ),
@@ -233,6 +247,10 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
         }
     }
     report.table();
+    if o.only.as_ref().map_or(true, |only| only.recycle) {
+        let (off, on) = recycle_cost(&d, per, rounds);
+        report.recycle(RECYCLE_CONC, &off, &on);
+    }
     if let Some(only) = &o.only {
         if only.scale_up {
             // The first burst is the one that counts (later ones find the
@@ -363,6 +381,21 @@ fn ping_cell(
         pings.push(extras::ping_p50_us(d, KEY, count)?);
     }
     Ok((f, c, pings))
+}
+
+/// The same echo load with recycling off and at `maximum-requests = 100`,
+/// A B A B: what recycling costs in throughput.
+fn recycle_cost(d: &Daemon, per: Duration, rounds: u32) -> (Sample, Sample) {
+    let (mut off, mut on) = (Sample::new(), Sample::new());
+    for _ in 0..rounds {
+        for (key, s) in [(KEY, &mut off), (RECYCLE_KEY, &mut on)] {
+            s.merge(run_load(RECYCLE_CONC, per, || {
+                let mut cl = d.client();
+                move || check(cl.call(key, b""), 0)
+            }));
+        }
+    }
+    (off, on)
 }
 
 /// A keep-affinity conversation against a persistent floor ping-pong, and

@@ -319,6 +319,23 @@ impl Report {
         self.target(&text, worst <= own_med + 10_000.0, worst);
     }
 
+    pub fn recycle(&mut self, conc: usize, off: &Sample, on: &Sample) {
+        let ratio = on.rps() / off.rps().max(1.0);
+        self.emit(sample_json("recycle", "maximum-requests-0", 0, conc, off));
+        self.emit(sample_json("recycle", "maximum-requests-100", 0, conc, on));
+        let text = format!(
+            "recycle cost: 0 B at concurrency {conc}, maximum-requests 100 {:.0}/s vs recycling off {:.0}/s = {ratio:.2}x (>= 0.9x){}",
+            on.rps(),
+            off.rps(),
+            if on.errors + off.errors > 0 {
+                format!(", {} failed calls", on.errors + off.errors)
+            } else {
+                String::new()
+            }
+        );
+        self.target(&text, ratio >= 0.9 && on.errors + off.errors == 0, ratio);
+    }
+
     pub fn scale_up(&mut self, took: Duration) {
         let ms = took.as_secs_f64() * 1000.0;
         self.target(
