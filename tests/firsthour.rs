@@ -164,7 +164,7 @@ fn a_panic_is_the_last_stderr_line_shown_by_stats() {
             && line.ends_with(": out of cheese"),
         "{last}"
     );
-    assert_eq!(last["description"], "exit 101 (failed)", "{last}");
+    assert_eq!(last["description"], "exit 101 (nonzero)", "{last}");
     let log = d.log();
     assert!(
         !log.contains("RUST_BACKTRACE"),

@@ -232,8 +232,8 @@ fn poison_requests_kill_only_their_instances() {
         t.timed_out,
         t.disconnected,
         t.other,
-        exits("counted as failed"),
-        exits("counted as crash"),
+        exits("counted as nonzero"),
+        exits("counted as crashed"),
     );
     for (name, end) in &poison_ends {
         // A panic unwinds through the request, whose drop answers "dropped
@@ -281,7 +281,7 @@ fn maximum_requests_is_exact_for_sequential_requests() {
         "{served:?}; log:\n{}",
         d.log()
     );
-    assert_eq!(d.count("counted as crash"), 0);
+    assert_eq!(d.count("counted as crashed"), 0);
 }
 
 /// Two requests always in flight (`charon ping -p 2`), and the same with a

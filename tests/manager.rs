@@ -146,11 +146,11 @@ fn missing_executable_is_a_launch_failure() {
         "exec = \"/nonexistent/charon-no-such-program\"\nprestart-processes = true\nbackoff-initial = \"30s\"\n",
     )]);
     d.wait_log("the launch failure", |l| {
-        l.contains("counted as launch_failure")
+        l.contains("counted as launch_failed")
     });
     assert!(
         d.log()
-            .contains("exit 15 (launch failure: executable not found)"),
+            .contains("exit 15 (launch_failed: executable not found)"),
         "{}",
         d.log()
     );
@@ -198,7 +198,7 @@ fn a_signal_counts_a_crash_and_is_replaced() {
     let err = d.client().call_request(&req).expect_err("crashed");
     assert!(matches!(err.into_kind(), ErrorKind::Disconnected { .. }));
     d.wait_log("the crash", |l| {
-        l.contains("killed by signal 11 (crash)") && l.contains("counted as crash")
+        l.contains("killed by signal 11 (crashed)") && l.contains("counted as crashed")
     });
     d.wait_log("a replacement", |l| l.contains("replacement"));
     assert_eq!(
@@ -243,7 +243,7 @@ fn maximum_requests_recycles_with_the_replacement_first() {
     let log = d.log();
     assert!(sent >= 10, "{sent}");
     assert!(d.count("recycle") >= 2, "{log}");
-    assert_eq!(d.count("counted as crash"), 0, "{log}");
+    assert_eq!(d.count("counted as crashed"), 0, "{log}");
     // The replacement starts before the old instance leaves.
     let first_recycle = log.find(", recycle,").expect("a recycle start");
     let first_exit = log.find("counted as max_requests").expect("an exit");
@@ -684,7 +684,9 @@ fn a_crash_loop_enters_backoff() {
             .context("echo.signal", "6")
             .no_retry();
         assert!(c.call_request(&req).is_err());
-        d.wait_log("the crash", |l| l.matches("counted as crash").count() == n);
+        d.wait_log("the crash", |l| {
+            l.matches("counted as crashed").count() == n
+        });
     }
     d.wait_log("backoff", |l| l.contains("backoff: no launch for 30s"));
     let res = c.call(KEY, b"x");
@@ -809,11 +811,11 @@ fn a_missing_cd_directory_is_launch_failure_11() {
         &echo("prestart-processes = true\ncd = \"/nonexistent-charon-dir\""),
     )]);
     d.wait_log("the launch failure", |l| {
-        l.contains("counted as launch_failure")
+        l.contains("counted as launch_failed")
     });
     let log = d.log();
     assert!(
-        log.contains("exit 11 (launch failure: chdir to the cd directory failed)"),
+        log.contains("exit 11 (launch_failed: chdir to the cd directory failed)"),
         "{log}"
     );
     assert!(

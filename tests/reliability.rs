@@ -626,7 +626,7 @@ fn a_client_vanishing_mid_response_leaves_the_instance_alive() {
     }
     assert_eq!(d.client().call(KEY, b"still").expect("served"), b"still");
     assert_eq!(d.instances(), [pid], "the instance survived EPIPE");
-    assert_eq!(d.count("counted as crash"), 0, "{}", d.log());
+    assert_eq!(d.count("counted as crashed"), 0, "{}", d.log());
 }
 
 #[test]
@@ -699,7 +699,7 @@ fn random_bytes_at_a_live_service_never_hurt_it() {
     println!("random bytes: {n} connections, {answered} answered with an error frame");
     assert!(answered > n / 4, "{answered} of {n}");
     assert_eq!(d.client().call(KEY, b"sane").expect("served"), b"sane");
-    assert_eq!(d.count("counted as crash"), 0, "{}", d.log());
+    assert_eq!(d.count("counted as crashed"), 0, "{}", d.log());
 }
 
 /// What became of one of the 10,000 connections.
@@ -807,7 +807,7 @@ fn ten_thousand_connections_at_once_against_a_pool_of_2() {
     let mut c = client_of(&d.run, Duration::from_secs(10));
     assert_eq!(c.call(KEY, b"after").expect("still answers"), b"after");
     assert_eq!(d.instances().len(), 2);
-    assert_eq!(d.count("counted as crash"), 0, "{}", d.log());
+    assert_eq!(d.count("counted as crashed"), 0, "{}", d.log());
 }
 
 // -------------------------------------------------------------- security

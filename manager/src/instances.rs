@@ -77,11 +77,11 @@ impl Manager {
                 }
                 warning!(Some(&key), None, "unable to start an instance: {e}");
                 svc.stats.launch_failures += 1;
-                svc.stats.exit("launch_failure");
+                svc.stats.exit("launch_failed");
                 svc.stats.set_last_exit(LastExit {
                     pid: 0,
                     status: format!("could not be started: {e}"),
-                    class: "launch_failure",
+                    class: "launch_failed",
                     ..LastExit::default()
                 });
                 if matches!(svc.gen, Gen::Pending { .. }) {

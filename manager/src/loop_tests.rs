@@ -225,7 +225,7 @@ fn a_failed_exit_enters_backoff_and_fast_fails_with_the_reason() {
             reason,
         } => {
             assert_eq!(retry_after, 1);
-            assert!(reason.contains("exit 1 (failed)"), "{reason}");
+            assert!(reason.contains("exit 1 (nonzero)"), "{reason}");
             assert!(
                 reason.contains("last stderr line: config missing"),
                 "{reason}"
@@ -257,7 +257,7 @@ fn a_stopped_instance_gets_sigterm_then_sigkill_and_counts_under_its_reason() {
     r.exit(first, WaitStatus::Signaled(9));
     let svc = &r.m.services[0];
     assert_eq!(svc.stats.exits.get("idle"), Some(&1));
-    assert_eq!(svc.stats.exits.get("crash"), None);
+    assert_eq!(svc.stats.exits.get("crashed"), None);
     assert_eq!(r.pids().len(), 2, "one left, no replacement needed");
 }
 
@@ -283,12 +283,12 @@ fn a_crash_is_replaced_and_reports_are_counted() {
     r.m.read_reports(id);
     assert_eq!(r.m.services[0].stats.requests, 2);
     r.exit(pid, WaitStatus::Signaled(11));
-    assert_eq!(r.m.services[0].stats.exits.get("crash"), Some(&1));
+    assert_eq!(r.m.services[0].stats.exits.get("crashed"), Some(&1));
     assert_eq!(r.pids().len(), 2, "replaced");
 }
 
 #[test]
-fn retiring_starts_the_replacement_before_stopping_the_old_one() {
+fn retiring_starts_the_replacement_and_the_old_one_serves_to_its_limit() {
     let mut r = rig(|c| c.prestart_processes = true);
     r.begin();
     let old = r.pids()[0];
@@ -308,6 +308,29 @@ fn retiring_starts_the_replacement_before_stopping_the_old_one() {
     assert!(r.seen.borrow().signals.is_empty());
     let board = &r.m.services[0].board;
     board.slot(spawned[1].1).unwrap().set_state(SlotState::Idle);
+    r.m.recycle_step(0);
+    // The replacement is ready, but the old one, busy lately, serves on to
+    // its limit and leaves by itself.
+    assert!(r.seen.borrow().signals.is_empty());
+    r.exit(old, WaitStatus::Exited(0));
+    assert_eq!(r.m.services[0].stats.exits.get("max_requests"), Some(&1));
+    assert_eq!(r.pids().len(), 2, "no extra replacement");
+}
+
+#[test]
+fn a_retiree_idle_for_a_while_is_stopped_once_its_replacement_is_ready() {
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    let old = r.pids()[0];
+    let id = r.id_of(old);
+    r.m.retire(id, KillReason::MaxRequests);
+    let spawned = r.seen.borrow().spawned.clone();
+    assert_eq!(spawned.len(), 2, "replacement first");
+    let board = &r.m.services[0].board;
+    board.slot(spawned[1].1).unwrap().set_state(SlotState::Idle);
+    if let Some(i) = r.m.procs.get_mut(id) {
+        i.idle_since = Instant::now() - Duration::from_secs(2);
+    }
     r.m.recycle_step(0);
     assert_eq!(r.seen.borrow().signals, [(old, Signal::SIGTERM)]);
     r.exit(old, WaitStatus::Exited(0));

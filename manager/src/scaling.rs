@@ -24,6 +24,9 @@ pub(crate) const HEALTHY_UPTIME: Duration = Duration::from_secs(10);
 const SAT_RECHECK: Duration = Duration::from_millis(10);
 /// While a replacement comes up, check this often whether it is ready.
 const RECYCLE_RECHECK: Duration = Duration::from_millis(20);
+/// A retiree at its request notice idle this long is stopped rather than
+/// left to reach its limit.
+const RETIREE_IDLE: Duration = Duration::from_secs(1);
 /// Instances being recycled at once, per service.
 const MAX_RECYCLING: usize = 2;
 
@@ -352,12 +355,14 @@ impl Manager {
     }
 
     /// Advances recycling: start replacements (a few at a time), then stop
-    /// each retiree once its replacement is idle (or gone).
+    /// each retiree once its replacement is idle (or gone); one retiring
+    /// for `maximum-requests` is left to reach its limit unless it is idle.
     pub(crate) fn recycle_step(&mut self, s: usize) {
         let mut active = 0;
         let mut pending = Vec::new();
         let mut ready = Vec::new();
         let mut reps = Vec::new();
+        let now = Instant::now();
         for (id, i) in self
             .procs
             .iter()
@@ -374,13 +379,21 @@ impl Manager {
                         .get(rep)
                         .and_then(|r| self.services[s].board.slot(r.slot))
                         .and_then(|sl| sl.state());
-                    if matches!(rep_state, None | Some(SlotState::Idle | SlotState::Busy)) {
+                    // An instance at its request notice serves on to its
+                    // limit, where it leaves by itself (a SIGTERM would
+                    // cut its life short and cost a fork more per
+                    // `maximum-requests`); stopped only once it has had
+                    // nothing to do for a while (the load went away).
+                    let finishing = reason == KillReason::MaxRequests
+                        && now.saturating_duration_since(i.idle_since) < RETIREE_IDLE;
+                    if !finishing
+                        && matches!(rep_state, None | Some(SlotState::Idle | SlotState::Busy))
+                    {
                         ready.push((id, reason));
                     }
                 }
             }
         }
-        let now = Instant::now();
         for rep in reps {
             self.note_ready(rep, now);
         }
@@ -394,7 +407,10 @@ impl Manager {
             && !self.services[s].state.mode.is_backoff()
             && self.services[s].state.mode != Mode::Stopped;
         for id in pending {
-            if active >= MAX_RECYCLING || !can_start {
+            // Every slot taken (replacements already on their way): the
+            // retiree waits for the next step, serving meanwhile.
+            let slot_free = self.services[s].used_slots.iter().any(|u| !u);
+            if active >= MAX_RECYCLING || !can_start || !slot_free {
                 break;
             }
             let rep = self.spawn_one(s, StartWhy::Recycle);

@@ -267,13 +267,13 @@ mod tests {
     fn reason_names_status_and_stderr() {
         let e = LastExit {
             pid: 7,
-            status: "exit 1 (failed)".into(),
+            status: "exit 1 (nonzero)".into(),
             stderr: "boom".into(),
             ..LastExit::default()
         };
         assert_eq!(
             e.reason(),
-            "last instance (pid 7) exit 1 (failed); last stderr line: boom"
+            "last instance (pid 7) exit 1 (nonzero); last stderr line: boom"
         );
     }
 }

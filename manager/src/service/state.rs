@@ -101,9 +101,9 @@ impl ExitClass {
     pub(crate) const fn name(self) -> &'static str {
         match self {
             ExitClass::Clean => "clean",
-            ExitClass::Failed(_) => "failed",
-            ExitClass::LaunchFailure(_) => "launch_failure",
-            ExitClass::Crash(_) => "crash",
+            ExitClass::Failed(_) => "nonzero",
+            ExitClass::LaunchFailure(_) => "launch_failed",
+            ExitClass::Crash(_) => "crashed",
             ExitClass::Killed(r) => r.name(),
         }
     }
@@ -113,13 +113,13 @@ impl fmt::Display for ExitClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitClass::Clean => f.write_str("exit 0 (clean)"),
-            ExitClass::Failed(c) => write!(f, "exit {c} (failed)"),
+            ExitClass::Failed(c) => write!(f, "exit {c} (nonzero)"),
             ExitClass::LaunchFailure(c) => write!(
                 f,
-                "exit {c} (launch failure: {})",
+                "exit {c} (launch_failed: {})",
                 code::describe(c).unwrap_or("unknown")
             ),
-            ExitClass::Crash(s) => write!(f, "killed by signal {s} (crash)"),
+            ExitClass::Crash(s) => write!(f, "killed by signal {s} (crashed)"),
             ExitClass::Killed(r) => write!(f, "stopped by the manager ({})", r.name()),
         }
     }

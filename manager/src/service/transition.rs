@@ -12,7 +12,11 @@ use super::state::{Blame, ExitClass, Mode, ServiceState};
 pub(crate) enum StartWhy {
     Prestart,
     OnDemand,
+    /// For an instance that died unasked: paced (`pacing.rs`).
     Replace,
+    /// For an instance the manager stopped (recycled, drained, idle) or
+    /// could not start for its own lack of resources: not paced.
+    Refill,
     Trial,
     Grow,
     Recycle,
@@ -26,6 +30,7 @@ impl StartWhy {
             StartWhy::Prestart => "prestart",
             StartWhy::OnDemand => "on demand",
             StartWhy::Replace => "replacement",
+            StartWhy::Refill => "refill",
             StartWhy::Trial => "trial after backoff",
             StartWhy::Grow => "grow",
             StartWhy::Recycle => "recycle",
@@ -106,8 +111,10 @@ pub(crate) fn on_event(s: &mut ServiceState, ev: Event, now: Instant) -> Actions
                 remaining,
                 young,
             },
-        ) => exited(s, class.blame(young), remaining, now),
-        (Mode::Running | Mode::Watching, Event::Resume { remaining }) => resume(s, remaining),
+        ) => exited(s, class, young, remaining, now),
+        (Mode::Running | Mode::Watching, Event::Resume { remaining }) => {
+            resume(s, remaining, StartWhy::Refill)
+        }
         (Mode::Trial { .. }, Event::Resume { remaining: 0 }) => vec![Action::Spawn {
             count: 1,
             why: StartWhy::Trial,
@@ -201,13 +208,13 @@ fn enter_backoff(s: &mut ServiceState, remaining: u32, now: Instant) -> Actions 
 /// After the manager's own resource failure, or an exit that says nothing
 /// against the program: start what is still wanted, or watch for demand
 /// again; never a reason for backoff.
-fn resume(s: &mut ServiceState, remaining: u32) -> Actions {
+fn resume(s: &mut ServiceState, remaining: u32, why: StartWhy) -> Actions {
     let wanted = s.wanted();
     if remaining < wanted {
         s.mode = Mode::Running;
         vec![Action::Spawn {
             count: wanted - remaining,
-            why: StartWhy::Replace,
+            why,
         }]
     } else if remaining == 0 {
         s.mode = Mode::Watching;
@@ -220,11 +227,22 @@ fn resume(s: &mut ServiceState, remaining: u32) -> Actions {
 /// An exit while running. Only young failures stop launches: a mature
 /// instance's death (a poison request, an outside kill) is replaced, so one
 /// bad process stays one bad process.
-fn exited(s: &mut ServiceState, blame: Blame, remaining: u32, now: Instant) -> Actions {
-    match blame {
+fn exited(
+    s: &mut ServiceState,
+    class: ExitClass,
+    young: bool,
+    remaining: u32,
+    now: Instant,
+) -> Actions {
+    let why = if matches!(class, ExitClass::Killed(_)) {
+        StartWhy::Refill
+    } else {
+        StartWhy::Replace
+    };
+    match class.blame(young) {
         Blame::CannotRun => enter_backoff(s, remaining, now),
         Blame::Crash if s.crashes.crash(now) => enter_backoff(s, remaining, now),
-        Blame::Crash | Blame::None => resume(s, remaining),
+        Blame::Crash | Blame::None => resume(s, remaining, why),
     }
 }
 
@@ -420,6 +438,18 @@ mod tests {
                 assert_eq!(s.mode, Mode::Running);
             }
         }
+        // One the manager stopped is refilled without pacing.
+        assert_eq!(
+            on_event(
+                &mut s,
+                exit(ExitClass::Killed(KillReason::MaxRequests), 1),
+                now
+            ),
+            [Action::Spawn {
+                count: 1,
+                why: StartWhy::Refill
+            }]
+        );
         // Above the minimum nothing is owed (growth is calibrate's job).
         assert_eq!(on_event(&mut s, exit(ExitClass::Failed(1), 3), now), []);
         assert_eq!(s.backoff.entries, 0);
@@ -621,7 +651,7 @@ mod tests {
             on_event(&mut s, Event::Resume { remaining: 1 }, now),
             [Action::Spawn {
                 count: 2,
-                why: StartWhy::Replace
+                why: StartWhy::Refill
             }]
         );
         assert_eq!(s.mode, Mode::Running);
@@ -642,7 +672,7 @@ mod tests {
             on_event(&mut s, Event::Resume { remaining: 0 }, now),
             [Action::Spawn {
                 count: 2,
-                why: StartWhy::Replace
+                why: StartWhy::Refill
             }]
         );
         // A trial that could not start: try it again; one running: wait.
