@@ -157,7 +157,7 @@ fn missing_executable_is_a_launch_failure() {
     // A failure is a warning, and the backoff it causes too.
     d.wait_log("the backoff", |l| l.contains("backoff: no launch"));
     let log = d.log();
-    for needle in ["counted as launch_failure", "backoff: no launch"] {
+    for needle in ["counted as launch_failed", "backoff: no launch"] {
         let found: Vec<&str> = log
             .lines()
             .filter(|l| l.contains(needle))
