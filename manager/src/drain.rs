@@ -58,6 +58,10 @@ impl Manager {
         // up, not using the service library, would otherwise wait for the
         // ready deadline).
         let idle_stop = self.stopping && !waiting(&self.services[o].listen);
+        // A stop's drain began at `linger_until` (it has no linger): an
+        // instance still not up `stop-grace` after is not waited for.
+        let stop_overdue =
+            self.stopping && now >= linger_until + self.services[o].config.stop_grace;
         let ids: Vec<usize> = self
             .procs
             .iter()
@@ -80,7 +84,10 @@ impl Manager {
             // until the library reports it up.
             if matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
                 self.drain_instance(id, now);
-            } else if idle_stop || now.saturating_duration_since(inst.started) > READY_DEADLINE {
+            } else if idle_stop
+                || stop_overdue
+                || now.saturating_duration_since(inst.started) > READY_DEADLINE
+            {
                 // Never came up: it serves nothing, so stopping it loses
                 // nothing (and SIGKILL follows after stop-grace).
                 let reason = self.drain_reason();

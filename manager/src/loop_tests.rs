@@ -392,6 +392,13 @@ fn shutdown_serves_a_queue_left_with_no_instance() {
     assert!(r.seen.borrow().spawned.is_empty());
     assert!(r.m.generation_step(0, Instant::now()));
     assert_eq!(r.seen.borrow().spawned.len(), 1, "one instance serves it");
+    // It is waited for while it starts, but not past stop-grace.
+    assert!(r.m.generation_step(0, Instant::now()));
+    assert!(r.seen.borrow().signals.is_empty());
+    let late = Instant::now() + r.m.services[0].config.stop_grace;
+    assert!(r.m.generation_step(0, late));
+    let pid = r.pids()[0];
+    assert_eq!(r.seen.borrow().signals, [(pid, Signal::SIGTERM)]);
 }
 
 #[test]
