@@ -234,12 +234,12 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
     }
     if o.only
         .as_ref()
-        .map_or(true, |only| only.cells.contains(&(0, 1)))
+        .is_none_or(|only| only.cells.contains(&(0, 1)))
     {
         let (f, c, pings) = ping_cell(&d, &fl, per, rounds)?;
         report.ping(&f, &c, &pings);
     }
-    if o.only.as_ref().map_or(true, |only| only.persistent) {
+    if o.only.as_ref().is_none_or(|only| only.persistent) {
         for size in [0, 1024] {
             let (f, c, r) = persistent(&d, &pfl, size, per, rounds);
             report.cell("persistent", size, 1, &f, &c);

@@ -26,3 +26,5 @@ mod probes;
 mod firsthour;
 // The container image's entrypoint and health check, without the image.
 mod image;
+// Under systemd: notify, the fd store, socket activation.
+mod systemd;

@@ -208,7 +208,7 @@ impl BrokenKeys {
         self.entries
             .iter()
             .flatten()
-            .filter(move |e| key.map_or(true, |k| e.key == k))
+            .filter(move |e| key.is_none_or(|k| e.key == k))
     }
 }
 

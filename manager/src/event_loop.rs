@@ -126,6 +126,8 @@ pub(crate) struct Manager {
     pub reloads: Vec<PendingReload>,
     /// Where fresh statistics go for the `/metrics` thread.
     pub metrics: Option<crossbeam_channel::Sender<String>>,
+    /// Readiness, status and watchdog for systemd (`NOTIFY_SOCKET`).
+    pub notify: crate::notify::Notifier,
     /// The manager's own resource failures: retry time and spare fd.
     pub starvation: crate::starved::Starvation,
     /// Processes instances left behind (charond is their subreaper).
@@ -186,6 +188,7 @@ impl Manager {
             orphans: crate::orphans::Orphans::default(),
             forced: false,
             broken: Vec::new(),
+            notify: crate::notify::Notifier::from_env(),
             _lock: lock,
         })
     }
@@ -204,6 +207,7 @@ impl Manager {
             self.events.push_back((s, Event::Begin));
         }
         self.process_events();
+        self.notify_look();
         let mut events = Events::with_capacity(256);
         loop {
             // Stopping ends once every generation has served its queue and
@@ -238,6 +242,7 @@ impl Manager {
             }
             self.on_deadlines(Instant::now());
             self.process_events();
+            self.notify_look();
         }
     }
 
@@ -355,6 +360,7 @@ impl Manager {
         let mut d = vec![self.next_tick, self.next_stats];
         d.extend(self.control.as_ref().and_then(Control::deadline));
         d.extend(self.unresp_check);
+        d.extend(self.notify.next_deadline(Instant::now()));
         d.extend(self.starvation.deadline());
         d.extend(self.orphans.deadline());
         for (_, svc) in self.services.iter() {
@@ -449,6 +455,7 @@ impl Manager {
             return;
         }
         self.stopping = true;
+        self.notify_stop();
         info!(
             None,
             None,

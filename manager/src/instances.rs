@@ -309,7 +309,7 @@ impl Manager {
                 .board
                 .slot(slot)
                 .and_then(|sl| sl.state())
-                .map_or(true, |st| st == SlotState::Starting);
+                .is_none_or(|st| st == SlotState::Starting);
             if !starting || leaving {
                 continue;
             }

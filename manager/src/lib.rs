@@ -56,6 +56,8 @@ mod log;
 #[cfg(test)]
 mod loop_tests;
 pub mod metrics;
+mod notify;
+mod notify_policy;
 mod orphans;
 mod process_table;
 mod queue;

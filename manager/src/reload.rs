@@ -126,6 +126,7 @@ impl Manager {
     /// to control connection `conn` (if any) once every changed key's new
     /// generation has taken over or failed.
     pub(crate) fn reload(&mut self, conn: Option<u64>) {
+        self.notify_reload();
         if self.stopping {
             self.answer_reload(conn, Err("the manager is stopping".into()));
             return;
@@ -330,7 +331,7 @@ impl Manager {
 
     /// Every wanted instance is up and waiting (or, on demand, none is
     /// wanted yet).
-    fn is_ready(&self, s: usize) -> bool {
+    pub(crate) fn is_ready(&self, s: usize) -> bool {
         let svc = &self.services[s];
         match svc.state.mode {
             Mode::Watching => true,

@@ -102,7 +102,7 @@ impl Manager {
             .services
             .iter()
             .filter(|(_, v)| v.gen == Gen::Live)
-            .filter(|(_, v)| key.map_or(true, |k| v.key() == k))
+            .filter(|(_, v)| key.is_none_or(|k| v.key() == k))
             .map(|(s, v)| (v.key().to_string(), s))
             .collect();
         keys.sort();

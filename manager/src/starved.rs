@@ -122,7 +122,7 @@ impl Manager {
     /// The retry is due: every starved service asks its automaton again
     /// what to start.
     pub(crate) fn starved_retry(&mut self, now: Instant) {
-        if !self.starvation.retry_at.is_some_and(|t| t <= now) {
+        if self.starvation.retry_at.is_none_or(|t| t > now) {
             return;
         }
         self.starvation.retry_at = None;

@@ -32,7 +32,7 @@ pub(crate) fn wait(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Res
         }
     };
     match poll(fds, timeout) {
-        Ok(0) => Ok(deadline.map_or(true, |d| Instant::now() < d)),
+        Ok(0) => Ok(deadline.is_none_or(|d| Instant::now() < d)),
         Ok(_) | Err(Errno::EINTR) => Ok(true),
         Err(e) => Err(e.into()),
     }

@@ -1,0 +1,299 @@
+//! charond under systemd, with the test playing systemd's part: a datagram
+//! socket bound in the temp dir is `NOTIFY_SOCKET`, and the test reads what
+//! charond sends there (sd_notify(3)): readiness, reload, stop, status,
+//! watchdog pings, and the sockets it hands to the fd store.
+
+use std::io::IoSliceMut;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+use crate::util::daemon::{Daemon, PATIENCE};
+use crate::util::{bin, wait_for, TestDir};
+
+const KEY: &str = "system.echo.0.raw";
+
+/// One datagram charond sent: its lines, when it came, the fds with it.
+pub struct Note {
+    pub lines: Vec<String>,
+    pub at: Instant,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Note {
+    fn has(&self, line: &str) -> bool {
+        self.lines.iter().any(|l| l == line)
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+/// systemd's end of `NOTIFY_SOCKET`.
+pub struct Systemd {
+    sock: UnixDatagram,
+    pub path: PathBuf,
+    pub notes: Vec<Note>,
+}
+
+impl Systemd {
+    pub fn bind(dir: &TestDir) -> Systemd {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        Systemd {
+            sock,
+            path,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Reads what has come (waiting at most 100 ms for the first).
+    fn read(&mut self) {
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&self.sock);
+            let (n, fds) =
+                match recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+                    Ok(m) => {
+                        let mut fds = Vec::new();
+                        for c in m.cmsgs().expect("cmsgs") {
+                            if let ControlMessageOwned::ScmRights(raw) = c {
+                                // SAFETY: SCM_RIGHTS just installed these fds in
+                                // this process; nothing else owns them.
+                                fds.extend(
+                                    raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }),
+                                );
+                            }
+                        }
+                        (m.bytes, fds)
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => return,
+                    Err(e) => panic!("recvmsg on the notify socket: {e}"),
+                };
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.notes.push(Note {
+                lines: text.lines().map(str::to_string).collect(),
+                at: Instant::now(),
+                fds,
+            });
+            self.sock
+                .set_read_timeout(Some(Duration::from_millis(1)))
+                .expect("timeout");
+        }
+    }
+
+    /// Reads until a datagram has `line`; returns its index.
+    pub fn wait_line(&mut self, line: &str) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(i) = self.notes.iter().position(|n| n.has(line)) {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line} within {PATIENCE:?}; got {:?}",
+                self.lines()
+            );
+            self.sock
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            self.read();
+        }
+    }
+
+    /// Every line received, watchdog pings left out, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.notes
+            .iter()
+            .flat_map(|n| n.lines.iter().cloned())
+            .filter(|l| l != "WATCHDOG=1")
+            .collect()
+    }
+}
+
+fn echo_prestarted() -> String {
+    // Prestarted, so that readiness has an instance to wait for (the
+    // default, on demand, is ready as soon as the socket listens).
+    format!(
+        "exec = \"{}\"\nprestart-processes = true\n",
+        bin("charon-echo").display()
+    )
+}
+
+/// The plain charond command line on `conf` and `run`.
+fn charond(conf: &Path, run: &Path) -> Command {
+    let mut cmd = Command::new(bin("charond"));
+    cmd.arg("--config-dir").arg(conf).arg("--run-dir").arg(run);
+    cmd
+}
+
+fn start(dir: TestDir, sd: &Systemd, env: &[(&str, String)]) -> Daemon {
+    let conf = dir.join("conf");
+    let run = dir.join("run");
+    let notify = sd.path.clone();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let mut cmd = charond(&conf, &run);
+    cmd.env("NOTIFY_SOCKET", &notify);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Daemon::spawn(dir, conf, run, cmd)
+}
+
+fn monotonic_usec() -> i128 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_nsec()) / 1000
+}
+
+fn is_ready_in_ps(d: &Daemon) -> bool {
+    d.ps()
+        .iter()
+        .any(|p| p["key"] == KEY && (p["state"] == "idle" || p["state"] == "busy"))
+}
+
+/// READY=1 once the prestarted instance is ready; RELOADING=1 with
+/// MONOTONIC_USEC then READY=1 around a good and a broken reload; STATUS
+/// lines; STOPPING=1 at SIGTERM; and WATCHDOG=1 pings no further apart
+/// than the interval systemd gave.
+#[test]
+fn notify_start_reload_stop_and_watchdog() {
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    dir.write(&format!("conf/{KEY}.toml"), echo_prestarted());
+    let mut sd = Systemd::bind(&dir);
+    // The watchdog interval systemd would set from `WatchdogSec=`; this
+    // test is about it. 4 s: pings every 2 s.
+    let watchdog = Duration::from_secs(4);
+    let d = start(
+        dir,
+        &sd,
+        &[("WATCHDOG_USEC", watchdog.as_micros().to_string())],
+    );
+    let ready = sd.wait_line("READY=1");
+    assert!(
+        is_ready_in_ps(&d),
+        "READY=1 came before the prestarted instance was ready: {:?}",
+        d.ps()
+    );
+    let status = sd.notes[ready].value("STATUS").expect("STATUS with READY");
+    assert_eq!(
+        status,
+        "1 service, 0/1 instances busy, 0 req/s, 0 in backoff"
+    );
+    assert_eq!(sd.lines().iter().filter(|l| *l == "READY=1").count(), 1);
+    // No fd store without FDSTORE= in the environment.
+    assert!(sd.notes.iter().all(|n| n.fds.is_empty()));
+
+    // A good reload: a changed file, a new generation.
+    std::fs::write(
+        conf.join(format!("{KEY}.toml")),
+        echo_prestarted() + "env = { CHANGED = \"1\" }\n",
+    )
+    .expect("write conf");
+    let before = monotonic_usec();
+    d.signal(Signal::SIGHUP);
+    let reloading = sd.wait_line("RELOADING=1");
+    let usec: i128 = sd.notes[reloading]
+        .value("MONOTONIC_USEC")
+        .expect("MONOTONIC_USEC with RELOADING=1")
+        .parse()
+        .expect("a number");
+    assert!(
+        usec >= before && usec <= monotonic_usec(),
+        "{usec} vs {before}"
+    );
+    wait_for(PATIENCE, "READY=1 after the reload", || {
+        sd.read();
+        sd.notes[reloading + 1..].iter().any(|n| n.has("READY=1"))
+    });
+    assert!(d
+        .log()
+        .contains("reload done: 0 started, 0 stopped, 1 changed"));
+
+    // A broken file: refused, the old config kept, READY=1 again.
+    std::fs::write(conf.join(format!("{KEY}.toml")), "exec = [[[\n").expect("write");
+    let n = sd.notes.len();
+    d.signal(Signal::SIGHUP);
+    wait_for(PATIENCE, "RELOADING=1 then READY=1 (broken file)", || {
+        sd.read();
+        let l: Vec<String> = sd.notes[n..]
+            .iter()
+            .flat_map(|n| n.lines.iter().cloned())
+            .filter(|l| l == "RELOADING=1" || l == "READY=1")
+            .collect();
+        l == ["RELOADING=1", "READY=1"]
+    });
+    assert!(d.log().contains("1 config error(s)"));
+    assert_eq!(d.client().call(KEY, b"still").expect("served"), b"still");
+
+    // Pings keep coming, no further apart than the interval.
+    let pings = sd.notes.iter().filter(|n| n.has("WATCHDOG=1")).count();
+    wait_for(PATIENCE, "two more watchdog pings", || {
+        sd.read();
+        sd.notes.iter().filter(|n| n.has("WATCHDOG=1")).count() >= pings + 2
+    });
+
+    // Stop.
+    let mut d = d;
+    d.signal(Signal::SIGTERM);
+    sd.wait_line("STOPPING=1");
+    let status = d.proc.as_mut().expect("charond").wait_timeout(PATIENCE);
+    assert!(status.success(), "{status:?}");
+    sd.read();
+    let lines = sd.lines();
+    let stop = lines
+        .iter()
+        .position(|l| l == "STOPPING=1")
+        .expect("STOPPING=1");
+    assert!(
+        !lines[stop..]
+            .iter()
+            .any(|l| l == "READY=1" || l == "RELOADING=1"),
+        "{lines:?}"
+    );
+    let at: Vec<Instant> = sd
+        .notes
+        .iter()
+        .filter(|n| n.has("WATCHDOG=1"))
+        .map(|n| n.at)
+        .collect();
+    let gap = at.windows(2).map(|w| w[1] - w[0]).max().expect("pings");
+    assert!(
+        gap < watchdog,
+        "watchdog pings {gap:?} apart, over {watchdog:?}"
+    );
+}
+
+/// Without NOTIFY_SOCKET nothing is sent (and nothing changes): the path a
+/// stale variable would name stays silent.
+#[test]
+fn without_notify_socket_nothing_is_sent() {
+    let dir = TestDir::new();
+    dir.mkdir("conf");
+    dir.write(&format!("conf/{KEY}.toml"), echo_prestarted());
+    let mut sd = Systemd::bind(&dir);
+    let conf = dir.join("conf");
+    let run = dir.join("run");
+    let mut cmd = charond(&conf, &run);
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env("WATCHDOG_USEC", "200000");
+    let d = Daemon::spawn(dir, conf, run, cmd);
+    wait_for(PATIENCE, "the instance ready", || is_ready_in_ps(&d));
+    sd.read();
+    assert!(sd.notes.is_empty());
+}
