@@ -316,8 +316,10 @@ mod tests {
         let w = Duration::from_secs(10);
         let mut p = Policy::new(Some(w));
         assert_eq!(p.next_deadline(t), Some(t));
-        let out = p.on_event(Event::Look(fig(false, false)), t);
-        assert_eq!(out, vec![Msg::Watchdog]);
+        let f = fig(false, false);
+        let out = p.on_event(Event::Look(f), t);
+        let status = Msg::Status(status_line(Phase::Starting, f, 0.0));
+        assert_eq!(out, vec![status, Msg::Watchdog]);
         // Starting: look again soon, whatever the watchdog.
         assert_eq!(p.next_deadline(t), Some(t + START_RECHECK));
         let out = p.on_event(Event::Look(fig(true, false)), t + Duration::from_secs(1));
