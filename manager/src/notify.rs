@@ -70,7 +70,7 @@ impl Notifier {
                 warning!(
                     None,
                     None,
-                    "warning: unable to notify systemd over NOTIFY_SOCKET: {e}"
+                    "unable to notify systemd over NOTIFY_SOCKET: {e}"
                 );
             }
         }
