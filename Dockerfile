@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # Charon as a container image: charond is the entrypoint and PID 1 (it
 # reaps whatever is re-parented to it and drains on SIGTERM), running the
 # services of /etc/charon with its sockets in /run/charon/sockets.
@@ -22,7 +23,11 @@ FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 COPY . .
 # --locked: the versions of Cargo.lock, nothing resolved anew at build time.
-RUN cargo build --release --locked --bin charond --bin charon --bin charon-echo \
+# The registry and target dir are build caches (BuildKit), kept between
+# builds and never in the image; the binaries are copied out of them.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin charond --bin charon --bin charon-echo \
     && install -D -m 0755 -t /out/bin \
         target/release/charond target/release/charon target/release/charon-echo
 

@@ -1,8 +1,9 @@
 //! What probes rely on (a container's HEALTHCHECK, Kubernetes readiness):
 //! `charon health` against a real charond. The demo on its documented
 //! defaults is healthy; a service in backoff and a config file that failed
-//! to load are named on one line with a non-zero exit; no charond is a
-//! clear line too. Each test polls for the condition with a deadline.
+//! to load are named on one line with a non-zero exit, and so is a
+//! charond that is stopping; no charond is a clear line too. Each test
+//! polls for the condition with a deadline.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -139,6 +140,31 @@ fn a_config_file_that_failed_to_load_is_named_until_it_is_fixed() {
         err.contains("app.broken.0.raw.toml:2: maximum-processes"),
         "{err}"
     );
+}
+
+#[test]
+fn a_stopping_charond_is_unhealthy_while_it_drains() {
+    let d = Daemon::start(&[(KEY, &echo_conf())]);
+    let mut c = d.client();
+    // A request in hand keeps charond draining for a while after SIGTERM.
+    let slow = std::thread::spawn(move || {
+        let r = Request::new(KEY, b"slow".to_vec()).context("echo.sleep-ms", "5000");
+        c.call_request(&r)
+    });
+    wait_for(PATIENCE, "the slow request in hand", || {
+        d.ps().iter().any(|i| i["state"] == "busy")
+    });
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    // The signal is handled on charond's next turn: poll for it.
+    let mut seen = (0, String::new(), String::new());
+    wait_for(PATIENCE, "charon health to see the stop", || {
+        seen = d.charon(&["health"]);
+        seen.0 != 0
+    });
+    let (code, out, err) = seen;
+    assert_eq!(code, UNHEALTHY, "stdout: {out} stderr: {err}");
+    assert_eq!(err.trim(), "charon: unhealthy: charond is stopping");
+    assert_eq!(slow.join().expect("thread").expect("answered"), b"slow");
 }
 
 #[test]

@@ -13,13 +13,21 @@
    the adapter rules define; each charond metric those rules query is one
    charond exports (manager/src/metrics.rs); the ServiceMonitor selects the
    metrics Service and names its port.
+4. The adapter rules' queries compute what doc/deploy.md says: with the
+   adapter's templates filled in as it fills them for one pod, promtool
+   (Prometheus' own engine, `promtool test rules`) evaluates them on
+   series of two services and must get the expected per-pod values.
 
 Usage: python check.py KUBERNETES_VERSION
 """
 
+import os
 import pathlib
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import kubernetes_validate
 import yaml
@@ -95,17 +103,81 @@ def agree(docs):
     return errors
 
 
+# Scrapes every 15 s of one pod running two services, a and b, and what
+# each adapter rule must compute from them 3 minutes in: a has 3 of its 4
+# instances busy, b none of 4 (busy fraction 3/8); a's queue was 5 deep
+# 30 s ago, b's is steadily 1 (the highest of the last minute, summed: 6).
+POD = 'namespace="charon",pod="web-1"'
+SERIES = {
+    'charon_instances{%s,key="a.a.0.raw",state="busy"}' % POD: "3x20",
+    'charon_instances{%s,key="b.b.0.raw",state="busy"}' % POD: "0x20",
+    'charon_instances{%s,key="a.a.0.raw",state="idle"}' % POD: "1x20",
+    'charon_instances{%s,key="b.b.0.raw",state="idle"}' % POD: "1x20",
+    'charon_instances_max{%s,key="a.a.0.raw"}' % POD: "4x20",
+    'charon_instances_max{%s,key="b.b.0.raw"}' % POD: "4x20",
+    'charon_queue_depth{%s,key="a.a.0.raw"}' % POD: "0x9 5 0x10",
+    'charon_queue_depth{%s,key="b.b.0.raw"}' % POD: "1x20",
+}
+EXPECTED = {"charon_busy_fraction": 0.375, "charon_queue_depth": 6}
+
+
+def promql(rules):
+    """Evaluates each rule's metricsQuery with promtool; errors as strings."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            return ["promtool is not installed (.ci/run installs it)"]
+        print("!!! promtool not found: the adapter queries were NOT evaluated !!!")
+        return []
+    tests = []
+    errors = []
+    for r in rules:
+        name = r["name"]["as"]
+        if name not in EXPECTED:
+            errors.append("adapter rule %s has no expected value in check.py" % name)
+            continue
+        query = (r["metricsQuery"].replace("<<.LabelMatchers>>", POD)
+                 .replace("<<.GroupBy>>", "pod"))
+        tests.append({"expr": query, "eval_time": "3m",
+                      "exp_samples": [{"labels": '{pod="web-1"}', "value": EXPECTED[name]}]})
+    spec = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "15s",
+            "input_series": [{"series": k, "values": v} for k, v in SERIES.items()],
+            "promql_expr_test": tests,
+        }],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "adapter-test.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        run = subprocess.run([promtool, "test", "rules", str(path)],
+                             capture_output=True, text=True)
+    if run.returncode != 0:
+        errors.append("promtool test rules: the adapter queries do not compute the expected "
+                      "values:\n%s%s" % (run.stdout, run.stderr))
+    else:
+        print("ok adapter queries evaluated by promtool: %s"
+              % ", ".join("%s = %s" % kv for kv in sorted(EXPECTED.items())))
+    return errors
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     docs = list(objects())
     errors = [e for e in (validate(sys.argv[1], p, d) for p, d in docs) if e]
     errors += agree(docs)
+    rules = [r for _, d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d.get("data", {})
+             for r in yaml.safe_load(d["data"]["config.yaml"])["rules"]]
+    errors += promql(rules)
     for e in errors:
         print("error: %s" % e, file=sys.stderr)
     if errors:
         sys.exit(1)
-    print("%d objects valid; HPA, adapter rules, charond's metrics and ServiceMonitor agree" % len(docs))
+    print("%d objects valid; HPA, adapter rules, charond's metrics and ServiceMonitor agree"
+          % len(docs))
 
 
 if __name__ == "__main__":
