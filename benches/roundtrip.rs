@@ -247,7 +247,7 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
         }
     }
     report.table();
-    if o.only.as_ref().map_or(true, |only| only.recycle) {
+    if o.only.as_ref().is_none_or(|only| only.recycle) {
         let (off, on) = recycle_cost(&d, per, rounds);
         report.recycle(RECYCLE_CONC, &off, &on);
     }
