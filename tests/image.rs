@@ -3,8 +3,9 @@
 //! Dockerfile's own ENTRYPOINT and CMD, run with its ENV and nothing else
 //! in the environment, its paths mapped to a temp dir, start charond and
 //! serve the demo the image copies in, on a run-dir volume that is root's
-//! style 0777 (as an emptyDir is); its HEALTHCHECK command passes; its
-//! STOPSIGNAL stops charond cleanly.
+//! style 0777 (as an emptyDir is); its HEALTHCHECK command and the
+//! Kubernetes manifests' probe commands pass; its STOPSIGNAL stops charond
+//! cleanly.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -178,6 +179,23 @@ fn the_image_entrypoint_serves_the_demo_and_passes_its_health_check() {
         String::from_utf8_lossy(&err)
     );
 
+    // The Kubernetes probes (deploy/kubernetes/) run the same way, in the
+    // charond container with the image's environment.
+    let probes = probe_commands();
+    assert!(
+        probes.iter().any(|p| p.contains(&"--live".to_string())) && probes.len() >= 2,
+        "readiness and liveness commands: {probes:?}"
+    );
+    for probe in &probes {
+        let (st, out, err) = run(map.command(probe, &img), PATIENCE);
+        assert!(
+            st.success(),
+            "probe {probe:?}: {st} {} {}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        );
+    }
+
     d.signal(Signal::SIGTERM);
     // The documented stop timeout (docker run --stop-timeout 30).
     let st = d
@@ -186,4 +204,26 @@ fn the_image_entrypoint_serves_the_demo_and_passes_its_health_check() {
         .expect("charond")
         .wait_timeout(Duration::from_secs(30));
     assert_eq!(st.code(), Some(0), "a clean stop; log:\n{}", d.log());
+}
+
+/// The distinct exec probe commands of the manifests in deploy/kubernetes/,
+/// written there as JSON arrays (`command: ["charon", "health", ...]`).
+fn probe_commands() -> Vec<Vec<String>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("deploy/kubernetes") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).expect("read manifest");
+            for line in text.lines() {
+                if let Some(cmd) = line.trim().strip_prefix("command: ") {
+                    let cmd = exec_form(cmd);
+                    if !out.contains(&cmd) {
+                        out.push(cmd);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
