@@ -9,7 +9,7 @@ InvalidRequest.
 import functools
 import struct
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import InvalidKey, InvalidRequest, ProtocolError
 from .key import MAX_KEY_LEN, check_key
@@ -357,9 +357,41 @@ def _bytes32_at(buf: Buffer, pos: int, what: str) -> Tuple[bytes, int]:
     return bytes(buf[pos + 4:end]), end
 
 
+# Requests from one client to one service start with the same bytes (the
+# attempt, the attributes, the key, the client name and the context count):
+# such a prefix, once validated, is remembered with what it decodes to.
+_PREFIXES: Dict[bytes, Tuple[int, int, str, str, int]] = {}
+_MAX_PREFIXES = 256
+
+
 def decode_request(payload: Buffer, limits: Limits = DEFAULT_LIMITS) -> Request:
     """Decodes a request payload (the bytes after the header), checking
     the fields in order, each against its limit."""
+    n = len(payload)
+    if n >= 8:
+        end = 4 + ((payload[2] << 8) | payload[3])
+        if end + 2 <= n:
+            end += 4 + ((payload[end] << 8) | payload[end + 1])
+            if end + 4 <= n:
+                known = _PREFIXES.get(bytes(payload[:end]))
+                if known is not None and known[4] == 0:
+                    size = _U32_AT(payload, end)[0]
+                    if end + 4 + size == n and size <= limits.max_request_body:
+                        attempt, attributes, key, client, _ = known
+                        return Request(key, bytes(payload[end + 4:]), client, [], attempt,
+                                       attributes)
+    req, end = _decode_request(payload, limits)
+    if end:
+        if len(_PREFIXES) >= _MAX_PREFIXES:
+            _PREFIXES.clear()
+        _PREFIXES[bytes(payload[:end])] = (req.attempt, req.attributes, req.key, req.client,
+                                           len(req.context))
+    return req
+
+
+def _decode_request(payload: Buffer, limits: Limits) -> Tuple[Request, int]:
+    """decode_request's field by field path; also where the prefix
+    (attempt to context count) ends, 0 when it holds context entries."""
     n = len(payload)
     if n < 1:
         raise _trunc("attempt")
@@ -393,11 +425,12 @@ def decode_request(payload: Buffer, limits: Limits = DEFAULT_LIMITS) -> Request:
         value, pos = _bytes32_at(payload, pos, "context value")
         _check_len("context value", len(value), limits.max_context_value)
         context.append((name, value))
+    prefix = pos if not count else 0
     body, pos = _bytes32_at(payload, pos, "body")
     _check_len("body", len(body), limits.max_request_body)
     if pos != n:
         raise ProtocolError(f"{n - pos} bytes after the last field")
-    return Request(key, body, client, context, attempt, attributes)
+    return Request(key, body, client, context, attempt, attributes), prefix
 
 
 def decode_response(payload: Buffer, limits: Limits = DEFAULT_LIMITS) -> Response:

@@ -37,6 +37,7 @@ _MAX_ENV_MS = 86_400_000
 _TIMEVAL = struct.Struct("@ll")
 _PEERCRED = struct.Struct("3i")
 _OK_HEAD = struct.Struct(">2sBBIBI")
+_HEADER_UNPACK = struct.Struct(">2sBBI").unpack_from
 _READ_CHUNK = 65_536
 _EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 
@@ -369,7 +370,8 @@ class Service:
 
     def next_request(self) -> Optional[Request]:
         """The next request, or None when the service should end."""
-        self._unanswered()
+        if self._current is not None:
+            self._unanswered()
         while True:
             if self.mode == STANDALONE:
                 if self._finished:
@@ -519,9 +521,12 @@ class Service:
                     if isinstance(data, bytes):
                         data = bytearray(data)
                     data += chunk
-                if not need and len(data) >= frame.HEADER_LEN:
-                    need = frame.HEADER_LEN + frame.check_header(
-                        bytes(data[:8]), frame.KIND_REQUEST, self.limits)
+                if not need and len(data) >= 8:
+                    magic, version, kind, size = _HEADER_UNPACK(data)
+                    if (magic != b"CH" or version != 1 or kind != 1
+                            or size > self._max_payload):
+                        frame.check_header(bytes(data[:8]), frame.KIND_REQUEST, self.limits)
+                    need = 8 + size
                 if need and len(data) >= need:
                     break
             req = frame.decode_request(memoryview(data)[8:], self.limits)
@@ -536,10 +541,11 @@ class Service:
         except OSError:
             self._close_conn()
             return None
-        refused = self._refused_peer()
-        if refused is not None:
-            self._refuse(frame.NOT_PERMITTED, refused, len(data))
-            return None
+        if self._allowed_uids is not None or self._allowed_gids is not None:
+            refused = self._refused_peer()
+            if refused is not None:
+                self._refuse(frame.NOT_PERMITTED, refused, len(data))
+                return None
         self._request_bytes = len(data)
         self._keep = bool(req.attributes & frame.KEEP_AFFINITY)
         self._attempt = req.attempt
