@@ -284,3 +284,115 @@ fn a_failed_metrics_bind_leaves_no_control_socket() {
     assert_eq!(code, 7, "{err}");
     assert!(err.contains("no charond is running"), "{err}");
 }
+
+/// A config file with errors at start-up does not vanish: its key is
+/// listed as broken with `FILE:LINE: message`, its clients are told the
+/// config is broken (naming the file) instead of "no such service", and a
+/// reload that finds it fixed starts the service.
+#[test]
+fn a_broken_config_file_is_listed_and_its_clients_told() {
+    const BAD: &str = "app.bad.0.raw";
+    let good = echo_conf("");
+    let bad = format!("{good}maximum-processes = \"many\"\n");
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    dir.write(&format!("conf/{KEY}.toml"), &good);
+    let bad_file = dir.write(&format!("conf/{BAD}.toml"), &bad);
+    let run_dir = dir.join("run");
+    let d = Daemon::start_in(dir, conf, run_dir);
+    d.wait_log("the start line", |l| {
+        l.contains("started (1 service(s), 1 broken config file(s)")
+    });
+    let log = d.log();
+    let load_line = log
+        .lines()
+        .find(|l| l.contains("unable to load config"))
+        .unwrap_or_default();
+    assert!(
+        load_line.contains(" warn: unable to load config: "),
+        "{log}"
+    );
+
+    // stats and ps list it, with the file, the line and the message.
+    let s = d.stats(BAD);
+    assert_eq!(s["state"], "broken", "{s}");
+    let first = s["config_errors"][0].as_str().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("{}:3: maximum-processes: ", bad_file.display())),
+        "{s}"
+    );
+    let (code, table, _) = d.charon(&["stats"]);
+    assert_eq!(code, 0);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(BAD))
+        .unwrap_or_default();
+    assert!(
+        row.contains("broken") && row.contains("config error: "),
+        "{table}"
+    );
+    let (code, prom, _) = d.charon(&["stats", "--prometheus"]);
+    assert_eq!(code, 0);
+    assert!(
+        prom.contains(&format!("charon_state{{key=\"{BAD}\",state=\"broken\"}} 1")),
+        "{prom}"
+    );
+    let (code, ps, err) = d.charon(&["ps"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        ps.contains(&format!(
+            "{BAD}: broken, not running: config file {}",
+            bad_file.display()
+        )),
+        "{ps}"
+    );
+
+    // Its clients are told at once, with the file named.
+    let mut c = d.client();
+    match c.call(BAD, b"x").expect_err("broken").into_kind() {
+        ErrorKind::Unavailable { reason, .. } => {
+            assert!(reason.contains(&bad_file.display().to_string()), "{reason}");
+            assert!(reason.contains("charon reload"), "{reason}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    let (code, _, err) = d.charon(&["send", BAD, "x"]);
+    assert_eq!(code, 3, "{err}");
+
+    // Fixed and reloaded: it runs.
+    d.write_conf(BAD, &good);
+    let (code, out, err) = d.charon(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("started: {BAD}")), "{out}");
+    assert_eq!(c.call(BAD, b"fixed").expect("runs now"), b"fixed");
+    assert_ne!(d.stats(BAD)["state"], "broken");
+
+    // Broken again by a reload while it runs: it keeps its config.
+    d.write_conf(BAD, &bad);
+    let (code, _, _) = d.charon(&["reload"]);
+    assert_eq!(code, 7);
+    assert_eq!(c.call(BAD, b"still").expect("old config"), b"still");
+    assert_ne!(d.stats(BAD)["state"], "broken", "it runs");
+    d.write_conf(BAD, &good);
+
+    // A new broken file at a reload is listed too; removing it unlists it
+    // and removes its socket.
+    const NEW: &str = "app.new.0.raw";
+    d.write_conf(NEW, &bad);
+    let (code, _, _) = d.charon(&["reload"]);
+    assert_eq!(code, 7);
+    assert_eq!(d.stats(NEW)["state"], "broken");
+    assert!(d.run.join(format!("{NEW}.sock")).exists());
+    let (code, _, err) = d.charon(&["restart", NEW]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("its config file") && err.contains("has errors"),
+        "{err}"
+    );
+    std::fs::remove_file(d.conf.join(format!("{NEW}.toml"))).expect("rm");
+    let (code, out, err) = d.charon(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, _) = d.charon(&["stats", NEW]);
+    assert_eq!(code, 4);
+    assert!(!d.run.join(format!("{NEW}.sock")).exists());
+}

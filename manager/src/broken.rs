@@ -129,12 +129,7 @@ impl BrokenKeys {
                 }
             };
             let listen = bind(reg, run_dir, &key, &broken, i);
-            warning!(
-                Some(&key),
-                None,
-                "not running: {}",
-                reason(&broken)
-            );
+            warning!(Some(&key), None, "not running: {}", reason(&broken));
             self.entries[i] = Some(Entry {
                 key,
                 broken,
@@ -228,7 +223,11 @@ fn bind(
     let (fd, path) = match crate::startup::bind_socket_at(&c, path) {
         Ok(b) => b,
         Err(e) => {
-            warning!(Some(key), None, "unable to answer for the broken config: {e}");
+            warning!(
+                Some(key),
+                None,
+                "unable to answer for the broken config: {e}"
+            );
             return None;
         }
     };
@@ -237,7 +236,11 @@ fn bind(
         token(Owner::Broken(i)),
         Interest::READABLE,
     ) {
-        warning!(Some(key), None, "unable to watch the socket of the broken config: {e}");
+        warning!(
+            Some(key),
+            None,
+            "unable to watch the socket of the broken config: {e}"
+        );
         let _ = std::fs::remove_file(&path);
         return None;
     }

@@ -218,9 +218,13 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
     info!(
         None,
         None,
-        "charond {} started ({} service(s))",
+        "charond {} started ({} service(s){})",
         env!("CARGO_PKG_VERSION"),
-        m.services.len()
+        m.services.len(),
+        match m.broken_keys.len() {
+            0 => String::new(),
+            n => format!(", {n} broken config file(s) not running: see charon stats"),
+        }
     );
     let r = m.run();
     if let Some(c) = &m.control {
@@ -283,6 +287,10 @@ fn set_up(
         ));
     }
     m.control = Some(control);
+    // A broken file's key has no service: list it and answer for it.
+    let broken = crate::broken::wanted(&scan.errors, |_| false);
+    let run_dir = m.paths.run_dir.clone();
+    m.broken_keys.set(m.poll.registry(), &run_dir, broken);
     m.broken = scan.errors;
     Ok(m)
 }

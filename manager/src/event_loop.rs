@@ -30,6 +30,7 @@ use crate::spawn::Spawner;
 
 pub(crate) const SIGNALS: Token = Token(0);
 const LISTEN_BASE: usize = 1;
+const BROKEN_BASE: usize = CONTROL_BASE - (1 << 16);
 const CONTROL_BASE: usize = 1 << 23;
 const INSTANCE_BASE: usize = 1 << 24;
 
@@ -42,12 +43,15 @@ pub(crate) enum Owner {
     Report(usize),
     ControlListen,
     ControlConn(usize),
+    /// The socket of a key whose config file is broken (`broken.rs`).
+    Broken(usize),
 }
 
 pub(crate) fn token(o: Owner) -> Token {
     Token(match o {
         Owner::Signals => 0,
         Owner::Listener(s) => LISTEN_BASE + s,
+        Owner::Broken(b) => BROKEN_BASE + b,
         Owner::ControlListen => CONTROL_BASE,
         Owner::ControlConn(c) => CONTROL_BASE + 1 + c,
         Owner::Stderr(i) => INSTANCE_BASE + 2 * i,
@@ -58,7 +62,8 @@ pub(crate) fn token(o: Owner) -> Token {
 pub(crate) fn owner(t: Token) -> Owner {
     match t.0 {
         0 => Owner::Signals,
-        n if n < CONTROL_BASE => Owner::Listener(n - LISTEN_BASE),
+        n if n < BROKEN_BASE => Owner::Listener(n - LISTEN_BASE),
+        n if n < CONTROL_BASE => Owner::Broken(n - BROKEN_BASE),
         CONTROL_BASE => Owner::ControlListen,
         n if n < INSTANCE_BASE => Owner::ControlConn(n - CONTROL_BASE - 1),
         n => {
@@ -128,6 +133,8 @@ pub(crate) struct Manager {
     pub metrics: Option<crossbeam_channel::Sender<String>>,
     /// Readiness, status and watchdog for systemd (`NOTIFY_SOCKET`).
     pub notify: crate::notify::Notifier,
+    /// Keys whose config file is broken, answered for (`broken.rs`).
+    pub broken_keys: crate::broken::BrokenKeys,
     /// The manager's own resource failures: retry time and spare fd.
     pub starvation: crate::starved::Starvation,
     /// Processes instances left behind (charond is their subreaper).
@@ -184,6 +191,7 @@ impl Manager {
             control: None,
             reloads: Vec::new(),
             metrics: None,
+            broken_keys: crate::broken::BrokenKeys::default(),
             starvation: crate::starved::Starvation::new(),
             orphans: crate::orphans::Orphans::default(),
             forced: false,
@@ -266,6 +274,7 @@ impl Manager {
             Owner::Report(i) => self.read_reports(i),
             Owner::ControlListen => self.control_accept(),
             Owner::ControlConn(c) => self.control_ready(c),
+            Owner::Broken(b) => self.broken_keys.ready(b),
         }
     }
 

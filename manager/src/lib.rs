@@ -43,6 +43,7 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod broken;
 mod calibrate;
 pub mod config;
 pub mod control;

@@ -226,11 +226,11 @@ pub fn prometheus(stats: &Value) -> String {
         &mut out,
         "charon_state",
         "gauge",
-        "1 for the service's state (idle, running or backoff).",
+        "1 for the service's state (idle, running, backoff, or broken: its config file has errors).",
     );
     for s in services {
         let cur = s["state"].as_str().unwrap_or("");
-        for st in ["idle", "running", "backoff"] {
+        for st in ["idle", "running", "backoff", "broken"] {
             let _ = writeln!(
                 out,
                 "charon_state{{key=\"{}\",state=\"{st}\"}} {}",

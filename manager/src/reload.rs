@@ -164,6 +164,11 @@ impl Manager {
                 current.insert(svc.key().to_string(), c.clone());
             }
         }
+        // Broken files of keys with no service are listed and answered for;
+        // a fixed one leaves the list before its service binds the socket.
+        let broken = crate::broken::wanted(&scan.errors, |k| current.contains_key(k));
+        let run_dir = self.paths.run_dir.clone();
+        self.broken_keys.set(self.poll.registry(), &run_dir, broken);
         let p = plan(&current, scan.services, &failed);
         report.unchanged = p.unchanged;
         for key in p.stop {

@@ -65,6 +65,12 @@ impl Manager {
             .ok()
             .and_then(|k| k.wildcard())
             .filter(|w| self.live_of(w.as_str()).is_some());
+        if let Some(b) = self.broken_keys.stats(Some(key)).first() {
+            return format!(
+                "no service {key:?} runs: its config file {} has errors (see charon stats {key})",
+                b["config_file"].as_str().unwrap_or("")
+            );
+        }
         match wildcard {
             Some(w) => format!(
                 "no service {key:?} is configured: the wildcard {w:?} serves it (charon restart {w})",

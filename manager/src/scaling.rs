@@ -430,7 +430,7 @@ impl Manager {
 /// socket with unread data makes the client's read fail with ECONNRESET
 /// once it has read our answer. Bounded, non-blocking: a client still
 /// sending gets EPIPE and then reads the answer.
-fn drain(conn: &OwnedFd) {
+pub(crate) fn drain(conn: &OwnedFd) {
     let mut buf = [0u8; 16 * 1024];
     for _ in 0..4 {
         match nix::sys::socket::recv(conn.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {

@@ -88,11 +88,18 @@ impl Manager {
     ///
     /// `key` is not configured.
     pub(crate) fn stats_json(&mut self, key: Option<&str>) -> Result<Value, String> {
-        let keys = self.keys(key)?;
-        let mut out = Vec::with_capacity(keys.len());
+        // Keys whose config file is broken are listed too, as `broken`.
+        let broken = self.broken_keys.stats(key);
+        let keys = match self.keys(key) {
+            Err(_) if !broken.is_empty() => Vec::new(),
+            keys => keys?,
+        };
+        let mut out = Vec::with_capacity(keys.len() + broken.len());
         for (k, s) in keys {
             out.push(self.service_json(&k, s));
         }
+        out.extend(broken);
+        out.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
         Ok(json!({ "ok": true, "manager": manager_json(), "services": out }))
     }
 
@@ -196,8 +203,12 @@ impl Manager {
     ///
     /// `key` is not configured.
     pub(crate) fn ps_json(&self, key: Option<&str>) -> Result<Value, String> {
-        // An unknown key is an error, not an empty list.
-        self.keys(key)?;
+        // An unknown key is an error, not an empty list; a broken one has
+        // no instances, and its errors.
+        let broken = self.broken_keys.ps(key);
+        if broken.is_empty() {
+            self.keys(key)?;
+        }
         let now = Instant::now();
         let ns = now_ns();
         let mut out = Vec::new();
@@ -237,7 +248,7 @@ impl Manager {
         out.sort_by(|a, b| {
             (a["key"].as_str(), a["pid"].as_i64()).cmp(&(b["key"].as_str(), b["pid"].as_i64()))
         });
-        Ok(json!({ "ok": true, "instances": out }))
+        Ok(json!({ "ok": true, "instances": out, "broken": broken }))
     }
 }
 

@@ -61,5 +61,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
         ]);
     }
     print!("{}", align(&rows));
+    // Keys that run nothing because their config file is broken.
+    for b in v["broken"].as_array().unwrap_or(&empty) {
+        println!(
+            "{}: broken, not running: config file {} has errors:",
+            b["key"].as_str().unwrap_or("-"),
+            b["config_file"].as_str().unwrap_or("-")
+        );
+        for e in b["config_errors"].as_array().unwrap_or(&empty) {
+            println!("  {}", e.as_str().unwrap_or_default());
+        }
+    }
     Ok(())
 }

@@ -232,7 +232,11 @@ pub fn table(v: &Value) -> String {
                 }
                 t
             }
-            _ => "-".into(),
+            // A broken config file: its first error says why nothing runs.
+            _ => match s["config_errors"].as_array().and_then(|e| e.first()) {
+                Some(Value::String(e)) => format!("config error: {e}"),
+                _ => "-".into(),
+            },
         };
         rows.push(vec![
             s["key"].as_str().unwrap_or("-").to_string(),

@@ -24,6 +24,7 @@ mod validate;
 mod tests;
 
 pub use error::ConfigError;
+pub(crate) use load::key_from_path;
 pub use load::{load_file, scan_dir, Ignored, Scan, MAX_FILE_SIZE, SUFFIX};
 pub use service::ServiceConfig;
 pub use units::{parse_duration, parse_size};
