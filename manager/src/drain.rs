@@ -73,7 +73,7 @@ impl Manager {
             let Some(inst) = self.procs.get(id) else {
                 continue;
             };
-            if inst.asked.is_some() {
+            if inst.life.asked().is_some() {
                 continue;
             }
             let st = self.services[o]
@@ -83,7 +83,7 @@ impl Manager {
             // Before its handler is installed SIGUSR1 would kill it: wait
             // until the library reports it up.
             if matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
-                self.drain_instance(id, now);
+                self.drain_instance(id);
             } else if idle_stop
                 || stop_overdue
                 || now.saturating_duration_since(inst.started) > READY_DEADLINE
@@ -130,22 +130,21 @@ impl Manager {
     }
 
     /// SIGUSR1 to one instance; SIGKILL after `stop-grace`.
-    fn drain_instance(&mut self, id: usize, now: Instant) {
+    fn drain_instance(&mut self, id: usize) {
         let reason = self.drain_reason();
-        let Some(inst) = self.procs.get_mut(id) else {
+        let Some(inst) = self.procs.get(id) else {
             return;
         };
-        let s = inst.service;
-        inst.asked = Some(reason);
-        inst.kill_at = Some(now + self.services[s].config.stop_grace);
-        let pid = inst.pid;
-        info!(
-            Some(self.services[s].key()),
-            Some(pid),
-            "draining ({})",
-            reason.name()
-        );
-        self.signal(id, charon_protocol::managed::DRAIN_SIGNAL);
+        let (pid, s) = (inst.pid, inst.service);
+        let grace = self.services[s].config.stop_grace;
+        if self.life_event(id, crate::instance::Event::Drain { reason, grace }) {
+            info!(
+                Some(self.services[s].key()),
+                Some(pid),
+                "draining ({})",
+                reason.name()
+            );
+        }
     }
 
     /// No instance could be started for a leftover queue: close each

@@ -382,8 +382,7 @@ impl Manager {
             d.extend(svc.pace_check);
         }
         for (_, i) in self.procs.iter() {
-            d.extend(i.kill_at);
-            d.extend(i.ready_by);
+            d.extend(i.life.deadline());
         }
         d.into_iter().min()
     }
@@ -414,10 +413,9 @@ impl Manager {
                 self.recycle_step(s);
             }
         }
-        self.kill_overdue(now);
         self.orphans_overdue(Some(now));
         self.starved_retry(now);
-        self.check_startup(now);
+        self.check_lives(now);
         self.control_again();
         self.control_expire(now);
         if self.unresp_check.is_some_and(|t| t <= now) {

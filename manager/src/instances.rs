@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use charon_protocol::report::{self, Message, MAX_MESSAGE_LEN};
 use charon_protocol::scoreboard::SlotState;
@@ -17,6 +17,7 @@ use nix::sys::socket::{recv, MsgFlags};
 
 use crate::calibrate;
 use crate::event_loop::{token, Manager, Owner};
+use crate::instance::{self, Action, Life, Replacement};
 use crate::log::{info, warning, Level};
 use crate::process_table::Instance;
 use crate::reload::Gen;
@@ -25,10 +26,6 @@ use crate::service::transition::{Event, StartWhy};
 use crate::spawn::Launch;
 use crate::stats::LastExit;
 use crate::sys::{self, WaitStatus};
-
-/// A clean exit sooner than this, without a request completed, says the
-/// program cannot run (see `Event::Exited`'s `young`).
-const QUICK_EXIT: Duration = Duration::from_secs(1);
 
 impl Manager {
     /// Launches one instance of service `s`. Returns its id, or None (the
@@ -111,16 +108,15 @@ impl Manager {
         svc.stats.launches += 1;
         let now = Instant::now();
         let pid = spawned.pid;
-        let mut inst = Instance::new(
+        let id = self.procs.insert(Instance::new(
             pid,
             s,
             slot_u32,
             now,
+            now + svc.config.startup_timeout,
             Some(spawned.stderr),
             Some(spawned.report),
-        );
-        inst.ready_by = Some(now + svc.config.startup_timeout);
-        let id = self.procs.insert(inst);
+        ));
         self.register_instance(id);
         self.fed(s);
         info!(
@@ -236,113 +232,115 @@ impl Manager {
         }
     }
 
+    /// Feeds an event to an instance's automaton (`instance.rs`) and
+    /// performs what it returns: signals and log lines.
+    pub(crate) fn life_event(&mut self, id: usize, ev: instance::Event) -> bool {
+        let now = Instant::now();
+        let Some(inst) = self.procs.get_mut(id) else {
+            return false;
+        };
+        let actions = instance::on_event(&mut inst.life, ev, now);
+        let (pid, s) = (inst.pid, inst.service);
+        let acted = !actions.is_empty();
+        for a in actions {
+            let key = self.services[s].key();
+            match a {
+                Action::Sigterm => self.signal(id, Signal::SIGTERM),
+                Action::Sigusr1 => self.signal(id, charon_protocol::managed::DRAIN_SIGNAL),
+                Action::Sigkill => self.signal(id, Signal::SIGKILL),
+                Action::WarnNotReady => warning!(
+                    Some(key),
+                    Some(pid),
+                    "unable to get instance ready: not ready within startup-timeout {}s; killing it (a young failure: it counts toward backoff)",
+                    self.services[s].config.startup_timeout.as_secs_f64()
+                ),
+                Action::WarnGraceOver => {
+                    self.forced |= self.stopping;
+                    warning!(Some(key), Some(pid), "unable to stop instance gracefully: still running after stop-grace; sending SIGKILL");
+                }
+                Action::Impossible(what) => warning!(
+                    Some(key),
+                    Some(pid),
+                    "unable to follow the instance's life: {what} (can't happen; ignored)"
+                ),
+            }
+        }
+        acted
+    }
+
     /// Asks an instance to finish its request and exit (SIGTERM), counting
     /// its exit under `reason`; SIGKILL follows after `stop-grace`.
     pub(crate) fn stop_instance(&mut self, id: usize, reason: KillReason) {
-        let Some(inst) = self.procs.get_mut(id) else {
+        let Some(inst) = self.procs.get(id) else {
             return;
         };
-        if inst.asked.is_some() && reason != KillReason::Shutdown {
-            return;
-        }
-        let grace = self.services[inst.service].config.stop_grace;
-        inst.asked = Some(reason);
-        inst.kill_at = Some(Instant::now() + grace);
         let (pid, s) = (inst.pid, inst.service);
-        info!(
-            Some(self.services[s].key()),
-            Some(pid),
-            "stopping ({})",
-            reason.name()
-        );
-        self.signal(id, Signal::SIGTERM);
+        let grace = self.services[s].config.stop_grace;
+        if self.life_event(id, instance::Event::Stop { reason, grace }) {
+            info!(
+                Some(self.services[s].key()),
+                Some(pid),
+                "stopping ({})",
+                reason.name()
+            );
+        }
         self.update_hints(s);
     }
 
     /// SIGKILLs an instance at once.
     pub(crate) fn kill_instance(&mut self, id: usize, reason: KillReason) {
-        let Some(inst) = self.procs.get_mut(id) else {
-            return;
-        };
-        inst.asked = Some(reason);
-        inst.kill_at = None;
-        self.signal(id, Signal::SIGKILL);
+        self.life_event(id, instance::Event::Kill(reason));
     }
 
-    /// SIGKILLs instances whose grace period is over.
-    pub(crate) fn kill_overdue(&mut self, now: Instant) {
+    /// The instances whose deadline has come: a start-up deadline (ready
+    /// by now, or killed as not ready) or a stop's grace period (SIGKILL).
+    pub(crate) fn check_lives(&mut self, now: Instant) {
         let due: Vec<usize> = self
             .procs
             .iter()
-            .filter(|(_, i)| i.kill_at.is_some_and(|t| t <= now))
+            .filter(|(_, i)| i.life.deadline().is_some_and(|t| t <= now))
             .map(|(id, _)| id)
             .collect();
         for id in due {
-            if let Some(inst) = self.procs.get_mut(id) {
-                inst.kill_at = None;
-                let (pid, s) = (inst.pid, inst.service);
-                self.forced |= self.stopping;
-                warning!(Some(self.services[s].key()), Some(pid), "unable to stop instance gracefully: still running after stop-grace; sending SIGKILL");
-                self.signal(id, Signal::SIGKILL);
-            }
-        }
-    }
-
-    /// Kills instances still starting past their `startup-timeout` (a
-    /// young failure: a program that hangs before it is ready cannot
-    /// serve); forgets the deadline of those that became ready.
-    pub(crate) fn check_startup(&mut self, now: Instant) {
-        let due: Vec<usize> = self
-            .procs
-            .iter()
-            .filter(|(_, i)| i.ready_by.is_some_and(|t| t <= now))
-            .map(|(id, _)| id)
-            .collect();
-        for id in due {
-            let Some(inst) = self.procs.get_mut(id) else {
+            let Some(inst) = self.procs.get(id) else {
                 continue;
             };
-            inst.ready_by = None;
-            let (pid, s, slot, leaving) = (inst.pid, inst.service, inst.slot, inst.is_leaving());
-            let svc = &self.services[s];
-            let starting = svc
-                .board
-                .slot(slot)
-                .and_then(|sl| sl.state())
-                .is_none_or(|st| st == SlotState::Starting);
-            if !starting || leaving {
-                continue;
+            match inst.life {
+                Life::Starting { .. } => {
+                    if !self.note_ready(id, now) {
+                        self.life_event(id, instance::Event::StartupOver);
+                    }
+                }
+                _ => {
+                    self.life_event(id, instance::Event::GraceOver);
+                }
             }
-            warning!(
-                Some(svc.key()),
-                Some(pid),
-                "unable to get instance ready: not ready within startup-timeout {}s; killing it (a young failure: it counts toward backoff)",
-                svc.config.startup_timeout.as_secs_f64()
-            );
-            self.kill_instance(id, KillReason::StartupTimeout);
         }
     }
 
-    /// Notes the moment an instance is first seen ready (its slot left
-    /// *starting*): its start-up deadline goes, and the service learns how
-    /// long its instances take to come up.
-    pub(crate) fn note_ready(&mut self, id: usize, now: Instant) {
-        let Some(inst) = self.procs.get_mut(id) else {
-            return;
+    /// Looks whether a starting instance has become ready (its slot left
+    /// *starting*); if so its start-up deadline goes, and the service
+    /// learns how long its instances take to come up. True if it is ready
+    /// (or was already).
+    pub(crate) fn note_ready(&mut self, id: usize, now: Instant) -> bool {
+        let Some(inst) = self.procs.get(id) else {
+            return false;
         };
-        if inst.ready_by.is_none() {
-            return;
+        if !matches!(inst.life, Life::Starting { .. }) {
+            return true;
         }
-        let svc = &mut self.services[inst.service];
+        let (s, slot, started) = (inst.service, inst.slot, inst.started);
+        let svc = &mut self.services[s];
         let ready = svc
             .board
-            .slot(inst.slot)
+            .slot(slot)
             .and_then(|sl| sl.state())
             .is_some_and(|st| st != SlotState::Starting);
         if ready {
-            inst.ready_by = None;
-            svc.seen_ready(now.saturating_duration_since(inst.started));
+            svc.seen_ready(now.saturating_duration_since(started));
+            self.life_event(id, instance::Event::Ready);
         }
+        ready
     }
 
     /// Reads an instance's stderr into whole log lines.
@@ -484,15 +482,18 @@ impl Manager {
         let now = Instant::now();
         // An instance that leaves at its request limit on its own (the
         // library stops accepting there) is counted as the recycle it is.
-        let asked = inst.asked.or(match (r.status, inst.retire) {
-            (WaitStatus::Exited(0), Some((reason, _))) => Some(reason),
-            _ => None,
-        });
+        let asked = inst
+            .life
+            .asked()
+            .or(match (r.status, inst.life.retiring()) {
+                (WaitStatus::Exited(0), Some((reason, _))) => Some(reason),
+                _ => None,
+            });
         let class = ExitClass::of(r.status, asked);
         // The child ran out of the manager's fds or memory before exec:
         // the manager's problem, not the service's.
-        let starved =
-            inst.asked.is_none() && matches!(r.status, WaitStatus::Exited(sys::code::RESOURCES));
+        let starved = inst.life.asked().is_none()
+            && matches!(r.status, WaitStatus::Exited(sys::code::RESOURCES));
         let svc = &mut self.services[s];
         // Requests it completed, reported or still in an unsent batch (its
         // slot counts them too).
@@ -504,9 +505,11 @@ impl Manager {
         // Completed a request: a mature instance, whose death is about that
         // request or an outside event, not about the program.
         let completed = served > 0;
-        let young = !completed
-            && (class != ExitClass::Clean
-                || now.saturating_duration_since(inst.started) < QUICK_EXIT);
+        let young = instance::young(
+            class,
+            completed,
+            now.saturating_duration_since(inst.started),
+        );
         if let Some(sl) = svc.board.slot(inst.slot) {
             // Requests served whose records were still in an unsent batch
             // when the instance ended: counted from its slot, so `requests`
@@ -547,7 +550,7 @@ impl Manager {
         match svc.gen {
             Gen::Live => {}
             Gen::Pending { .. } => {
-                if inst.asked.is_none() {
+                if inst.life.asked().is_none() {
                     let why = format!(
                         "new instance (pid {}) {class} before it was ready{}",
                         inst.pid,
@@ -584,13 +587,13 @@ impl Manager {
         let retirees: Vec<usize> = self
             .procs
             .iter()
-            .filter(|(_, i)| matches!(i.retire, Some((_, Some(rep))) if rep == id))
+            .filter(|(_, i)| {
+                matches!(i.life.retiring(), Some((_, Replacement::Started(rep))) if rep == id)
+            })
             .map(|(rid, _)| rid)
             .collect();
         for rid in retirees {
-            if let Some(r) = self.procs.get_mut(rid) {
-                r.retire = r.retire.map(|(reason, _)| (reason, None));
-            }
+            self.life_event(rid, instance::Event::ReplacementGone);
         }
         if completed {
             // A trial that served has proved the service can run, whatever

@@ -51,6 +51,7 @@ mod daemon;
 mod drain;
 mod event_loop;
 mod health;
+mod instance;
 mod instances;
 pub mod latency;
 mod log;

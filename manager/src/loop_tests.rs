@@ -249,7 +249,7 @@ fn a_stopped_instance_gets_sigterm_then_sigkill_and_counts_under_its_reason() {
     let id = r.id_of(first);
     r.m.stop_instance(id, KillReason::Idle);
     assert_eq!(r.seen.borrow().signals, [(first, Signal::SIGTERM)]);
-    r.m.kill_overdue(Instant::now() + Duration::from_secs(1));
+    r.m.check_lives(Instant::now() + Duration::from_secs(1));
     assert_eq!(
         r.seen.borrow().signals,
         [(first, Signal::SIGTERM), (first, Signal::SIGKILL)]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use crate::service::state::KillReason;
+use crate::instance::Life;
 use crate::stderr::LineBuf;
 
 /// One running instance, as the manager tracks it.
@@ -19,15 +19,9 @@ pub(crate) struct Instance {
     pub stderr: Option<OwnedFd>,
     pub lines: LineBuf,
     pub report: Option<OwnedFd>,
-    /// Set when the manager signalled it, so its exit counts under this.
-    pub asked: Option<KillReason>,
-    /// SIGKILL the group at this time if still alive.
-    pub kill_at: Option<Instant>,
-    /// Kill it at this time if it is still starting (`startup-timeout`);
-    /// cleared once it is seen ready.
-    pub ready_by: Option<Instant>,
-    /// Waiting to be replaced (recycle): the reason and the replacement.
-    pub retire: Option<(KillReason, Option<usize>)>,
+    /// Where it is in its life (`instance.rs`): starting, serving,
+    /// retiring or stopping, each with its deadline and reason.
+    pub life: Life,
     /// Requests reported served.
     pub served: u64,
     pub seen_requests: u64,
@@ -40,14 +34,14 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    /// Leaving: not counted as capacity any more.
-    #[must_use]
-    /// A just-started instance: nothing served, nothing asked of it yet.
+    /// A just-started instance: nothing served, nothing asked of it yet;
+    /// killed if not ready by `ready_by`.
     pub(crate) fn new(
         pid: i32,
         service: usize,
         slot: u32,
         now: Instant,
+        ready_by: Instant,
         stderr: Option<OwnedFd>,
         report: Option<OwnedFd>,
     ) -> Instance {
@@ -59,10 +53,7 @@ impl Instance {
             stderr,
             lines: LineBuf::default(),
             report,
-            asked: None,
-            kill_at: None,
-            ready_by: None,
-            retire: None,
+            life: Life::new(ready_by),
             served: 0,
             seen_requests: 0,
             seen_busy_ns: 0,
@@ -72,8 +63,10 @@ impl Instance {
         }
     }
 
+    /// Leaving: not counted as capacity any more.
+    #[must_use]
     pub(crate) const fn is_leaving(&self) -> bool {
-        self.asked.is_some() || self.retire.is_some()
+        self.life.is_leaving()
     }
 }
 
@@ -145,7 +138,8 @@ mod tests {
     use super::*;
 
     fn inst(pid: i32, service: usize) -> Instance {
-        Instance::new(pid, service, 0, Instant::now(), None, None)
+        let now = Instant::now();
+        Instance::new(pid, service, 0, now, now, None, None)
     }
 
     #[test]

@@ -14,6 +14,7 @@ use nix::sys::socket::{send, MsgFlags};
 
 use crate::calibrate::{self, Decision, View, Why};
 use crate::event_loop::{Manager, Watch};
+use crate::instance::{self, Replacement};
 use crate::log::{info, warning};
 use crate::service::state::{KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
@@ -307,7 +308,7 @@ impl Manager {
             return false;
         };
         let snap = slot.snapshot();
-        if snap.busy_since_ns == 0 || inst.asked == Some(KillReason::Unresponsive) {
+        if snap.busy_since_ns == 0 || inst.life.asked() == Some(KillReason::Unresponsive) {
             return false;
         }
         let busy_for = Duration::from_nanos(ns.saturating_sub(snap.busy_since_ns));
@@ -343,14 +344,10 @@ impl Manager {
 
     /// Marks an instance for recycling; the replacement starts first.
     pub(crate) fn retire(&mut self, id: usize, reason: KillReason) {
-        let Some(inst) = self.procs.get_mut(id) else {
+        let Some(s) = self.procs.get(id).map(|i| i.service) else {
             return;
         };
-        if inst.retire.is_some() || inst.asked.is_some() {
-            return;
-        }
-        inst.retire = Some((reason, None));
-        let s = inst.service;
+        self.life_event(id, instance::Event::Retire(reason));
         self.recycle_step(s);
     }
 
@@ -363,15 +360,22 @@ impl Manager {
         let mut ready = Vec::new();
         let mut reps = Vec::new();
         let now = Instant::now();
-        for (id, i) in self
-            .procs
-            .iter()
-            .filter(|(_, i)| i.service == s && i.asked.is_none())
-        {
-            match i.retire {
-                None => {}
-                Some((_, None)) => pending.push(id),
-                Some((reason, Some(rep))) => {
+        for (id, i) in self.procs.iter().filter(|(_, i)| i.service == s) {
+            let Some((reason, replacement)) = i.life.retiring() else {
+                continue;
+            };
+            // An instance at its request notice serves on to its limit,
+            // where it leaves by itself (a SIGTERM would cut its life short
+            // and cost a fork more per `maximum-requests`); stopped only
+            // once it has had nothing to do for a while (the load went
+            // away).
+            let finishing = reason == KillReason::MaxRequests
+                && now.saturating_duration_since(i.idle_since) < RETIREE_IDLE;
+            match replacement {
+                Replacement::Wanted => pending.push(id),
+                Replacement::Unavailable if !finishing => ready.push((id, reason)),
+                Replacement::Unavailable => {}
+                Replacement::Started(rep) => {
                     active += 1;
                     reps.push(rep);
                     let rep_state = self
@@ -379,13 +383,6 @@ impl Manager {
                         .get(rep)
                         .and_then(|r| self.services[s].board.slot(r.slot))
                         .and_then(|sl| sl.state());
-                    // An instance at its request notice serves on to its
-                    // limit, where it leaves by itself (a SIGTERM would
-                    // cut its life short and cost a fork more per
-                    // `maximum-requests`); stopped only once it has had
-                    // nothing to do for a while (the load went away).
-                    let finishing = reason == KillReason::MaxRequests
-                        && now.saturating_duration_since(i.idle_since) < RETIREE_IDLE;
                     if !finishing
                         && matches!(rep_state, None | Some(SlotState::Idle | SlotState::Busy))
                     {
@@ -414,12 +411,9 @@ impl Manager {
                 break;
             }
             let rep = self.spawn_one(s, StartWhy::Recycle);
-            if let Some(inst) = self.procs.get_mut(id) {
-                if let Some((reason, _)) = inst.retire {
-                    // No replacement could start: stop it anyway below.
-                    inst.retire = Some((reason, rep.or(Some(usize::MAX))));
-                }
-            }
+            // None: no replacement could start; it is stopped anyway at the
+            // next step.
+            self.life_event(id, instance::Event::ReplacementStarted(rep));
             active += 1;
         }
         self.services[s].recycle_check = (active > 0).then(|| Instant::now() + RECYCLE_RECHECK);

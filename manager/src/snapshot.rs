@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::event_loop::Manager;
 use crate::log::info;
 use crate::reload::Gen;
-use crate::service::state::{KillReason, Mode};
+use crate::service::state::Mode;
 use crate::stats::Stats;
 
 /// The exit classes every service reports (zero when none happened): the
@@ -221,11 +221,9 @@ impl Manager {
             }
             let snap = svc.board.slot(i.slot).map(|sl| sl.snapshot());
             let slot_state = snap.as_ref().and_then(|s| s.state);
-            let state = match (i.asked, i.retire) {
-                (Some(KillReason::Reload), _) => "draining",
-                (Some(_), _) => "stopping",
-                (None, Some(_)) => "retiring",
-                (None, None) => match slot_state {
+            let state = match i.life.leaving_name() {
+                Some(name) => name,
+                None => match slot_state {
                     Some(SlotState::Idle) => "idle",
                     Some(SlotState::Busy) => "busy",
                     Some(SlotState::Exiting) => "exiting",
