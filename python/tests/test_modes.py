@@ -193,3 +193,16 @@ def test_no_mode_is_a_clear_error():
                        close_fds=True)
     assert r.returncode != 0
     assert b"no way to receive requests" in r.stderr
+
+
+def test_allowed_uids_refuse_other_peers(procs, tmp_short):
+    sock = tmp_short / "svc.sock"
+    # Neither our uid nor our gid is listed: refused with NOT_PERMITTED.
+    other = str(max(os.getuid(), os.getgid()) + 4242)
+    start_accept(procs, sock, CHARON_ALLOWED_UIDS=other, CHARON_ALLOWED_GIDS=other)
+    good = frame.encode_request(frame.Request(KEY, b"me?"))
+    r = raw_exchange(sock, good)
+    assert (r.status, r.code) == (frame.ERROR, frame.NOT_PERMITTED), r
+    sock2 = tmp_short / "svc2.sock"
+    start_accept(procs, sock2, CHARON_ALLOWED_UIDS=f"{other},{os.getuid()}")
+    assert raw_exchange(sock2, good) == frame.Response(frame.OK, body=b"me?")
