@@ -210,7 +210,26 @@ impl<'c> Batch<'c> {
         });
     }
 
-    /// The result of a finished request, without taking it.
+    /// The result of a finished request, without taking it:
+    /// `Some(Ok(body))` for a response, `Some(Err(error))` for a fault or a
+    /// failure (see [`crate::ErrorKind`]), `None` while the request is
+    /// still running, once [`Batch::take`] took it, or for an id of another
+    /// batch.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), charon_client::Error> {
+    /// # let mut client = charon_client::Client::new()?;
+    /// let mut batch = client.batch();
+    /// let id = batch.add(charon_client::Request::new("system.echo.0.raw", b"hi".to_vec()))?;
+    /// batch.wait_all();
+    /// match batch.result(id) {
+    ///     Some(Ok(body)) => println!("{} bytes", body.len()),
+    ///     Some(Err(e)) => eprintln!("{e}"),
+    ///     None => eprintln!("still running"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn result(&self, id: RequestId) -> Option<&Outcome> {
         match &self.entries.get(id.0)?.state {
