@@ -688,3 +688,55 @@ fn charond_raises_its_soft_fd_limit_to_the_hard_one_and_shows_the_headroom() {
         l.contains("raised the fd limit from 64 to 2048")
     });
 }
+
+#[test]
+fn with_no_fd_left_an_operator_is_told_so_at_once() {
+    use std::io::{BufRead, BufReader, Write};
+    let echo = format!("exec = \"{}\"\n", bin("charon-echo").display());
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    dir.write(&format!("conf/{KEY}.toml"), &echo);
+    // What charond holds while it answers one control connection, less
+    // any fd it inherited far above its own (RLIMIT_NOFILE limits fd
+    // numbers, and a high inherited one takes no low slot).
+    let probe = Daemon::start_in(TestDir::new(), conf.clone(), dir.join("probe"));
+    let (open, _) = manager_fds(&probe);
+    let high = std::fs::read_dir(format!("/proc/{}/fd", probe.pid()))
+        .expect("fd dir")
+        .flatten()
+        .filter(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) >= Some(100))
+        .count() as u64;
+    let base = open - high;
+    drop(probe);
+    let nofile = format!("--nofile={base}:{base}");
+    let run = dir.join("run");
+    let d = Daemon::start_under(dir, conf, run, &[], &["prlimit", &nofile, "--"]);
+    // One operator holds the last fd (answered once, so surely accepted).
+    let held =
+        std::os::unix::net::UnixStream::connect(d.run.join("charond.sock")).expect("connect");
+    (&held)
+        .write_all(b"{\"cmd\":\"version\"}\n")
+        .expect("write");
+    let mut line = String::new();
+    BufReader::new(&held).read_line(&mut line).expect("answer");
+    assert!(line.contains("\"ok\":true"), "{line}");
+    // The next one is told why at once, not left waiting.
+    let t0 = Instant::now();
+    let (code, _, err) = d.charon(&["stats"]);
+    let took = t0.elapsed();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("out of file descriptors"),
+        "{err}\n{}",
+        d.log()
+    );
+    println!(
+        "no fd left: `charon stats` refused in {took:?}: {}",
+        err.trim()
+    );
+    // With the fd back, operators are served again.
+    drop(held);
+    wait_for(PATIENCE, "charon stats to answer again", || {
+        d.charon(&["stats"]).0 == 0
+    });
+}

@@ -200,6 +200,29 @@ impl Manager {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                        && self.starvation.give_up_spare() =>
+                {
+                    // Out of fds: the operator gets the reason at once
+                    // rather than a connection left waiting (the listener
+                    // is edge-triggered, so it would wait for the next).
+                    // accept(2) says EMFILE even with nothing waiting: stop
+                    // once nothing was taken.
+                    let took = ctl.listener.accept().map(|(mut stream, _)| {
+                        let mut line = error_answer(&format!(
+                            "charond is out of file descriptors ({e}); try again"
+                        ))
+                        .to_string();
+                        line.push('\n');
+                        let _ = stream.write(line.as_bytes());
+                    });
+                    self.starvation.take_back_spare();
+                    if took.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     warning!(None, None, "unable to accept a control connection: {e}");
                     return;

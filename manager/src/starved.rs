@@ -45,6 +45,20 @@ impl Starvation {
     pub(crate) const fn deadline(&self) -> Option<Instant> {
         self.retry_at
     }
+
+    /// Closes the spare fd so that one `accept` can succeed with none
+    /// left; false if it is already given up.
+    pub(crate) fn give_up_spare(&mut self) -> bool {
+        self.spare.take().is_some()
+    }
+
+    /// Opens the spare fd again (once the connection it made room for is
+    /// closed).
+    pub(crate) fn take_back_spare(&mut self) {
+        if self.spare.is_none() {
+            self.spare = open_spare();
+        }
+    }
 }
 
 fn open_spare() -> Option<OwnedFd> {
@@ -126,9 +140,7 @@ impl Manager {
             return;
         }
         self.starvation.retry_at = None;
-        if self.starvation.spare.is_none() {
-            self.starvation.spare = open_spare();
-        }
+        self.starvation.take_back_spare();
         for s in self.services.ids() {
             if self.services[s].starved.is_none() {
                 continue;
@@ -180,6 +192,8 @@ impl Manager {
                 &frame,
                 MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             );
+            drop(conn);
+            self.starvation.take_back_spare();
             self.services[s].stats.fast_failed += 1;
         }
     }
@@ -202,16 +216,12 @@ impl Manager {
         let listen = self.services[s].listen.as_fd();
         match crate::sys::accept(listen) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                // Free one fd for this connection; the spare is taken
-                // back at the next retry.
-                if self.starvation.spare.take().is_none() {
+                // Free one fd for this connection; the caller takes the
+                // spare back once the connection is closed.
+                if !self.starvation.give_up_spare() {
                     return Err(e);
                 }
-                let conn = crate::sys::accept(self.services[s].listen.as_fd());
-                self.starvation
-                    .retry_at
-                    .get_or_insert(Instant::now() + RETRY);
-                conn
+                crate::sys::accept(self.services[s].listen.as_fd())
             }
             r => r,
         }
