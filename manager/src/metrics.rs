@@ -240,7 +240,29 @@ pub fn prometheus(stats: &Value) -> String {
         }
     }
     histogram(&mut out, services);
+    manager(&mut out, &stats["manager"]);
     out
+}
+
+/// charond's own fd headroom (absent where `/proc` could not be read).
+fn manager(out: &mut String, m: &Value) {
+    for (name, field, help) in [
+        (
+            "charon_manager_fds_open",
+            "fds_open",
+            "File descriptors charond has open.",
+        ),
+        (
+            "charon_manager_fds_limit",
+            "fds_limit",
+            "charond's soft RLIMIT_NOFILE (raised to the hard limit at start).",
+        ),
+    ] {
+        if let Some(n) = m[field].as_u64() {
+            header(out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {n}");
+        }
+    }
 }
 
 /// `charon_request_duration_seconds`: the `latency_histogram` of each
