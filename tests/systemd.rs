@@ -10,6 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use charon_client::Client;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
@@ -296,4 +301,169 @@ fn without_notify_socket_nothing_is_sent() {
     wait_for(PATIENCE, "the instance ready", || is_ready_in_ps(&d));
     sd.read();
     assert!(sd.notes.is_empty());
+}
+
+/// What the client loops saw.
+#[derive(Debug, Default)]
+struct Tally {
+    answered: u64,
+    failed: Vec<String>,
+    longest: Duration,
+}
+
+/// `n` client loops calling `KEY` until `stop`, each request checked
+/// against its own body.
+fn client_loops(
+    run: &Path,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Tally>> {
+    (0..n)
+        .map(|i| {
+            let run = run.to_path_buf();
+            let stop = Arc::clone(stop);
+            std::thread::spawn(move || {
+                // The client's own timeout, generous for a loaded CI
+                // machine: a restart must make clients wait, not fail.
+                let mut c = Client::builder()
+                    .run_dir(&run)
+                    .timeout(Duration::from_secs(30))
+                    .name("systemd-test")
+                    .build()
+                    .expect("client");
+                let mut t = Tally::default();
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let body = format!("loop {i} request {k}").into_bytes();
+                    let t0 = Instant::now();
+                    match c.call(KEY, &body) {
+                        Ok(r) if r == body => t.answered += 1,
+                        Ok(r) => t.failed.push(format!("wrong body {r:?}")),
+                        Err(e) => t.failed.push(e.to_string()),
+                    }
+                    t.longest = t.longest.max(t0.elapsed());
+                }
+                t
+            })
+        })
+        .collect()
+}
+
+/// The sh wrapper that sets `LISTEN_PID` to its own pid and execs charond
+/// (same pid), as systemd does for the process it starts.
+fn with_listen_pid(charond: Command) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("export LISTEN_PID=$$; exec \"$0\" \"$@\"")
+        .arg(charond.get_program())
+        .args(charond.get_args());
+    cmd
+}
+
+/// Places `fds` at 3, 4, ... in the child, as systemd passes them.
+fn pass_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    // SAFETY: the closure runs in the child between fork and exec and
+    // calls only fcntl(2) and dup2(2), which are async-signal-safe; the fds
+    // were captured by value and stay open in the parent until spawn
+    // returns. Each is first moved above 100 so that placing one at 3.. can
+    // not overwrite another still to place; dup2 leaves the targets without
+    // FD_CLOEXEC, so they survive exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = Vec::with_capacity(fds.len());
+            for fd in &fds {
+                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                if h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high.push(h);
+            }
+            for (target, h) in (3..).zip(high) {
+                if libc::dup2(h, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The fd store, with the test as systemd: charond hands its socket over
+/// (`FDSTORE=1`, `FDNAME=` the key), is SIGKILLed under 4 client loops, and
+/// a new charond is started with that socket in `LISTEN_FDS`. The socket
+/// and the connections queued on it survive: no request fails.
+#[test]
+fn fd_store_keeps_the_socket_across_a_sigkill_and_restart_under_load() {
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    // Every service knob at its default (on demand).
+    dir.write(
+        &format!("conf/{KEY}.toml"),
+        format!("exec = \"{}\"\n", bin("charon-echo").display()),
+    );
+    let run = dir.join("run");
+    let mut sd = Systemd::bind(&dir);
+    // What systemd sets from `FileDescriptorStoreMax=8`.
+    let mut d1 = start(dir, &sd, &[("FDSTORE", "8".to_string())]);
+    sd.wait_line("READY=1");
+    let i = sd.wait_line(&format!("FDNAME={KEY}"));
+    assert!(sd.notes[i].has("FDSTORE=1"), "{:?}", sd.notes[i].lines);
+    let stored = sd.notes[i]
+        .fds
+        .pop()
+        .expect("the socket came with FDSTORE=1");
+    assert!(sd.notes[i].fds.is_empty());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = client_loops(&run, 4, &stop);
+    wait_for(PATIENCE, "requests served", || {
+        d1.stats(KEY)["requests"].as_u64() > Some(50)
+    });
+    d1.signal(Signal::SIGKILL);
+    let killed_at = Instant::now();
+    let st = d1.proc.as_mut().expect("charond").wait_timeout(PATIENCE);
+    assert!(!st.success());
+    // systemd's restart delay: let the old instances drain and leave, so
+    // that clients wait on the socket alone.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut cmd = with_listen_pid(charond(&conf, &run));
+    cmd.env("NOTIFY_SOCKET", &sd.path)
+        .env("FDSTORE", "8")
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", KEY);
+    pass_fds(&mut cmd, vec![std::os::fd::AsRawFd::as_raw_fd(&stored)]);
+    let d2 = Daemon::spawn(TestDir::new(), conf.clone(), run.clone(), cmd);
+    let restarted = killed_at.elapsed();
+    wait_for(PATIENCE, "requests served by the new charond", || {
+        d2.stats(KEY)["requests"].as_u64() > Some(50)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let mut t = Tally::default();
+    for l in loops {
+        let l = l.join().expect("client loop");
+        t.answered += l.answered;
+        t.failed.extend(l.failed);
+        t.longest = t.longest.max(l.longest);
+    }
+    println!(
+        "fd store, SIGKILL then restart under 4 loops: answered={} failed={} longest wait={:?} \
+         (restart {restarted:?} after the kill)",
+        t.answered,
+        t.failed.len(),
+        t.longest
+    );
+    assert!(
+        d2.log().contains("socket passed back by systemd"),
+        "{}",
+        d2.log()
+    );
+    assert!(t.failed.is_empty(), "{:?}", t.failed);
+    // The new charond handed the same socket back to the store.
+    sd.read();
+    assert!(sd.notes[i + 1..]
+        .iter()
+        .any(|n| n.has("FDSTORE=1") && n.fds.len() == 1));
+    drop(d1);
 }

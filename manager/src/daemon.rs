@@ -121,6 +121,13 @@ pub fn check(config_dir: &Path) -> Result<CheckReport, Fatal> {
 /// cannot be created or written, another manager holds its lock, or the
 /// event loop cannot be set up.
 pub fn run(opts: &Options) -> Result<Stop, Fatal> {
+    // Sockets systemd passed back (fd store, socket activation) are taken
+    // before anything else can open an fd.
+    let run_dir_arg = opts
+        .run_dir
+        .canonicalize()
+        .unwrap_or_else(|_| opts.run_dir.clone());
+    let mut offered = crate::fdstore::Offered::take(&run_dir_arg);
     if let Some(path) = &opts.log_file {
         crate::log::to_file(path)
             .map_err(|e| Fatal(format!("unable to open log file {}: {e}", path.display())))?;
@@ -182,7 +189,7 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
             run_dir.display()
         ))
     })?;
-    match startup::remove_stale_sockets(&run_dir) {
+    match startup::remove_stale_sockets(&run_dir, &offered.paths(&run_dir)) {
         Ok(removed) => {
             for p in removed {
                 info!(None, None, "removed stale socket {}", p.display());
@@ -207,7 +214,15 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
             run_dir.display()
         ))
     })?;
-    let mut m = match set_up(config_dir, run_dir, opts, lock, signals, control) {
+    let mut m = match set_up(
+        config_dir,
+        run_dir,
+        opts,
+        lock,
+        signals,
+        control,
+        &mut offered,
+    ) {
         Ok(m) => m,
         Err((e, control)) => {
             control.remove();
@@ -215,6 +230,8 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
         }
     };
     m.metrics = metrics;
+    offered.settle(&m.paths.run_dir, &mut m.fdstore);
+    m.store_sockets();
     info!(
         None,
         None,
@@ -250,6 +267,7 @@ fn set_up(
     lock: nix::fcntl::Flock<std::fs::File>,
     signals: signals::Signals,
     mut control: Control,
+    offered: &mut crate::fdstore::Offered,
 ) -> Result<Manager, (Fatal, Control)> {
     let scan = match cfg::scan_dir(&config_dir) {
         Ok(scan) => scan,
@@ -265,7 +283,7 @@ fn set_up(
         Ok(fd) => fd,
         Err(e) => return Err((Fatal(format!("unable to open /dev/null: {e}")), control)),
     };
-    let services = bind_services(scan.services, &run_dir);
+    let services = bind_services(scan.services, &run_dir, offered);
     let paths = Paths {
         config_dir,
         run_dir,
@@ -297,7 +315,11 @@ fn set_up(
 
 /// Binds each service's socket and creates its scoreboard. A service that
 /// cannot be set up is logged and left out; the others run.
-fn bind_services(configs: Vec<ServiceConfig>, run_dir: &Path) -> Vec<Bound> {
+fn bind_services(
+    configs: Vec<ServiceConfig>,
+    run_dir: &Path,
+    offered: &mut crate::fdstore::Offered,
+) -> Vec<Bound> {
     let mut services = Vec::new();
     let root = nix::unistd::geteuid().is_root();
     for c in configs {
@@ -310,9 +332,16 @@ fn bind_services(configs: Vec<ServiceConfig>, run_dir: &Path) -> Vec<Bound> {
             );
         }
         let path = run_dir.join(c.key.socket_file_name());
-        match startup::bind_generation(c, path) {
+        let (bound, how) = match offered.claim(&key) {
+            Some(fd) => (
+                startup::adopt_generation(c, fd, path),
+                "listening (socket passed back by systemd) on",
+            ),
+            None => (startup::bind_generation(c, path), "listening on"),
+        };
+        match bound {
             Ok(b) => {
-                info!(Some(&key), None, "listening on {}", b.sock_path.display());
+                info!(Some(&key), None, "{how} {}", b.sock_path.display());
                 services.push(b);
             }
             Err(e) => warning!(Some(&key), None, "{e}"),

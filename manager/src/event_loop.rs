@@ -135,6 +135,8 @@ pub(crate) struct Manager {
     pub notify: crate::notify::Notifier,
     /// Keys whose config file is broken, answered for (`broken.rs`).
     pub broken_keys: crate::broken::BrokenKeys,
+    /// The sockets systemd keeps across a restart (`FDSTORE=1`).
+    pub fdstore: crate::fdstore::FdStore,
     /// The manager's own resource failures: retry time and spare fd.
     pub starvation: crate::starved::Starvation,
     /// Processes instances left behind (charond is their subreaper).
@@ -197,6 +199,7 @@ impl Manager {
             forced: false,
             broken: Vec::new(),
             notify: crate::notify::Notifier::from_env(),
+            fdstore: crate::fdstore::FdStore::from_env(),
             _lock: lock,
         })
     }
@@ -471,7 +474,12 @@ impl Manager {
         );
         for s in self.services.ids() {
             let path = std::mem::take(&mut self.services[s].sock_path);
-            remove_socket(&path, self.services[s].key());
+            let svc = &self.services[s];
+            // A socket systemd keeps outlives charond: its file stays, so
+            // that clients queue on it until the next charond serves it.
+            if !(svc.gen == Gen::Live && self.fdstore.holds(svc.key())) {
+                remove_socket(&path, svc.key());
+            }
             self.begin_drain(s, false);
         }
         self.answer_reloads_now("the manager is stopping");

@@ -50,6 +50,7 @@ pub mod control;
 mod daemon;
 mod drain;
 mod event_loop;
+mod fdstore;
 mod health;
 mod instance;
 mod instances;

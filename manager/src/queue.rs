@@ -4,7 +4,10 @@
 //! This lets the manager start as many instances as there are waiting
 //! clients and notice a full backlog (clients refused as overloaded). When
 //! the kernel does not answer, callers fall back to a zero-timeout `poll`
-//! (one or more waiting, count unknown). Policy is `calibrate.rs`'s.
+//! (one or more waiting, count unknown). Policy is `calibrate.rs`'s. The
+//! same query (`UNIX_DIAG_VFS`) also says which file a socket is bound to,
+//! so that a socket handed back by systemd can be matched with the file at
+//! its key's path (`fdstore.rs`).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -19,6 +22,8 @@ const NLMSG_ERROR: u16 = 2;
 const TCP_LISTEN: u32 = 10;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
 const UNIX_DIAG_RQLEN: u16 = 4;
+const UDIAG_SHOW_VFS: u32 = 0x02;
+const UNIX_DIAG_VFS: u16 = 1;
 const NLMSG_HDRLEN: usize = 16;
 const UNIX_DIAG_MSG_LEN: usize = 16;
 
@@ -59,23 +64,40 @@ impl QueueProbe {
     ///
     /// The query failed or the answer was not understood.
     pub(crate) fn depth(&mut self, ino: u64) -> io::Result<Depth> {
+        let (waiting, backlog) = self.ask(ino, UDIAG_SHOW_RQLEN, UNIX_DIAG_RQLEN)?;
+        Ok(Depth { waiting, backlog })
+    }
+
+    /// The file the listening Unix socket with inode `ino` is bound to, as
+    /// `(st_ino, st_dev)` of that file (it stays the same across a rename
+    /// of the file, which a socket's address does not follow).
+    ///
+    /// # Errors
+    ///
+    /// The query failed or the answer was not understood.
+    pub(crate) fn bound_file(&mut self, ino: u64) -> io::Result<(u32, u32)> {
+        self.ask(ino, UDIAG_SHOW_VFS, UNIX_DIAG_VFS)
+    }
+
+    /// The two `u32`s of attribute `attr` in the answer about `ino`.
+    fn ask(&mut self, ino: u64, show: u32, attr: u16) -> io::Result<(u32, u32)> {
         self.seq = self.seq.wrapping_add(1);
         let ino = u32::try_from(ino).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, "socket inode over 32 bits")
         })?;
         send(
             self.fd.as_raw_fd(),
-            &request(self.seq, ino),
+            &request(self.seq, ino, show),
             MsgFlags::empty(),
         )?;
         let mut buf = [0u8; 1024];
         // The kernel answers during the send: the reply is already queued.
         let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)?;
-        parse(&buf[..n], self.seq, ino)
+        parse(&buf[..n], self.seq, ino, attr)
     }
 }
 
-fn request(seq: u32, ino: u32) -> Vec<u8> {
+fn request(seq: u32, ino: u32, show: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(NLMSG_HDRLEN + 24);
     m.extend_from_slice(&((NLMSG_HDRLEN + 24) as u32).to_ne_bytes());
     m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -88,7 +110,7 @@ fn request(seq: u32, ino: u32) -> Vec<u8> {
     m.extend_from_slice(&0u16.to_ne_bytes());
     m.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
     m.extend_from_slice(&ino.to_ne_bytes());
-    m.extend_from_slice(&UDIAG_SHOW_RQLEN.to_ne_bytes());
+    m.extend_from_slice(&show.to_ne_bytes());
     // No cookie: look the socket up by inode alone.
     m.extend_from_slice(&u32::MAX.to_ne_bytes());
     m.extend_from_slice(&u32::MAX.to_ne_bytes());
@@ -114,7 +136,7 @@ fn bad(what: &str) -> io::Error {
 
 /// Parses the kernel's answer (untrusted in shape, so every offset is
 /// checked).
-fn parse(b: &[u8], seq: u32, ino: u32) -> io::Result<Depth> {
+fn parse(b: &[u8], seq: u32, ino: u32, attr: u16) -> io::Result<(u32, u32)> {
     let len = u32_at(b, 0).ok_or_else(|| bad("is truncated"))? as usize;
     let kind = u16_at(b, 4).ok_or_else(|| bad("is truncated"))?;
     if kind == NLMSG_ERROR {
@@ -136,14 +158,14 @@ fn parse(b: &[u8], seq: u32, ino: u32) -> io::Result<Depth> {
         if alen < 4 {
             return Err(bad("has a malformed attribute"));
         }
-        if atype == UNIX_DIAG_RQLEN {
-            let waiting = u32_at(b, off + 4).ok_or_else(|| bad("is truncated"))?;
-            let backlog = u32_at(b, off + 8).ok_or_else(|| bad("is truncated"))?;
-            return Ok(Depth { waiting, backlog });
+        if atype == attr && alen >= 12 {
+            let a = u32_at(b, off + 4).ok_or_else(|| bad("is truncated"))?;
+            let b = u32_at(b, off + 8).ok_or_else(|| bad("is truncated"))?;
+            return Ok((a, b));
         }
         off += (alen + 3) & !3;
     }
-    Err(bad("has no queue length"))
+    Err(bad("lacks the attribute asked for"))
 }
 
 #[cfg(test)]
@@ -172,10 +194,30 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(parse(&[], 1, 1).is_err());
-        assert!(parse(&[0xff; 40], 1, 1).is_err());
-        let mut short = request(1, 7);
+        assert!(parse(&[], 1, 1, UNIX_DIAG_RQLEN).is_err());
+        assert!(parse(&[0xff; 40], 1, 1, UNIX_DIAG_RQLEN).is_err());
+        let mut short = request(1, 7, UDIAG_SHOW_RQLEN);
         short.truncate(20);
-        assert!(parse(&short, 1, 7).is_err());
+        assert!(parse(&short, 1, 7, UNIX_DIAG_RQLEN).is_err());
+    }
+
+    #[test]
+    fn names_the_file_a_socket_is_bound_to_even_after_a_rename() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp.sock");
+        let path = dir.path().join("q.sock");
+        let l = UnixListener::bind(&tmp).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let other = UnixListener::bind(dir.path().join("other.sock")).unwrap();
+        let Ok(mut p) = QueueProbe::new() else {
+            return; // No sock_diag here.
+        };
+        let meta = std::fs::metadata(&path).unwrap();
+        let ino = nix::sys::stat::fstat(&l).unwrap().st_ino;
+        let (file_ino, _) = p.bound_file(ino).unwrap();
+        assert_eq!(u64::from(file_ino), meta.ino());
+        let ino = nix::sys::stat::fstat(&other).unwrap().st_ino;
+        assert_ne!(u64::from(p.bound_file(ino).unwrap().0), meta.ino());
     }
 }

@@ -10,6 +10,7 @@
 //! `control.rs`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use charon_protocol::scoreboard::SlotState;
@@ -186,6 +187,7 @@ impl Manager {
                     let s = self
                         .services
                         .insert(Svc::new(b, Gen::Live, generation, now));
+                    self.fdstore.store(&key, self.services[s].listen.as_fd());
                     self.events.push_back((s, Event::Begin));
                     info!(
                         Some(&key),
@@ -376,6 +378,7 @@ impl Manager {
             return;
         }
         let old = self.live_of(&key);
+        self.fdstore.store(&key, self.services[p].listen.as_fd());
         let svc = &mut self.services[p];
         svc.sock_path = path;
         svc.gen = Gen::Live;
@@ -427,6 +430,7 @@ impl Manager {
             self.pending_failed(p, "the config file was removed".into());
         }
         if let Some(s) = self.live_of(key) {
+            self.fdstore.remove(key);
             let path = std::mem::take(&mut self.services[s].sock_path);
             remove_socket(&path, key);
             self.begin_drain(s, true);

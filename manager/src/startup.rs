@@ -87,13 +87,14 @@ fn check_run_dir(run_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Removes every socket in the run dir: they belong to a dead manager (we
+/// Removes every socket in the run dir but those in `keep` (sockets
+/// systemd passed back, still listening): they belong to a dead manager (we
 /// hold the lock). Returns the paths removed.
-pub(crate) fn remove_stale_sockets(run_dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn remove_stale_sockets(run_dir: &Path, keep: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(run_dir)? {
         let entry = entry?;
-        if entry.file_type().is_ok_and(|t| t.is_socket()) {
+        if entry.file_type().is_ok_and(|t| t.is_socket()) && !keep.contains(&entry.path()) {
             std::fs::remove_file(entry.path())?;
             removed.push(entry.path());
         }
@@ -193,6 +194,27 @@ fn slot_count(max: u32) -> u32 {
 /// A message naming the failing step; nothing is left behind.
 pub(crate) fn bind_generation(c: ServiceConfig, path: PathBuf) -> Result<Bound, String> {
     let (listen, sock_path) = bind_socket_at(&c, path)?;
+    with_scoreboard(c, listen, sock_path)
+}
+
+/// A generation on a socket systemd passed back, already bound and
+/// listening at `path`: its backlog, mode and group are set again from the
+/// config (they may have changed across the restart).
+///
+/// # Errors
+///
+/// A message naming the failing step; the socket is closed, its file kept.
+pub(crate) fn adopt_generation(
+    c: ServiceConfig,
+    listen: OwnedFd,
+    path: PathBuf,
+) -> Result<Bound, String> {
+    finish_socket(&c, &listen, &path)
+        .map_err(|e| format!("unable to set up socket {}: {e}", path.display()))?;
+    with_scoreboard(c, listen, path)
+}
+
+fn with_scoreboard(c: ServiceConfig, listen: OwnedFd, sock_path: PathBuf) -> Result<Bound, String> {
     let name = std::ffi::CString::new(format!("charon-{}", c.key.as_str())).unwrap_or_default();
     match Scoreboard::create(&name, slot_count(c.maximum_processes)) {
         Ok((board, board_fd)) => Ok(Bound {
@@ -254,7 +276,7 @@ mod tests {
         let sock = dir.path().join("a.b.0.raw.sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         std::fs::write(dir.path().join("keep.txt"), "x").unwrap();
-        let removed = remove_stale_sockets(dir.path()).unwrap();
+        let removed = remove_stale_sockets(dir.path(), &[]).unwrap();
         assert_eq!(removed, std::slice::from_ref(&sock));
         assert!(!sock.exists());
         assert!(dir.path().join("keep.txt").exists());

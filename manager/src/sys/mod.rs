@@ -470,3 +470,36 @@ pub(crate) fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)?;
     Ok(())
 }
+
+/// The sockets passed to this process under the sd_listen_fds(3) protocol
+/// (`LISTEN_PID` is this process, `LISTEN_FDS` counts fds from 3,
+/// `LISTEN_FDNAMES` names them), each with its name, made close-on-exec.
+/// Only the first call returns them; later calls return none.
+///
+/// # Errors
+///
+/// The variables are malformed.
+pub(crate) fn take_listen_fds() -> io::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (raw, name) in sd_notify::listen_fds_with_names()? {
+        // An fd the variables name but that is not open is skipped: it
+        // cannot be owned.
+        // SAFETY: fcntl(F_GETFD) on any integer only reads the fd table.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            continue;
+        }
+        // SAFETY: LISTEN_PID is this process (checked by sd_notify), so the
+        // fds from 3 were put there for it by whoever exec'd it; the fd is
+        // open (just checked); nothing in this process has wrapped it (this
+        // is the only place, and TAKEN lets it run once), so the OwnedFd is
+        // its one owner.
+        out.push((name, unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }));
+    }
+    Ok(out)
+}
