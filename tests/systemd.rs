@@ -467,3 +467,54 @@ fn fd_store_keeps_the_socket_across_a_sigkill_and_restart_under_load() {
         .any(|n| n.has("FDSTORE=1") && n.fds.len() == 1));
     drop(d1);
 }
+
+/// Socket activation: a `.socket` unit made the socket (the test binds it
+/// at the key's path) and systemd passes it with `FileDescriptorName=` the
+/// key. charond serves on it, closes one for a key it does not serve, and
+/// leaves the file at a stop (the socket unit owns it), so clients queue
+/// there until the next start.
+#[test]
+fn socket_activation_serves_the_passed_socket_and_leaves_it_at_a_stop() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    dir.write(
+        &format!("conf/{KEY}.toml"),
+        format!("exec = \"{}\"\n", bin("charon-echo").display()),
+    );
+    let run = dir.mkdir("run");
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = run.join(format!("{KEY}.sock"));
+    let unit = UnixListener::bind(&path).expect("the socket unit's socket");
+    let unserved = "other.x.0.raw";
+    let other = UnixListener::bind(run.join(format!("{unserved}.sock"))).expect("bind");
+    let mut cmd = with_listen_pid(charond(&conf, &run));
+    cmd.env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", format!("{KEY}:{unserved}"));
+    pass_fds(
+        &mut cmd,
+        vec![
+            std::os::fd::AsRawFd::as_raw_fd(&unit),
+            std::os::fd::AsRawFd::as_raw_fd(&other),
+        ],
+    );
+    let mut d = Daemon::spawn(dir, conf, run.clone(), cmd);
+    assert_eq!(
+        d.client().call(KEY, b"activated").expect("served"),
+        b"activated"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("listening (socket passed back by systemd)"),
+        "{log}"
+    );
+    assert!(log.contains("no config file serves this key"), "{log}");
+    assert!(!run.join(format!("{unserved}.sock")).exists());
+    d.signal(Signal::SIGTERM);
+    let st = d.proc.as_mut().expect("charond").wait_timeout(PATIENCE);
+    assert!(st.success(), "{st:?}");
+    assert!(path.exists(), "the socket unit's file is left in place");
+    // A client connecting now queues on the unit's socket.
+    let _queued = UnixStream::connect(&path).expect("still listening");
+}
