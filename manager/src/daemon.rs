@@ -127,7 +127,7 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
         .run_dir
         .canonicalize()
         .unwrap_or_else(|_| opts.run_dir.clone());
-    let mut offered = crate::fdstore::Offered::take(&run_dir_arg);
+    let offered = crate::fdstore::Offered::take(&run_dir_arg);
     if let Some(path) = &opts.log_file {
         crate::log::to_file(path)
             .map_err(|e| Fatal(format!("unable to open log file {}: {e}", path.display())))?;
@@ -214,15 +214,7 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
             run_dir.display()
         ))
     })?;
-    let mut m = match set_up(
-        config_dir,
-        run_dir,
-        opts,
-        lock,
-        signals,
-        control,
-        &mut offered,
-    ) {
+    let mut m = match set_up(config_dir, run_dir, opts, lock, signals, control, offered) {
         Ok(m) => m,
         Err((e, control)) => {
             control.remove();
@@ -230,7 +222,6 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
         }
     };
     m.metrics = metrics;
-    offered.settle(&m.paths.run_dir, &mut m.fdstore);
     m.store_sockets();
     info!(
         None,
@@ -267,7 +258,7 @@ fn set_up(
     lock: nix::fcntl::Flock<std::fs::File>,
     signals: signals::Signals,
     mut control: Control,
-    offered: &mut crate::fdstore::Offered,
+    mut offered: crate::fdstore::Offered,
 ) -> Result<Manager, (Fatal, Control)> {
     let scan = match cfg::scan_dir(&config_dir) {
         Ok(scan) => scan,
@@ -283,7 +274,7 @@ fn set_up(
         Ok(fd) => fd,
         Err(e) => return Err((Fatal(format!("unable to open /dev/null: {e}")), control)),
     };
-    let services = bind_services(scan.services, &run_dir, offered);
+    let services = bind_services(scan.services, &run_dir, &mut offered);
     let paths = Paths {
         config_dir,
         run_dir,
@@ -305,6 +296,9 @@ fn set_up(
         ));
     }
     m.control = Some(control);
+    // Before the broken keys bind: a passed socket no key claimed has its
+    // file removed.
+    offered.settle(&m.paths.run_dir, &mut m.fdstore);
     // A broken file's key has no service: list it and answer for it.
     let broken = crate::broken::wanted(&scan.errors, |_| false);
     let run_dir = m.paths.run_dir.clone();
