@@ -206,6 +206,12 @@ fn a_missing_program_is_named_and_restart_ends_the_backoff_at_once() {
         )),
         "{reason}"
     );
+    assert!(
+        reason.ends_with(&format!(
+            "once fixed, `charon restart {KEY}` retries at once"
+        )),
+        "{reason}"
+    );
     std::fs::create_dir_all(program.parent().expect("dir")).expect("mkdir");
     std::os::unix::fs::symlink(bin("charon-echo"), &program).expect("symlink");
     let (code, out, err) = d.charon(&["restart", KEY]);

@@ -16,7 +16,7 @@ use crate::calibrate::{self, Decision, View, Why};
 use crate::event_loop::{Manager, Watch};
 use crate::instance::{self, Replacement};
 use crate::log::{info, warning};
-use crate::service::state::{KillReason, Mode};
+use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
 
 /// An instance up this long without failing has proved healthy.
@@ -71,11 +71,24 @@ impl Manager {
         let retry_after = u32::try_from(left.as_millis().div_ceil(1000))
             .unwrap_or(u32::MAX)
             .max(1);
-        let reason = svc
+        let mut reason = svc
             .stats
             .last_exit
             .as_ref()
             .map_or_else(|| "service is in backoff".to_string(), |e| e.reason());
+        // A launch failure (a missing program, a wrong `cd`) is fixed by a
+        // person, who need not wait for the backoff to run out.
+        if svc
+            .stats
+            .last_exit
+            .as_ref()
+            .is_some_and(|e| e.class == ExitClass::LaunchFailure(0).name())
+        {
+            reason.push_str(&format!(
+                "; once fixed, `charon restart {}` retries at once",
+                svc.config.key.as_str()
+            ));
+        }
         let mut frame = Vec::new();
         let resp = Response::Unavailable {
             retry_after,
