@@ -290,9 +290,21 @@ class Service:
                 os.unlink(path)
             finally:
                 probe.close()
+        # Bound at a temporary name and renamed into place once it listens,
+        # so a client never finds a socket that refuses it.
+        tmp = f"{path}.{os.getpid()}.tmp"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(path)
-        listener.listen(socket.SOMAXCONN)
+        try:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            listener.bind(tmp)
+            listener.listen(socket.SOMAXCONN)
+            os.rename(tmp, path)
+        except OSError as e:
+            listener.close()
+            raise ServiceError(f"{path}: cannot listen there: {e}") from None
         listener.setblocking(False)
         st = os.lstat(path)
         self._bound = (path, st.st_dev, st.st_ino)

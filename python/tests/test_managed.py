@@ -58,8 +58,9 @@ def test_a_failing_python_service_fast_fails_with_the_reason(daemon):
     # looks (the default first backoff is a second).
     d = daemon({KEY: conf('backoff-initial = "10m"\nexec-failure-backoff = "10m"')})
     c = charon.Client(run_dir=str(d.run), timeout=30)
+    # Without retry: a retry would meet the backoff already (Unavailable).
     with pytest.raises(charon.Disconnected):
-        c.call(KEY, b"x", context={"log": "the disk is gone", "exit": "3"})
+        c.call(KEY, b"x", context={"log": "the disk is gone", "exit": "3"}, retry=False)
     wait_for("the backoff", lambda: d.stats(KEY)["state"] == "backoff")
     t = time.monotonic()
     with pytest.raises(charon.Unavailable) as e:
