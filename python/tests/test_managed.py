@@ -65,7 +65,7 @@ def test_a_failing_python_service_fast_fails_with_the_reason(daemon):
     t = time.monotonic()
     with pytest.raises(charon.Unavailable) as e:
         c.call(KEY, b"y")
-    assert time.monotonic() - t < 2.0
+    assert time.monotonic() - t < 10.0, "answered at once, not after the 30 s timeout"
     assert e.value.retry_after > 0
     assert "the disk is gone" in e.value.reason, e.value.reason
     assert d.stats(KEY)["fast_failed"] >= 1
@@ -95,14 +95,19 @@ def test_a_batch_of_64_across_4_python_instances_runs_in_parallel(daemon):
     wait_for("four idle instances", lambda: d.stats(KEY)["instances"]["idle"] == 4)
     c = charon.Client(run_dir=str(d.run), timeout=60)
     b = c.batch()
-    ids = [b.add(KEY, b"", context={"sleep": "100", "pid": ""}) for _ in range(64)]
-    t = time.monotonic()
+    ids = [b.add(KEY, b"", context={"sleep": "100", "span": ""}) for _ in range(64)]
     b.wait_all()
-    elapsed = time.monotonic() - t
-    pids = {b.result(i) for i in ids}
-    assert len(pids) == 4, pids
-    # In series: 64 x 100 ms = 6.4 s; four at a time: 1.6 s.
-    assert elapsed < 4.0, elapsed
+    spans = [tuple(int(x) for x in b.result(i).split()) for i in ids]
+    assert len({pid for pid, _, _ in spans}) == 4, spans
+    # Parallel, read from the requests' own times rather than a wall-clock
+    # bound: at some moment all four instances were in a request.
+    events = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans],
+                    key=lambda e: (e[0], e[1]))
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    assert most == 4, spans
     wait_for("all 64 counted", lambda: d.stats(KEY)["requests"] == 64)
 
 

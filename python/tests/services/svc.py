@@ -3,7 +3,8 @@
 ``fault=CODE:TEXT`` answers a fault; ``exit=N`` exits with status N before
 answering; ``die-once=PATH`` exits 0 unanswered if PATH does not exist yet
 (creating it); ``sleep=MS`` sleeps first; ``log=TEXT`` writes a stderr line;
-``pid`` answers with the instance's pid; ``noanswer`` drops the request.
+``pid`` answers with the instance's pid; ``span`` with the pid and
+the monotonic times the request started and ended; ``noanswer`` drops the request.
 """
 
 import os
@@ -20,6 +21,7 @@ for request in charon.Service():
     ctx = dict(request.context)
     if "log" in ctx:
         print("svc: " + ctx["log"].decode(), file=sys.stderr, flush=True)
+    start = time.monotonic_ns()
     if "sleep" in ctx:
         time.sleep(int(ctx["sleep"]) / 1000)
     if "die-once" in ctx:
@@ -34,6 +36,9 @@ for request in charon.Service():
     if "fault" in ctx:
         code, _, text = ctx["fault"].decode().partition(":")
         request.fault(int(code), text)
+    elif "span" in ctx:
+        # CLOCK_MONOTONIC is one clock for every process on the host.
+        request.respond(f"{os.getpid()} {start} {time.monotonic_ns()}")
     elif "pid" in ctx:
         request.respond(str(os.getpid()))
     else:
