@@ -115,19 +115,19 @@ pub(crate) fn spawn(plan: &ChildPlan, fds: &ChildFds<'_>) -> io::Result<libc::pi
         fds.fds[4].as_raw_fd(),
         fds.fds[5].as_raw_fd(),
     ];
-    // SAFETY: the manager is single-threaded (one mio loop), so the child
-    // cannot inherit a lock held by another thread; the child only runs
-    // `child_after_fork`, which makes async-signal-safe calls on memory
-    // prepared above (argv/envp pointers into `plan`, alive across the fork
-    // because the child has a copy of this address space) and never
-    // returns.
+    // SAFETY: charond may have a second thread (the `--metrics-listen`
+    // server), which can hold a lock (malloc's, stdio's) at fork time. The
+    // child never touches one: it only runs `child_after_fork`, which makes
+    // async-signal-safe calls without allocating, on memory prepared above
+    // (argv/envp pointers into `plan`, alive across the fork because the
+    // child has a copy of this address space), and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: we are the child of a fork of a single-threaded process;
-        // `argv`/`envp` are NULL-terminated arrays of pointers to
+        // SAFETY: we are the child, right after fork; `argv`/`envp` are
+        // NULL-terminated arrays of pointers to
         // NUL-terminated strings owned by `plan`, and `raw` holds fds that
         // were open in the parent at fork time.
         unsafe { child_after_fork(plan, &raw, &argv, &envp) }
@@ -139,9 +139,10 @@ pub(crate) fn spawn(plan: &ChildPlan, fds: &ChildFds<'_>) -> io::Result<libc::pi
 ///
 /// # Safety
 ///
-/// Must only run in the child right after `fork` of a single-threaded
-/// process, with `argv`/`envp` NULL-terminated pointer arrays into live
-/// CStrings and `fds` open descriptors.
+/// Must only run in the child right after `fork`, with `argv`/`envp`
+/// NULL-terminated pointer arrays into live CStrings and `fds` open
+/// descriptors. It must stay async-signal-safe and allocation-free: locks
+/// held by the parent's other threads at fork time stay held in the child.
 unsafe fn child_after_fork(
     plan: &ChildPlan,
     fds: &[RawFd; 6],
