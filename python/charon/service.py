@@ -445,11 +445,19 @@ class Service:
             stop = self.stopping()
             if stop and not woken:
                 return False
-            woken = False
             try:
+                if (not woken and m is not None and not stop and m.others_idle()
+                        and not self.draining()):
+                    # Another instance waits for connections: a connection
+                    # that came in meanwhile woke it, so do not race it for
+                    # that one; wait like it (the wait returns at once if a
+                    # connection is still queued).
+                    raise BlockingIOError()
+                woken = False
                 # socket.accept() without its enum conversions.
                 fd, _ = self._listener._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
+                woken = False
                 if stop or self.draining():
                     return False
                 due = None
