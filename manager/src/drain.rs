@@ -14,7 +14,7 @@ use charon_protocol::scoreboard::SlotState;
 
 use crate::event_loop::{Manager, Watch};
 use crate::log::{info, warning};
-use crate::reload::{Gen, READY_DEADLINE, RECHECK};
+use crate::reload::{READY_DEADLINE, RECHECK};
 use crate::scaling::waiting;
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};
@@ -37,9 +37,13 @@ impl Manager {
         let now = Instant::now();
         let svc = &mut self.services[o];
         svc.sock_path = PathBuf::new();
-        svc.gen = Gen::Draining {
-            linger_until: if linger { now + LINGER } else { now },
-        };
+        let linger_until = if linger { now + LINGER } else { now };
+        // Its first drain step runs at the look just below (gen_check).
+        let _ = crate::generation::on_event(
+            &mut svc.gen,
+            crate::generation::Event::Drain { linger_until },
+            now,
+        );
         svc.gen_check = Some(now);
         svc.sat_check = None;
         self.events.push_back((o, Event::Shutdown));

@@ -13,14 +13,17 @@
 //! channel; deadlines set the poll timeout. Each service is a small pure
 //! automaton (`service::transition`): the loop feeds it events (a first
 //! connect, an exit, the end of a backoff) and performs the actions it
-//! returns. Scaling is a pure function of the scoreboard (`calibrate`).
+//! returns. Each instance is one too (`instance`: starting, serving,
+//! retiring, stopping, and whether its exit was young or mature), and so is
+//! each generation (`generation`). Scaling is a pure function of the
+//! scoreboard (`calibrate`).
 //! The only `unsafe` code (fork/exec, wait4, accept4, sigaction) lives in
 //! `sys`.
 //!
 //! Each service runs as one or more *generations* (`services`): a reload
 //! (`reload`) brings up a changed service's new generation at a temporary
 //! socket name and renames it over the old socket once it is ready, then
-//! drains the old one (`drain`). Operators read the figures (`snapshot`)
+//! drains the old one (`drain`), as its automaton (`generation`) says. Operators read the figures (`snapshot`)
 //! through the control socket ([`control`], `<run-dir>/charond.sock`) or as
 //! Prometheus text ([`metrics`]).
 //!
@@ -51,6 +54,7 @@ mod daemon;
 mod drain;
 mod event_loop;
 mod fdstore;
+mod generation;
 mod health;
 mod instance;
 mod instances;

@@ -11,46 +11,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use charon_protocol::scoreboard::SlotState;
 use serde::Serialize;
 
 use crate::config::{self as cfg, ServiceConfig};
 use crate::event_loop::{remove_socket, Manager, Svc};
+use crate::generation;
 use crate::log::{info, warning};
 use crate::service::state::{KillReason, Mode};
 use crate::service::transition::Event;
 use crate::startup;
 use crate::stats::Stats;
 
-/// A new generation must be ready within this, or the reload of its key
-/// fails and the old generation keeps serving.
-pub(crate) const READY_DEADLINE: Duration = Duration::from_secs(20);
-/// While instances of a pending or draining generation start, look again
-/// this often.
-pub(crate) const RECHECK: Duration = Duration::from_millis(20);
-
-/// Where a generation is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Gen {
-    /// Serving the key's socket path.
-    Live,
-    /// Coming up at a temporary socket name; must be ready by `deadline`.
-    Pending { deadline: Instant },
-    /// Replaced or removed: serving what is left, then freed.
-    Draining { linger_until: Instant },
-}
-
-impl Gen {
-    pub(crate) const fn name(self) -> &'static str {
-        match self {
-            Gen::Live => "live",
-            Gen::Pending { .. } => "pending",
-            Gen::Draining { .. } => "draining",
-        }
-    }
-}
+pub(crate) use crate::generation::{Gen, READY_DEADLINE, RECHECK};
 
 /// What a reload did, as answered to `charon reload`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -305,35 +280,51 @@ impl Manager {
         let Some(svc) = self.services.get(s) else {
             return false;
         };
-        match svc.gen {
-            Gen::Live => true,
-            // Stopping: its socket is already removed and its instances
-            // told to stop; it must not be renamed into place.
-            Gen::Pending { .. } if self.stopping => true,
-            Gen::Pending { deadline } => {
-                if let Some(why) = self.services[s].gen_failure.clone() {
-                    self.pending_failed(s, why);
-                } else if svc.state.mode.is_backoff() {
-                    let why = svc.stats.last_exit.as_ref().map_or_else(
-                        || "the new generation could not start".to_string(),
-                        |e| format!("the new generation could not start: {}", e.reason()),
-                    );
-                    self.pending_failed(s, why);
-                } else if now >= deadline {
-                    let why = format!(
-                        "the new generation was not ready within {}s",
-                        READY_DEADLINE.as_secs()
-                    );
-                    self.pending_failed(s, why);
-                } else if self.is_ready(s) {
-                    self.promote(s);
-                } else {
-                    self.services[s].gen_check = Some(now + RECHECK);
-                }
-                true
+        let look = match svc.gen {
+            Gen::Pending { .. } => generation::Look {
+                stopping: self.stopping,
+                failure: svc.gen_failure.clone(),
+                backoff: svc.state.mode.is_backoff().then(|| {
+                    svc.stats
+                        .last_exit
+                        .as_ref()
+                        .map_or_else(|| "no instance came up".to_string(), |e| e.reason())
+                }),
+                ready: self.is_ready(s),
+            },
+            Gen::Live | Gen::Draining { .. } => generation::Look::default(),
+        };
+        let action = generation::on_event(
+            &mut self.services[s].gen,
+            generation::Event::Look(look),
+            now,
+        );
+        self.generation_action(s, action, now)
+    }
+
+    /// Carries out what a generation's automaton returned. False if the
+    /// generation was freed.
+    pub(crate) fn generation_action(
+        &mut self,
+        s: usize,
+        action: generation::Action,
+        now: Instant,
+    ) -> bool {
+        match action {
+            generation::Action::None => {}
+            generation::Action::Recheck(at) => self.services[s].gen_check = Some(at),
+            generation::Action::Promote => self.promote(s),
+            generation::Action::Fail(why) => self.pending_failed(s, why),
+            generation::Action::DrainStep(linger_until) => {
+                return self.drain_step(s, now, linger_until)
             }
-            Gen::Draining { linger_until } => self.drain_step(s, now, linger_until),
+            generation::Action::Impossible(what) => warning!(
+                Some(self.services[s].key()),
+                None,
+                "unable to follow the generation's life: {what} (can't happen; ignored)"
+            ),
         }
+        true
     }
 
     /// Every wanted instance is up and waiting (or, on demand, none is
@@ -381,9 +372,11 @@ impl Manager {
         self.fdstore.store(&key, self.services[p].listen.as_fd());
         let svc = &mut self.services[p];
         svc.sock_path = path;
-        svc.gen = Gen::Live;
+        let now = Instant::now();
+        let action = generation::on_event(&mut svc.gen, generation::Event::Promoted, now);
         svc.gen_check = None;
         let generation = svc.generation;
+        self.generation_action(p, action, now);
         if let Some(o) = old {
             let carried = std::mem::replace(&mut self.services[o].stats, Stats::new());
             self.services[p].stats.absorb(carried, true);
@@ -408,7 +401,12 @@ impl Manager {
         let path = std::mem::take(&mut self.services[p].sock_path);
         remove_socket(&path, &key);
         let now = Instant::now();
-        self.services[p].gen = Gen::Draining { linger_until: now };
+        // Drained at the next look (its instances are told to stop below).
+        let _ = generation::on_event(
+            &mut self.services[p].gen,
+            generation::Event::Drain { linger_until: now },
+            now,
+        );
         self.services[p].gen_check = Some(now);
         self.events.push_back((p, Event::Shutdown));
         let ids: Vec<usize> = self
