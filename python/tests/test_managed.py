@@ -4,6 +4,7 @@ scales it exactly as it does a Rust service."""
 
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -118,3 +119,17 @@ def test_stats_json_is_what_the_cli_prints(daemon):
     assert r.returncode == 0
     keys = [s["key"] for s in json.loads(r.stdout)["services"]]
     assert KEY in keys
+
+
+def test_charond_stop_lets_python_instances_finish_what_is_queued(daemon):
+    d = daemon({KEY: conf()})
+    c = charon.Client(run_dir=str(d.run), timeout=60)
+    assert c.call(KEY, b"warm") == b"warm"
+    b = c.batch()
+    ids = [b.add(KEY, b"q%d" % i, context={"log": "got %d" % i, "sleep": "300"})
+           for i in range(4)]
+    wait_for("a request in hand", lambda: "svc: got" in d.log())
+    d.proc.send_signal(signal.SIGTERM)
+    b.wait_all()
+    assert [b.result(i) for i in ids] == [b"q%d" % i for i in range(4)]
+    assert d.proc.wait(timeout=60) == 0
