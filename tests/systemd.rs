@@ -518,3 +518,39 @@ fn socket_activation_serves_the_passed_socket_and_leaves_it_at_a_stop() {
     // A client connecting now queues on the unit's socket.
     let _queued = UnixStream::connect(&path).expect("still listening");
 }
+
+/// stderr is the journal's stream (`JOURNAL_STREAM` names its device and
+/// inode, as systemd sets it): each line starts with its sd-daemon(3)
+/// priority instead of the time and level.
+#[test]
+fn journal_lines_carry_their_priority() {
+    let dir = TestDir::new();
+    let conf = dir.mkdir("conf");
+    // A program that does not exist: a warning-level line comes too.
+    dir.write(
+        &format!("conf/{KEY}.toml"),
+        "exec = \"/nonexistent/prog\"\nprestart-processes = true\n",
+    );
+    let run = dir.join("run");
+    let plain = charond(&conf, &run);
+    // The wrapper sets JOURNAL_STREAM to its stderr (the harness's pipe),
+    // which charond inherits, then execs it.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); exec \"$0\" \"$@\"")
+        .arg(plain.get_program())
+        .args(plain.get_args());
+    let d = Daemon::spawn(dir, conf, run, cmd);
+    wait_for(PATIENCE, "a warning", || d.log().contains("<4>"));
+    let log = d.log();
+    assert!(log.lines().any(|l| l.starts_with("<6>charond ")), "{log}");
+    assert!(
+        log.lines().any(|l| l.starts_with(&format!("<4>{KEY} "))),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with("<6>") || l.starts_with("<4>")),
+        "{log}"
+    );
+}

@@ -1,8 +1,10 @@
 //! One log line per event, to stderr or a log file (`--log-file`, reopened
 //! on SIGUSR1 so logrotate needs no copytruncate): time, level, service key,
 //! pid, what happened (`2026-11-21T17:40:00.123Z info system.echo.0.raw
-//! pid=1234: started`). Formatting and the destination only; deciding what
-//! to log is left to callers.
+//! pid=1234: started`); to systemd's journal, the `<N>` priority instead of
+//! the time and level (`<6>system.echo.0.raw pid=1234: started`).
+//! Formatting and the destination only; deciding what to log is left to
+//! callers.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -83,6 +85,17 @@ pub(crate) enum Level {
     Warn,
 }
 
+impl Level {
+    /// The sd-daemon(3) priority prefix: `<6>` (SD_INFO), `<4>`
+    /// (SD_WARNING).
+    const fn journal_prefix(self) -> &'static str {
+        match self {
+            Level::Info => "<6>",
+            Level::Warn => "<4>",
+        }
+    }
+}
+
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -92,26 +105,35 @@ impl fmt::Display for Level {
     }
 }
 
+/// True when stderr is systemd's journal stream: `JOURNAL_STREAM`
+/// (`DEV:INODE`, systemd.exec(5)) names stderr's device and inode. Asked
+/// once.
+fn stderr_is_journal() -> bool {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *JOURNAL.get_or_init(|| {
+        let var = std::env::var("JOURNAL_STREAM").ok();
+        nix::sys::stat::fstat(std::io::stderr())
+            .is_ok_and(|st| journal_matches(var.as_deref(), st.st_dev, st.st_ino))
+    })
+}
+
+/// `JOURNAL_STREAM`'s `DEV:INODE` (decimal) is this device and inode.
+fn journal_matches(var: Option<&str>, dev: u64, ino: u64) -> bool {
+    var.and_then(|v| v.split_once(':'))
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        .is_some_and(|(d, i)| d == dev && i == ino)
+}
+
 /// Writes one line. `key` and `pid` are omitted when not known. A failing
 /// log is ignored: the manager must not stop because its log is gone.
+/// To the journal (stderr is `JOURNAL_STREAM`), a line starts with its
+/// `<N>` priority instead of the time and level: the journal keeps both.
 pub(crate) fn line(level: Level, key: Option<&str>, pid: Option<i32>, msg: fmt::Arguments<'_>) {
-    let mut s = String::with_capacity(128);
-    s.push_str(&timestamp(SystemTime::now()));
-    s.push(' ');
-    s.push_str(&level.to_string());
-    if let Some(k) = key {
-        s.push(' ');
-        s.push_str(k);
-    }
-    if let Some(p) = pid {
-        s.push_str(&format!(" pid={p}"));
-    }
-    s.push_str(": ");
-    s.push_str(&msg.to_string());
-    s.push('\n');
     let mut g = FILE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let at = (g.is_some() || !stderr_is_journal()).then(SystemTime::now);
+    let s = format_line(level, key, pid, msg, at);
     match g.as_mut() {
         Some((_, f)) => {
             let _ = f.write_all(s.as_bytes());
@@ -119,6 +141,34 @@ pub(crate) fn line(level: Level, key: Option<&str>, pid: Option<i32>, msg: fmt::
         None => {
             let _ = std::io::stderr().lock().write_all(s.as_bytes());
         }
+    }
+}
+
+/// One line: `TIME LEVEL KEY pid=PID: MESSAGE`, or with `at` None (the
+/// journal) `<N>KEY pid=PID: MESSAGE`.
+fn format_line(
+    level: Level,
+    key: Option<&str>,
+    pid: Option<i32>,
+    msg: fmt::Arguments<'_>,
+    at: Option<SystemTime>,
+) -> String {
+    let mut head = Vec::with_capacity(4);
+    if let Some(t) = at {
+        head.push(timestamp(t));
+        head.push(level.to_string());
+    }
+    head.extend(key.map(str::to_string));
+    head.extend(pid.map(|p| format!("pid={p}")));
+    let prefix = if at.is_none() {
+        level.journal_prefix()
+    } else {
+        ""
+    };
+    if head.is_empty() {
+        format!("{prefix}{msg}\n")
+    } else {
+        format!("{prefix}{}: {msg}\n", head.join(" "))
     }
 }
 
@@ -173,6 +223,38 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_lines_start_with_the_priority_instead_of_time_and_level() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_283_200_123);
+        let k = Some("a.b.0.raw");
+        assert_eq!(
+            format_line(Level::Warn, k, Some(7), format_args!("x: y"), Some(t)),
+            "2026-11-21T17:46:40.123Z warn a.b.0.raw pid=7: x: y\n"
+        );
+        assert_eq!(
+            format_line(Level::Warn, k, Some(7), format_args!("x"), None),
+            "<4>a.b.0.raw pid=7: x\n"
+        );
+        assert_eq!(
+            format_line(Level::Info, None, None, format_args!("started"), None),
+            "<6>started\n"
+        );
+        assert_eq!(
+            format_line(Level::Info, None, None, format_args!("started"), Some(t)),
+            "2026-11-21T17:46:40.123Z info: started\n"
+        );
+    }
+
+    #[test]
+    fn journal_stream_must_name_this_device_and_inode() {
+        assert!(journal_matches(Some("8:1234"), 8, 1234));
+        assert!(!journal_matches(Some("8:1234"), 8, 1235));
+        assert!(!journal_matches(Some("9:1234"), 8, 1234));
+        assert!(!journal_matches(None, 8, 1234));
+        assert!(!journal_matches(Some("garbage"), 8, 1234));
+        assert!(!journal_matches(Some("8:"), 8, 0));
+    }
     use std::time::Duration;
 
     /// The level is said once: a `warn` line's message does not start with
