@@ -172,8 +172,10 @@ impl Offered {
     }
 }
 
-/// systemd's fd store, when the unit has one: `NOTIFY_SOCKET` is set and
-/// `FDSTORE` (set by systemd from `FileDescriptorStoreMax=`) is above 0.
+/// systemd's fd store, when the unit may have one: `NOTIFY_SOCKET` is set
+/// and `FDSTORE` (set by systemd 254 and later from
+/// `FileDescriptorStoreMax=`) is above 0 or absent (an older systemd does
+/// not say; a socket it does not keep is only closed on its side).
 pub(crate) struct FdStore {
     max: usize,
     /// Keys whose socket systemd holds in the store.
@@ -187,10 +189,10 @@ pub(crate) struct FdStore {
 impl FdStore {
     pub(crate) fn from_env() -> FdStore {
         let notify = std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty());
-        let max = std::env::var("FDSTORE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let max = match std::env::var("FDSTORE") {
+            Ok(v) => v.parse().unwrap_or(0),
+            Err(_) => usize::MAX,
+        };
         FdStore {
             max: if notify { max } else { 0 },
             held: BTreeSet::new(),
