@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use crate::util::daemon::{Daemon, PATIENCE};
-use crate::util::{bin, wait_for, TestDir};
+use crate::util::{bin, wait_for, Proc, TestDir};
 
 const KEY: &str = "system.echo.0.raw";
 
@@ -557,4 +557,176 @@ fn journal_lines_carry_their_priority() {
             .all(|l| l.starts_with("<6>") || l.starts_with("<4>")),
         "{log}"
     );
+}
+
+/// A real systemd, PID 1 of its own PID, mount, network, UTS and IPC
+/// namespaces, running the shipped unit (paths pointed at the built
+/// binaries, the config dir under the target dir since the unit's
+/// `PrivateTmp=` hides /tmp, and without the default dependencies, which
+/// would boot the machine's whole system).
+struct RealSystemd {
+    proc: Proc,
+    pid: i32,
+}
+
+impl RealSystemd {
+    fn boot(units: &Path) -> RealSystemd {
+        let script = format!(
+            "set -e; mount --make-rprivate /; mount -t tmpfs tmpfs /run; \
+             mkdir -p /run/systemd/system; cp {}/* /run/systemd/system/; \
+             export container=other; \
+             exec /lib/systemd/systemd --system --unit=charon-test.target --show-status=no",
+            units.display()
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount",
+            "--net",
+            "--uts",
+            "--ipc",
+        ])
+        .args(["--mount-proc", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        let proc = Proc::spawn("unshare systemd", cmd);
+        let children = format!("/proc/{0}/task/{0}/children", proc.pid());
+        let mut pid = 0;
+        wait_for(PATIENCE, "systemd to start in its namespace", || {
+            pid = std::fs::read_to_string(&children)
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            pid != 0
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "systemd")
+        });
+        RealSystemd { proc, pid }
+    }
+
+    /// Runs `args` inside the namespaces: (success, stdout).
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.pid.to_string(), "-m", "-p", "-n"])
+            .args(args);
+        let (st, out, _) = crate::util::run(cmd, PATIENCE);
+        (
+            st.success(),
+            String::from_utf8_lossy(&out).trim().to_string(),
+        )
+    }
+
+    fn systemctl(&self, args: &[&str]) -> (bool, String) {
+        let mut all = vec!["systemctl"];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+}
+
+/// The shipped unit under a real systemd (252 on Debian 12): start waits
+/// for readiness and shows the status line; under 4 requests in flight
+/// (`charon ping -p 4`), `systemctl restart`, a SIGKILL of charond
+/// (`Restart=on-failure`) and `systemctl reload` fail no request and keep
+/// the very same socket; `systemctl stop` ends cleanly. Needs root, for the
+/// namespaces.
+#[test]
+fn the_unit_under_a_real_systemd_loses_nothing_across_restart_crash_and_reload() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: namespaces for a real systemd need root");
+        return;
+    }
+    assert!(
+        Path::new("/lib/systemd/systemd").exists(),
+        "systemd is not installed (.ci/run installs Debian's systemd package)"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("sd")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir");
+    let conf = dir.path().join("conf");
+    let units = dir.path().join("units");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    std::fs::create_dir_all(&units).expect("mkdir");
+    // Prestarted, so that readiness waits for an instance.
+    std::fs::write(conf.join(format!("{KEY}.toml")), echo_prestarted()).expect("write");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/charond.service"),
+    )
+    .expect("the unit");
+    let bindir = bin("charond")
+        .parent()
+        .expect("bin dir")
+        .display()
+        .to_string();
+    let unit = shipped
+        .replace("/usr/local/bin/", &format!("{bindir}/"))
+        .replace(
+            "--config-dir /etc/charon",
+            &format!("--config-dir {}", conf.display()),
+        )
+        .replace("[Unit]\n", "[Unit]\nDefaultDependencies=no\n");
+    std::fs::write(units.join("charond.service"), unit).expect("write");
+    std::fs::write(
+        units.join("charon-test.target"),
+        "[Unit]\nDefaultDependencies=no\nWants=charond.service\n",
+    )
+    .expect("write");
+    let sd = RealSystemd::boot(&units);
+    wait_for(PATIENCE, "charond active", || {
+        sd.systemctl(&["is-active", "charond"]).1 == "active"
+    });
+    let (_, status) = sd.systemctl(&["show", "-p", "StatusText", "charond"]);
+    assert!(status.contains("1 service, 0/1 instances busy"), "{status}");
+    let sock = format!("/run/charon/{KEY}.sock");
+    let (_, inode) = sd.run(&["stat", "-c", "%i", &sock]);
+
+    let ping = bin("charon").display().to_string();
+    let mut load = Command::new("nsenter");
+    load.args(["-t", &sd.pid.to_string(), "-m", "-p", "-n", &ping])
+        .args([
+            "ping",
+            "-c",
+            "100000",
+            "-p",
+            "4",
+            "-t",
+            "30",
+            "--run-dir",
+            "/run/charon",
+            KEY,
+        ])
+        .stdout(std::process::Stdio::piped());
+    let mut load = Proc::spawn("charon ping", load);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sd.systemctl(&["restart", "charond"]).0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sd.systemctl(&["kill", "-s", "KILL", "--kill-whom=main", "charond"])
+            .0
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    wait_for(PATIENCE, "charond active again", || {
+        sd.systemctl(&["is-active", "charond"]).1 == "active"
+    });
+    assert!(sd.systemctl(&["reload", "charond"]).0);
+    let st = load.wait_timeout(Duration::from_secs(300));
+    let mut out = String::new();
+    std::io::Read::read_to_string(load.child_mut().stdout.as_mut().expect("stdout"), &mut out)
+        .expect("read");
+    println!("real systemd, restart + SIGKILL + reload under charon ping -p 4: {out}");
+    assert!(st.success(), "{out}");
+    assert!(out.contains("100000 requests, 0 errors"), "{out}");
+    assert_eq!(
+        sd.run(&["stat", "-c", "%i", &sock]).1,
+        inode,
+        "the same socket"
+    );
+
+    assert!(sd.systemctl(&["stop", "charond"]).0);
+    assert_eq!(sd.systemctl(&["is-active", "charond"]).1, "inactive");
+    let (_, result) = sd.systemctl(&["show", "-p", "Result", "charond"]);
+    assert_eq!(result, "Result=success");
+    drop(sd.proc);
 }
