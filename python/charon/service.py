@@ -33,6 +33,7 @@ REQUEST_FD, RESPONSE_FD = 3, 4
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_AFFINITY_TIMEOUT = 60.0
 DEFAULT_WRITE_TIMEOUT = 10.0
+DEFAULT_DRAIN_TIMEOUT = 10.0
 _MAX_ENV_MS = 86_400_000
 _TIMEVAL = struct.Struct("@ll")
 _PEERCRED = struct.Struct("3i")
@@ -201,11 +202,16 @@ class Service:
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         affinity_timeout: float = DEFAULT_AFFINITY_TIMEOUT,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         self.limits = limits
         self.read_timeout = _env_ms("CHARON_READ_TIMEOUT_MS", read_timeout)
         self.affinity_timeout = _env_ms("CHARON_AFFINITY_TIMEOUT_MS", affinity_timeout)
         self.write_timeout = write_timeout
+        # A drain that new clients keep feeding (a dead manager leaves its
+        # socket in place) ends after this long.
+        self.drain_timeout = _env_ms("CHARON_DRAIN_TIMEOUT_MS", drain_timeout)
+        self._drain_since: Optional[float] = None
         self._allowed_uids = _id_set("CHARON_ALLOWED_UIDS")
         self._allowed_gids = _id_set("CHARON_ALLOWED_GIDS")
         self._max_payload = limits.max_request_payload()
@@ -380,6 +386,16 @@ class Service:
         is gone (its death loses nothing a client already wrote)."""
         return _Flags.drain or (self._managed is not None and self._managed.manager_gone)
 
+    def _drained(self) -> bool:
+        """A drain has taken connections for ``drain_timeout``: stop
+        taking more, even if clients still come."""
+        if not self.draining():
+            return False
+        now = time.monotonic()
+        if self._drain_since is None:
+            self._drain_since = now
+        return now - self._drain_since >= self.drain_timeout
+
     def next_request(self) -> Optional[Request]:
         """The next request, or None when the service should end."""
         if self._current is not None:
@@ -442,7 +458,7 @@ class Service:
             # The request limit is a hard bound: not one connection more.
             if m is not None and m.at_limit:
                 return False
-            stop = self.stopping()
+            stop = self.stopping() or self._drained()
             if stop and not woken:
                 return False
             try:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,6 +107,41 @@ def test_drain_serves_the_queued_connections(procs, tmp_short):
     b.wait_all()
     assert [b.result(i) for i in ids] == [b"q%d" % i for i in range(4)]
     assert p.wait(timeout=PATIENCE) == 0
+
+
+def test_a_drain_under_constant_load_ends_after_the_drain_timeout(procs, tmp_short):
+    """A dead manager's socket stays in place, so clients keep coming: the
+    drain stops taking connections after CHARON_DRAIN_TIMEOUT_MS."""
+    sock = tmp_short / "svc.sock"
+    # The knob under test, short so that the load need not last 10 s.
+    p = start_accept(procs, sock, CHARON_DRAIN_TIMEOUT_MS="500")
+    stop = threading.Event()
+    answered = []
+    # Eight clients on 20 ms requests: the queue is never empty.
+    slow = frame.encode_request(frame.Request(KEY, b"x", context=[("sleep", b"20")]))
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                answered.append(raw_exchange(sock, slow, timeout=5))
+            except (OSError, charon.CharonError):
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for("answers before the drain", lambda: len(answered) >= 5)
+        began = time.monotonic()
+        p.send_signal(signal.SIGUSR1)
+        assert p.wait(timeout=PATIENCE) == 0
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    # It drained for the timeout (clients kept coming), then left.
+    assert took >= 0.5, took
 
 
 def test_read_timeout_and_limits_answer_framework_errors(procs, tmp_short):
