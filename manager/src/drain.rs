@@ -18,6 +18,7 @@ use crate::reload::{READY_DEADLINE, RECHECK};
 use crate::scaling::waiting;
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};
+use crate::timers::Timer;
 
 /// A draining generation's socket stays open this long after the swap even
 /// when nothing waits on it: a client that looked the path up just before
@@ -38,14 +39,14 @@ impl Manager {
         let svc = &mut self.services[o];
         svc.sock_path = PathBuf::new();
         let linger_until = if linger { now + LINGER } else { now };
-        // Its first drain step runs at the look just below (gen_check).
+        // Its first drain step runs at the look just below.
         let _ = crate::generation::on_event(
             &mut svc.gen,
             crate::generation::Event::Drain { linger_until },
             now,
         );
-        svc.gen_check = Some(now);
-        svc.sat_check = None;
+        self.timers.set(Timer::Generation(o), Some(now));
+        self.timers.set(Timer::Saturation(o), None);
         self.events.push_back((o, Event::Shutdown));
         if self.services[o].watch != Watch::Off {
             self.set_watch(o, Watch::Off);
@@ -101,7 +102,8 @@ impl Manager {
             }
         }
         if any {
-            self.services[o].gen_check = starting.then_some(now + RECHECK);
+            self.timers
+                .set(Timer::Generation(o), starting.then_some(now + RECHECK));
             return true;
         }
         if waiting(&self.services[o].listen) {
@@ -113,11 +115,11 @@ impl Manager {
             } else {
                 self.close_queue(o);
             }
-            self.services[o].gen_check = Some(now + RECHECK);
+            self.timers.set(Timer::Generation(o), Some(now + RECHECK));
             return true;
         }
         if now < linger_until {
-            self.services[o].gen_check = Some(linger_until);
+            self.timers.set(Timer::Generation(o), Some(linger_until));
             return true;
         }
         self.free_generation(o);
@@ -181,6 +183,7 @@ impl Manager {
             self.set_watch(o, Watch::Off);
         }
         self.events.retain(|(s, _)| *s != o);
+        self.cancel_service_timers(o);
         let Some(old) = self.services.remove(o) else {
             return;
         };

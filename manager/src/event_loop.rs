@@ -27,6 +27,7 @@ use crate::services::Services;
 pub(crate) use crate::services::{Bound, Svc};
 use crate::signals::{Sig, Signals};
 use crate::spawn::Spawner;
+use crate::timers::{Timer, Timers};
 
 pub(crate) const SIGNALS: Token = Token(0);
 const LISTEN_BASE: usize = 1;
@@ -117,7 +118,8 @@ pub(crate) struct Manager {
     pub next_stats: Instant,
     pub rng: u64,
     /// Check busy instances against `unresponsive-timeout` at this time.
-    pub unresp_check: Option<Instant>,
+    /// Every per-service and per-instance deadline (`timers.rs`).
+    pub timers: Timers,
     /// Starts and signals instances (fork/exec, or a test stand-in).
     pub spawner: Box<dyn Spawner>,
     /// sock_diag queries; None where the kernel does not offer them.
@@ -187,7 +189,7 @@ impl Manager {
             next_stats: now,
             rng: seed | 1,
             probe: QueueProbe::new().ok(),
-            unresp_check: None,
+            timers: Timers::default(),
             spawner,
             next_temp_name: 1,
             control: None,
@@ -290,6 +292,11 @@ impl Manager {
                 continue;
             };
             let actions = transition::on_event(&mut svc.state, ev, now);
+            let backoff_until = match svc.state.mode {
+                Mode::Backoff { until, .. } => Some(until),
+                _ => None,
+            };
+            self.timers.set(Timer::Backoff(s), backoff_until);
             for a in actions {
                 self.perform(s, a);
             }
@@ -371,64 +378,69 @@ impl Manager {
         }
         let mut d = vec![self.next_tick, self.next_stats];
         d.extend(self.control.as_ref().and_then(Control::deadline));
-        d.extend(self.unresp_check);
+        d.extend(self.timers.earliest());
         d.extend(self.notify.next_deadline(Instant::now()));
         d.extend(self.starvation.deadline());
         d.extend(self.orphans.deadline());
-        for (_, svc) in self.services.iter() {
-            d.extend(svc.gen_check);
-            if let Mode::Backoff { until, .. } = svc.state.mode {
-                d.push(until);
-            }
-            d.extend(svc.sat_check);
-            d.extend(svc.recycle_check);
-            d.extend(svc.pace_check);
-        }
-        for (_, i) in self.procs.iter() {
-            d.extend(i.life.deadline());
-        }
         d.into_iter().min()
     }
 
+    /// One due deadline, to its owner.
+    fn on_timer(&mut self, t: Timer, now: Instant) {
+        match t {
+            Timer::Generation(s) if self.services.get(s).is_some() => {
+                self.generation_step(s, now);
+            }
+            Timer::Backoff(s) => {
+                if let Some(Mode::Backoff { until, .. }) =
+                    self.services.get(s).map(|v| v.state.mode)
+                {
+                    if until <= now {
+                        self.events.push_back((s, Event::BackoffOver));
+                    } else {
+                        // Moved by a newer backoff meanwhile.
+                        self.timers.set(t, Some(until));
+                    }
+                }
+            }
+            Timer::Saturation(s) if self.services.get(s).is_some() => self.check_saturation(s),
+            Timer::Pace(s) if self.services.get(s).is_some() => self.replace_owed(s),
+            Timer::Recycle(s) if self.services.get(s).is_some() => self.recycle_step(s),
+            Timer::Instance(id) => self.check_life(id, now),
+            Timer::Unresponsive => {
+                let ns = charon_protocol::scoreboard::now_ns();
+                let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
+                for id in ids {
+                    self.check_unresponsive(id, now, ns);
+                }
+            }
+            // A service freed since: its timers went with it.
+            Timer::Generation(_) | Timer::Saturation(_) | Timer::Pace(_) | Timer::Recycle(_) => {}
+        }
+    }
+
+    /// A generation is freed: none of its timers may fire for the next
+    /// service given its index.
+    pub(crate) fn cancel_service_timers(&mut self, s: usize) {
+        for t in [
+            Timer::Generation(s),
+            Timer::Saturation(s),
+            Timer::Pace(s),
+            Timer::Recycle(s),
+            Timer::Backoff(s),
+        ] {
+            self.timers.set(t, None);
+        }
+    }
+
     fn on_deadlines(&mut self, now: Instant) {
-        for s in self.services.ids() {
-            if self.services[s].gen_check.is_some_and(|t| t <= now) {
-                self.services[s].gen_check = None;
-                if !self.generation_step(s, now) {
-                    continue;
-                }
-            }
-            if let Mode::Backoff { until, .. } = self.services[s].state.mode {
-                if until <= now {
-                    self.events.push_back((s, Event::BackoffOver));
-                }
-            }
-            if self.services[s].sat_check.is_some_and(|t| t <= now) {
-                self.services[s].sat_check = None;
-                self.check_saturation(s);
-            }
-            if self.services[s].pace_check.is_some_and(|t| t <= now) {
-                self.services[s].pace_check = None;
-                self.replace_owed(s);
-            }
-            if self.services[s].recycle_check.is_some_and(|t| t <= now) {
-                self.services[s].recycle_check = None;
-                self.recycle_step(s);
-            }
+        for t in self.timers.take_due(now) {
+            self.on_timer(t, now);
         }
         self.orphans_overdue(Some(now));
         self.starved_retry(now);
-        self.check_lives(now);
         self.control_again();
         self.control_expire(now);
-        if self.unresp_check.is_some_and(|t| t <= now) {
-            self.unresp_check = None;
-            let ns = charon_protocol::scoreboard::now_ns();
-            let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
-            for id in ids {
-                self.check_unresponsive(id, now, ns);
-            }
-        }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);

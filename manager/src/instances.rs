@@ -26,6 +26,7 @@ use crate::service::transition::{Event, StartWhy};
 use crate::spawn::Launch;
 use crate::stats::LastExit;
 use crate::sys::{self, WaitStatus};
+use crate::timers::Timer;
 
 impl Manager {
     /// Launches one instance of service `s`. Returns its id, or None (the
@@ -82,7 +83,7 @@ impl Manager {
                     ..LastExit::default()
                 });
                 if matches!(svc.gen, Gen::Pending { .. }) {
-                    svc.gen_check = Some(Instant::now());
+                    self.timers.set(Timer::Generation(s), Some(Instant::now()));
                 }
                 let remaining = self.live_count(s);
                 self.events.push_back((
@@ -108,15 +109,17 @@ impl Manager {
         svc.stats.launches += 1;
         let now = Instant::now();
         let pid = spawned.pid;
+        let ready_by = now + svc.config.startup_timeout;
         let id = self.procs.insert(Instance::new(
             pid,
             s,
             slot_u32,
             now,
-            now + svc.config.startup_timeout,
+            ready_by,
             Some(spawned.stderr),
             Some(spawned.report),
         ));
+        self.timers.set(Timer::Instance(id), Some(ready_by));
         self.register_instance(id);
         self.fed(s);
         info!(
@@ -138,7 +141,7 @@ impl Manager {
             let svc = &mut self.services[s];
             if !svc.pacer.take(now) {
                 let at = svc.pacer.next_at();
-                svc.pace_check = Some(svc.pace_check.map_or(at, |t| t.min(at)));
+                self.timers.set_earlier(Timer::Pace(s), at);
                 info!(
                     Some(svc.key()),
                     None,
@@ -241,6 +244,7 @@ impl Manager {
         };
         let actions = instance::on_event(&mut inst.life, ev, now);
         let (pid, s) = (inst.pid, inst.service);
+        self.timers.set(Timer::Instance(id), inst.life.deadline());
         let acted = !actions.is_empty();
         for a in actions {
             let key = self.services[s].key();
@@ -292,28 +296,26 @@ impl Manager {
         self.life_event(id, instance::Event::Kill(reason));
     }
 
-    /// The instances whose deadline has come: a start-up deadline (ready
-    /// by now, or killed as not ready) or a stop's grace period (SIGKILL).
-    pub(crate) fn check_lives(&mut self, now: Instant) {
-        let due: Vec<usize> = self
-            .procs
-            .iter()
-            .filter(|(_, i)| i.life.deadline().is_some_and(|t| t <= now))
-            .map(|(id, _)| id)
-            .collect();
-        for id in due {
-            let Some(inst) = self.procs.get(id) else {
-                continue;
-            };
-            match inst.life {
-                Life::Starting { .. } => {
-                    if !self.note_ready(id, now) {
-                        self.life_event(id, instance::Event::StartupOver);
-                    }
+    /// An instance's deadline has come: its start-up deadline (ready by
+    /// now, or killed as not ready) or its stop's grace period (SIGKILL).
+    pub(crate) fn check_life(&mut self, id: usize, now: Instant) {
+        let Some(inst) = self.procs.get(id) else {
+            return;
+        };
+        if inst.life.deadline().is_none_or(|t| t > now) {
+            // Not due after all (moved meanwhile): keep it set.
+            let at = inst.life.deadline();
+            self.timers.set(Timer::Instance(id), at);
+            return;
+        }
+        match inst.life {
+            Life::Starting { .. } => {
+                if !self.note_ready(id, now) {
+                    self.life_event(id, instance::Event::StartupOver);
                 }
-                _ => {
-                    self.life_event(id, instance::Event::GraceOver);
-                }
+            }
+            _ => {
+                self.life_event(id, instance::Event::GraceOver);
             }
         }
     }
@@ -475,6 +477,7 @@ impl Manager {
         let Some((_, inst)) = self.procs.remove_pid(r.pid) else {
             return;
         };
+        self.timers.set(Timer::Instance(id), None);
         for fd in [&inst.stderr, &inst.report].into_iter().flatten() {
             self.unregister(fd);
         }
@@ -562,9 +565,9 @@ impl Manager {
                     );
                     svc.gen_failure.get_or_insert(why);
                 }
-                svc.gen_check = Some(now);
+                self.timers.set(Timer::Generation(s), Some(now));
             }
-            Gen::Draining { .. } => svc.gen_check = Some(now),
+            Gen::Draining { .. } => self.timers.set(Timer::Generation(s), Some(now)),
         }
         let level = if class.is_trouble() {
             Level::Warn

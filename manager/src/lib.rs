@@ -10,7 +10,8 @@
 //!
 //! One thread runs a mio loop (`event_loop`) over a signalfd, the sockets
 //! the manager currently watches, and each instance's stderr pipe and report
-//! channel; deadlines set the poll timeout. Each service is a small pure
+//! channel; every per-service and per-instance deadline lives in `timers`,
+//! whose earliest entry sets the poll timeout. Each service is a small pure
 //! automaton (`service::transition`): the loop feeds it events (a first
 //! connect, an exit, the end of a backoff) and performs the actions it
 //! returns. Each instance is one too (`instance`: starting, serving,
@@ -81,5 +82,6 @@ mod starved;
 mod stats;
 mod stderr;
 mod sys;
+mod timers;
 
 pub use daemon::{check, run, CheckReport, Fatal, Options, Stop};

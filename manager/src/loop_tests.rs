@@ -249,7 +249,7 @@ fn a_stopped_instance_gets_sigterm_then_sigkill_and_counts_under_its_reason() {
     let id = r.id_of(first);
     r.m.stop_instance(id, KillReason::Idle);
     assert_eq!(r.seen.borrow().signals, [(first, Signal::SIGTERM)]);
-    r.m.check_lives(Instant::now() + Duration::from_secs(1));
+    r.m.check_life(id, Instant::now() + Duration::from_secs(1));
     assert_eq!(
         r.seen.borrow().signals,
         [(first, Signal::SIGTERM), (first, Signal::SIGKILL)]
@@ -422,7 +422,10 @@ fn a_request_past_unresponsive_timeout_is_killed_and_a_young_one_gets_a_deadline
     assert!(r.m.check_unresponsive(stuck, now, now_ns));
     assert!(!r.m.check_unresponsive(fresh, now, now_ns));
     assert_eq!(r.seen.borrow().signals, [(pids[0], Signal::SIGKILL)]);
-    let due = r.m.unresp_check.expect("a deadline for the fresh request");
+    let due =
+        r.m.timers
+            .get(crate::timers::Timer::Unresponsive)
+            .expect("a deadline for the fresh request");
     assert!(due > now + Duration::from_millis(900) && due < now + Duration::from_millis(1100));
     r.exit(pids[0], WaitStatus::Signaled(9));
     assert_eq!(r.m.services[0].stats.exits.get("unresponsive"), Some(&1));
@@ -590,7 +593,11 @@ fn a_hint_that_finds_an_idle_instance_lets_the_next_through_and_waiting_clients_
     let _clients: Vec<UnixStream> = (0..3).map(|_| r.connect()).collect();
     r.m.on_saturated(0);
     assert_eq!(r.m.services[0].watch, Watch::Saturated);
-    assert!(r.m.services[0].sat_check.is_some());
+    assert!(r
+        .m
+        .timers
+        .get(crate::timers::Timer::Saturation(0))
+        .is_some());
     // Once it is busy with one, the rest get new instances.
     set(&r, SlotState::Busy);
     r.m.on_listener(0);

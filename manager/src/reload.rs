@@ -24,6 +24,7 @@ use crate::service::state::{KillReason, Mode};
 use crate::service::transition::Event;
 use crate::startup;
 use crate::stats::Stats;
+use crate::timers::Timer;
 
 pub(crate) use crate::generation::{Gen, READY_DEADLINE, RECHECK};
 
@@ -257,7 +258,7 @@ impl Manager {
         self.next_temp_name += 1;
         let b = startup::bind_generation(c, tmp)?;
         let now = Instant::now();
-        let mut svc = Svc::new(
+        let svc = Svc::new(
             b,
             Gen::Pending {
                 deadline: now + READY_DEADLINE,
@@ -265,8 +266,8 @@ impl Manager {
             generation,
             now,
         );
-        svc.gen_check = Some(now + RECHECK);
         let s = self.services.insert(svc);
+        self.timers.set(Timer::Generation(s), Some(now + RECHECK));
         self.events.push_back((s, Event::Begin));
         info!(
             Some(&key),
@@ -312,7 +313,7 @@ impl Manager {
     ) -> bool {
         match action {
             generation::Action::None => {}
-            generation::Action::Recheck(at) => self.services[s].gen_check = Some(at),
+            generation::Action::Recheck(at) => self.timers.set(Timer::Generation(s), Some(at)),
             generation::Action::Promote => self.promote(s),
             generation::Action::Fail(why) => self.pending_failed(s, why),
             generation::Action::DrainStep(linger_until) => {
@@ -374,8 +375,8 @@ impl Manager {
         svc.sock_path = path;
         let now = Instant::now();
         let action = generation::on_event(&mut svc.gen, generation::Event::Promoted, now);
-        svc.gen_check = None;
         let generation = svc.generation;
+        self.timers.set(Timer::Generation(p), None);
         self.generation_action(p, action, now);
         if let Some(o) = old {
             let carried = std::mem::replace(&mut self.services[o].stats, Stats::new());
@@ -407,7 +408,7 @@ impl Manager {
             generation::Event::Drain { linger_until: now },
             now,
         );
-        self.services[p].gen_check = Some(now);
+        self.timers.set(Timer::Generation(p), Some(now));
         self.events.push_back((p, Event::Shutdown));
         let ids: Vec<usize> = self
             .procs

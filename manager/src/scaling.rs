@@ -18,6 +18,7 @@ use crate::instance::{self, Replacement};
 use crate::log::{info, warning};
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
+use crate::timers::Timer;
 
 /// An instance up this long without failing has proved healthy.
 pub(crate) const HEALTHY_UPTIME: Duration = Duration::from_secs(10);
@@ -167,8 +168,8 @@ impl Manager {
         // waiting a whole request: the roundtrip bench's 8 x 100 ms burst
         // took two rounds, 205 ms, in about half the runs.)
         let saturated = below_max && (all_busy || waiting > 0);
-        self.services[s].sat_check =
-            (saturated && waiting > 0).then(|| Instant::now() + SAT_RECHECK);
+        let at = (saturated && waiting > 0).then(|| Instant::now() + SAT_RECHECK);
+        self.timers.set(Timer::Saturation(s), at);
         if !saturated {
             // Nothing watches the socket now, so the next instance to find
             // every instance busy must be able to say so at once: a hint
@@ -328,7 +329,7 @@ impl Manager {
         if busy_for <= limit {
             // A little past the limit, so the check then finds it over.
             let at = now + (limit - busy_for) + Duration::from_millis(5);
-            self.unresp_check = Some(self.unresp_check.map_or(at, |t| t.min(at)));
+            self.timers.set_earlier(Timer::Unresponsive, at);
             return false;
         }
         warning!(
@@ -429,7 +430,10 @@ impl Manager {
             self.life_event(id, instance::Event::ReplacementStarted(rep));
             active += 1;
         }
-        self.services[s].recycle_check = (active > 0).then(|| Instant::now() + RECYCLE_RECHECK);
+        self.timers.set(
+            Timer::Recycle(s),
+            (active > 0).then(|| Instant::now() + RECYCLE_RECHECK),
+        );
     }
 }
 

@@ -35,14 +35,8 @@ pub(crate) struct Svc {
     pub watch: Watch,
     pub stats: Stats,
     pub stderr_limit: RateLimit,
-    /// Re-check saturation at this time (while every instance is busy).
-    pub sat_check: Option<Instant>,
-    /// Advance recycling at this time (while a replacement comes up).
-    pub recycle_check: Option<Instant>,
     /// Replacements of dead instances, rate-limited.
     pub pacer: ForkPacer,
-    /// Start the replacements the pacer held back at this time.
-    pub pace_check: Option<Instant>,
     /// How long instances took to become ready (smoothed), once seen.
     pub startup: Option<Duration>,
     /// Requests a second one instance served (smoothed), measured over
@@ -54,8 +48,6 @@ pub(crate) struct Svc {
     pub gen: Gen,
     /// Counts generations of all keys, for logs and `charon ps`.
     pub generation: u64,
-    /// Advance a pending or draining generation at this time.
-    pub gen_check: Option<Instant>,
     /// Instances started to serve a draining generation's queue.
     pub drain_spawns: u32,
     /// Why a pending generation cannot take over (an instance left early).
@@ -116,16 +108,12 @@ impl Svc {
             watch: Watch::Off,
             stats: Stats::new(),
             stderr_limit: RateLimit::new(now),
-            sat_check: None,
-            recycle_check: None,
             pacer: ForkPacer::new(now),
-            pace_check: None,
             startup: None,
             rate: 0.0,
             ino,
             gen,
             generation,
-            gen_check: None,
             drain_spawns: 0,
             gen_failure: None,
             starved: None,
