@@ -131,8 +131,11 @@ fn bin_false_gives_unavailable_at_once_without_forking() {
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
-        // "Within milliseconds"; generous for a loaded machine.
-        assert!(took < Duration::from_millis(250), "fast fail took {took:?}");
+        // At once, not after a wait for an instance: well under the 20 s
+        // client timeout even on a loaded machine (250 ms was seen to fail
+        // at a load of 12 on 2 cores). The millisecond figure is the
+        // bench's fast-fail target (BENCHMARKS.md), not a timed test's.
+        assert!(took < Duration::from_secs(2), "fast fail took {took:?}");
     }
     assert_eq!(d.count("started (slot"), starts, "no fork during backoff");
     assert!(d.instances().is_empty());
