@@ -466,6 +466,9 @@ impl Manager {
         }
     }
 
+    /// An instance was reaped: free its slot, count and log its exit, tell
+    /// its generation and the retiree it was replacing, and feed the exit
+    /// to the service automaton (young or mature: `instance::young`).
     pub(crate) fn on_reaped(&mut self, r: sys::Reaped) {
         let Some(id) = self.procs.id_of(r.pid) else {
             // A process an instance left behind, or (as PID 1) anyone's.
@@ -497,14 +500,7 @@ impl Manager {
         // the manager's problem, not the service's.
         let starved = inst.life.asked().is_none()
             && matches!(r.status, WaitStatus::Exited(sys::code::RESOURCES));
-        let svc = &mut self.services[s];
-        // Requests it completed, reported or still in an unsent batch (its
-        // slot counts them too).
-        let counted = svc
-            .board
-            .slot(inst.slot)
-            .map_or(0, |sl| sl.snapshot().requests);
-        let served = counted.max(inst.served);
+        let served = self.free_slot(s, &inst);
         // Completed a request: a mature instance, whose death is about that
         // request or an outside event, not about the program.
         let completed = served > 0;
@@ -513,91 +509,10 @@ impl Manager {
             completed,
             now.saturating_duration_since(inst.started),
         );
-        if let Some(sl) = svc.board.slot(inst.slot) {
-            // Requests served whose records were still in an unsent batch
-            // when the instance ended: counted from its slot, so `requests`
-            // never loses them (without latency: none was reported).
-            if counted > inst.served {
-                svc.stats.requests = svc.stats.requests.saturating_add(counted - inst.served);
-            }
-            sl.reset(0, 0);
-        }
-        if let Some(u) = svc.used_slots.get_mut(inst.slot as usize) {
-            *u = false;
-        }
-        let in_use = svc.used_slots.iter().rposition(|u| *u).map_or(0, |i| i + 1);
-        svc.board
-            .header()
-            .slots_in_use
-            .store(in_use as u32, Ordering::Relaxed);
-        if !starved {
-            svc.stats.exit(class.name());
-        }
-        if matches!(class, ExitClass::LaunchFailure(_)) && !starved {
-            svc.stats.launch_failures += 1;
-        }
-        svc.stats.exited_cpu_us += r.cpu_us;
-        svc.stats.exited_maxrss_kib = svc.stats.exited_maxrss_kib.max(r.maxrss_kib);
-        let (status, code, signal) = match r.status {
-            WaitStatus::Exited(c) => (format!("exit {c}"), Some(c), None),
-            WaitStatus::Signaled(sig) => (format!("signal {sig}"), None, Some(sig)),
-        };
-        svc.stats.set_last_exit(LastExit {
-            pid: inst.pid,
-            status: class.to_string(),
-            code,
-            signal,
-            class: class.name(),
-            stderr: inst.lines.last.clone(),
-        });
-        match svc.gen {
-            Gen::Live => {}
-            Gen::Pending { .. } => {
-                if inst.life.asked().is_none() {
-                    let why = format!(
-                        "new instance (pid {}) {class} before it was ready{}",
-                        inst.pid,
-                        if inst.lines.last.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; last stderr line: {}", inst.lines.last)
-                        }
-                    );
-                    svc.gen_failure.get_or_insert(why);
-                }
-                self.timers.set(Timer::Generation(s), Some(now));
-            }
-            Gen::Draining { .. } => self.timers.set(Timer::Generation(s), Some(now)),
-        }
-        let level = if class.is_trouble() {
-            Level::Warn
-        } else {
-            Level::Info
-        };
-        crate::log::line(
-            level,
-            Some(svc.config.key.as_str()),
-            Some(inst.pid),
-            format_args!(
-                "exited: {class} [{status}] after {:.3}s, {} request(s); counted as {}",
-                now.saturating_duration_since(inst.started).as_secs_f64(),
-                served,
-                class.name()
-            ),
-        );
-        // A retiree whose replacement died waits for a new one (the id may
-        // be reused by an unrelated instance).
-        let retirees: Vec<usize> = self
-            .procs
-            .iter()
-            .filter(|(_, i)| {
-                matches!(i.life.retiring(), Some((_, Replacement::Started(rep))) if rep == id)
-            })
-            .map(|(rid, _)| rid)
-            .collect();
-        for rid in retirees {
-            self.life_event(rid, instance::Event::ReplacementGone);
-        }
+        self.count_exit(s, &inst, &r, class, starved);
+        self.tell_generation(s, &inst, class, now);
+        self.log_exit(s, &inst, &r, class, served, now);
+        self.replacement_gone(id);
         if completed {
             // A trial that served has proved the service can run, whatever
             // happens to it next (its requests may not have been reported
@@ -625,5 +540,135 @@ impl Manager {
             ));
         }
         self.update_hints(s);
+    }
+
+    /// Frees a reaped instance's scoreboard slot. Returns the requests it
+    /// completed, reported or still in an unsent batch (its slot counts
+    /// them too); those never reported are added to the service's count
+    /// (without latency).
+    fn free_slot(&mut self, s: usize, inst: &Instance) -> u64 {
+        let svc = &mut self.services[s];
+        let counted = svc
+            .board
+            .slot(inst.slot)
+            .map_or(0, |sl| sl.snapshot().requests);
+        if let Some(sl) = svc.board.slot(inst.slot) {
+            if counted > inst.served {
+                svc.stats.requests = svc.stats.requests.saturating_add(counted - inst.served);
+            }
+            sl.reset(0, 0);
+        }
+        if let Some(u) = svc.used_slots.get_mut(inst.slot as usize) {
+            *u = false;
+        }
+        let in_use = svc.used_slots.iter().rposition(|u| *u).map_or(0, |i| i + 1);
+        svc.board
+            .header()
+            .slots_in_use
+            .store(in_use as u32, Ordering::Relaxed);
+        counted.max(inst.served)
+    }
+
+    /// Counts an exit in the service's figures and keeps it as the last.
+    fn count_exit(
+        &mut self,
+        s: usize,
+        inst: &Instance,
+        r: &sys::Reaped,
+        class: ExitClass,
+        starved: bool,
+    ) {
+        let stats = &mut self.services[s].stats;
+        if !starved {
+            stats.exit(class.name());
+        }
+        if matches!(class, ExitClass::LaunchFailure(_)) && !starved {
+            stats.launch_failures += 1;
+        }
+        stats.exited_cpu_us += r.cpu_us;
+        stats.exited_maxrss_kib = stats.exited_maxrss_kib.max(r.maxrss_kib);
+        let (code, signal) = match r.status {
+            WaitStatus::Exited(c) => (Some(c), None),
+            WaitStatus::Signaled(sig) => (None, Some(sig)),
+        };
+        stats.set_last_exit(LastExit {
+            pid: inst.pid,
+            status: class.to_string(),
+            code,
+            signal,
+            class: class.name(),
+            stderr: inst.lines.last.clone(),
+        });
+    }
+
+    /// A pending generation that lost an instance it did not stop cannot
+    /// take over; a pending or draining one looks again now.
+    fn tell_generation(&mut self, s: usize, inst: &Instance, class: ExitClass, now: Instant) {
+        let svc = &mut self.services[s];
+        match svc.gen {
+            Gen::Live => return,
+            Gen::Pending { .. } if inst.life.asked().is_none() => {
+                let why = format!(
+                    "new instance (pid {}) {class} before it was ready{}",
+                    inst.pid,
+                    if inst.lines.last.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last stderr line: {}", inst.lines.last)
+                    }
+                );
+                svc.gen_failure.get_or_insert(why);
+            }
+            Gen::Pending { .. } | Gen::Draining { .. } => {}
+        }
+        self.timers.set(Timer::Generation(s), Some(now));
+    }
+
+    /// One line per exit: its class, status, life span and requests.
+    fn log_exit(
+        &self,
+        s: usize,
+        inst: &Instance,
+        r: &sys::Reaped,
+        class: ExitClass,
+        served: u64,
+        now: Instant,
+    ) {
+        let status = match r.status {
+            WaitStatus::Exited(c) => format!("exit {c}"),
+            WaitStatus::Signaled(sig) => format!("signal {sig}"),
+        };
+        let level = if class.is_trouble() {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        crate::log::line(
+            level,
+            Some(self.services[s].key()),
+            Some(inst.pid),
+            format_args!(
+                "exited: {class} [{status}] after {:.3}s, {} request(s); counted as {}",
+                now.saturating_duration_since(inst.started).as_secs_f64(),
+                served,
+                class.name()
+            ),
+        );
+    }
+
+    /// A retiree whose replacement (instance `id`) died waits for a new
+    /// one (the id may be reused by an unrelated instance).
+    fn replacement_gone(&mut self, id: usize) {
+        let retirees: Vec<usize> = self
+            .procs
+            .iter()
+            .filter(|(_, i)| {
+                matches!(i.life.retiring(), Some((_, Replacement::Started(rep))) if rep == id)
+            })
+            .map(|(rid, _)| rid)
+            .collect();
+        for rid in retirees {
+            self.life_event(rid, instance::Event::ReplacementGone);
+        }
     }
 }
