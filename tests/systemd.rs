@@ -633,7 +633,6 @@ impl RealSystemd {
 /// the very same socket; `systemctl stop` ends cleanly. Needs root, for the
 /// namespaces.
 #[test]
-#[ignore = "fails about half the runs: thousands of requests closed unanswered around the restart and crash under systemd; under investigation (doc/deploy.md)"]
 fn the_unit_under_a_real_systemd_loses_nothing_across_restart_crash_and_reload() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: namespaces for a real systemd need root");

@@ -106,7 +106,12 @@ impl Manager {
                 .set(Timer::Generation(o), starting.then_some(now + RECHECK));
             return true;
         }
-        if waiting(&self.services[o].listen) {
+        // At a stop, a socket systemd keeps (fd store, socket activation)
+        // keeps its queue and its file: the next charond serves them, and
+        // clients keep arriving meanwhile, so nothing is spawned for them
+        // and nothing is closed.
+        let kept = self.stopping && self.fdstore.holds(self.services[o].key());
+        if !kept && waiting(&self.services[o].listen) {
             // A graceful stop serves a leftover queue too; a second stop
             // signal ("now") does not.
             if self.services[o].drain_spawns < MAX_DRAIN_SPAWNS && !self.stopping_now {
