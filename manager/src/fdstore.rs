@@ -201,6 +201,18 @@ impl FdStore {
         }
     }
 
+    /// A store that holds `key`'s socket as if systemd had passed it
+    /// (tests of the loop; nothing is sent).
+    #[cfg(test)]
+    pub(crate) fn passed(key: &str) -> FdStore {
+        FdStore {
+            max: 0,
+            held: BTreeSet::new(),
+            passed: BTreeSet::from([key.to_string()]),
+            warned: false,
+        }
+    }
+
     /// True when systemd holds `key`'s socket: its file must outlive
     /// charond.
     pub(crate) fn holds(&self, key: &str) -> bool {

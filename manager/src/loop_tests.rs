@@ -402,6 +402,29 @@ fn shutdown_serves_a_queue_left_with_no_instance() {
 }
 
 #[test]
+fn shutdown_leaves_the_queue_and_file_of_a_socket_systemd_keeps() {
+    // The same stop, but systemd keeps the socket (fd store or socket
+    // activation): the next charond serves the queue; nothing is spawned
+    // for it or closed, and the file stays.
+    let mut r = rig(|_| {});
+    r.m.fdstore = crate::fdstore::FdStore::passed("system.echo.0.raw");
+    r.begin();
+    let path = r.dir.path().join("run/system.echo.0.raw.sock");
+    // systemd's copy of the socket.
+    let _systemd = r.m.services[0].listen.try_clone().unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    r.m.begin_shutdown();
+    assert!(!r.m.generation_step(0, Instant::now()), "freed at once");
+    assert!(r.seen.borrow().spawned.is_empty());
+    assert!(path.exists());
+    // Still queued, not closed: a read would block, not see EOF.
+    client.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    let e = std::io::Read::read(&mut client, &mut b).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+}
+
+#[test]
 fn a_request_past_unresponsive_timeout_is_killed_and_a_young_one_gets_a_deadline() {
     let mut r = rig(|c| {
         c.prestart_processes = true;
