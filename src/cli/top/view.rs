@@ -271,6 +271,17 @@ fn delta(prev: &Value, cur: &Value) -> u64 {
     }
 }
 
+/// Why a service in backoff cannot run: its last exit and stderr line.
+fn backoff_reason(e: &Value) -> Option<String> {
+    let what = e["description"].as_str()?;
+    let mut r = format!("pid {} {what}", count(&e["pid"]));
+    if let Some(l) = e["stderr"].as_str().filter(|l| !l.is_empty()) {
+        r.push_str(": ");
+        r.push_str(l);
+    }
+    Some(r)
+}
+
 /// One row from a service's object now and `elapsed` ago (`None`: no
 /// earlier figures for it).
 fn row(prev: Option<&Value>, cur: &Value, elapsed: Duration) -> Row {
@@ -282,18 +293,14 @@ fn row(prev: Option<&Value>, cur: &Value, elapsed: Duration) -> Row {
         Some("backoff") => State::Backoff(cur["backoff_remaining_s"].as_f64().unwrap_or(0.0)),
         other => State::Other(other.unwrap_or("-").to_string()),
     };
-    let reason = matches!(state, State::Backoff(_))
-        .then(|| {
-            let e = &cur["last_exit"];
-            let what = e["description"].as_str()?;
-            let mut r = format!("pid {} {what}", count(&e["pid"]));
-            if let Some(l) = e["stderr"].as_str().filter(|l| !l.is_empty()) {
-                r.push_str(": ");
-                r.push_str(l);
-            }
-            Some(r)
-        })
-        .flatten();
+    let reason = match &state {
+        State::Backoff(_) => backoff_reason(&cur["last_exit"]),
+        // A broken config file: its first error says why nothing runs.
+        State::Other(s) if s == "broken" => cur["config_errors"][0]
+            .as_str()
+            .map(|e| format!("config error: {e}")),
+        _ => None,
+    };
     let window = prev.map(|p| {
         latency::difference(
             &latency::parse(&p["latency_histogram"]),
@@ -459,6 +466,19 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_config_file_shows_its_first_error() {
+        let cur = json!({"services": [{
+            "key": "c.c.0.raw", "state": "broken",
+            "config_errors": ["c.c.0.raw.toml:3: unknown key `exce`", "second"],
+        }]});
+        let r = &rows(&cur, &cur, Duration::ZERO, Sort::default())[0];
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("config error: c.c.0.raw.toml:3: unknown key `exce`")
+        );
+    }
+
+    #[test]
     fn backoff_shows_time_left_and_the_last_exit() {
         let cur = json!({"services": [{
             "key": "b.b.0.raw", "state": "backoff", "backoff_remaining_s": 31.6,
@@ -470,6 +490,7 @@ mod tests {
         assert_eq!(cells[1], "backoff 32s");
         assert_eq!(cells[11], "pid 7 exit 3 (unrecoverable): no db");
         assert_eq!(r[1].state, State::Other("broken".into()));
+        assert_eq!(r[1].reason, None, "a broken entry without errors has none");
         assert_eq!(r[1].cells()[11], "-");
     }
 
