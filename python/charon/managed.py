@@ -162,16 +162,6 @@ class Managed:
     def report_fd(self) -> int:
         return self._report.fileno()
 
-    def others_idle(self) -> bool:
-        """True when another instance's slot is idle (waiting to accept)."""
-        u32, mine = self._u32, self._state
-        upto = min(u32[_H_SLOTS_IN_USE], self._sb.slot_count)
-        for i in range(upto):
-            at = (HEADER_SIZE + SLOT_SIZE * i) // 4 + _S_STATE
-            if at != mine and u32[at] == IDLE:
-                return True
-        return False
-
     def set_state(self, state: int) -> None:
         if state != self._state_now:
             self._state_now = state

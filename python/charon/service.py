@@ -11,6 +11,7 @@ the connections already queued. A request the program leaves unanswered
 is answered ERROR NO_ANSWER when the loop moves on.
 """
 
+import _socket
 import errno
 import os
 import select
@@ -218,7 +219,7 @@ class Service:
         self._listener: Optional[socket.socket] = None
         self._bound: Optional[Tuple[str, int, int]] = None
         self._managed: Optional[Managed] = None
-        self._conn: Optional[socket.socket] = None
+        self._conn: Optional[_socket.socket] = None
         self._started = 0.0
         self._keep = False
         self._current: Optional[Request] = None
@@ -462,13 +463,6 @@ class Service:
             if stop and not woken:
                 return False
             try:
-                if (not woken and m is not None and not stop and m.others_idle()
-                        and not self.draining()):
-                    # Another instance waits for connections: a connection
-                    # that came in meanwhile woke it, so do not race it for
-                    # that one; wait like it (the wait returns at once if a
-                    # connection is still queued).
-                    raise BlockingIOError()
                 woken = False
                 # socket.accept() without its enum conversions.
                 fd, _ = self._listener._accept()  # type: ignore[attr-defined]
@@ -495,7 +489,9 @@ class Service:
                     time.sleep(0.05)
                     continue
                 raise ServiceError(f"accept a connection: {e}") from None
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            # The C socket type: socket.socket's Python-level __init__ and
+            # close would add their calls to every request.
+            conn = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
             if m is not None:
                 m.accepted()
             self._conn = conn
