@@ -3,14 +3,11 @@
 //! trial instance starts), and the running instances are recycled
 //! gracefully through the usual replacement-first path (`scaling.rs`).
 
-use std::time::Instant;
-
 use charon_protocol::ServiceKey;
 
 use crate::event_loop::Manager;
 use crate::log::info;
-use crate::service::backoff::CrashTally;
-use crate::service::state::{KillReason, Mode};
+use crate::service::state::KillReason;
 use crate::service::transition::Event;
 
 impl Manager {
@@ -20,16 +17,10 @@ impl Manager {
         let Some(s) = self.live_of(key) else {
             return Err(self.not_configured(key));
         };
-        let now = Instant::now();
-        let svc = &mut self.services[s];
-        svc.state.backoff.reset();
-        svc.state.crashes =
-            CrashTally::new(svc.config.crash_loop_count, svc.config.crash_loop_interval);
-        let was_backoff = svc.state.mode.is_backoff();
-        if let Mode::Backoff { wait, .. } = svc.state.mode {
-            svc.state.mode = Mode::Backoff { until: now, wait };
-            self.events.push_back((s, Event::BackoffOver));
-        }
+        let was_backoff = self.services[s].state.mode.is_backoff();
+        // The automaton resets the tallies and ends a backoff; the loop
+        // performs its actions (a trial) once this turn's work is done.
+        self.events.push_back((s, Event::Restart));
         let ids: Vec<usize> = self
             .procs
             .iter()

@@ -77,6 +77,11 @@ impl CrashTally {
             false
         }
     }
+
+    /// Forgets every recorded crash (`charon restart`).
+    pub(crate) fn clear(&mut self) {
+        self.recent.clear();
+    }
 }
 
 #[cfg(test)]
@@ -110,5 +115,15 @@ mod tests {
         assert!(!t.crash(t0 + Duration::from_secs(3)));
         assert!(!t.crash(t0 + Duration::from_secs(20)));
         assert!(!t.crash(t0 + Duration::from_secs(40)));
+    }
+
+    #[test]
+    fn clear_forgets_recent_crashes() {
+        let t0 = Instant::now();
+        let mut t = CrashTally::new(2, Duration::from_secs(10));
+        assert!(!t.crash(t0));
+        t.clear();
+        assert!(!t.crash(t0 + Duration::from_secs(1)));
+        assert!(t.crash(t0 + Duration::from_secs(2)));
     }
 }

@@ -61,6 +61,10 @@ pub(crate) enum Event {
     Healthy,
     /// The manager is stopping.
     Shutdown,
+    /// `charon restart`: the operator fixed what kept the service failing.
+    /// The backoff and the crash-loop tally reset; a backoff in effect
+    /// ends now (a trial starts).
+    Restart,
     /// The manager's own resource failure kept instances from starting;
     /// its retry is due. `remaining` instances exist.
     Resume { remaining: u32 },
@@ -95,6 +99,7 @@ pub(crate) fn on_event(s: &mut ServiceState, ev: Event, now: Instant) -> Actions
         (Mode::Watching, Event::Demand) => demand(s),
         (Mode::Backoff { .. }, Event::Demand) => Vec::new(),
         (Mode::Backoff { .. }, Event::BackoffOver) => trial(s, now),
+        (_, Event::Restart) => restart(s, now),
         (Mode::Trial { .. }, Event::Healthy) => recovered(s, 0),
         (
             Mode::Trial { .. },
@@ -175,6 +180,16 @@ fn trial(s: &mut ServiceState, now: Instant) -> Actions {
             why: StartWhy::Trial,
         },
     ]
+}
+
+fn restart(s: &mut ServiceState, now: Instant) -> Actions {
+    s.backoff.reset();
+    s.crashes.clear();
+    if s.mode.is_backoff() {
+        trial(s, now)
+    } else {
+        Vec::new()
+    }
 }
 
 fn recovered(s: &mut ServiceState, remaining: u32) -> Actions {
@@ -299,7 +314,7 @@ mod tests {
         }
     }
 
-    const ALL_EVENTS: [Event; 7] = [
+    const ALL_EVENTS: [Event; 8] = [
         Event::Begin,
         Event::Demand,
         Event::Exited {
@@ -310,6 +325,7 @@ mod tests {
         Event::BackoffOver,
         Event::Healthy,
         Event::Shutdown,
+        Event::Restart,
         Event::Resume { remaining: 0 },
     ];
 
@@ -695,5 +711,63 @@ mod tests {
         s.mode = backoff;
         assert_eq!(on_event(&mut s, Event::Resume { remaining: 0 }, now), []);
         assert_eq!(s.mode, backoff);
+    }
+
+    #[test]
+    fn restart_in_backoff_starts_a_trial_and_forgets_the_failures() {
+        let now = Instant::now();
+        let mut s = running(1);
+        // Two backoffs: the next wait would be 4 s.
+        on_event(&mut s, young(ExitClass::Failed(1), 0), now);
+        on_event(&mut s, Event::BackoffOver, now);
+        on_event(&mut s, young(ExitClass::Failed(1), 0), now);
+        assert!(s.mode.is_backoff());
+        assert_eq!(
+            on_event(&mut s, Event::Restart, now),
+            [
+                Action::Unwatch,
+                Action::Spawn {
+                    count: 1,
+                    why: StartWhy::Trial
+                }
+            ]
+        );
+        assert_eq!(s.mode, Mode::Trial { since: now });
+        // The trial fails: the backoff starts from its initial wait again.
+        assert_eq!(
+            on_event(&mut s, young(ExitClass::Failed(1), 0), now)[0],
+            Action::BackoffEntered(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn restart_elsewhere_resets_the_tallies_and_keeps_the_mode() {
+        let now = Instant::now();
+        for m in [Mode::Watching, Mode::Running, Mode::Trial { since: now }] {
+            let mut s = running(1);
+            s.mode = Mode::Running;
+            // Two young crashes of three: one more would be a crash loop.
+            on_event(&mut s, young(ExitClass::Crash(11), 1), now);
+            on_event(&mut s, young(ExitClass::Crash(11), 1), now);
+            s.backoff.next_wait();
+            s.mode = m;
+            assert_eq!(on_event(&mut s, Event::Restart, now), [], "{m:?}");
+            assert_eq!(s.mode, m);
+            // The tally starts afresh: two more crashes are no loop.
+            s.mode = Mode::Running;
+            for _ in 0..2 {
+                assert_eq!(
+                    on_event(&mut s, young(ExitClass::Crash(11), 1), now),
+                    [],
+                    "{m:?}"
+                );
+            }
+            // The backoff was reset too: the loop waits the initial time.
+            assert_eq!(
+                on_event(&mut s, young(ExitClass::Crash(11), 1), now)[0],
+                Action::BackoffEntered(Duration::from_secs(1)),
+                "{m:?}"
+            );
+        }
     }
 }
