@@ -21,8 +21,8 @@ use nix::sys::socket::{send, MsgFlags};
 use serde_json::{json, Value};
 
 use crate::config::{ConfigError, ServiceConfig};
-use crate::event_loop::{token, Owner};
 use crate::log::warning;
+use crate::tokens::{token, Owner};
 
 /// What clients are told to wait before they try again: the file needs a
 /// person, so no short retry.

@@ -16,9 +16,10 @@ use mio::Interest;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::event_loop::{token, Manager, Owner};
+use crate::event_loop::Manager;
 use crate::log::warning;
 use crate::reload::ReloadReport;
+use crate::tokens::{token, Owner};
 
 /// The control socket's file name in the run dir.
 pub const SOCKET_NAME: &str = "charond.sock";

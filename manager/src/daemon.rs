@@ -12,8 +12,9 @@ use std::time::Duration;
 use crate::config as cfg;
 use crate::config::ServiceConfig;
 use crate::control::Control;
-use crate::event_loop::{Bound, Manager, Paths};
+use crate::event_loop::{Manager, Paths};
 use crate::log::{info, warning};
+use crate::services::Bound;
 use crate::spawn::ForkExec;
 use crate::{signals, startup};
 

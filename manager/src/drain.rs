@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use charon_protocol::scoreboard::SlotState;
 
-use crate::event_loop::{Manager, Watch};
+use crate::event_loop::Manager;
 use crate::log::{info, warning};
 use crate::reload::{READY_DEADLINE, RECHECK};
 use crate::scaling::waiting;
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};
+use crate::services::Watch;
 use crate::timers::Timer;
 
 /// A draining generation's socket stays open this long after the swap even

@@ -13,87 +13,22 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll};
 use nix::fcntl::Flock;
 
 use crate::control::Control;
+use crate::generation::Gen;
 use crate::log::{info, warning};
 use crate::process_table::ProcessTable;
 use crate::queue::QueueProbe;
-use crate::reload::{Gen, PendingReload};
+use crate::reload::PendingReload;
 use crate::service::state::Mode;
 use crate::service::transition::{self, Action, Event, StartWhy};
-use crate::services::Services;
-pub(crate) use crate::services::{Bound, Svc};
+use crate::services::{Bound, Services, Svc, Watch};
 use crate::signals::{Sig, Signals};
 use crate::spawn::Spawner;
 use crate::timers::{Timer, Timers};
-
-pub(crate) const SIGNALS: Token = Token(0);
-const LISTEN_BASE: usize = 1;
-const BROKEN_BASE: usize = CONTROL_BASE - (1 << 16);
-const CONTROL_BASE: usize = 1 << 23;
-const INSTANCE_BASE: usize = 1 << 24;
-
-/// What a token names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Owner {
-    Signals,
-    Listener(usize),
-    Stderr(usize),
-    Report(usize),
-    ControlListen,
-    ControlConn(usize),
-    /// The socket of a key whose config file is broken (`broken.rs`).
-    Broken(usize),
-}
-
-pub(crate) fn token(o: Owner) -> Token {
-    Token(match o {
-        Owner::Signals => 0,
-        Owner::Listener(s) => LISTEN_BASE + s,
-        Owner::Broken(b) => BROKEN_BASE + b,
-        Owner::ControlListen => CONTROL_BASE,
-        Owner::ControlConn(c) => CONTROL_BASE + 1 + c,
-        Owner::Stderr(i) => INSTANCE_BASE + 2 * i,
-        Owner::Report(i) => INSTANCE_BASE + 2 * i + 1,
-    })
-}
-
-pub(crate) fn owner(t: Token) -> Owner {
-    match t.0 {
-        0 => Owner::Signals,
-        n if n < BROKEN_BASE => Owner::Listener(n - LISTEN_BASE),
-        n if n < CONTROL_BASE => Owner::Broken(n - BROKEN_BASE),
-        CONTROL_BASE => Owner::ControlListen,
-        n if n < INSTANCE_BASE => Owner::ControlConn(n - CONTROL_BASE - 1),
-        n => {
-            let i = n - INSTANCE_BASE;
-            if i % 2 == 0 {
-                Owner::Stderr(i / 2)
-            } else {
-                Owner::Report(i / 2)
-            }
-        }
-    }
-}
-
-/// What the manager does with a service's socket right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Watch {
-    /// Not registered: instances accept on it.
-    Off,
-    /// Fork one on the first connect.
-    Demand,
-    /// Accept and answer Unavailable.
-    FastFail,
-    /// Every instance is busy below the maximum: a new connection means
-    /// grow (the manager never accepts it).
-    Saturated,
-    /// No instance, for the manager's own resource failure: accept and
-    /// answer Unavailable naming it (`starved.rs`).
-    Starved,
-}
+use crate::tokens::{owner, token, Owner, SIGNALS};
 
 /// Paths and options the loop needs.
 pub(crate) struct Paths {
@@ -512,30 +447,6 @@ pub(crate) fn remove_socket(path: &Path, key: &str) {
                 "unable to remove socket {}: {e}",
                 path.display()
             );
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_round_trip() {
-        for o in [
-            Owner::Signals,
-            Owner::Listener(0),
-            Owner::Listener(41),
-            Owner::Stderr(0),
-            Owner::Report(0),
-            Owner::Stderr(977),
-            Owner::Report(977),
-            Owner::ControlListen,
-            Owner::ControlConn(0),
-            Owner::ControlConn(63),
-            Owner::Listener(5000),
-        ] {
-            assert_eq!(owner(token(o)), o);
         }
     }
 }

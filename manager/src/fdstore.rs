@@ -272,7 +272,7 @@ impl crate::event_loop::Manager {
     /// ignores one it holds already).
     pub(crate) fn store_sockets(&mut self) {
         for (_, svc) in self.services.iter() {
-            if svc.gen == crate::reload::Gen::Live {
+            if svc.gen == crate::generation::Gen::Live {
                 self.fdstore.store(svc.key(), svc.listen.as_fd());
             }
         }

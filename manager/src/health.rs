@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::config::load::key_from_path;
 use crate::event_loop::Manager;
-use crate::reload::Gen;
+use crate::generation::Gen;
 use crate::service::state::Mode;
 
 /// What the loop knows of one service, for a verdict.

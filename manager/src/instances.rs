@@ -16,17 +16,18 @@ use nix::sys::signal::Signal;
 use nix::sys::socket::{recv, MsgFlags};
 
 use crate::calibrate;
-use crate::event_loop::{token, Manager, Owner};
+use crate::event_loop::Manager;
+use crate::generation::Gen;
 use crate::instance::{self, Action, Life, Replacement};
 use crate::log::{info, warning, Level};
 use crate::process_table::Instance;
-use crate::reload::Gen;
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
 use crate::spawn::Launch;
 use crate::stats::LastExit;
 use crate::sys::{self, WaitStatus};
 use crate::timers::Timer;
+use crate::tokens::{token, Owner};
 
 impl Manager {
     /// Launches one instance of service `s`. Returns its id, or None (the

@@ -83,5 +83,6 @@ mod stats;
 mod stderr;
 mod sys;
 mod timers;
+mod tokens;
 
 pub use daemon::{check, run, CheckReport, Fatal, Options, Stop};

@@ -21,10 +21,11 @@ use nix::sys::signal::Signal;
 use nix::sys::socket::{send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 
 use crate::config::ServiceConfig;
-use crate::event_loop::{Bound, Manager, Paths, Watch};
-use crate::reload::Gen;
+use crate::event_loop::{Manager, Paths};
+use crate::generation::Gen;
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};
+use crate::services::{Bound, Watch};
 use crate::signals::Signals;
 use crate::spawn::{Launch, Spawned, Spawner};
 use crate::startup;

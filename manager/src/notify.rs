@@ -11,9 +11,9 @@ use charon_protocol::scoreboard::SlotState;
 use sd_notify::NotifyState;
 
 use crate::event_loop::Manager;
+use crate::generation::Gen;
 use crate::log::warning;
 use crate::notify_policy::{Event, Figures, Msg, Policy};
-use crate::reload::Gen;
 use crate::service::state::Mode;
 
 /// The notification channel to systemd, when there is one.

@@ -17,11 +17,12 @@ use charon_protocol::scoreboard::SlotState;
 use serde::Serialize;
 
 use crate::config::{self as cfg, ServiceConfig};
-use crate::event_loop::{remove_socket, Manager, Svc};
+use crate::event_loop::{remove_socket, Manager};
 use crate::generation;
 use crate::log::{info, warning};
 use crate::service::state::{KillReason, Mode};
 use crate::service::transition::Event;
+use crate::services::Svc;
 use crate::startup;
 use crate::stats::Stats;
 use crate::timers::Timer;

@@ -13,11 +13,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{send, MsgFlags};
 
 use crate::calibrate::{self, Decision, View, Why};
-use crate::event_loop::{Manager, Watch};
+use crate::event_loop::Manager;
 use crate::instance::{self, Replacement};
 use crate::log::{info, warning};
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
+use crate::services::Watch;
 use crate::timers::Timer;
 
 /// An instance up this long without failing has proved healthy.

@@ -15,13 +15,29 @@ use std::time::{Duration, Instant};
 use charon_protocol::scoreboard::Scoreboard;
 
 use crate::config::ServiceConfig;
-use crate::event_loop::Watch;
-use crate::reload::Gen;
+use crate::generation::Gen;
 use crate::service::backoff::{Backoff, CrashTally};
 use crate::service::pacing::ForkPacer;
 use crate::service::state::ServiceState;
 use crate::stats::Stats;
 use crate::stderr::RateLimit;
+
+/// What the manager does with a service's socket right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Not registered: instances accept on it.
+    Off,
+    /// Fork one on the first connect.
+    Demand,
+    /// Accept and answer Unavailable.
+    FastFail,
+    /// Every instance is busy below the maximum: a new connection means
+    /// grow (the manager never accepts it).
+    Saturated,
+    /// No instance, for the manager's own resource failure: accept and
+    /// answer Unavailable naming it (`starved.rs`).
+    Starved,
+}
 
 /// One configured service at run time.
 pub(crate) struct Svc {

@@ -11,8 +11,8 @@ use charon_protocol::scoreboard::{now_ns, SlotState};
 use serde_json::{json, Map, Value};
 
 use crate::event_loop::Manager;
+use crate::generation::Gen;
 use crate::log::info;
-use crate::reload::Gen;
 use crate::service::state::Mode;
 use crate::stats::Stats;
 

@@ -18,7 +18,7 @@ use nix::sys::socket::{
 use charon_protocol::scoreboard::Scoreboard;
 
 use crate::config::ServiceConfig;
-use crate::event_loop::Bound;
+use crate::services::Bound;
 
 /// Name of the lock file in the run dir.
 pub(crate) const LOCK_FILE: &str = "charond.lock";

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use charon_protocol::{encode_response, Limits as WireLimits, Response};
 use nix::sys::socket::{send, MsgFlags};
 
-use crate::event_loop::{Manager, Watch};
+use crate::event_loop::Manager;
 use crate::log::{info, warning};
 use crate::scaling::waiting;
 use crate::service::transition::Event;
+use crate::services::Watch;
 
 /// How long the manager waits before it tries again to start what its own
 /// resource failure kept from starting.
