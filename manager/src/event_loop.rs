@@ -194,6 +194,13 @@ impl Manager {
         }
     }
 
+    /// Hands this round's figures to the systemd notifier.
+    fn notify_look(&mut self) {
+        let reloading = !self.reloads.is_empty();
+        self.notify
+            .look(|| crate::notify::figures(&self.services, &self.procs, reloading));
+    }
+
     fn dispatch(&mut self, o: Owner) {
         match o {
             Owner::Signals => {
@@ -412,7 +419,7 @@ impl Manager {
             return;
         }
         self.stopping = true;
-        self.notify_stop();
+        self.notify.stop();
         info!(
             None,
             None,

@@ -10,11 +10,12 @@ use std::time::Instant;
 use charon_protocol::scoreboard::SlotState;
 use sd_notify::NotifyState;
 
-use crate::event_loop::Manager;
 use crate::generation::Gen;
 use crate::log::warning;
 use crate::notify_policy::{Event, Figures, Msg, Policy};
+use crate::process_table::ProcessTable;
 use crate::service::state::Mode;
+use crate::services::Services;
 
 /// The notification channel to systemd, when there is one.
 pub(crate) struct Notifier {
@@ -34,13 +35,37 @@ impl Notifier {
         }
     }
 
-    pub(crate) const fn is_on(&self) -> bool {
+    const fn is_on(&self) -> bool {
         self.policy.is_some()
     }
 
     /// The latest time the loop must look again (None when off).
     pub(crate) fn next_deadline(&self, now: Instant) -> Option<Instant> {
         self.policy.as_ref().and_then(|p| p.next_deadline(now))
+    }
+
+    /// Once per loop round: readiness, the end of a reload, the status
+    /// line and the watchdog ping, as the policy decides. The figures are
+    /// only gathered when notifying is on.
+    pub(crate) fn look(&mut self, figures: impl FnOnce() -> Figures) {
+        if self.is_on() {
+            self.feed(Event::Look(figures()), Instant::now());
+        }
+    }
+
+    /// A reload begins (before anything of it is done).
+    pub(crate) fn reload_begun(&mut self) {
+        if !self.is_on() {
+            return;
+        }
+        if let Ok(NotifyState::MonotonicUsec(u)) = NotifyState::monotonic_usec_now() {
+            self.feed(Event::ReloadBegun { monotonic_usec: u }, Instant::now());
+        }
+    }
+
+    /// The stop begins.
+    pub(crate) fn stop(&mut self) {
+        self.feed(Event::Stop, Instant::now());
     }
 
     fn feed(&mut self, ev: Event, now: Instant) {
@@ -77,61 +102,35 @@ impl Notifier {
     }
 }
 
-impl Manager {
-    /// Once per loop round: readiness, the end of a reload, the status
-    /// line and the watchdog ping, as the policy decides.
-    pub(crate) fn notify_look(&mut self) {
-        if !self.notify.is_on() {
-            return;
+/// What the policy looks at: the live generations, how many are in
+/// backoff or not yet settled, and the instances (busy or not).
+pub(crate) fn figures(services: &Services, procs: &ProcessTable, reloading: bool) -> Figures {
+    let mut f = Figures {
+        settled: true,
+        reloading,
+        ..Figures::default()
+    };
+    for (s, svc) in services.iter() {
+        f.requests += svc.stats.requests;
+        if svc.gen != Gen::Live {
+            continue;
         }
-        let f = self.notify_figures();
-        self.notify.feed(Event::Look(f), Instant::now());
-    }
-
-    /// A reload begins (before anything of it is done).
-    pub(crate) fn notify_reload(&mut self) {
-        if !self.notify.is_on() {
-            return;
-        }
-        if let Ok(NotifyState::MonotonicUsec(u)) = NotifyState::monotonic_usec_now() {
-            self.notify
-                .feed(Event::ReloadBegun { monotonic_usec: u }, Instant::now());
+        f.services += 1;
+        let backoff = matches!(svc.state.mode, Mode::Backoff { .. });
+        if backoff {
+            f.backoff += 1;
+        } else if !services.is_ready(s, procs) {
+            f.settled = false;
         }
     }
-
-    /// The stop begins.
-    pub(crate) fn notify_stop(&mut self) {
-        self.notify.feed(Event::Stop, Instant::now());
-    }
-
-    fn notify_figures(&self) -> Figures {
-        let mut f = Figures {
-            settled: true,
-            reloading: !self.reloads.is_empty(),
-            ..Figures::default()
+    for (_, i) in procs.iter() {
+        let Some(svc) = services.get(i.service) else {
+            continue;
         };
-        for (s, svc) in self.services.iter() {
-            f.requests += svc.stats.requests;
-            if svc.gen != Gen::Live {
-                continue;
-            }
-            f.services += 1;
-            let backoff = matches!(svc.state.mode, Mode::Backoff { .. });
-            if backoff {
-                f.backoff += 1;
-            } else if !self.is_ready(s) {
-                f.settled = false;
-            }
+        f.total += 1;
+        if let Some(SlotState::Busy) = svc.board.slot(i.slot).and_then(|sl| sl.state()) {
+            f.busy += 1;
         }
-        for (_, i) in self.procs.iter() {
-            let Some(svc) = self.services.get(i.service) else {
-                continue;
-            };
-            f.total += 1;
-            if let Some(SlotState::Busy) = svc.board.slot(i.slot).and_then(|sl| sl.state()) {
-                f.busy += 1;
-            }
-        }
-        f
     }
+    f
 }

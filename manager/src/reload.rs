@@ -13,14 +13,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use charon_protocol::scoreboard::SlotState;
 use serde::Serialize;
 
 use crate::config::{self as cfg, ServiceConfig};
 use crate::event_loop::{remove_socket, Manager};
 use crate::generation;
 use crate::log::{info, warning};
-use crate::service::state::{KillReason, Mode};
+use crate::service::state::KillReason;
 use crate::service::transition::Event;
 use crate::services::Svc;
 use crate::startup;
@@ -104,7 +103,7 @@ impl Manager {
     /// to control connection `conn` (if any) once every changed key's new
     /// generation has taken over or failed.
     pub(crate) fn reload(&mut self, conn: Option<u64>) {
-        self.notify_reload();
+        self.notify.reload_begun();
         if self.stopping {
             self.answer_reload(conn, Err("the manager is stopping".into()));
             return;
@@ -292,7 +291,7 @@ impl Manager {
                         .as_ref()
                         .map_or_else(|| "no instance came up".to_string(), |e| e.reason())
                 }),
-                ready: self.is_ready(s),
+                ready: self.services.is_ready(s, &self.procs),
             },
             Gen::Live | Gen::Draining { .. } => generation::Look::default(),
         };
@@ -327,30 +326,6 @@ impl Manager {
             ),
         }
         true
-    }
-
-    /// Every wanted instance is up and waiting (or, on demand, none is
-    /// wanted yet).
-    pub(crate) fn is_ready(&self, s: usize) -> bool {
-        let svc = &self.services[s];
-        match svc.state.mode {
-            Mode::Watching => true,
-            Mode::Running => {
-                let mut up = 0;
-                for (_, i) in self.procs.iter().filter(|(_, i)| i.service == s) {
-                    let st = svc.board.slot(i.slot).and_then(|sl| sl.state());
-                    if i.is_leaving() {
-                        continue;
-                    }
-                    if !matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
-                        return false;
-                    }
-                    up += 1;
-                }
-                up >= svc.state.wanted()
-            }
-            Mode::Backoff { .. } | Mode::Trial { .. } | Mode::Stopped => false,
-        }
     }
 
     /// The pending generation `p` is ready: rename its socket over the

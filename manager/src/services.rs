@@ -12,12 +12,14 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use charon_protocol::scoreboard::Scoreboard;
+use charon_protocol::scoreboard::{Scoreboard, SlotState};
 
 use crate::config::ServiceConfig;
 use crate::generation::Gen;
+use crate::process_table::ProcessTable;
 use crate::service::backoff::{Backoff, CrashTally};
 use crate::service::pacing::ForkPacer;
+use crate::service::state::Mode;
 use crate::service::state::ServiceState;
 use crate::stats::Stats;
 use crate::stderr::RateLimit;
@@ -197,6 +199,30 @@ impl Services {
     /// No generation is left (the last one drained at stop).
     pub(crate) fn is_empty(&self) -> bool {
         self.slab.iter().all(Option::is_none)
+    }
+
+    /// Every wanted instance of generation `s` is up and waiting (or, on
+    /// demand, none is wanted yet).
+    pub(crate) fn is_ready(&self, s: usize, procs: &ProcessTable) -> bool {
+        let svc = &self[s];
+        match svc.state.mode {
+            Mode::Watching => true,
+            Mode::Running => {
+                let mut up = 0;
+                for (_, i) in procs.iter().filter(|(_, i)| i.service == s) {
+                    let st = svc.board.slot(i.slot).and_then(|sl| sl.state());
+                    if i.is_leaving() {
+                        continue;
+                    }
+                    if !matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
+                        return false;
+                    }
+                    up += 1;
+                }
+                up >= svc.state.wanted()
+            }
+            Mode::Backoff { .. } | Mode::Trial { .. } | Mode::Stopped => false,
+        }
     }
 }
 
