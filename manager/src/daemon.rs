@@ -223,7 +223,7 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
         }
     };
     m.metrics = metrics;
-    m.store_sockets();
+    m.fdstore.store_live(&m.services);
     info!(
         None,
         None,

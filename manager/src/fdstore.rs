@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::{getsockopt, sockopt, AddressFamily, SockType, SockaddrLike};
 use sd_notify::NotifyState;
 
+use crate::generation::Gen;
 use crate::log::{info, warning};
 use crate::queue::QueueProbe;
+use crate::services::Services;
 
 /// What to do with one socket offered at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,22 +261,20 @@ impl FdStore {
         }
     }
 
+    /// Hands every live generation's socket to systemd's store
+    /// (start-up: systemd ignores one it holds already).
+    pub(crate) fn store_live(&mut self, services: &Services) {
+        for (_, svc) in services.iter() {
+            if svc.gen == Gen::Live {
+                self.store(svc.key(), svc.listen.as_fd());
+            }
+        }
+    }
+
     fn warn(&mut self, msg: &str) {
         if !self.warned {
             self.warned = true;
             warning!(None, None, "{msg}");
-        }
-    }
-}
-
-impl crate::event_loop::Manager {
-    /// Hands every live socket to systemd's store (start-up: systemd
-    /// ignores one it holds already).
-    pub(crate) fn store_sockets(&mut self) {
-        for (_, svc) in self.services.iter() {
-            if svc.gen == crate::generation::Gen::Live {
-                self.fdstore.store(svc.key(), svc.listen.as_fd());
-            }
         }
     }
 }
