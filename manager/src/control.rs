@@ -419,7 +419,12 @@ impl Manager {
             Request::Ps(key) => self.ps_json(key.as_deref()),
             Request::Restart(key) => self.restart(&key),
             Request::Version => Ok(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })),
-            Request::Health => Ok(self.health_json()),
+            Request::Health => Ok(crate::health::answer(
+                &self.services,
+                &self.procs,
+                self.stopping,
+                &self.broken,
+            )),
             Request::Reload => Err("reload is answered on its own".into()),
         };
         r.unwrap_or_else(|e| error_answer(&e))

@@ -17,9 +17,11 @@ use charon_protocol::scoreboard::SlotState;
 use serde_json::{json, Value};
 
 use crate::config::load::key_from_path;
-use crate::event_loop::Manager;
+use crate::config::ConfigError;
 use crate::generation::Gen;
+use crate::process_table::ProcessTable;
 use crate::service::state::Mode;
+use crate::services::Services;
 
 /// What the loop knows of one service, for a verdict.
 #[derive(Clone, Copy, Debug)]
@@ -94,105 +96,108 @@ pub(crate) fn judge(look: &Look, now: Instant) -> Verdict {
     }
 }
 
-impl Manager {
-    /// `{"ok":true,"healthy":B,"stopping":B,"services":[...],"broken":[...]}`:
-    /// every live service with its verdict and, when unhealthy, a detail
-    /// line; every config file that failed to load at the last scan.
-    pub(crate) fn health_json(&self) -> Value {
-        let now = Instant::now();
-        let mut services = Vec::new();
-        let mut healthy = !self.stopping;
-        for (s, svc) in self.services.iter().filter(|(_, v)| v.gen == Gen::Live) {
-            let look = Look {
-                mode: svc.state.mode,
-                prestart: svc.state.prestart,
-                minimum: svc.state.minimum,
-                ready: self.ready_instances(s),
-                starved: svc.starved.is_some(),
-            };
-            let verdict = judge(&look, now);
-            healthy &= verdict.is_healthy();
-            let last = svc.stats.last_exit.as_ref().map(|e| e.reason());
-            let detail = match verdict {
-                Verdict::Ready | Verdict::OnDemand => None,
-                Verdict::Starting { ready, minimum } => Some(format!(
-                    "starting: {ready} of its minimum {minimum} instance(s) ready"
-                )),
-                Verdict::Backoff { left } => Some(format!(
-                    "in backoff for {:.1}s more: {}",
-                    left.as_secs_f64(),
-                    last.unwrap_or_else(|| "no exit recorded".into())
-                )),
-                Verdict::Trial => Some(format!(
-                    "on trial after a backoff: {}",
-                    last.unwrap_or_else(|| "no exit recorded".into())
-                )),
-                Verdict::Starved => svc
-                    .starved
-                    .as_ref()
-                    .map(|why| format!("charond cannot start an instance: {why}")),
-                Verdict::Stopped => Some("stopped: charond is stopping".into()),
-            };
-            services.push(json!({
-                "key": svc.key(),
-                "health": verdict.name(),
-                "detail": detail,
-            }));
-        }
-        services.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
-        let broken = self.broken_json();
-        healthy &= broken.is_empty();
-        json!({
-            "ok": true,
-            "healthy": healthy,
-            "stopping": self.stopping,
-            "services": services,
-            "broken": broken,
-        })
+/// `{"ok":true,"healthy":B,"stopping":B,"services":[...],"broken":[...]}`:
+/// every live service with its verdict and, when unhealthy, a detail
+/// line; every config file that failed to load at the last scan.
+pub(crate) fn answer(
+    services: &Services,
+    procs: &ProcessTable,
+    stopping: bool,
+    broken: &[ConfigError],
+) -> Value {
+    let now = Instant::now();
+    let mut entries = Vec::new();
+    let mut healthy = !stopping;
+    for (s, svc) in services.iter().filter(|(_, v)| v.gen == Gen::Live) {
+        let look = Look {
+            mode: svc.state.mode,
+            prestart: svc.state.prestart,
+            minimum: svc.state.minimum,
+            ready: ready_instances(services, procs, s),
+            starved: svc.starved.is_some(),
+        };
+        let verdict = judge(&look, now);
+        healthy &= verdict.is_healthy();
+        let last = svc.stats.last_exit.as_ref().map(|e| e.reason());
+        let detail = match verdict {
+            Verdict::Ready | Verdict::OnDemand => None,
+            Verdict::Starting { ready, minimum } => Some(format!(
+                "starting: {ready} of its minimum {minimum} instance(s) ready"
+            )),
+            Verdict::Backoff { left } => Some(format!(
+                "in backoff for {:.1}s more: {}",
+                left.as_secs_f64(),
+                last.unwrap_or_else(|| "no exit recorded".into())
+            )),
+            Verdict::Trial => Some(format!(
+                "on trial after a backoff: {}",
+                last.unwrap_or_else(|| "no exit recorded".into())
+            )),
+            Verdict::Starved => svc
+                .starved
+                .as_ref()
+                .map(|why| format!("charond cannot start an instance: {why}")),
+            Verdict::Stopped => Some("stopped: charond is stopping".into()),
+        };
+        entries.push(json!({
+            "key": svc.key(),
+            "health": verdict.name(),
+            "detail": detail,
+        }));
     }
+    entries.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
+    let broken = broken_json(broken);
+    healthy &= broken.is_empty();
+    json!({
+        "ok": true,
+        "healthy": healthy,
+        "stopping": stopping,
+        "services": entries,
+        "broken": broken,
+    })
+}
 
-    /// Instances of `s`'s key (every generation) past start-up: their
-    /// scoreboard slot says idle or busy.
-    fn ready_instances(&self, s: usize) -> u32 {
-        let key = self.services[s].key();
-        let mut n = 0;
-        for (_, i) in self.procs.iter() {
-            let svc = &self.services[i.service];
-            if svc.key() != key {
-                continue;
-            }
-            if matches!(
-                svc.board.slot(i.slot).and_then(|sl| sl.state()),
-                Some(SlotState::Idle | SlotState::Busy)
-            ) {
-                n += 1;
-            }
+/// Instances of `s`'s key (every generation) past start-up: their
+/// scoreboard slot says idle or busy.
+fn ready_instances(services: &Services, procs: &ProcessTable, s: usize) -> u32 {
+    let key = services[s].key();
+    let mut n = 0;
+    for (_, i) in procs.iter() {
+        let svc = &services[i.service];
+        if svc.key() != key {
+            continue;
         }
-        n
+        if matches!(
+            svc.board.slot(i.slot).and_then(|sl| sl.state()),
+            Some(SlotState::Idle | SlotState::Busy)
+        ) {
+            n += 1;
+        }
     }
+    n
+}
 
-    /// One entry per config file that failed to load: the file, its key
-    /// (when the name is a valid one), the first error and how many.
-    fn broken_json(&self) -> Vec<Value> {
-        let mut out: Vec<Value> = Vec::new();
-        let mut last_file = None;
-        for e in &self.broken {
-            if last_file == Some(&e.file) {
-                if let Some(n) = out.last_mut().and_then(|v| v.get_mut("errors")) {
-                    *n = json!(n.as_u64().unwrap_or(0) + 1);
-                }
-                continue;
+/// One entry per config file that failed to load: the file, its key
+/// (when the name is a valid one), the first error and how many.
+fn broken_json(broken: &[ConfigError]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut last_file = None;
+    for e in broken {
+        if last_file == Some(&e.file) {
+            if let Some(n) = out.last_mut().and_then(|v| v.get_mut("errors")) {
+                *n = json!(n.as_u64().unwrap_or(0) + 1);
             }
-            last_file = Some(&e.file);
-            out.push(json!({
-                "file": e.file.display().to_string(),
-                "key": key_from_path(&e.file).ok().map(|k| k.as_str().to_string()),
-                "error": e.to_string(),
-                "errors": 1,
-            }));
+            continue;
         }
-        out
+        last_file = Some(&e.file);
+        out.push(json!({
+            "file": e.file.display().to_string(),
+            "key": key_from_path(&e.file).ok().map(|k| k.as_str().to_string()),
+            "error": e.to_string(),
+            "errors": 1,
+        }));
     }
+    out
 }
 
 #[cfg(test)]
