@@ -40,7 +40,7 @@ pub(crate) struct Paths {
 /// The manager.
 pub(crate) struct Manager {
     pub poll: Poll,
-    pub signals: Signals,
+    signals: Signals,
     pub services: Services,
     pub procs: ProcessTable,
     pub paths: Paths,
@@ -49,8 +49,8 @@ pub(crate) struct Manager {
     pub stopping: bool,
     /// A second stop signal came: SIGKILL, start nothing, serve no queue.
     pub stopping_now: bool,
-    pub next_tick: Instant,
-    pub next_stats: Instant,
+    next_tick: Instant,
+    next_stats: Instant,
     pub rng: u64,
     /// Check busy instances against `unresponsive-timeout` at this time.
     /// Every per-service and per-instance deadline (`timers.rs`).
