@@ -68,20 +68,6 @@ fn origin(pid: i32) -> Option<(String, String, Option<u32>)> {
     Some((run?, key?, slot))
 }
 
-/// charond's children, from its main thread's `children` file (instances
-/// are forked and orphans re-parented there). Empty where the kernel lacks
-/// the file.
-pub(crate) fn children() -> Vec<i32> {
-    let me = std::process::id();
-    std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
-        .map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 impl Manager {
     /// Looks for children that are not instances. `gone` is the service key
     /// and `stop-grace` of an instance just reaped: a child whose

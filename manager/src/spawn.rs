@@ -272,7 +272,7 @@ pub(crate) trait Spawner {
 
     /// The manager's children now, instances or not (`orphans.rs`).
     fn children(&self) -> Vec<i32> {
-        crate::orphans::children()
+        children()
     }
 }
 
@@ -333,6 +333,20 @@ pub(crate) fn spawn(l: &Launch<'_>) -> io::Result<Spawned> {
         stderr: err_r,
         report: rep_m,
     })
+}
+
+/// charond's children, from its main thread's `children` file (instances
+/// are forked and orphans re-parented there). Empty where the kernel lacks
+/// the file.
+fn children() -> Vec<i32> {
+    let me = std::process::id();
+    std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
