@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use charon_protocol::{encode_response, Limits as WireLimits, Response};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
-use nix::sys::socket::{send, MsgFlags};
 use serde_json::{json, Value};
 
 use crate::config::{ConfigError, ServiceConfig};
@@ -160,13 +159,7 @@ impl BrokenKeys {
             return;
         }
         while let Ok(conn) = crate::sys::accept(fd.as_fd()) {
-            // A full buffer or a gone client: nothing to do either way.
-            let _ = send(
-                conn.as_raw_fd(),
-                &frame,
-                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-            );
-            crate::scaling::drain(&conn);
+            crate::refuse::refuse(&conn, &frame);
             e.fast_failed += 1;
         }
     }

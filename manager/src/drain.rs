@@ -14,8 +14,8 @@ use charon_protocol::scoreboard::SlotState;
 
 use crate::event_loop::Manager;
 use crate::log::{info, warning};
+use crate::refuse::waiting;
 use crate::reload::{READY_DEADLINE, RECHECK};
-use crate::scaling::waiting;
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};
 use crate::services::Watch;

@@ -69,6 +69,7 @@ mod notify_policy;
 mod orphans;
 mod process_table;
 mod queue;
+mod refuse;
 mod reload;
 mod restart;
 mod scaling;

@@ -4,18 +4,17 @@
 //! and retiring instances. Decisions come from `calibrate.rs` and the
 //! transitions; this file gathers their inputs and carries them out.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use charon_protocol::scoreboard::{now_ns, SlotState};
 use charon_protocol::{encode_response, Limits as WireLimits, Response};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{send, MsgFlags};
 
 use crate::calibrate::{self, Decision, View, Why};
 use crate::event_loop::Manager;
 use crate::instance::{self, Replacement};
 use crate::log::{info, warning};
+use crate::refuse::{refuse, waiting};
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
 use crate::services::Watch;
@@ -35,12 +34,6 @@ const MAX_RECYCLING: usize = 2;
 
 pub(crate) fn clock_seed() -> u64 {
     now_ns()
-}
-
-/// True if a connection waits in the socket's queue.
-pub(crate) fn waiting(fd: &OwnedFd) -> bool {
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 impl Manager {
@@ -119,13 +112,7 @@ impl Manager {
                     return;
                 }
             };
-            // A full socket buffer or a gone client: nothing to do either way.
-            let _ = send(
-                conn.as_raw_fd(),
-                &frame,
-                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-            );
-            drain(&conn);
+            refuse(&conn, &frame);
             svc.stats.fast_failed += 1;
         }
     }
@@ -435,20 +422,6 @@ impl Manager {
             Timer::Recycle(s),
             (active > 0).then(|| Instant::now() + RECYCLE_RECHECK),
         );
-    }
-}
-
-/// Reads and discards the request bytes already sent: closing a Unix
-/// socket with unread data makes the client's read fail with ECONNRESET
-/// once it has read our answer. Bounded, non-blocking: a client still
-/// sending gets EPIPE and then reads the answer.
-pub(crate) fn drain(conn: &OwnedFd) {
-    let mut buf = [0u8; 16 * 1024];
-    for _ in 0..4 {
-        match nix::sys::socket::recv(conn.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-            Ok(n) if n == buf.len() => {}
-            _ => return,
-        }
     }
 }
 

@@ -18,7 +18,7 @@ use nix::sys::socket::{send, MsgFlags};
 
 use crate::event_loop::Manager;
 use crate::log::{info, warning};
-use crate::scaling::waiting;
+use crate::refuse::waiting;
 use crate::service::transition::Event;
 use crate::services::Watch;
 
