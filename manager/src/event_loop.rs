@@ -18,6 +18,7 @@ use nix::fcntl::Flock;
 
 use crate::control::Control;
 use crate::generation::Gen;
+use crate::jitter::Jitter;
 use crate::log::{info, warning};
 use crate::process_table::ProcessTable;
 use crate::queue::QueueProbe;
@@ -51,7 +52,8 @@ pub(crate) struct Manager {
     pub stopping_now: bool,
     next_tick: Instant,
     next_stats: Instant,
-    pub rng: u64,
+    /// Spreads each instance's `maximum-requests` (`jitter.rs`).
+    pub jitter: Jitter,
     /// Check busy instances against `unresponsive-timeout` at this time.
     /// Every per-service and per-instance deadline (`timers.rs`).
     pub timers: Timers,
@@ -109,7 +111,6 @@ impl Manager {
         for b in services {
             slab.insert(Svc::new(b, Gen::Live, 1, now));
         }
-        let seed = u64::from(std::process::id()) ^ crate::scaling::clock_seed();
         Ok(Manager {
             poll,
             signals,
@@ -122,7 +123,7 @@ impl Manager {
             stopping_now: false,
             next_tick: now + TICK,
             next_stats: now,
-            rng: seed | 1,
+            jitter: Jitter::seeded(),
             probe: QueueProbe::new().ok(),
             timers: Timers::default(),
             spawner,

@@ -196,16 +196,8 @@ impl Manager {
     /// so that instances started together do not retire together.
     fn request_limit(&mut self, s: usize) -> u64 {
         let c = &self.services[s].config;
-        let (max, jitter) = (c.maximum_requests, u64::from(c.maximum_requests_jitter));
-        if max == 0 {
-            return 0;
-        }
-        let span = max * jitter / 100;
-        // xorshift64: cheap, good enough to spread limits.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        max - if span == 0 { 0 } else { self.rng % (span + 1) }
+        self.jitter
+            .limit(c.maximum_requests, u64::from(c.maximum_requests_jitter))
     }
 
     /// Instances of `s` that are capacity (not being stopped or replaced).

@@ -59,6 +59,7 @@ mod generation;
 mod health;
 mod instance;
 mod instances;
+mod jitter;
 pub mod latency;
 mod log;
 #[cfg(test)]

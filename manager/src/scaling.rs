@@ -32,10 +32,6 @@ const RETIREE_IDLE: Duration = Duration::from_secs(1);
 /// Instances being recycled at once, per service.
 const MAX_RECYCLING: usize = 2;
 
-pub(crate) fn clock_seed() -> u64 {
-    now_ns()
-}
-
 impl Manager {
     /// The socket is readable while we watch it.
     pub(crate) fn on_listener(&mut self, s: usize) {
