@@ -54,7 +54,6 @@ pub(crate) struct Manager {
     next_stats: Instant,
     /// Spreads each instance's `maximum-requests` (`jitter.rs`).
     pub jitter: Jitter,
-    /// Check busy instances against `unresponsive-timeout` at this time.
     /// Every per-service and per-instance deadline (`timers.rs`).
     pub timers: Timers,
     /// Starts and signals instances (fork/exec, or a test stand-in).

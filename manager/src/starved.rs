@@ -10,15 +10,14 @@
 //! (`Event::Resume`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use charon_protocol::{encode_response, Limits as WireLimits, Response};
-use nix::sys::socket::{send, MsgFlags};
 
 use crate::event_loop::Manager;
 use crate::log::{info, warning};
-use crate::refuse::waiting;
+use crate::refuse::{refuse, waiting};
 use crate::service::transition::Event;
 use crate::services::Watch;
 
@@ -188,11 +187,8 @@ impl Manager {
                     return;
                 }
             };
-            let _ = send(
-                conn.as_raw_fd(),
-                &frame,
-                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-            );
+            // Read what the client sent, or the close resets the answer.
+            refuse(&conn, &frame);
             drop(conn);
             self.starvation.take_back_spare();
             self.services[s].stats.fast_failed += 1;
