@@ -126,6 +126,8 @@ fn charon_restart_serves_the_requests_in_hand_and_the_queue() {
 fn a_reload_serves_the_old_generations_requests_in_hand_and_queue() {
     let d = Daemon::start(&[(KEY, &pool_of_2())]);
     eight_across(&d, "a reload that changes the config", |d| {
+        // Any change makes a new generation; stop-grace 11 s (default 10 s)
+        // is one that leaves the old generation's drain as it is.
         d.write_conf(KEY, &format!("{}stop-grace = \"11s\"\n", pool_of_2()));
         let (code, _, err) = d.charon(&["reload"]);
         assert_eq!(code, 0, "{err}");

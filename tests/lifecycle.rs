@@ -415,14 +415,8 @@ fn backoff_resets_after_a_healthy_trial() {
         c = count.display(),
         echo = bin("charon-echo").display()
     );
-    let conf = dir.mkdir("conf");
-    // prestart-processes: the failing start happens without a client.
-    dir.write(
-        &format!("conf/{KEY}.toml"),
-        format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\n"),
-    );
-    let run_dir = dir.join("run");
-    let d = Daemon::start_in(dir, conf, run_dir);
+    // Prestarted: the failing start happens without a client.
+    let d = Daemon::start_script(dir, KEY, &script);
     d.wait_log("the first backoff", |l| {
         l.contains("backoff: no launch for 1s")
     });

@@ -230,6 +230,7 @@ fn unresponsive_instance_is_killed_and_the_request_retried() {
 
 #[test]
 fn maximum_requests_recycles_with_the_replacement_first() {
+    // The knob is the subject; jitter 0 makes the recycle point exact.
     let d = Daemon::start(&[(
         KEY,
         &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-requests = 5\nmaximum-requests-jitter = 0"),
@@ -606,13 +607,7 @@ fn after_backoff_a_trial_instance_brings_the_service_back() {
         f = flag.display(),
         echo = bin("charon-echo").display()
     );
-    let conf = dir.mkdir("conf");
-    dir.write(
-        &format!("conf/{KEY}.toml"),
-        format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\n"),
-    );
-    let run_dir = dir.join("run");
-    let d = Daemon::start_in(dir, conf, run_dir);
+    let d = Daemon::start_script(dir, KEY, &script);
     d.wait_log("backoff", |l| l.contains("backoff: no launch for 1s"));
     match d.client().call(KEY, b"x") {
         Err(e) => match e.into_kind() {
@@ -639,7 +634,9 @@ fn after_backoff_a_trial_instance_brings_the_service_back() {
 
 #[test]
 fn instances_ignoring_sigterm_are_killed_after_stop_grace() {
-    // SIG_IGN survives exec: `sleep` ignores SIGTERM.
+    // SIG_IGN survives exec: `sleep` ignores SIGTERM. The knob is the
+    // subject (stop-grace 1 s, not the default 10 s); unresponsive-timeout 0
+    // keeps the stuck-instance kill out of the way.
     let script = "trap '' TERM; exec sleep 600";
     let mut d = Daemon::start(&[(
         KEY,

@@ -60,6 +60,20 @@ impl Daemon {
         Daemon::start_with(dir, conf, run, &[])
     }
 
+    /// Starts charond in `dir` with one prestarted service `KEY` run by
+    /// `/bin/sh -c script`: for tests whose instances must behave
+    /// differently from one start to the next (a script keeping a count in
+    /// `dir`). Prestarted, so the first start happens without a client.
+    pub fn start_script(dir: TestDir, key: &str, script: &str) -> Daemon {
+        let conf = dir.mkdir("conf");
+        dir.write(
+            &format!("conf/{key}.toml"),
+            format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nprestart-processes = true\n"),
+        );
+        let run = dir.join("run");
+        Daemon::start_in(dir, conf, run)
+    }
+
     /// Starts charond on dirs the test prepared, with extra arguments. Two
     /// variables are set in charond's environment that must never reach an
     /// instance (instances get a scrubbed environment).
