@@ -4,7 +4,7 @@
 //! event loop: each connection has a bounded read buffer and an output
 //! buffer; a line too long, bad JSON or an unknown command gets an error
 //! answer and the manager goes on. What the commands compute lives in
-//! `snapshot.rs` (stats, ps) and `reload.rs` (reload, restart).
+//! `runtime/snapshot.rs` (stats, ps) and `reload.rs` (reload, restart).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -16,9 +16,9 @@ use mio::Interest;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::event_loop::Manager;
 use crate::log::warning;
 use crate::reload::ReloadReport;
+use crate::runtime::Manager;
 use crate::tokens::{token, Owner};
 
 /// The control socket's file name in the run dir.

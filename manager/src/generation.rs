@@ -4,7 +4,7 @@
 //! and the generation it replaced, or one that failed to come up, or one
 //! whose file was removed, *drains* until it is freed. `on_event(&mut Gen,
 //! Event, Instant) -> Action`; the loop gathers what a look needs
-//! ([`Look`]) and carries out the action (`reload.rs`, `drain.rs`).
+//! ([`Look`]) and carries out the action (`reload.rs`, `runtime/drain.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,7 @@ pub(crate) enum Action {
     Promote,
     /// It cannot take over: say why, stop its instances, drain it.
     Fail(String),
-    /// Advance its draining (`drain.rs`), lingering until this time.
+    /// Advance its draining (`runtime/drain.rs`), lingering until this time.
     DrainStep(Instant),
     /// A pair that cannot happen (the state is left as it was).
     Impossible(&'static str),

@@ -8,7 +8,7 @@
 //!
 //! # Theory of operation
 //!
-//! One thread runs a mio loop (`event_loop`) over a signalfd, the sockets
+//! One thread runs a mio loop (`runtime`) over a signalfd, the sockets
 //! the manager currently watches, and each instance's stderr pipe and report
 //! channel; every per-service and per-instance deadline lives in `timers`,
 //! whose earliest entry sets the poll timeout. Each service is a small pure
@@ -52,18 +52,13 @@ mod calibrate;
 pub mod config;
 pub mod control;
 mod daemon;
-mod drain;
-mod event_loop;
 mod fdstore;
 mod generation;
 mod health;
 mod instance;
-mod instances;
 mod jitter;
 pub mod latency;
 mod log;
-#[cfg(test)]
-mod loop_tests;
 pub mod metrics;
 mod notify;
 mod notify_policy;
@@ -72,12 +67,10 @@ mod process_table;
 mod queue;
 mod refuse;
 mod reload;
-mod restart;
-mod scaling;
+mod runtime;
 mod service;
 mod services;
 mod signals;
-mod snapshot;
 mod spawn;
 mod startup;
 mod starved;

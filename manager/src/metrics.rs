@@ -3,7 +3,7 @@
 //! `charond --metrics-listen`, whose small HTTP thread answers `GET
 //! /metrics` from the latest text the event loop published (once a tick,
 //! over a channel: the loop never waits for the thread). The figures
-//! themselves come from `snapshot.rs`; this module only names them after
+//! themselves come from `runtime/snapshot.rs`; this module only names them after
 //! Prometheus' conventions: base units (seconds, bytes), `_total` on
 //! counters, HELP and TYPE before each family, and request latency as a
 //! cumulative histogram (`charon_request_duration_seconds`, on the bounds

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::event_loop::Manager;
 use crate::log::{info, warning};
+use crate::runtime::Manager;
 use crate::sys::{Reaped, WaitStatus};
 
 /// One process left behind.

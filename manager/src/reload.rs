@@ -5,7 +5,7 @@
 //! instances there, and only once they are ready is its socket renamed over
 //! the key's path; the old generation is then drained (SIGUSR1: serve what
 //! is queued on the old socket, finish the request in hand, exit 0) and
-//! freed after its last instance (`drain.rs`). Statistics carry over by key.
+//! freed after its last instance (`runtime/drain.rs`). Statistics carry over by key.
 //! Reading the files is `config`'s job; answering the control socket is
 //! `control.rs`'s.
 
@@ -16,9 +16,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::{self as cfg, ServiceConfig};
-use crate::event_loop::{remove_socket, Manager};
 use crate::generation;
 use crate::log::{info, warning};
+use crate::runtime::{remove_socket, Manager};
 use crate::service::state::KillReason;
 use crate::service::transition::Event;
 use crate::services::Svc;

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use charon_protocol::{encode_response, Limits as WireLimits, Response};
 
-use crate::event_loop::Manager;
 use crate::log::{info, warning};
 use crate::refuse::{refuse, waiting};
+use crate::runtime::Manager;
 use crate::service::transition::Event;
 use crate::services::Watch;
 

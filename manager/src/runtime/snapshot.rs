@@ -10,7 +10,7 @@ use std::time::Instant;
 use charon_protocol::scoreboard::{now_ns, SlotState};
 use serde_json::{json, Map, Value};
 
-use crate::event_loop::Manager;
+use super::Manager;
 use crate::generation::Gen;
 use crate::log::info;
 use crate::service::state::Mode;

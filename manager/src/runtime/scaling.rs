@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use charon_protocol::scoreboard::{now_ns, SlotState};
 use charon_protocol::{encode_response, Limits as WireLimits, Response};
 
+use super::Manager;
 use crate::calibrate::{self, Decision, View, Why};
-use crate::event_loop::Manager;
 use crate::instance::{self, Replacement};
 use crate::log::{info, warning};
 use crate::refuse::{refuse, waiting};
@@ -258,7 +258,7 @@ impl Manager {
             return;
         };
         let snap = slot.snapshot();
-        let dt = crate::event_loop::TICK.as_nanos() as f64;
+        let dt = super::TICK.as_nanos() as f64;
         inst.busy =
             (snap.busy_total_ns.saturating_sub(inst.seen_busy_ns) as f64 / dt).clamp(0.0, 1.0);
         inst.seen_busy_ns = snap.busy_total_ns;

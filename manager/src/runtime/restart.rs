@@ -5,7 +5,7 @@
 
 use charon_protocol::ServiceKey;
 
-use crate::event_loop::Manager;
+use super::Manager;
 use crate::log::info;
 use crate::service::state::KillReason;
 use crate::service::transition::Event;

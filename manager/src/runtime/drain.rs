@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use charon_protocol::scoreboard::SlotState;
 
-use crate::event_loop::Manager;
+use super::Manager;
 use crate::log::{info, warning};
 use crate::refuse::waiting;
 use crate::reload::{READY_DEADLINE, RECHECK};

@@ -20,8 +20,8 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 
+use super::{Manager, Paths};
 use crate::config::ServiceConfig;
-use crate::event_loop::{Manager, Paths};
 use crate::generation::Gen;
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};

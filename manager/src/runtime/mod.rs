@@ -1,9 +1,24 @@
-//! The manager's one thread: a mio poll over the signalfd, the rendezvous
-//! sockets it currently watches, and each instance's stderr pipe and report
-//! channel, with the poll timeout set by the earliest deadline. It maps each
-//! token to its owner and calls a small named handler; policy lives in the
-//! service transitions (`service/`) and in `calibrate.rs`, the work on
-//! instances in `instances.rs` and `scaling.rs`.
+//! The manager's runtime: one thread, one mio poll over the signalfd, the
+//! rendezvous sockets it currently watches, and each instance's stderr pipe
+//! and report channel, with the poll timeout set by the earliest deadline.
+//! [`Manager`] maps each token to its owner and calls a small named handler;
+//! policy lives in the service transitions (`service/`), the instance and
+//! generation automata (`instance.rs`, `generation.rs`) and `calibrate.rs`.
+//!
+//! This file holds the struct, `new`, `run` and the dispatch. Its child
+//! modules hold the rest of the `Manager`'s work, one concern each:
+//! `instances` (start, reap, read an instance), `scaling` (grow, shrink,
+//! recycle, fast fail), `drain` (stop a generation), `restart`, `snapshot`
+//! (the figures for `stats` and `ps`); `loop_tests` drives it all without
+//! forking.
+
+mod drain;
+mod instances;
+#[cfg(test)]
+mod loop_tests;
+mod restart;
+mod scaling;
+mod snapshot;
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -15,8 +15,8 @@ use mio::Interest;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recv, MsgFlags};
 
+use super::Manager;
 use crate::calibrate;
-use crate::event_loop::Manager;
 use crate::generation::Gen;
 use crate::instance::{self, Action, Life, Replacement};
 use crate::log::{info, warning, Level};
