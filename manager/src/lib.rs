@@ -24,7 +24,9 @@
 //! Each service runs as one or more *generations* (`services`): a reload
 //! (`reload`) brings up a changed service's new generation at a temporary
 //! socket name and renames it over the old socket once it is ready, then
-//! drains the old one (`drain`), as its automaton (`generation`) says. Operators read the figures (`snapshot`)
+//! drains the old one (`drain`), as its automaton (`generation`) says;
+//! which instances a draining generation signals is pure policy
+//! (`drain_policy`). Operators read the figures (`snapshot`)
 //! through the control socket ([`control`], `<run-dir>/charond.sock`) or as
 //! Prometheus text ([`metrics`]).
 //!
@@ -52,6 +54,7 @@ mod calibrate;
 pub mod config;
 pub mod control;
 mod daemon;
+mod drain_policy;
 mod fdstore;
 mod generation;
 mod health;

@@ -1,10 +1,12 @@
 //! The end of a generation: after a reload swapped in its successor, or its
 //! config file was removed, or its replacement failed to come up, or the
-//! manager is stopping (SIGTERM/SIGINT, its socket unlinked). Its
-//! instances get SIGUSR1 once they are up (serve what is queued, finish the
-//! request in hand, exit 0); a queue left with no instance gets one more
-//! instance of the old config; then the socket closes, the scoreboard is
-//! freed and the figures fold into the key's live generation. When to
+//! manager is stopping (SIGTERM/SIGINT, its socket unlinked). This file is
+//! the shell that carries out `drain_policy.rs`'s decisions: it tells the
+//! policy what it sees of each instance and of the queue, then sends the
+//! signals (SIGUSR1 to an instance that is up, SIGTERM to one that never
+//! came up), starts an instance of the old config for a leftover queue or
+//! closes it, and frees the generation (its socket closes, its scoreboard
+//! is freed and its figures fold into the key's live generation). When to
 //! drain is `reload.rs`'s decision.
 
 use std::path::PathBuf;
@@ -13,9 +15,9 @@ use std::time::{Duration, Instant};
 use charon_protocol::scoreboard::SlotState;
 
 use super::Manager;
+use crate::drain_policy::{self, Left, Look, Seen, Step, Then, Why};
 use crate::log::{info, warning};
 use crate::refuse::waiting;
-use crate::reload::{READY_DEADLINE, RECHECK};
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};
 use crate::services::Watch;
@@ -25,9 +27,6 @@ use crate::timers::Timer;
 /// when nothing waits on it: a client that looked the path up just before
 /// the rename may still be queueing a connection there.
 const LINGER: Duration = Duration::from_secs(1);
-/// Instances started for a draining generation's leftover queue before its
-/// connections are closed instead (the client retries on the new socket).
-const MAX_DRAIN_SPAWNS: u32 = 3;
 
 impl Manager {
     /// Marks a generation as draining: it starts nothing more, and each
@@ -54,96 +53,91 @@ impl Manager {
         }
     }
 
-    /// Drains a generation: SIGUSR1 to each instance that is up; once none
-    /// is left, serve a leftover queue, then free it. False if freed.
+    /// Drains a generation as `drain_policy.rs` says: each instance gets
+    /// its step (SIGUSR1 once up, SIGTERM if it never came up), then the
+    /// generation its next move (wait, serve or close a leftover queue,
+    /// linger, free). False if freed.
     pub(crate) fn drain_step(&mut self, o: usize, now: Instant, linger_until: Instant) -> bool {
-        let mut starting = false;
-        let mut any = false;
-        // At a stop with nothing queued, an instance not yet up has nothing
-        // to serve: it is stopped at once (as a program that never reports
-        // up, not using the service library, would otherwise wait for the
-        // ready deadline).
-        let idle_stop = self.stopping && !waiting(&self.services[o].listen);
-        // A stop's drain began at `linger_until` (it has no linger): an
-        // instance still not up `stop-grace` after is not waited for.
-        let stop_overdue =
-            self.stopping && now >= linger_until + self.services[o].config.stop_grace;
+        let look = self.drain_look(o, linger_until);
         let ids: Vec<usize> = self
             .procs
             .iter()
             .filter(|(_, i)| i.service == o)
             .map(|(id, _)| id)
             .collect();
+        let mut left = if ids.is_empty() {
+            Left::Nothing
+        } else {
+            Left::Leaving
+        };
         for id in ids {
-            any = true;
-            let Some(inst) = self.procs.get(id) else {
+            let Some(seen) = self.drain_seen(id) else {
                 continue;
             };
-            if inst.life.asked().is_some() {
-                continue;
-            }
-            let st = self.services[o]
-                .board
-                .slot(inst.slot)
-                .and_then(|sl| sl.state());
-            // Before its handler is installed SIGUSR1 would kill it: wait
-            // until the library reports it up.
-            if matches!(st, Some(SlotState::Idle | SlotState::Busy)) {
-                self.drain_instance(id);
-            } else if idle_stop
-                || stop_overdue
-                || now.saturating_duration_since(inst.started) > READY_DEADLINE
-            {
-                // Never came up: it serves nothing, so stopping it loses
-                // nothing (and SIGKILL follows after stop-grace).
-                let reason = self.drain_reason();
-                self.stop_instance(id, reason);
-            } else {
-                starting = true;
+            match drain_policy::instance(seen, &look, now) {
+                Step::None => {}
+                Step::Drain(reason) => self.drain_instance(id, reason),
+                Step::Stop(reason) => self.stop_instance(id, reason),
+                Step::Wait => left = Left::Starting,
             }
         }
-        if any {
-            self.timers
-                .set(Timer::Generation(o), starting.then_some(now + RECHECK));
-            return true;
-        }
-        // At a stop, a socket systemd keeps (fd store, socket activation)
-        // keeps its queue and its file: the next charond serves them, and
-        // clients keep arriving meanwhile, so nothing is spawned for them
-        // and nothing is closed.
-        let kept = self.stopping && self.fdstore.holds(self.services[o].key());
-        if !kept && waiting(&self.services[o].listen) {
-            // A graceful stop serves a leftover queue too; a second stop
-            // signal ("now") does not.
-            if self.services[o].drain_spawns < MAX_DRAIN_SPAWNS && !self.stopping_now {
+        match drain_policy::after(left, &look, now) {
+            Then::AwaitExits => self.timers.set(Timer::Generation(o), None),
+            Then::Recheck(at) => self.timers.set(Timer::Generation(o), Some(at)),
+            Then::Spawn(at) => {
                 self.services[o].drain_spawns += 1;
                 let _ = self.spawn_one(o, StartWhy::Drain);
-            } else {
-                self.close_queue(o);
+                self.timers.set(Timer::Generation(o), Some(at));
             }
-            self.timers.set(Timer::Generation(o), Some(now + RECHECK));
-            return true;
+            Then::CloseQueue(at) => {
+                self.close_queue(o);
+                self.timers.set(Timer::Generation(o), Some(at));
+            }
+            Then::Free => {
+                self.free_generation(o);
+                return false;
+            }
         }
-        if now < linger_until {
-            self.timers.set(Timer::Generation(o), Some(linger_until));
-            return true;
-        }
-        self.free_generation(o);
-        false
+        true
     }
 
-    /// Why generations drain now: a reload, or the manager stopping.
-    fn drain_reason(&self) -> KillReason {
-        if self.stopping {
-            KillReason::Shutdown
-        } else {
-            KillReason::Reload
+    /// What the drain policy needs to know of generation `o` now.
+    fn drain_look(&self, o: usize, linger_until: Instant) -> Look {
+        let svc = &self.services[o];
+        let why = match (self.stopping, self.stopping_now) {
+            (false, _) => Why::Reload,
+            (true, false) => Why::Stop,
+            (true, true) => Why::StopNow,
+        };
+        Look {
+            why,
+            queued: waiting(&svc.listen),
+            held: self.fdstore.holds(svc.key()),
+            spawns: svc.drain_spawns,
+            linger_until,
+            stop_grace: svc.config.stop_grace,
         }
+    }
+
+    /// Instance `id` as the drain policy sees it: asked to leave, up (its
+    /// slot says idle or busy), or not yet up.
+    fn drain_seen(&self, id: usize) -> Option<Seen> {
+        let inst = self.procs.get(id)?;
+        if inst.life.asked().is_some() {
+            return Some(Seen::Asked);
+        }
+        let board = &self.services[inst.service].board;
+        Some(match board.slot(inst.slot).and_then(|sl| sl.state()) {
+            Some(SlotState::Idle) => Seen::Idle,
+            Some(SlotState::Busy) => Seen::Busy,
+            _ => Seen::Starting {
+                since: inst.started,
+            },
+        })
     }
 
     /// SIGUSR1 to one instance; SIGKILL after `stop-grace`.
-    fn drain_instance(&mut self, id: usize) {
-        let reason = self.drain_reason();
+    fn drain_instance(&mut self, id: usize, reason: KillReason) {
         let Some(inst) = self.procs.get(id) else {
             return;
         };
