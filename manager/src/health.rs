@@ -163,12 +163,12 @@ fn ready_instances(services: &Services, procs: &ProcessTable, s: usize) -> u32 {
     let key = services[s].key();
     let mut n = 0;
     for (_, i) in procs.iter() {
-        let svc = &services[i.service];
+        let svc = &services[i.service()];
         if svc.key() != key {
             continue;
         }
         if matches!(
-            svc.board.slot(i.slot).and_then(|sl| sl.state()),
+            svc.board.slot(i.slot()).and_then(|sl| sl.state()),
             Some(SlotState::Idle | SlotState::Busy)
         ) {
             n += 1;

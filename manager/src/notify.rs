@@ -124,11 +124,11 @@ pub(crate) fn figures(services: &Services, procs: &ProcessTable, reloading: bool
         }
     }
     for (_, i) in procs.iter() {
-        let Some(svc) = services.get(i.service) else {
+        let Some(svc) = services.get(i.service()) else {
             continue;
         };
         f.total += 1;
-        if let Some(SlotState::Busy) = svc.board.slot(i.slot).and_then(|sl| sl.state()) {
+        if let Some(SlotState::Busy) = svc.board.slot(i.slot()).and_then(|sl| sl.state()) {
             f.busy += 1;
         }
     }

@@ -200,7 +200,11 @@ impl Manager {
         self.procs
             .iter()
             .find(|(_, i)| {
-                i.slot == slot && self.services.get(i.service).is_some_and(|s| s.key() == key)
+                i.slot() == slot
+                    && self
+                        .services
+                        .get(i.service())
+                        .is_some_and(|s| s.key() == key)
             })
             .map(|(id, _)| id)
     }

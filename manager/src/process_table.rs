@@ -1,36 +1,71 @@
 //! The instances alive: a slab keyed by a small id (which also names their
 //! mio tokens) plus a pid index. An instance leaves the table only when it
 //! is reaped, so a pid in the table is never a reused one and may be
-//! signalled. What an instance does is decided elsewhere.
+//! signalled. An [`Instance`] keeps its own figures (what it reported, how
+//! busy and how long idle its slot said it was) and reads its own pipes;
+//! what it should do is decided elsewhere (its life in `instance.rs`,
+//! scaling in `calibrate.rs`), and the loop carries that out.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
-use crate::instance::Life;
+use charon_protocol::scoreboard::{SlotSnapshot, SlotState};
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
+
+use crate::instance::{self, Actions, Life};
 use crate::stderr::LineBuf;
 
 /// One running instance, as the manager tracks it.
 pub(crate) struct Instance {
-    pub pid: i32,
-    pub service: usize,
-    pub slot: u32,
-    pub started: Instant,
-    pub stderr: Option<OwnedFd>,
-    pub lines: LineBuf,
-    pub report: Option<OwnedFd>,
+    pid: i32,
+    service: usize,
+    slot: u32,
+    started: Instant,
+    stderr: Option<OwnedFd>,
+    lines: LineBuf,
+    report: Option<OwnedFd>,
     /// Where it is in its life (`instance.rs`): starting, serving,
     /// retiring or stopping, each with its deadline and reason.
-    pub life: Life,
+    life: Life,
     /// Requests reported served.
-    pub served: u64,
-    pub seen_requests: u64,
-    pub seen_busy_ns: u64,
-    pub idle_since: Instant,
+    served: u64,
+    /// Its slot's request count and busy time at the last tick.
+    seen_requests: u64,
+    seen_busy_ns: u64,
+    idle_since: Instant,
     /// Busy fraction over the last tick.
-    pub busy: f64,
+    busy: f64,
     /// Report messages that could not be decoded.
-    pub bad_reports: u32,
+    bad_reports: u32,
+}
+
+/// Which of an instance's two pipes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pipe {
+    Stderr,
+    Report,
+}
+
+/// What one read of an instance's stderr brought.
+pub(crate) enum StderrRead {
+    /// Whole lines (perhaps none); read again.
+    Lines(Vec<String>),
+    /// Nothing more for now; the unterminated rest if a flush was asked.
+    Done(Option<String>),
+    /// The pipe closed: its fd (to deregister) and the unterminated rest.
+    Closed(OwnedFd, Option<String>),
+}
+
+/// What one receive on an instance's report channel brought.
+pub(crate) enum ReportRead {
+    /// A message of this many bytes; receive again.
+    Got(usize),
+    /// Nothing more for now.
+    Done,
+    /// The channel closed: its fd, to deregister.
+    Closed(OwnedFd),
 }
 
 impl Instance {
@@ -63,10 +98,146 @@ impl Instance {
         }
     }
 
+    pub(crate) const fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The generation (a `services.rs` index) it belongs to.
+    pub(crate) const fn service(&self) -> usize {
+        self.service
+    }
+
+    /// Its scoreboard slot.
+    pub(crate) const fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// When it was forked.
+    pub(crate) const fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// How long it has run.
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Where it is in its life; changed only through [`Instance::on_life`].
+    pub(crate) const fn life(&self) -> Life {
+        self.life
+    }
+
+    /// Feeds an event to its life's automaton (`instance.rs`); the loop
+    /// performs the actions.
+    pub(crate) fn on_life(&mut self, ev: instance::Event, now: Instant) -> Actions {
+        instance::on_event(&mut self.life, ev, now)
+    }
+
     /// Leaving: not counted as capacity any more.
     #[must_use]
     pub(crate) const fn is_leaving(&self) -> bool {
         self.life.is_leaving()
+    }
+
+    /// Requests it reported served.
+    pub(crate) const fn reported(&self) -> u64 {
+        self.served
+    }
+
+    /// A batch of `n` request records arrived: it is not idle.
+    pub(crate) fn note_served(&mut self, n: u64, now: Instant) {
+        self.served += n;
+        self.idle_since = now;
+    }
+
+    /// A report could not be decoded: true the first time, so that it is
+    /// said once per instance.
+    pub(crate) fn note_bad_report(&mut self) -> bool {
+        self.bad_reports += 1;
+        self.bad_reports == 1
+    }
+
+    /// The tick read its slot: its busy share over the tick (`tick_ns`
+    /// long), and whether it did anything (then it is not idle).
+    pub(crate) fn observe(&mut self, snap: &SlotSnapshot, tick_ns: f64, now: Instant) {
+        let busy_ns = snap.busy_total_ns.saturating_sub(self.seen_busy_ns);
+        self.busy = (busy_ns as f64 / tick_ns).clamp(0.0, 1.0);
+        self.seen_busy_ns = snap.busy_total_ns;
+        if snap.requests != self.seen_requests || snap.state == Some(SlotState::Busy) {
+            self.seen_requests = snap.requests;
+            self.idle_since = now;
+        }
+    }
+
+    /// Its busy share over the last tick.
+    pub(crate) const fn busy(&self) -> f64 {
+        self.busy
+    }
+
+    /// How long it has done nothing.
+    pub(crate) fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.idle_since)
+    }
+
+    /// Its last non-empty stderr line (for exit reasons).
+    pub(crate) fn last_stderr(&self) -> &str {
+        &self.lines.last
+    }
+
+    /// Its open pipes, to register with the poll or deregister.
+    pub(crate) fn pipes(&self) -> impl Iterator<Item = (&OwnedFd, Pipe)> {
+        let stderr = self.stderr.as_ref().map(|fd| (fd, Pipe::Stderr));
+        let report = self.report.as_ref().map(|fd| (fd, Pipe::Report));
+        stderr.into_iter().chain(report)
+    }
+
+    /// Reads its stderr once into `buf`. With `flush`, once nothing more
+    /// is there, an unterminated rest is a line too: after its exit a
+    /// grandchild may keep the pipe open.
+    pub(crate) fn read_stderr(&mut self, buf: &mut [u8], flush: bool) -> StderrRead {
+        let Some(fd) = &self.stderr else {
+            return StderrRead::Done(None);
+        };
+        match nix::unistd::read(fd, buf) {
+            Ok(0) => match self.stderr.take() {
+                Some(fd) => StderrRead::Closed(fd, self.lines.finish()),
+                None => StderrRead::Done(None),
+            },
+            Ok(n) => StderrRead::Lines(self.lines.push(&buf[..n])),
+            Err(Errno::EINTR) => StderrRead::Lines(Vec::new()),
+            // EAGAIN: nothing more now.
+            Err(_) => StderrRead::Done(if flush { self.lines.finish() } else { None }),
+        }
+    }
+
+    /// Receives one report message into `buf`.
+    pub(crate) fn recv_report(&mut self, buf: &mut [u8]) -> ReportRead {
+        loop {
+            let Some(fd) = &self.report else {
+                return ReportRead::Done;
+            };
+            return match recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => self
+                    .report
+                    .take()
+                    .map_or(ReportRead::Done, ReportRead::Closed),
+                Ok(n) => ReportRead::Got(n),
+                Err(Errno::EINTR) => continue,
+                Err(_) => ReportRead::Done,
+            };
+        }
+    }
+
+    /// Test rigs age an instance's idleness without waiting.
+    #[cfg(test)]
+    pub(crate) fn set_idle_since(&mut self, at: Instant) {
+        self.idle_since = at;
+    }
+
+    /// Reports that could not be decoded (for tests).
+    #[cfg(test)]
+    pub(crate) const fn bad_reports(&self) -> u32 {
+        self.bad_reports
     }
 }
 
@@ -152,6 +323,70 @@ mod tests {
         assert!(t.remove_pid(10).is_none());
         assert_eq!(t.insert(inst(12, 0)), 0);
         assert_eq!(t.len(), 2);
-        assert_eq!(t.get(0).map(|i| i.pid), Some(12));
+        assert_eq!(t.get(0).map(Instance::pid), Some(12));
+    }
+
+    #[test]
+    fn a_tick_that_saw_work_resets_idleness_and_measures_the_busy_share() {
+        let t0 = Instant::now();
+        let mut i = Instance::new(10, 0, 0, t0, t0, None, None);
+        let tick = Duration::from_secs(1);
+        let mut snap = SlotSnapshot {
+            state: Some(SlotState::Idle),
+            pid: 10,
+            attempt: 0,
+            requests: 0,
+            busy_since_ns: 0,
+            busy_total_ns: 250_000_000,
+            request_bytes: 0,
+            client: String::new(),
+        };
+        i.observe(&snap, tick.as_nanos() as f64, t0 + tick);
+        assert_eq!(i.busy(), 0.25);
+        assert!(
+            i.idle_for(t0 + tick) >= tick,
+            "nothing completed: still idle"
+        );
+        snap.requests = 1;
+        i.observe(&snap, tick.as_nanos() as f64, t0 + tick * 2);
+        assert_eq!(i.busy(), 0.0, "no busy time since the last tick");
+        assert_eq!(i.idle_for(t0 + tick * 2), Duration::ZERO);
+        i.note_served(3, t0 + tick * 3);
+        assert_eq!(
+            (i.reported(), i.idle_for(t0 + tick * 3)),
+            (3, Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_bad_report_is_news_once() {
+        let mut i = inst(10, 0);
+        assert!(i.note_bad_report());
+        assert!(!i.note_bad_report());
+    }
+
+    #[test]
+    fn stderr_is_read_into_lines_and_its_rest_flushed_at_the_end() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let now = Instant::now();
+        let mut i = Instance::new(10, 0, 0, now, now, Some(r), None);
+        assert_eq!(
+            i.pipes().map(|(_, p)| p).collect::<Vec<_>>(),
+            [Pipe::Stderr]
+        );
+        nix::unistd::write(&w, b"one\ntwo").unwrap();
+        let mut buf = [0u8; 64];
+        assert!(matches!(i.read_stderr(&mut buf, false), StderrRead::Lines(l) if l == ["one"]));
+        drop(w);
+        assert!(matches!(
+            i.read_stderr(&mut buf, false),
+            StderrRead::Closed(_, Some(rest)) if rest == "two"
+        ));
+        assert_eq!(i.last_stderr(), "two");
+        assert_eq!(i.pipes().count(), 0, "a closed pipe is gone");
+        assert!(matches!(
+            i.read_stderr(&mut buf, true),
+            StderrRead::Done(None)
+        ));
     }
 }

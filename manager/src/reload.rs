@@ -389,7 +389,7 @@ impl Manager {
         let ids: Vec<usize> = self
             .procs
             .iter()
-            .filter(|(_, i)| i.service == p)
+            .filter(|(_, i)| i.service() == p)
             .map(|(id, _)| id)
             .collect();
         for id in ids {

@@ -209,8 +209,8 @@ impl Services {
             Mode::Watching => true,
             Mode::Running => {
                 let mut up = 0;
-                for (_, i) in procs.iter().filter(|(_, i)| i.service == s) {
-                    let st = svc.board.slot(i.slot).and_then(|sl| sl.state());
+                for (_, i) in procs.iter().filter(|(_, i)| i.service() == s) {
+                    let st = svc.board.slot(i.slot()).and_then(|sl| sl.state());
                     if i.is_leaving() {
                         continue;
                     }

@@ -62,7 +62,7 @@ impl Manager {
         let ids: Vec<usize> = self
             .procs
             .iter()
-            .filter(|(_, i)| i.service == o)
+            .filter(|(_, i)| i.service() == o)
             .map(|(id, _)| id)
             .collect();
         let mut left = if ids.is_empty() {
@@ -123,15 +123,15 @@ impl Manager {
     /// slot says idle or busy), or not yet up.
     fn drain_seen(&self, id: usize) -> Option<Seen> {
         let inst = self.procs.get(id)?;
-        if inst.life.asked().is_some() {
+        if inst.life().asked().is_some() {
             return Some(Seen::Asked);
         }
-        let board = &self.services[inst.service].board;
-        Some(match board.slot(inst.slot).and_then(|sl| sl.state()) {
+        let board = &self.services[inst.service()].board;
+        Some(match board.slot(inst.slot()).and_then(|sl| sl.state()) {
             Some(SlotState::Idle) => Seen::Idle,
             Some(SlotState::Busy) => Seen::Busy,
             _ => Seen::Starting {
-                since: inst.started,
+                since: inst.started(),
             },
         })
     }
@@ -141,7 +141,7 @@ impl Manager {
         let Some(inst) = self.procs.get(id) else {
             return;
         };
-        let (pid, s) = (inst.pid, inst.service);
+        let (pid, s) = (inst.pid(), inst.service());
         let grace = self.services[s].config.stop_grace;
         if self.life_event(id, crate::instance::Event::Drain { reason, grace }) {
             info!(

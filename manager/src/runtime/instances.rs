@@ -13,14 +13,13 @@ use charon_protocol::scoreboard::SlotState;
 use mio::unix::SourceFd;
 use mio::Interest;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{recv, MsgFlags};
 
 use super::Manager;
 use crate::calibrate;
 use crate::generation::Gen;
 use crate::instance::{self, Action, Life, Replacement};
 use crate::log::{info, warning, Level};
-use crate::process_table::Instance;
+use crate::process_table::{Instance, Pipe, ReportRead, StderrRead};
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
 use crate::spawn::Launch;
@@ -171,16 +170,15 @@ impl Manager {
             return;
         };
         let reg = self.poll.registry();
-        for (fd, o) in [
-            (&inst.stderr, Owner::Stderr(id)),
-            (&inst.report, Owner::Report(id)),
-        ] {
-            if let Some(fd) = fd {
-                if let Err(e) =
-                    reg.register(&mut SourceFd(&fd.as_raw_fd()), token(o), Interest::READABLE)
-                {
-                    warning!(None, Some(inst.pid), "unable to watch instance fd: {e}");
-                }
+        for (fd, pipe) in inst.pipes() {
+            let o = match pipe {
+                Pipe::Stderr => Owner::Stderr(id),
+                Pipe::Report => Owner::Report(id),
+            };
+            if let Err(e) =
+                reg.register(&mut SourceFd(&fd.as_raw_fd()), token(o), Interest::READABLE)
+            {
+                warning!(None, Some(inst.pid()), "unable to watch instance fd: {e}");
             }
         }
     }
@@ -204,7 +202,7 @@ impl Manager {
     pub(crate) fn live_count(&self, s: usize) -> u32 {
         self.procs
             .iter()
-            .filter(|(_, i)| i.service == s && !i.is_leaving())
+            .filter(|(_, i)| i.service() == s && !i.is_leaving())
             .count() as u32
     }
 
@@ -223,7 +221,7 @@ impl Manager {
     /// table, i.e. not yet reaped, can be named, so the pid cannot have been
     /// reused.
     pub(crate) fn signal(&mut self, id: usize, sig: Signal) {
-        if let Some(pid) = self.procs.get(id).map(|i| i.pid) {
+        if let Some(pid) = self.procs.get(id).map(|i| i.pid()) {
             self.spawner.signal(pid, sig);
         }
     }
@@ -235,9 +233,9 @@ impl Manager {
         let Some(inst) = self.procs.get_mut(id) else {
             return false;
         };
-        let actions = instance::on_event(&mut inst.life, ev, now);
-        let (pid, s) = (inst.pid, inst.service);
-        self.timers.set(Timer::Instance(id), inst.life.deadline());
+        let actions = inst.on_life(ev, now);
+        let (pid, s) = (inst.pid(), inst.service());
+        self.timers.set(Timer::Instance(id), inst.life().deadline());
         let acted = !actions.is_empty();
         for a in actions {
             let key = self.services[s].key();
@@ -271,7 +269,7 @@ impl Manager {
         let Some(inst) = self.procs.get(id) else {
             return;
         };
-        let (pid, s) = (inst.pid, inst.service);
+        let (pid, s) = (inst.pid(), inst.service());
         let grace = self.services[s].config.stop_grace;
         if self.life_event(id, instance::Event::Stop { reason, grace }) {
             info!(
@@ -295,13 +293,13 @@ impl Manager {
         let Some(inst) = self.procs.get(id) else {
             return;
         };
-        if inst.life.deadline().is_none_or(|t| t > now) {
+        if inst.life().deadline().is_none_or(|t| t > now) {
             // Not due after all (moved meanwhile): keep it set.
-            let at = inst.life.deadline();
+            let at = inst.life().deadline();
             self.timers.set(Timer::Instance(id), at);
             return;
         }
-        match inst.life {
+        match inst.life() {
             Life::Starting { .. } => {
                 if !self.note_ready(id, now) {
                     self.life_event(id, instance::Event::StartupOver);
@@ -321,10 +319,10 @@ impl Manager {
         let Some(inst) = self.procs.get(id) else {
             return false;
         };
-        if !matches!(inst.life, Life::Starting { .. }) {
+        if !matches!(inst.life(), Life::Starting { .. }) {
             return true;
         }
-        let (s, slot, started) = (inst.service, inst.slot, inst.started);
+        let (s, slot, started) = (inst.service(), inst.slot(), inst.started());
         let svc = &mut self.services[s];
         let ready = svc
             .board
@@ -338,7 +336,8 @@ impl Manager {
         ready
     }
 
-    /// Reads an instance's stderr into whole log lines.
+    /// Reads an instance's stderr into whole log lines; with
+    /// `final_drain` (after its exit) an unterminated rest too.
     pub(crate) fn read_stderr(&mut self, id: usize, final_drain: bool) {
         let mut buf = [0u8; 8192];
         let now = Instant::now();
@@ -346,40 +345,24 @@ impl Manager {
             let Some(inst) = self.procs.get_mut(id) else {
                 return;
             };
-            let Some(fd) = &inst.stderr else { return };
-            match nix::unistd::read(fd, &mut buf) {
-                Ok(0) => {
-                    let rest = inst.lines.finish();
-                    let fd = inst.stderr.take();
-                    let (pid, s) = (inst.pid, inst.service);
-                    if let Some(fd) = fd {
-                        self.unregister(&fd);
-                    }
-                    if let Some(line) = rest {
-                        self.log_line(s, pid, &line, now);
-                    }
-                    return;
-                }
-                Ok(n) => {
-                    let lines = inst.lines.push(&buf[..n]);
-                    let (pid, s) = (inst.pid, inst.service);
+            let (pid, s) = (inst.pid(), inst.service());
+            let rest = match inst.read_stderr(&mut buf, final_drain) {
+                StderrRead::Lines(lines) => {
                     for l in lines {
                         self.log_line(s, pid, &l, now);
                     }
+                    continue;
                 }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => {
-                    // EAGAIN: nothing more now. After the exit a grandchild
-                    // may keep the pipe open: flush what we have.
-                    if final_drain {
-                        if let Some(line) = inst.lines.finish() {
-                            let (pid, s) = (inst.pid, inst.service);
-                            self.log_line(s, pid, &line, now);
-                        }
-                    }
-                    return;
+                StderrRead::Done(rest) => rest,
+                StderrRead::Closed(fd, rest) => {
+                    self.unregister(&fd);
+                    rest
                 }
+            };
+            if let Some(line) = rest {
+                self.log_line(s, pid, &line, now);
             }
+            return;
         }
     }
 
@@ -397,42 +380,37 @@ impl Manager {
             let Some(inst) = self.procs.get_mut(id) else {
                 return;
             };
-            let Some(fd) = &inst.report else { return };
-            let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => {
-                    if let Some(fd) = inst.report.take() {
-                        self.unregister(&fd);
-                    }
+            let n = match inst.recv_report(&mut buf) {
+                ReportRead::Got(n) => n,
+                ReportRead::Done => return,
+                ReportRead::Closed(fd) => {
+                    self.unregister(&fd);
                     return;
                 }
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
             };
-            let (pid, s) = (inst.pid, inst.service);
+            let (pid, s) = (inst.pid(), inst.service());
             match report::decode(&buf[..n]) {
                 Ok(Message::Records(recs)) => {
-                    inst.served += recs.len() as u64;
-                    inst.idle_since = Instant::now();
-                    let started = inst.started;
+                    inst.note_served(recs.len() as u64, Instant::now());
+                    let started = inst.started();
                     self.services[s].stats.records(&recs);
                     self.check_trial(s, started);
                 }
                 Ok(Message::Saturated) => self.on_saturated(s),
                 Ok(Message::Retiring) => {
-                    let age = inst.started.elapsed();
+                    let age = inst.age(Instant::now());
                     let svc = &mut self.services[s];
-                    if let Some(sl) = svc.board.slot(inst.slot) {
+                    if let Some(sl) = svc.board.slot(inst.slot()) {
                         svc.seen_rate(sl.snapshot().requests, age);
                     }
                     self.retire(id, KillReason::MaxRequests);
                 }
                 Err(e) => {
                     // Untrusted bytes: say so once per instance, not per message.
-                    let first = self.procs.get_mut(id).is_some_and(|i| {
-                        i.bad_reports += 1;
-                        i.bad_reports == 1
-                    });
+                    let first = self
+                        .procs
+                        .get_mut(id)
+                        .is_some_and(Instance::note_bad_report);
                     if first {
                         warning!(
                             Some(self.services[s].key()),
@@ -474,24 +452,24 @@ impl Manager {
             return;
         };
         self.timers.set(Timer::Instance(id), None);
-        for fd in [&inst.stderr, &inst.report].into_iter().flatten() {
+        for (fd, _) in inst.pipes() {
             self.unregister(fd);
         }
-        let s = inst.service;
+        let s = inst.service();
         let now = Instant::now();
         // An instance that leaves at its request limit on its own (the
         // library stops accepting there) is counted as the recycle it is.
         let asked = inst
-            .life
+            .life()
             .asked()
-            .or(match (r.status, inst.life.retiring()) {
+            .or(match (r.status, inst.life().retiring()) {
                 (WaitStatus::Exited(0), Some((reason, _))) => Some(reason),
                 _ => None,
             });
         let class = ExitClass::of(r.status, asked);
         // The child ran out of the manager's fds or memory before exec:
         // the manager's problem, not the service's.
-        let starved = inst.life.asked().is_none()
+        let starved = inst.life().asked().is_none()
             && matches!(r.status, WaitStatus::Exited(sys::code::RESOURCES));
         let served = self.free_slot(s, &inst);
         // Completed a request: a mature instance, whose death is about that
@@ -500,7 +478,7 @@ impl Manager {
         let young = instance::young(
             class,
             completed,
-            now.saturating_duration_since(inst.started),
+            now.saturating_duration_since(inst.started()),
         );
         self.count_exit(s, &inst, &r, class, starved);
         self.tell_generation(s, &inst, class, now);
@@ -510,7 +488,7 @@ impl Manager {
             // A trial that served has proved the service can run, whatever
             // happens to it next (its requests may not have been reported
             // yet).
-            self.check_trial(s, inst.started);
+            self.check_trial(s, inst.started());
         }
         let (key, grace) = (
             self.services[s].key().to_string(),
@@ -543,15 +521,16 @@ impl Manager {
         let svc = &mut self.services[s];
         let counted = svc
             .board
-            .slot(inst.slot)
+            .slot(inst.slot())
             .map_or(0, |sl| sl.snapshot().requests);
-        if let Some(sl) = svc.board.slot(inst.slot) {
-            if counted > inst.served {
-                svc.stats.requests = svc.stats.requests.saturating_add(counted - inst.served);
+        if let Some(sl) = svc.board.slot(inst.slot()) {
+            if counted > inst.reported() {
+                let unreported = counted - inst.reported();
+                svc.stats.requests = svc.stats.requests.saturating_add(unreported);
             }
             sl.reset(0, 0);
         }
-        if let Some(u) = svc.used_slots.get_mut(inst.slot as usize) {
+        if let Some(u) = svc.used_slots.get_mut(inst.slot() as usize) {
             *u = false;
         }
         let in_use = svc.used_slots.iter().rposition(|u| *u).map_or(0, |i| i + 1);
@@ -559,7 +538,7 @@ impl Manager {
             .header()
             .slots_in_use
             .store(in_use as u32, Ordering::Relaxed);
-        counted.max(inst.served)
+        counted.max(inst.reported())
     }
 
     /// Counts an exit in the service's figures and keeps it as the last.
@@ -585,12 +564,12 @@ impl Manager {
             WaitStatus::Signaled(sig) => (None, Some(sig)),
         };
         stats.set_last_exit(LastExit {
-            pid: inst.pid,
+            pid: inst.pid(),
             status: class.to_string(),
             code,
             signal,
             class: class.name(),
-            stderr: inst.lines.last.clone(),
+            stderr: inst.last_stderr().to_string(),
         });
     }
 
@@ -600,14 +579,14 @@ impl Manager {
         let svc = &mut self.services[s];
         match svc.gen {
             Gen::Live => return,
-            Gen::Pending { .. } if inst.life.asked().is_none() => {
+            Gen::Pending { .. } if inst.life().asked().is_none() => {
                 let why = format!(
                     "new instance (pid {}) {class} before it was ready{}",
-                    inst.pid,
-                    if inst.lines.last.is_empty() {
+                    inst.pid(),
+                    if inst.last_stderr().is_empty() {
                         String::new()
                     } else {
-                        format!("; last stderr line: {}", inst.lines.last)
+                        format!("; last stderr line: {}", inst.last_stderr())
                     }
                 );
                 svc.gen_failure.get_or_insert(why);
@@ -639,10 +618,10 @@ impl Manager {
         crate::log::line(
             level,
             Some(self.services[s].key()),
-            Some(inst.pid),
+            Some(inst.pid()),
             format_args!(
                 "exited: {class} [{status}] after {:.3}s, {} request(s); counted as {}",
-                now.saturating_duration_since(inst.started).as_secs_f64(),
+                now.saturating_duration_since(inst.started()).as_secs_f64(),
                 served,
                 class.name()
             ),
@@ -656,7 +635,7 @@ impl Manager {
             .procs
             .iter()
             .filter(|(_, i)| {
-                matches!(i.life.retiring(), Some((_, Replacement::Started(rep))) if rep == id)
+                matches!(i.life().retiring(), Some((_, Replacement::Started(rep))) if rep == id)
             })
             .map(|(rid, _)| rid)
             .collect();

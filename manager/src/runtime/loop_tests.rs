@@ -330,7 +330,7 @@ fn a_retiree_idle_for_a_while_is_stopped_once_its_replacement_is_ready() {
     let board = &r.m.services[0].board;
     board.slot(spawned[1].1).unwrap().set_state(SlotState::Idle);
     if let Some(i) = r.m.procs.get_mut(id) {
-        i.idle_since = Instant::now() - Duration::from_secs(2);
+        i.set_idle_since(Instant::now() - Duration::from_secs(2));
     }
     r.m.recycle_step(0);
     assert_eq!(r.seen.borrow().signals, [(old, Signal::SIGTERM)]);
@@ -477,7 +477,7 @@ fn garbage_reports_are_counted_not_trusted() {
     r.m.read_reports(id);
     let stats = &r.m.services[0].stats;
     assert_eq!((stats.requests, stats.faults, stats.retried), (1, 1, 1));
-    assert_eq!(r.m.procs.get(id).map(|i| i.bad_reports), Some(3));
+    assert_eq!(r.m.procs.get(id).map(|i| i.bad_reports()), Some(3));
 }
 
 fn inode(p: &std::path::Path) -> u64 {
@@ -529,7 +529,7 @@ fn a_changed_file_swaps_generations_once_the_new_one_is_up_then_drains_the_old()
     assert_eq!(inode(&path), old_ino);
     assert!(r.seen.borrow().signals.is_empty());
     // Up: renamed over the path, and the old instance is told to drain.
-    let slot = r.m.procs.get(r.id_of(new)).unwrap().slot;
+    let slot = r.m.procs.get(r.id_of(new)).unwrap().slot();
     r.m.services[p]
         .board
         .slot(slot)

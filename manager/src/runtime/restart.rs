@@ -24,7 +24,7 @@ impl Manager {
         let ids: Vec<usize> = self
             .procs
             .iter()
-            .filter(|(_, i)| i.service == s && !i.is_leaving())
+            .filter(|(_, i)| i.service() == s && !i.is_leaving())
             .map(|(id, _)| id)
             .collect();
         let recycled = ids.len();

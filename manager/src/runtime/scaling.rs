@@ -199,13 +199,13 @@ impl Manager {
         let board = &self.services[s].board;
         self.procs
             .iter()
-            .filter(|(_, i)| i.service == s)
+            .filter(|(_, i)| i.service() == s)
             .map(|(id, i)| View {
                 id,
-                state: board.slot(i.slot).and_then(|sl| sl.state()),
+                state: board.slot(i.slot()).and_then(|sl| sl.state()),
                 leaving: i.is_leaving(),
-                idle_for: now.saturating_duration_since(i.idle_since),
-                busy: i.busy,
+                idle_for: i.idle_for(now),
+                busy: i.busy(),
             })
             .collect()
     }
@@ -252,21 +252,15 @@ impl Manager {
         let Some(inst) = self.procs.get_mut(id) else {
             return;
         };
-        let s = inst.service;
+        let s = inst.service();
         let svc = &self.services[s];
-        let Some(slot) = svc.board.slot(inst.slot) else {
+        let Some(slot) = svc.board.slot(inst.slot()) else {
             return;
         };
         let snap = slot.snapshot();
         let dt = super::TICK.as_nanos() as f64;
-        inst.busy =
-            (snap.busy_total_ns.saturating_sub(inst.seen_busy_ns) as f64 / dt).clamp(0.0, 1.0);
-        inst.seen_busy_ns = snap.busy_total_ns;
-        if snap.requests != inst.seen_requests || snap.state == Some(SlotState::Busy) {
-            inst.seen_requests = snap.requests;
-            inst.idle_since = now;
-        }
-        let (pid, leaving) = (inst.pid, inst.is_leaving());
+        inst.observe(&snap, dt, now);
+        let (pid, leaving) = (inst.pid(), inst.is_leaving());
         self.note_ready(id, now);
         if self.check_unresponsive(id, now, ns) {
             return;
@@ -284,7 +278,7 @@ impl Manager {
                 }
             }
         }
-        if let Some(started) = self.procs.get(id).map(|i| i.started) {
+        if let Some(started) = self.procs.get(id).map(|i| i.started()) {
             if snap.requests > 0 || now.saturating_duration_since(started) >= HEALTHY_UPTIME {
                 self.check_trial(s, started);
             }
@@ -299,14 +293,14 @@ impl Manager {
         let Some(inst) = self.procs.get(id) else {
             return false;
         };
-        let svc = &self.services[inst.service];
+        let svc = &self.services[inst.service()];
         let (Some(limit), Some(slot)) =
-            (svc.config.unresponsive_timeout, svc.board.slot(inst.slot))
+            (svc.config.unresponsive_timeout, svc.board.slot(inst.slot()))
         else {
             return false;
         };
         let snap = slot.snapshot();
-        if snap.busy_since_ns == 0 || inst.life.asked() == Some(KillReason::Unresponsive) {
+        if snap.busy_since_ns == 0 || inst.life().asked() == Some(KillReason::Unresponsive) {
             return false;
         }
         let busy_for = Duration::from_nanos(ns.saturating_sub(snap.busy_since_ns));
@@ -318,7 +312,7 @@ impl Manager {
         }
         warning!(
             Some(svc.config.key.as_str()),
-            Some(inst.pid),
+            Some(inst.pid()),
             "unable to get an answer from instance: busy {:.1}s on one request (client {:?}, attempt {}, {} bytes); killing it",
             busy_for.as_secs_f64(),
             snap.client,
@@ -342,7 +336,7 @@ impl Manager {
 
     /// Marks an instance for recycling; the replacement starts first.
     pub(crate) fn retire(&mut self, id: usize, reason: KillReason) {
-        let Some(s) = self.procs.get(id).map(|i| i.service) else {
+        let Some(s) = self.procs.get(id).map(|i| i.service()) else {
             return;
         };
         self.life_event(id, instance::Event::Retire(reason));
@@ -358,8 +352,8 @@ impl Manager {
         let mut ready = Vec::new();
         let mut reps = Vec::new();
         let now = Instant::now();
-        for (id, i) in self.procs.iter().filter(|(_, i)| i.service == s) {
-            let Some((reason, replacement)) = i.life.retiring() else {
+        for (id, i) in self.procs.iter().filter(|(_, i)| i.service() == s) {
+            let Some((reason, replacement)) = i.life().retiring() else {
                 continue;
             };
             // An instance at its request notice serves on to its limit,
@@ -367,8 +361,7 @@ impl Manager {
             // and cost a fork more per `maximum-requests`); stopped only
             // once it has had nothing to do for a while (the load went
             // away).
-            let finishing = reason == KillReason::MaxRequests
-                && now.saturating_duration_since(i.idle_since) < RETIREE_IDLE;
+            let finishing = reason == KillReason::MaxRequests && i.idle_for(now) < RETIREE_IDLE;
             match replacement {
                 Replacement::Wanted => pending.push(id),
                 Replacement::Unavailable if !finishing => ready.push((id, reason)),
@@ -379,7 +372,7 @@ impl Manager {
                     let rep_state = self
                         .procs
                         .get(rep)
-                        .and_then(|r| self.services[s].board.slot(r.slot))
+                        .and_then(|r| self.services[s].board.slot(r.slot()))
                         .and_then(|sl| sl.state());
                     if !finishing
                         && matches!(rep_state, None | Some(SlotState::Idle | SlotState::Busy))

@@ -56,8 +56,8 @@ impl Manager {
                 continue;
             }
             let (mut busy, mut idle) = (0, 0);
-            for (_, i) in self.procs.iter().filter(|(_, i)| i.service == s) {
-                match svc.board.slot(i.slot).and_then(|sl| sl.state()) {
+            for (_, i) in self.procs.iter().filter(|(_, i)| i.service() == s) {
+                match svc.board.slot(i.slot()).and_then(|sl| sl.state()) {
                     Some(SlotState::Busy) => busy += 1,
                     Some(SlotState::Idle) => idle += 1,
                     _ => {}
@@ -133,11 +133,15 @@ impl Manager {
             stats.absorb(self.services[g].stats.clone(), false);
         }
         let (mut running, mut busy, mut idle) = (0u32, 0u32, 0u32);
-        for (_, i) in self.procs.iter().filter(|(_, i)| gens.contains(&i.service)) {
+        for (_, i) in self
+            .procs
+            .iter()
+            .filter(|(_, i)| gens.contains(&i.service()))
+        {
             running += 1;
-            match self.services[i.service]
+            match self.services[i.service()]
                 .board
-                .slot(i.slot)
+                .slot(i.slot())
                 .and_then(|sl| sl.state())
             {
                 Some(SlotState::Busy) => busy += 1,
@@ -213,15 +217,15 @@ impl Manager {
         let ns = now_ns();
         let mut out = Vec::new();
         for (_, i) in self.procs.iter() {
-            let svc = &self.services[i.service];
+            let svc = &self.services[i.service()];
             // Without a key, also the instances of removed services that
             // are still draining.
             if key.is_some_and(|k| k != svc.key()) {
                 continue;
             }
-            let snap = svc.board.slot(i.slot).map(|sl| sl.snapshot());
+            let snap = svc.board.slot(i.slot()).map(|sl| sl.snapshot());
             let slot_state = snap.as_ref().and_then(|s| s.state);
-            let state = match i.life.leaving_name() {
+            let state = match i.life().leaving_name() {
                 Some(name) => name,
                 None => match slot_state {
                     Some(SlotState::Idle) => "idle",
@@ -234,12 +238,12 @@ impl Manager {
             let request_age_ms =
                 (busy_since != 0).then(|| ns.saturating_sub(busy_since) / 1_000_000);
             out.push(json!({
-                "pid": i.pid,
+                "pid": i.pid(),
                 "key": svc.key(),
                 "generation": svc.generation,
                 "state": state,
                 "requests": snap.as_ref().map_or(0, |s| s.requests),
-                "age_s": (now.saturating_duration_since(i.started).as_secs_f64() * 10.0).round() / 10.0,
+                "age_s": (now.saturating_duration_since(i.started()).as_secs_f64() * 10.0).round() / 10.0,
                 "request_age_ms": request_age_ms,
             }));
         }
