@@ -20,7 +20,7 @@ import socket
 import stat
 import struct
 import time
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from . import frame, managed
 from .errors import CharonError, InvalidRequest, ProtocolError
@@ -42,6 +42,8 @@ _OK_HEAD = struct.Struct(">2sBBIBI")
 _HEADER_UNPACK = struct.Struct(">2sBBI").unpack_from
 _READ_CHUNK = 65_536
 _EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+_MSG_DONTWAIT, _MSG_NOSIGNAL = socket.MSG_DONTWAIT, socket.MSG_NOSIGNAL
+_AF_UNIX, _SOCK_STREAM = socket.AF_UNIX, socket.SOCK_STREAM
 
 
 class ServiceError(CharonError):
@@ -106,64 +108,70 @@ class Request:
     """One request in hand: its key, client, attempt, context and body.
     Answer it once with ``respond`` or ``fault``."""
 
-    __slots__ = ("_service", "_frame", "answered")
+    __slots__ = ("_service", "_fields", "answered")
 
-    def __init__(self, service: "Service", req: frame.Request) -> None:
+    def __init__(self, service: "Service", fields: frame.RequestFields) -> None:
         self._service = service
-        self._frame = req
+        # (attempt, attributes, key, client, context, body)
+        self._fields = fields
         self.answered = False
 
     @property
     def key(self) -> str:
-        return self._frame.key
+        return self._fields[2]
 
     @property
     def application(self) -> str:
-        return self._frame.key.split(".")[0]
+        return self._fields[2].split(".")[0]
 
     @property
     def function(self) -> str:
-        return self._frame.key.split(".")[1]
+        return self._fields[2].split(".")[1]
 
     @property
     def version(self) -> int:
-        return int(self._frame.key.split(".")[2])
+        return int(self._fields[2].split(".")[2])
 
     @property
     def serialization(self) -> str:
-        return self._frame.key.split(".")[3]
+        return self._fields[2].split(".")[3]
 
     @property
     def client(self) -> str:
-        return self._frame.client
+        return self._fields[3]
 
     @property
     def attempt(self) -> int:
-        return self._frame.attempt
+        return self._fields[0]
 
     @property
     def attributes(self) -> int:
-        return self._frame.attributes
+        return self._fields[1]
 
     @property
     def body(self) -> bytes:
-        return self._frame.body
+        return self._fields[5]
 
     @property
     def context(self) -> List[Tuple[str, bytes]]:
-        return self._frame.context
+        return list(self._fields[4])
 
     def context_value(self, name: str) -> Optional[bytes]:
         """The first context value named ``name``, or None."""
-        return self._frame.context_value(name)
+        for n, v in self._fields[4]:
+            if n == name:
+                return v
+        return None
 
     def respond(self, body: Union[bytes, bytearray, memoryview, str]) -> None:
         """Answers OK with ``body`` (a str is sent as UTF-8). A body over
         the response limit is answered ERROR RESPONSE_TOO_LARGE and raises
         InvalidRequest."""
-        self._claim()
-        data = body.encode() if isinstance(body, str) else body
-        self._service._answer_ok(data)
+        service = self._service
+        if self.answered or service._current is not self:
+            self._claim()  # raises
+        self.answered = True
+        service._answer_ok(body.encode() if isinstance(body, str) else body)
 
     def fault(self, code: int, text: str) -> None:
         """Answers FAULT: the request cannot be served (never retried).
@@ -220,13 +228,15 @@ class Service:
         self._bound: Optional[Tuple[str, int, int]] = None
         self._managed: Optional[Managed] = None
         self._conn: Optional[_socket.socket] = None
-        self._started = 0.0
+        self._started_ns = 0
+        self._attempt = 1
         self._keep = False
         self._current: Optional[Request] = None
         self._request_bytes = 0
         self._finished = False
         self._ep: Optional["select.epoll"] = None
-        self._tags: Dict[int, str] = {}
+        self._listen_fd = -1
+        self._report_fd = -1
         self._wake_r = -1
         slot = os.environ.get("CHARON_SLOT")
         accept_path = os.environ.get("CHARON_ACCEPT_SOCKET")
@@ -331,30 +341,29 @@ class Service:
         # An exclusive wait on the listener: one connection wakes one
         # waiting instance, not all of them.
         ep = select.epoll()
-        ep.register(self._listener.fileno(), select.EPOLLIN | _EPOLLEXCLUSIVE)
+        self._listen_fd = self._listener.fileno()
+        ep.register(self._listen_fd, select.EPOLLIN | _EPOLLEXCLUSIVE)
         ep.register(r, select.EPOLLIN)
-        self._tags = {self._listener.fileno(): "listener", r: "signal"}
         if self._managed is not None:
-            ep.register(self._managed.report_fd(), select.EPOLLIN)
-            self._tags[self._managed.report_fd()] = "report"
+            self._report_fd = self._managed.report_fd()
+            ep.register(self._report_fd, select.EPOLLIN)
         self._ep = ep
 
-    def _wait(self, timeout: Optional[float]) -> List[str]:
+    def _wait(self, timeout: Optional[float]) -> List[int]:
         """Waits for the listener, a signal, the report channel or a kept
-        connection; what woke, by name. Signals are drained and counted
-        (their handlers set the flags); the report channel is checked."""
+        connection; the fds that woke. Signals are drained (their handlers
+        set the flags); the report channel is checked."""
         assert self._ep is not None
         woke = []
         for fd, _ in self._ep.poll(-1 if timeout is None else timeout):
-            tag = self._tags.get(fd, "")
-            if tag == "signal":
+            if fd == self._wake_r:
                 try:
-                    os.read(self._wake_r, 512)
+                    os.read(fd, 512)
                 except BlockingIOError:
                     pass
-            elif tag == "report" and self._managed is not None:
+            elif fd == self._report_fd and self._managed is not None:
                 self._managed.check_channel()
-            woke.append(tag)
+            woke.append(fd)
         return woke
 
     # -- the loop
@@ -399,8 +408,11 @@ class Service:
 
     def next_request(self) -> Optional[Request]:
         """The next request, or None when the service should end."""
-        if self._current is not None:
-            self._unanswered()
+        cur = self._current
+        if cur is not None:
+            if not cur.answered:
+                self._unanswered()
+            self._current = None
         while True:
             if self.mode == STANDALONE:
                 if self._finished:
@@ -414,8 +426,7 @@ class Service:
                     return None
                 got = self._read_conn()
             if got is not None:
-                req = Request(self, got)
-                self._current = req
+                req = self._current = Request(self, got)
                 return req
 
     def close(self) -> None:
@@ -452,33 +463,47 @@ class Service:
         self._keep = False
 
     def _accept(self) -> bool:
+        """Takes the next connection, waiting for one (idle) first; False
+        when the loop should end instead.
+
+        The wait comes before the accept (first without blocking, so that
+        the slot says idle only when the instance is): an instance that
+        finds nothing queued, or is woken for a connection another one
+        took, costs a wait, not a failed accept, whose exception (with
+        its error text) costs several times a wait in Python."""
         assert self._listener is not None
         m = self._managed
+        accept = self._listener._accept  # type: ignore[attr-defined]
         woken = False
         while True:
             # The request limit is a hard bound: not one connection more.
             if m is not None and m.at_limit:
                 return False
-            stop = self.stopping() or self._drained()
-            if stop and not woken:
-                return False
-            try:
-                woken = False
-                # socket.accept() without its enum conversions.
-                fd, _ = self._listener._accept()  # type: ignore[attr-defined]
-            except BlockingIOError:
-                woken = False
-                if stop or self.draining():
+            # The flags are checked first: the usual case costs no call.
+            stop = draining = False
+            if (_Flags.stop or _Flags.drain or self._finished
+                    or (m is not None and m.manager_gone)):
+                stop = self.stopping() or self._drained()
+                if stop and not woken:
                     return False
-                due = None
-                if m is not None:
-                    m.set_state(managed.IDLE)
-                    due = m.flush_due()
-                    if due is not None and due <= time.monotonic():
-                        m.flush()
-                        due = None
-                timeout = None if due is None else max(due - time.monotonic(), 0)
-                woken = "listener" in self._wait(timeout)
+                draining = self.draining()
+            if not woken and not draining:
+                # What is ready now; only if nothing is, idle and wait.
+                fds = self._wait(0)
+                if not fds:
+                    due = m.idle() if m is not None else None
+                    fds = self._wait(None if due is None else max(due - time.monotonic(), 0))
+                woken = self._listen_fd in fds
+                continue
+            # Woken by a connection, or draining what is queued.
+            woken = False
+            try:
+                # socket.accept() without its enum conversions.
+                fd = accept()[0]
+            except BlockingIOError:
+                if stop or draining:
+                    return False
+                # Another instance took the connection: back to the wait.
                 continue
             except (InterruptedError, ConnectionAbortedError):
                 continue
@@ -489,14 +514,13 @@ class Service:
                     time.sleep(0.05)
                     continue
                 raise ServiceError(f"accept a connection: {e}") from None
+            self._started_ns = time.monotonic_ns()
             # The C socket type: socket.socket's Python-level __init__ and
             # close would add their calls to every request.
-            conn = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            self._conn = _socket.socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
+            self._keep = False
             if m is not None:
                 m.accepted()
-            self._conn = conn
-            self._started = time.monotonic()
-            self._keep = False
             return True
 
     def _refused_peer(self) -> Optional[str]:
@@ -509,7 +533,7 @@ class Service:
             return None
         return f"peer uid {uid} gid {gid} is not allowed to call this service"
 
-    def _read_conn(self) -> Optional[frame.Request]:
+    def _read_conn(self) -> Optional[frame.RequestFields]:
         """Reads one request on the connection; None after a refusal or
         a close (the loop then accepts the next connection)."""
         conn = self._conn
@@ -518,18 +542,52 @@ class Service:
             if not self._wait_kept():
                 self._close_conn()
                 return None
-            self._started = time.monotonic()
-        deadline = self._started + self.read_timeout
-        data: Union[bytes, bytearray] = b""
+            self._started_ns = time.monotonic_ns()
+        # Usually the whole request is there by the time accept() returns:
+        # one non-blocking read, no poll.
+        try:
+            data = conn.recv(_READ_CHUNK, _MSG_DONTWAIT)
+        except BlockingIOError:
+            data = b""
+        except OSError:
+            self._close_conn()
+            return None
+        n = len(data)
+        if n >= 8:
+            magic, version, kind, size = _HEADER_UNPACK(data)
+            if (n == 8 + size and magic == b"CH" and version == 1 and kind == 1
+                    and size <= self._max_payload and self._allowed_uids is None
+                    and self._allowed_gids is None):
+                try:
+                    got = frame.decode_request_frame(data, self.limits)
+                except ProtocolError as e:
+                    self._refuse(e.error_code, str(e), n)
+                    return None
+                return self._begin(got, n)
+        return self._read_rest(data)
+
+    def _read_rest(self, data: Union[bytes, bytearray]) -> Optional[frame.RequestFields]:
+        """_read_conn's general case: the rest of a request that the first
+        read did not bring whole (waiting up to the read timeout), a bad
+        header, or a peer to check."""
+        conn = self._conn
+        assert conn is not None
+        deadline = self._started_ns / 1e9 + self.read_timeout
         need = 0
         poller = None
         try:
             while True:
-                # Usually the whole request is there by the time accept()
-                # returns: one non-blocking read, no poll.
+                if len(data) >= 8:
+                    magic, version, kind, size = _HEADER_UNPACK(data)
+                    if (magic != b"CH" or version != 1 or kind != 1
+                            or size > self._max_payload):
+                        frame.check_header(bytes(data[:8]), frame.KIND_REQUEST, self.limits)
+                    need = 8 + size
+                    if len(data) >= need:
+                        break
                 try:
                     chunk = conn.recv(_READ_CHUNK if not need else need - len(data),
-                                      socket.MSG_DONTWAIT)
+                                      _MSG_DONTWAIT)
                 except BlockingIOError:
                     if poller is None:
                         poller = select.poll()
@@ -553,15 +611,7 @@ class Service:
                     if isinstance(data, bytes):
                         data = bytearray(data)
                     data += chunk
-                if not need and len(data) >= 8:
-                    magic, version, kind, size = _HEADER_UNPACK(data)
-                    if (magic != b"CH" or version != 1 or kind != 1
-                            or size > self._max_payload):
-                        frame.check_header(bytes(data[:8]), frame.KIND_REQUEST, self.limits)
-                    need = 8 + size
-                if need and len(data) >= need:
-                    break
-            req = frame.decode_request(memoryview(data)[8:], self.limits)
+            got = frame.decode_request_frame(bytes(data), self.limits)
         except TimeoutError:
             self._refuse(frame.READ_TIMEOUT,
                          f"no complete request within the read timeout of "
@@ -578,12 +628,16 @@ class Service:
             if refused is not None:
                 self._refuse(frame.NOT_PERMITTED, refused, len(data))
                 return None
-        self._request_bytes = len(data)
-        self._keep = bool(req.attributes & frame.KEEP_AFFINITY)
-        self._attempt = req.attempt
+        return self._begin(got, len(data))
+
+    def _begin(self, got: frame.RequestFields, size: int) -> frame.RequestFields:
+        """A request of ``size`` bytes has been read: it is the one in hand."""
+        self._request_bytes = size
+        self._keep = bool(got[1] & frame.KEEP_AFFINITY)
+        self._attempt = got[0]
         if self._managed is not None:
-            self._managed.begin(req.attempt, len(data), req.client)
-        return req
+            self._managed.begin(got[0], size, got[3])
+        return got
 
     def _wait_kept(self) -> bool:
         """Waits on a kept affinity connection for the next request's first
@@ -592,7 +646,6 @@ class Service:
         expires = time.monotonic() + self.affinity_timeout
         fd = self._conn.fileno()
         self._ep.register(fd, select.EPOLLIN)
-        self._tags[fd] = "conn"
         try:
             while True:
                 if self.stopping() or self.draining():
@@ -604,18 +657,17 @@ class Service:
                 due = self._managed.flush_due() if self._managed else None
                 if due is not None:
                     until = min(until, due)
-                if "conn" in self._wait(max(until - now, 0)):
+                if fd in self._wait(max(until - now, 0)):
                     return True
                 if self._managed is not None and due is not None and time.monotonic() >= due:
                     self._managed.flush()
         finally:
             self._ep.unregister(fd)
-            del self._tags[fd]
 
-    def _standalone_frame(self) -> Optional[frame.Request]:
+    def _standalone_frame(self) -> Optional[frame.RequestFields]:
         buf = bytearray()
         need = 0
-        self._started = time.monotonic()
+        self._started_ns = time.monotonic_ns()
         try:
             while not need or len(buf) < need:
                 chunk = os.read(REQUEST_FD, _READ_CHUNK if not need else need - len(buf))
@@ -628,7 +680,7 @@ class Service:
                 if not need and len(buf) >= frame.HEADER_LEN:
                     need = frame.HEADER_LEN + frame.check_header(
                         bytes(buf[:8]), frame.KIND_REQUEST, self.limits)
-            req = frame.decode_request(bytes(memoryview(buf)[8:need]), self.limits)
+            got = frame.decode_request_frame(bytes(buf[:need]), self.limits)
         except ProtocolError as e:
             self._refuse(e.error_code, str(e), len(buf))
             return None
@@ -637,8 +689,8 @@ class Service:
             return None
         self._request_bytes = need
         self._keep = False
-        self._attempt = req.attempt
-        return req
+        self._attempt = got[0]
+        return got
 
     # -- answers
 
@@ -663,15 +715,15 @@ class Service:
 
     def _answer_ok(self, body: Union[bytes, bytearray, memoryview]) -> None:
         n = len(body)
-        if n <= self.limits.max_response_body and n < _READ_CHUNK and self._conn is not None:
+        conn = self._conn
+        if n < _READ_CHUNK and conn is not None and n <= self.limits.max_response_body:
             # The common case: a small answer on a connection, in one write.
-            data = _OK_HEAD.pack(b"CH", 1, 2, 5 + n, 0, n) + body
             try:
-                self._conn.sendall(data, socket.MSG_NOSIGNAL)
+                conn.sendall(_OK_HEAD.pack(b"CH", 1, 2, 5 + n, 0, n) + body, _MSG_NOSIGNAL)
                 ok = True
             except OSError:
                 ok = False
-            self._complete(managed.OUTCOME_OK, len(data), ok)
+            self._complete(managed.OUTCOME_OK, 13 + n, ok)
             return
         try:
             head = frame.encode_ok_head(n, self.limits)
@@ -691,14 +743,15 @@ class Service:
         self._complete(outcome, len(data), self._write(data))
 
     def _complete(self, outcome: int, response_bytes: int, written: bool) -> None:
-        if self._managed is not None:
-            elapsed = int((time.monotonic() - self._started) * 1e6)
-            self._managed.finish(managed.record(
-                elapsed, self._request_bytes,
-                response_bytes if written else 0,
-                outcome if written else managed.OUTCOME_NO_ANSWER, self._attempt))
-        at_limit = self._managed is not None and self._managed.at_limit
-        if not (self._keep and written and not at_limit):
+        m = self._managed
+        if m is not None:
+            m.finish(self._started_ns, self._request_bytes,
+                     response_bytes if written else 0,
+                     outcome if written else managed.OUTCOME_NO_ANSWER, self._attempt)
+            if m.at_limit:
+                # The limit is a hard bound: no kept connection either.
+                self._keep = False
+        if not (written and self._keep):
             self._close_conn()
 
     def _refuse(self, code: int, text: str, received: int) -> None:
@@ -711,6 +764,5 @@ class Service:
         if self.mode == STANDALONE:
             self._finished = True
         if self._managed is not None:
-            elapsed = int((time.monotonic() - self._started) * 1e6)
-            self._managed.note(managed.record(elapsed, received, len(data) if sent else 0,
-                                              managed.OUTCOME_ERROR, 1))
+            self._managed.note(self._started_ns, received, len(data) if sent else 0,
+                               managed.OUTCOME_ERROR, 1)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from charon import frame
 from charon.errors import CharonError, InvalidRequest, ProtocolError
-from charon.managed import encode_records, record
+from charon.managed import MAX_RECORDS, Records
 
 from conftest import REPO
 
@@ -57,8 +57,25 @@ def test_response_examples_decode_and_reencode(name, expected):
 
 
 def test_report_example_encodes():
-    rec = record(250, 54, 15, 0, 1)
-    assert encode_records([rec]) == example("report")
+    r = Records()
+    assert r.add(250, 54, 15, 0, 1, now_ns=7) == 1
+    assert r.oldest_ns == 7
+    assert r.take() == example("report")
+    assert r.count == 0 and r.oldest_ns == 0
+
+
+def test_a_full_records_message_reuses_its_buffer_and_saturates():
+    r = Records()
+    for i in range(MAX_RECORDS):
+        assert r.add(i, 2**40, 3, 2, 2, now_ns=100 + i) == i + 1
+    assert r.oldest_ns == 100
+    msg = r.take()
+    assert len(msg) == 4 + 16 * MAX_RECORDS
+    assert msg[:4] == bytes([1, 1, 0, MAX_RECORDS])
+    # The request size saturates at u32's maximum.
+    assert msg[4 + 16 * 5:4 + 16 * 6] == bytes.fromhex("00000005ffffffff0000000302020000")
+    r.add(9, 9, 9, 0, 1, now_ns=5)
+    assert r.take() == bytes.fromhex("01010001" "00000009000000090000000900010000")
 
 
 def test_limits_match_the_spec_formula():
