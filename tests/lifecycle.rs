@@ -20,8 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use charon_client::{Client, ErrorKind, Request};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 use crate::util::daemon::Daemon;
 use crate::util::{bin, run, wait_for, TestDir};
@@ -151,26 +149,11 @@ fn chaos_sigkill_every_200ms_every_request_is_answered() {
     wait_for(LONG, "2 instances", || d.instances().len() == 2);
     let stop = Arc::new(AtomicBool::new(false));
     let loops = good_loops(&d.run, 4, Duration::from_secs(5), &stop);
-    let mut seed = u64::from(std::process::id()) | 1;
-    let mut kills = 0u64;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(10);
-    let mut next = start;
-    while Instant::now() < end {
-        let pids = d.instances();
-        if !pids.is_empty() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let victim = pids[(seed % pids.len() as u64) as usize];
-            if kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {
-                kills += 1;
-            }
-        }
-        // On a schedule, not 200 ms after each (slow, under load) look.
-        next += Duration::from_millis(200);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
+    // Victims are ready instances: an outside SIGKILL of one is never a
+    // young failure, while one still starting may be (a program killed
+    // for want of memory while it starts), and a crash loop of those is
+    // the crash-loop tests' subject.
+    let kills = d.sigkill_chaos(Duration::from_millis(200), Duration::from_secs(10));
     stop.store(true, Ordering::Relaxed);
     let t = join(loops);
     println!(

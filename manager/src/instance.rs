@@ -7,7 +7,7 @@
 //!
 //! Whether an exit is a *young* failure (evidence that the program cannot
 //! run) or a *mature* one (about one request, or an outside event) is
-//! decided here too ([`young`]).
+//! decided here too ([`young`], from how far the instance got: [`Reached`]).
 
 use std::time::{Duration, Instant};
 
@@ -267,12 +267,39 @@ fn impossible(what: &'static str) -> Actions {
     vec![Action::Impossible(what)]
 }
 
-/// True if an exit of class `class`, by an instance that had (or had not)
-/// `completed` a request and lived `age`, is a young one: evidence about
-/// the program rather than about one request or an outside event.
+/// How far an instance got before it exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reached {
+    /// Never ready: its slot still said *starting*.
+    Nothing,
+    /// Ready (waiting for its first connection, or serving it), but no
+    /// request completed.
+    Ready,
+    /// Completed at least one request.
+    Served,
+}
+
+/// True if an exit of class `class`, by an instance that `reached` this
+/// far and lived `age`, is a young one: evidence about the program rather
+/// than about one request or an outside event.
+///
+/// An instance that completed a request is never young. Before that, every
+/// failure is young, but for two: a clean exit after `QUICK_EXIT` (the
+/// program ran a while and left on its own), and SIGKILL once ready.
+/// SIGKILL is never a program's own fault (its faults raise SEGV, BUS, ILL,
+/// FPE or ABRT); it comes from outside (an operator's `kill -9`, the OOM
+/// killer, a hard CPU limit). Before ready it may still be about the
+/// program (one that needs too much memory to start), so it counts; once
+/// ready, the program has shown that it starts, and an outside kill says
+/// nothing about whether it can run.
 #[must_use]
-pub(crate) fn young(class: ExitClass, completed: bool, age: Duration) -> bool {
-    !completed && (class != ExitClass::Clean || age < QUICK_EXIT)
+pub(crate) fn young(class: ExitClass, reached: Reached, age: Duration) -> bool {
+    match (reached, class) {
+        (Reached::Served, _) => false,
+        (_, ExitClass::Clean) => age < QUICK_EXIT,
+        (Reached::Ready, ExitClass::Crash(libc::SIGKILL)) => false,
+        (Reached::Nothing | Reached::Ready, _) => true,
+    }
 }
 
 #[cfg(test)]
@@ -479,12 +506,31 @@ mod tests {
     #[test]
     fn young_is_no_request_completed_and_for_a_clean_exit_a_quick_one() {
         let second = Duration::from_secs(1);
-        for class in [ExitClass::Failed(1), ExitClass::Crash(9)] {
-            assert!(young(class, false, second * 100));
-            assert!(!young(class, true, Duration::ZERO));
+        for class in [
+            ExitClass::Failed(1),
+            ExitClass::LaunchFailure(15),
+            ExitClass::Crash(libc::SIGSEGV),
+            ExitClass::Crash(libc::SIGABRT),
+            ExitClass::Killed(KillReason::StartupTimeout),
+        ] {
+            for reached in [Reached::Nothing, Reached::Ready] {
+                assert!(young(class, reached, second * 100), "{class:?} {reached:?}");
+            }
+            assert!(!young(class, Reached::Served, Duration::ZERO), "{class:?}");
         }
-        assert!(young(ExitClass::Clean, false, second / 2));
-        assert!(!young(ExitClass::Clean, false, second * 2));
-        assert!(!young(ExitClass::Clean, true, Duration::ZERO));
+        for reached in [Reached::Nothing, Reached::Ready] {
+            assert!(young(ExitClass::Clean, reached, second / 2));
+            assert!(!young(ExitClass::Clean, reached, second * 2));
+        }
+        assert!(!young(ExitClass::Clean, Reached::Served, Duration::ZERO));
+    }
+
+    #[test]
+    fn sigkill_is_young_only_before_ready() {
+        let kill = ExitClass::Crash(libc::SIGKILL);
+        assert!(young(kill, Reached::Nothing, Duration::ZERO));
+        assert!(young(kill, Reached::Nothing, Duration::from_secs(100)));
+        assert!(!young(kill, Reached::Ready, Duration::ZERO));
+        assert!(!young(kill, Reached::Served, Duration::ZERO));
     }
 }

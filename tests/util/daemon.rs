@@ -193,6 +193,48 @@ impl Daemon {
         instances_of(&self.run)
     }
 
+    /// Instances that are ready (idle or busy, by `charon ps` over the
+    /// control socket): past start-up, so that an outside SIGKILL of one
+    /// is not a young failure (doc/charond.md, *Instance lifecycle*).
+    pub fn ready_instances(&self) -> Vec<i32> {
+        let ps = control(&self.run, &serde_json::json!({"cmd": "ps"}));
+        let mut pids: Vec<i32> = ps["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["state"] == "idle" || i["state"] == "busy")
+            .filter_map(|i| i["pid"].as_i64()?.try_into().ok())
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// SIGKILLs a random ready instance every `every` (on a schedule, not
+    /// `every` after each look, which can be slow under load) until
+    /// `run_for` has passed, as an operator's `kill -9` or the OOM killer
+    /// would. Returns the number of kills.
+    pub fn sigkill_chaos(&self, every: Duration, run_for: Duration) -> u64 {
+        let mut seed = u64::from(std::process::id()) | 1;
+        let mut kills = 0;
+        let start = Instant::now();
+        let mut next = start;
+        while Instant::now() < start + run_for {
+            let pids = self.ready_instances();
+            if !pids.is_empty() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let victim = pids[(seed % pids.len() as u64) as usize];
+                if kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {
+                    kills += 1;
+                }
+            }
+            next += every;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        kills
+    }
+
     /// Waits until exactly one instance is seen and returns its pid, from
     /// the same look: a second look can miss it while it execs (its
     /// environ unreadable for a moment), which made a test index an empty
@@ -258,6 +300,18 @@ pub fn control_answers(run: &Path) -> bool {
     }
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).is_ok() && line.contains("\"ok\":true")
+}
+
+/// One request on charond's control socket in `run`, and its answer.
+pub fn control(run: &Path, request: &Value) -> Value {
+    let mut s = UnixStream::connect(run.join("charond.sock")).expect("control socket");
+    s.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    writeln!(s, "{request}").expect("write a control request");
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .expect("read a control answer");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("control answer {line:?}: {e}"))
 }
 
 /// Live processes whose environment names `run` as their run dir, sorted.

@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use super::Manager;
 use crate::calibrate;
 use crate::generation::Gen;
-use crate::instance::{self, Action, Life, Replacement};
+use crate::instance::{self, Action, Life, Reached, Replacement};
 use crate::log::{info, warning, Level};
 use crate::process_table::{Instance, Pipe, ReportRead, StderrRead};
 use crate::service::state::{ExitClass, KillReason, Mode};
@@ -471,13 +471,24 @@ impl Manager {
         // the manager's problem, not the service's.
         let starved = inst.life().asked().is_none()
             && matches!(r.status, WaitStatus::Exited(sys::code::RESOURCES));
+        // Ready: its slot left *starting* (read before the slot is freed).
+        let ready = self.services[s]
+            .board
+            .slot(inst.slot())
+            .and_then(|sl| sl.state())
+            .is_some_and(|st| st != SlotState::Starting);
         let served = self.free_slot(s, &inst);
         // Completed a request: a mature instance, whose death is about that
         // request or an outside event, not about the program.
         let completed = served > 0;
+        let reached = match (completed, ready) {
+            (true, _) => Reached::Served,
+            (false, true) => Reached::Ready,
+            (false, false) => Reached::Nothing,
+        };
         let young = instance::young(
             class,
-            completed,
+            reached,
             now.saturating_duration_since(inst.started()),
         );
         self.count_exit(s, &inst, &r, class, starved);

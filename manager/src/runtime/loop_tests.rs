@@ -289,6 +289,34 @@ fn a_crash_is_replaced_and_reports_are_counted() {
 }
 
 #[test]
+fn sigkill_from_outside_makes_a_crash_loop_only_before_ready() {
+    // The default crash loop: 5 young crashes within 10 s. An instance
+    // SIGKILLed once ready is not young, however often it happens.
+    for (ready, loop_expected) in [(true, false), (false, true)] {
+        let mut r = rig(|c| c.prestart_processes = true);
+        r.begin();
+        for kill in 0..5 {
+            let (pid, slot) = *r.seen.borrow().spawned.last().unwrap();
+            if ready {
+                r.m.services[0]
+                    .board
+                    .slot(slot)
+                    .unwrap()
+                    .set_state(SlotState::Idle);
+            }
+            r.exit(pid, WaitStatus::Signaled(9));
+            if kill < 4 || ready {
+                assert_eq!(r.pids().len(), kill + 2, "replaced (ready: {ready})");
+                assert!(!r.m.services[0].state.mode.is_backoff());
+            }
+        }
+        let svc = &r.m.services[0];
+        assert_eq!(svc.stats.exits.get("crashed"), Some(&5));
+        assert_eq!(svc.state.mode.is_backoff(), loop_expected, "ready: {ready}");
+    }
+}
+
+#[test]
 fn retiring_starts_the_replacement_and_the_old_one_serves_to_its_limit() {
     let mut r = rig(|c| c.prestart_processes = true);
     r.begin();
