@@ -7,6 +7,7 @@ new connection as attempt 2, unless the request says no-retry or
 need-affinity. Everything runs under one timeout clock per call or batch.
 """
 
+import _socket
 import errno
 import os
 import select
@@ -72,13 +73,18 @@ def _with_key(e: CharonError, key: str) -> CharonError:
 
 _HEADER_UNPACK = struct.Struct(">2sBBI").unpack_from
 _SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_AF_UNIX = socket.AF_UNIX
+_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
+_POLLIN = select.POLLIN
 
 
-def _connect(run_dir: str, key: str, path: Optional[str] = None) -> socket.socket:
+def _connect(run_dir: str, key: str, path: Optional[str] = None) -> _socket.socket:
     """A non-blocking connection to the exact key's socket (``path``, if
     known), else its wildcard's (ENOENT and ECONNREFUSED fall through;
-    EAGAIN is overloaded)."""
-    s = socket.socket(socket.AF_UNIX, _SOCK_TYPE)
+    EAGAIN is overloaded). The C socket type: socket.socket's
+    Python-level __init__ and close would add their calls to every
+    request."""
+    s = _socket.socket(_AF_UNIX, _SOCK_TYPE)
     stale = None
     try:
         for k in (key, None):
@@ -182,9 +188,11 @@ class Client:
         if len(self.name.encode()) > frame.MAX_CLIENT_NAME:
             raise InvalidRequest(f"client name is over {frame.MAX_CLIENT_NAME} bytes")
         self.limits = limits
-        self._kept: Dict[str, socket.socket] = {}
+        self._kept: Dict[str, _socket.socket] = {}
         self._fields_cache: Dict[str, bytes] = {}
         self._paths: Dict[str, str] = {}
+        # One poll object for this client's blocking calls (one per thread).
+        self._poll = select.poll()
 
     def close(self) -> None:
         """Closes every kept connection."""
@@ -234,9 +242,12 @@ class Client:
                 f"request body of {len(body)} bytes is over the limit of "
                 f"{self.limits.max_request_body}"
             )
-        return frame.request_frame(self._fields(key, context), attempt, attrs, body)
+        fields = None if context else self._fields_cache.get(key)
+        if fields is None:
+            fields = self._fields(key, context)
+        return frame.request_frame(fields, attempt, attrs, body)
 
-    def _open(self, key: str, attrs: int, attempt: int) -> socket.socket:
+    def _open(self, key: str, attrs: int, attempt: int) -> _socket.socket:
         if attempt == 1 and attrs & (frame.NEED_AFFINITY | frame.KEEP_AFFINITY):
             s = self._kept.pop(key, None)
             if s is not None:
@@ -245,7 +256,7 @@ class Client:
             raise NoAffinity(f"{key}: no connection kept by an earlier keep-affinity request")
         return _connect(self.run_dir, key, self._paths.get(key))
 
-    def _keep(self, key: str, attrs: int, resp: frame.Response, s: socket.socket) -> bool:
+    def _keep(self, key: str, attrs: int, resp: frame.Response, s: _socket.socket) -> bool:
         if attrs & frame.KEEP_AFFINITY and resp.status in (frame.OK, frame.FAULT):
             old = self._kept.pop(key, None)
             if old is not None:
@@ -276,7 +287,8 @@ class Client:
         sent.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        attrs = _attributes(retry, no_wait, keep_affinity, need_affinity)
+        attrs = (0 if retry and not (no_wait or keep_affinity or need_affinity)
+                 else _attributes(retry, no_wait, keep_affinity, need_affinity))
         ctx = _context_list(context) if context else []
         if not isinstance(body, bytes):
             body = bytes(body)
@@ -284,7 +296,10 @@ class Client:
         while True:
             try:
                 data = self._encode(key, body, ctx, attrs, attempt)
-                s = self._open(key, attrs, attempt)
+                if attrs & (frame.NEED_AFFINITY | frame.KEEP_AFFINITY):
+                    s = self._open(key, attrs, attempt)
+                else:
+                    s = _connect(self.run_dir, key, self._paths.get(key))
             except InvalidRequest as e:
                 if key not in self._fields_cache:
                     check_key(key)  # an InvalidKey says which rule
@@ -301,7 +316,7 @@ class Client:
             except CharonError as e:
                 raise _with_key(e, key)
 
-    def _exchange(self, key: str, s: socket.socket, data: bytes, attrs: int,
+    def _exchange(self, key: str, s: _socket.socket, data: bytes, attrs: int,
                   deadline: float) -> bytes:
         """One request on the non-blocking socket ``s``: write it whole,
         then (unless no-wait) read one response, under ``deadline``."""
@@ -310,7 +325,12 @@ class Client:
             _send(s, data, deadline)
             if attrs & frame.NO_WAIT:
                 return b""
-            resp = _receive(s, deadline, self.limits)
+            raw = _receive(s, deadline, self.limits, self._poll)
+            # The common case, an OK answer, needs no Response.
+            body = frame.ok_body(raw, self.limits)
+            if body is not None and not attrs & frame.KEEP_AFFINITY:
+                return body
+            resp = frame.decode_response(memoryview(raw)[8:], self.limits)
             keep = self._keep(key, attrs, resp, s)
             return _result(resp)
         finally:
@@ -328,11 +348,11 @@ def _wait(p: "select.poll", deadline: float, what: str) -> None:
             return
 
 
-def _send(s: socket.socket, data: bytes, deadline: float) -> None:
+def _send(s: _socket.socket, data: bytes, deadline: float) -> None:
     """Writes the whole frame. A peer that closed (EPIPE, ECONNRESET) may
     have answered first (a fast fail, PROTOCOL.md 8.2): the caller reads."""
     try:
-        n = s.send(data, socket.MSG_NOSIGNAL)
+        n = s.send(data, _MSG_NOSIGNAL)
     except BlockingIOError:
         n = 0
     except OSError as e:
@@ -356,47 +376,54 @@ def _send(s: socket.socket, data: bytes, deadline: float) -> None:
             raise CharonError(f"write the request: {e}") from None
 
 
-def _receive(s: socket.socket, deadline: float, limits: frame.Limits) -> frame.Response:
-    """Reads one response frame; _Silent on a close before any byte."""
-    p = select.poll()
-    p.register(s, select.POLLIN)
+def _receive(s: _socket.socket, deadline: float, limits: frame.Limits,
+             p: "select.poll") -> bytes:
+    """Reads one response frame, its header checked; _Silent on a close
+    before any byte. ``p`` is a poll object to wait with (``s`` is
+    registered in it for the call)."""
+    fd = s.fileno()
+    p.register(fd, _POLLIN)
     data: Union[bytes, bytearray] = b""
     need = 0
     monotonic = time.monotonic
-    while True:
-        left = deadline - monotonic()
-        if left <= 0:
-            raise Timeout("no response in time")
-        if not p.poll(int(left * 1000) + 1):
-            continue
-        try:
-            chunk = s.recv(_READ_CHUNK if not need else max(need - len(data), 1))
-        except BlockingIOError:
-            continue
-        except OSError as e:
-            if e.errno not in _SILENT_ERRNOS:
-                raise CharonError(f"read the response: {e}") from None
-            chunk = b""
-        if not chunk:
+    try:
+        while True:
+            left = deadline - monotonic()
+            if left <= 0:
+                raise Timeout("no response in time")
+            if not p.poll(int(left * 1000) + 1):
+                continue
+            try:
+                chunk = s.recv(_READ_CHUNK if not need else max(need - len(data), 1))
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                if e.errno not in _SILENT_ERRNOS:
+                    raise CharonError(f"read the response: {e}") from None
+                chunk = b""
+            if not chunk:
+                if not data:
+                    raise _Silent()
+                raise Disconnected(
+                    f"the connection closed after {len(data)} bytes of a response", len(data))
             if not data:
-                raise _Silent()
-            raise Disconnected(
-                f"the connection closed after {len(data)} bytes of a response", len(data))
-        if not data:
-            data = chunk
-        else:
-            if isinstance(data, bytes):
-                data = bytearray(data)
-            data += chunk
-        if not need and len(data) >= 8:
-            magic, version, kind, n = _HEADER_UNPACK(data)
-            if magic != b"CH" or version != 1 or kind != 2 or n > limits.max_response_payload():
-                frame.check_header(bytes(data[:8]), frame.KIND_RESPONSE, limits)
-            need = 8 + n
-        if need and len(data) >= need:
-            if len(data) > need:
-                raise ProtocolError(f"{len(data) - need} bytes after the response frame")
-            return frame.decode_response(memoryview(data)[8:], limits)
+                data = chunk
+            else:
+                if isinstance(data, bytes):
+                    data = bytearray(data)
+                data += chunk
+            if not need and len(data) >= 8:
+                magic, version, kind, n = _HEADER_UNPACK(data)
+                if (magic != b"CH" or version != 1 or kind != 2
+                        or n > limits.max_response_payload()):
+                    frame.check_header(bytes(data[:8]), frame.KIND_RESPONSE, limits)
+                need = 8 + n
+            if need and len(data) >= need:
+                if len(data) > need:
+                    raise ProtocolError(f"{len(data) - need} bytes after the response frame")
+                return bytes(data)
+    finally:
+        p.unregister(fd)
 
 
 def _attributes(retry: bool, no_wait: bool, keep: bool, need: bool) -> int:
@@ -458,7 +485,7 @@ class _Entry:
         self.context = context
         self.attrs = attrs
         self.attempt = 1
-        self.sock: Optional[socket.socket] = None
+        self.sock: Optional[_socket.socket] = None
         self.out = memoryview(b"")
         self.sent = False
         self.acc: Optional[_Response] = None

@@ -464,10 +464,9 @@ def _decode_request(payload: Buffer, limits: Limits) -> Tuple[Request, int]:
 
 def decode_response(payload: Buffer, limits: Limits = DEFAULT_LIMITS) -> Response:
     """Decodes a response payload (the bytes after the header)."""
-    if len(payload) >= 5 and payload[0] == OK:
-        n = _U32_AT(payload, 1)[0]
-        if 5 + n == len(payload) and n <= limits.max_response_body:
-            return Response(OK, body=bytes(payload[5:]))
+    body = _ok_body(payload, 0, limits)
+    if body is not None:
+        return Response(OK, body=bytes(body))
     r = _Reader(payload)
     status = r.u8("status")
     if status == OK:
@@ -487,6 +486,24 @@ def decode_response(payload: Buffer, limits: Limits = DEFAULT_LIMITS) -> Respons
         raise ProtocolError(f"response status {status} is not 0-3")
     r.finish()
     return resp
+
+
+def ok_body(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Optional[bytes]:
+    """The body of a whole response frame (header and payload) whose header
+    the caller has checked, if it is a valid OK response; else None (and
+    decode_response says what it is)."""
+    body = _ok_body(data, HEADER_LEN, limits)
+    return None if body is None else bytes(body)
+
+
+def _ok_body(buf: Buffer, at: int, limits: Limits) -> Optional[Buffer]:
+    """The body of the OK response payload at ``buf[at:]``, if it is one
+    and its body fills the rest exactly."""
+    if len(buf) >= at + 5 and buf[at] == OK:
+        n = _U32_AT(buf, at + 1)[0]
+        if at + 5 + n == len(buf) and n <= limits.max_response_body:
+            return buf[at + 5:]
+    return None
 
 
 def decode_frame(data: bytes, kind: int, limits: Limits = DEFAULT_LIMITS):  # type: ignore[no-untyped-def]
