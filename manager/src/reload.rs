@@ -8,25 +8,19 @@
 //! freed after its last instance (`runtime/drain.rs`). Statistics carry over by key.
 //! Reading the files is `config`'s job; answering the control socket is
 //! `control.rs`'s.
+//!
+//! This file holds what a reload decides and remembers: the diff
+//! ([`plan`]), the report it answers, and the reloads still waiting for
+//! their new generations ([`Waiting`]). Carrying it out (binding, starting,
+//! promoting, draining) is the loop's work, in `runtime/reload.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::AsFd;
-use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::{self as cfg, ServiceConfig};
-use crate::generation;
-use crate::log::{info, warning};
-use crate::runtime::{remove_socket, Manager};
-use crate::service::state::KillReason;
-use crate::service::transition::Event;
-use crate::services::Svc;
-use crate::startup;
-use crate::stats::Stats;
-use crate::timers::Timer;
+use crate::config::ServiceConfig;
 
-pub(crate) use crate::generation::{Gen, READY_DEADLINE, RECHECK};
+pub(crate) use crate::generation::{READY_DEADLINE, RECHECK};
 
 /// What a reload did, as answered to `charon reload`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -54,12 +48,108 @@ pub(crate) struct KeyFailure {
 }
 
 /// A reload whose answer waits for new generations.
+#[derive(Debug)]
 pub(crate) struct PendingReload {
     /// The control connection to answer (its serial), or None for SIGHUP.
-    pub conn: Option<u64>,
-    pub report: ReloadReport,
+    conn: Option<u64>,
+    report: ReloadReport,
     /// Keys whose new generation has not yet taken over or failed.
-    pub waiting: BTreeSet<String>,
+    waiting: BTreeSet<String>,
+}
+
+impl PendingReload {
+    /// A reload for `conn` that did what `report` says and waits for the
+    /// new generations of `waiting`.
+    pub(crate) const fn new(
+        conn: Option<u64>,
+        report: ReloadReport,
+        waiting: BTreeSet<String>,
+    ) -> PendingReload {
+        PendingReload {
+            conn,
+            report,
+            waiting,
+        }
+    }
+
+    /// Nothing left to wait for: it can be answered.
+    pub(crate) fn is_done(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// The control connection to answer (its serial), or None for SIGHUP.
+    pub(crate) const fn conn(&self) -> Option<u64> {
+        self.conn
+    }
+
+    /// The report, for the answer.
+    pub(crate) const fn report(&self) -> &ReloadReport {
+        &self.report
+    }
+
+    /// The report, taken for the answer.
+    pub(crate) fn into_report(self) -> ReloadReport {
+        self.report
+    }
+
+    /// Notes that `key`'s new generation took over (Ok) or failed (Err),
+    /// if this reload waits for it. True if it did.
+    fn resolve(&mut self, key: &str, outcome: &Result<(), String>) -> bool {
+        if !self.waiting.remove(key) {
+            return false;
+        }
+        match outcome {
+            Ok(()) => self.report.changed.push(key.to_string()),
+            Err(e) => self.report.failed.push(KeyFailure {
+                key: key.to_string(),
+                error: e.clone(),
+            }),
+        }
+        true
+    }
+}
+
+/// The reloads whose answer waits for new generations.
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    reloads: Vec<PendingReload>,
+}
+
+impl Waiting {
+    /// None waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.reloads.is_empty()
+    }
+
+    /// A reload that waits for new generations.
+    pub(crate) fn push(&mut self, r: PendingReload) {
+        self.reloads.push(r);
+    }
+
+    /// `key`'s new generation took over (Ok) or failed (Err): notes it in
+    /// every reload waiting on that key and returns those it completed,
+    /// the latest first, for their answers.
+    pub(crate) fn resolved(
+        &mut self,
+        key: &str,
+        outcome: &Result<(), String>,
+    ) -> Vec<PendingReload> {
+        let mut done = Vec::new();
+        for (i, r) in self.reloads.iter_mut().enumerate() {
+            if r.resolve(key, outcome) && r.is_done() {
+                done.push(i);
+            }
+        }
+        done.into_iter()
+            .rev()
+            .map(|i| self.reloads.remove(i))
+            .collect()
+    }
+
+    /// Every waiting reload, taken (the manager is stopping).
+    pub(crate) fn take_all(&mut self) -> Vec<PendingReload> {
+        std::mem::take(&mut self.reloads)
+    }
 }
 
 /// The diff between what runs and what the config dir says.
@@ -96,369 +186,6 @@ pub(crate) fn plan(
         }
     }
     p
-}
-
-impl Manager {
-    /// Rescans the config dir and applies the difference. The answer goes
-    /// to control connection `conn` (if any) once every changed key's new
-    /// generation has taken over or failed.
-    pub(crate) fn reload(&mut self, conn: Option<u64>) {
-        self.notify.reload_begun();
-        if self.stopping {
-            self.answer_reload(conn, Err("the manager is stopping".into()));
-            return;
-        }
-        let scan = match cfg::scan_dir(&self.paths.config_dir) {
-            Ok(s) => s,
-            Err(e) => {
-                warning!(None, None, "unable to reload: {e}");
-                self.answer_reload(conn, Err(format!("unable to reload: {e}")));
-                return;
-            }
-        };
-        let mut report = ReloadReport::default();
-        for e in &scan.errors {
-            warning!(
-                None,
-                None,
-                "unable to load config (the running service keeps its previous config): {e}"
-            );
-            report.errors.push(e.to_string());
-        }
-        self.broken.clone_from(&scan.errors);
-        let failed: BTreeSet<String> = scan
-            .failed_keys()
-            .iter()
-            .map(|k| k.as_str().to_string())
-            .collect();
-        let mut current = BTreeMap::new();
-        for (_, svc) in self.services.iter() {
-            if svc.gen == Gen::Live {
-                // A change still coming up is what runs, for the diff.
-                let c = self
-                    .pending_of(svc.key())
-                    .map_or(&svc.config, |p| &self.services[p].config);
-                current.insert(svc.key().to_string(), c.clone());
-            }
-        }
-        // Broken files of keys with no service are listed and answered for;
-        // a fixed one leaves the list before its service binds the socket.
-        let broken = crate::broken::wanted(&scan.errors, |k| current.contains_key(k));
-        let run_dir = self.paths.run_dir.clone();
-        self.broken_keys.set(self.poll.registry(), &run_dir, broken);
-        let p = plan(&current, scan.services, &failed);
-        report.unchanged = p.unchanged;
-        for key in p.stop {
-            self.remove_key(&key);
-            info!(Some(&key), None, "reload: config file removed: stopping");
-            report.stopped.push(key);
-        }
-        for c in p.start {
-            let key = c.key.as_str().to_string();
-            let path = self.paths.run_dir.join(c.key.socket_file_name());
-            match startup::bind_generation(c, path) {
-                Ok(b) => {
-                    let now = Instant::now();
-                    let generation = self.take_generation(&key);
-                    let s = self
-                        .services
-                        .insert(Svc::new(b, Gen::Live, generation, now));
-                    self.fdstore.store(&key, self.services[s].listen.as_fd());
-                    self.events.push_back((s, Event::Begin));
-                    info!(
-                        Some(&key),
-                        None, "reload: new service (generation {generation})"
-                    );
-                    report.started.push(key);
-                }
-                Err(e) => {
-                    warning!(Some(&key), None, "unable to start new service: {e}");
-                    report.failed.push(KeyFailure { key, error: e });
-                }
-            }
-        }
-        let mut waiting = BTreeSet::new();
-        for c in p.change {
-            let key = c.key.as_str().to_string();
-            if let Some(old) = self.pending_of(&key) {
-                self.pending_failed(old, "superseded by a later reload".into());
-                // Back to what runs: nothing more to bring up.
-                if self
-                    .live_of(&key)
-                    .is_some_and(|l| self.services[l].config == c)
-                {
-                    report.unchanged.push(key);
-                    continue;
-                }
-            }
-            match self.start_pending(c) {
-                Ok(()) => {
-                    waiting.insert(key);
-                }
-                Err(e) => {
-                    warning!(
-                        Some(&key),
-                        None,
-                        "unable to reload: {e}; the running generation keeps serving"
-                    );
-                    report.failed.push(KeyFailure { key, error: e });
-                }
-            }
-        }
-        let pr = PendingReload {
-            conn,
-            report,
-            waiting,
-        };
-        if pr.waiting.is_empty() {
-            self.finish_reload(pr);
-        } else {
-            self.reloads.push(pr);
-        }
-    }
-
-    /// The number of `key`'s next generation: one more than the newest it
-    /// has (live, pending or draining), 1 for a key new to the manager.
-    fn take_generation(&self, key: &str) -> u64 {
-        self.services
-            .iter()
-            .filter(|(_, v)| v.key() == key)
-            .map(|(_, v)| v.generation)
-            .max()
-            .unwrap_or(0)
-            + 1
-    }
-
-    /// The pending generation of `key`, if one comes up.
-    fn pending_of(&self, key: &str) -> Option<usize> {
-        self.services
-            .iter()
-            .find(|(_, v)| v.key() == key && matches!(v.gen, Gen::Pending { .. }))
-            .map(|(s, _)| s)
-    }
-
-    /// The live generation of `key`.
-    pub(crate) fn live_of(&self, key: &str) -> Option<usize> {
-        self.services
-            .iter()
-            .find(|(_, v)| v.key() == key && v.gen == Gen::Live)
-            .map(|(s, _)| s)
-    }
-
-    /// Binds a new generation at a temporary name and starts it.
-    fn start_pending(&mut self, c: ServiceConfig) -> Result<(), String> {
-        let key = c.key.as_str().to_string();
-        let generation = self.take_generation(&key);
-        // Short and unique: a long key must not push the temporary path
-        // past the 107 bytes a Unix socket path may have.
-        let tmp = self
-            .paths
-            .run_dir
-            .join(format!(".gen{}.sock", self.next_temp_name));
-        self.next_temp_name += 1;
-        let b = startup::bind_generation(c, tmp)?;
-        let now = Instant::now();
-        let svc = Svc::new(
-            b,
-            Gen::Pending {
-                deadline: now + READY_DEADLINE,
-            },
-            generation,
-            now,
-        );
-        let s = self.services.insert(svc);
-        self.timers.set(Timer::Generation(s), Some(now + RECHECK));
-        self.events.push_back((s, Event::Begin));
-        info!(
-            Some(&key),
-            None, "reload: config changed: starting generation {generation}"
-        );
-        Ok(())
-    }
-
-    /// Advances a pending or draining generation. False if it was freed.
-    pub(crate) fn generation_step(&mut self, s: usize, now: Instant) -> bool {
-        let Some(svc) = self.services.get(s) else {
-            return false;
-        };
-        let look = match svc.gen {
-            Gen::Pending { .. } => generation::Look {
-                stopping: self.stopping,
-                failure: svc.gen_failure.clone(),
-                backoff: svc.state.mode.is_backoff().then(|| {
-                    svc.stats
-                        .last_exit
-                        .as_ref()
-                        .map_or_else(|| "no instance came up".to_string(), |e| e.reason())
-                }),
-                ready: self.services.is_ready(s, &self.procs),
-            },
-            Gen::Live | Gen::Draining { .. } => generation::Look::default(),
-        };
-        let action = generation::on_event(
-            &mut self.services[s].gen,
-            generation::Event::Look(look),
-            now,
-        );
-        self.generation_action(s, action, now)
-    }
-
-    /// Carries out what a generation's automaton returned. False if the
-    /// generation was freed.
-    pub(crate) fn generation_action(
-        &mut self,
-        s: usize,
-        action: generation::Action,
-        now: Instant,
-    ) -> bool {
-        match action {
-            generation::Action::None => {}
-            generation::Action::Recheck(at) => self.timers.set(Timer::Generation(s), Some(at)),
-            generation::Action::Promote => self.promote(s),
-            generation::Action::Fail(why) => self.pending_failed(s, why),
-            generation::Action::DrainStep(linger_until) => {
-                return self.drain_step(s, now, linger_until)
-            }
-            generation::Action::Impossible(what) => warning!(
-                Some(self.services[s].key()),
-                None,
-                "unable to follow the generation's life: {what} (can't happen; ignored)"
-            ),
-        }
-        true
-    }
-
-    /// The pending generation `p` is ready: rename its socket over the
-    /// key's path, then drain the old one.
-    fn promote(&mut self, p: usize) {
-        let key = self.services[p].key().to_string();
-        let path = self
-            .paths
-            .run_dir
-            .join(self.services[p].config.key.socket_file_name());
-        if let Err(e) = std::fs::rename(&self.services[p].sock_path, &path) {
-            let why = format!(
-                "unable to rename {} over {}: {e}",
-                self.services[p].sock_path.display(),
-                path.display()
-            );
-            self.pending_failed(p, why);
-            return;
-        }
-        let old = self.live_of(&key);
-        self.fdstore.store(&key, self.services[p].listen.as_fd());
-        let svc = &mut self.services[p];
-        svc.sock_path = path;
-        let now = Instant::now();
-        let action = generation::on_event(&mut svc.gen, generation::Event::Promoted, now);
-        let generation = svc.generation;
-        self.timers.set(Timer::Generation(p), None);
-        self.generation_action(p, action, now);
-        if let Some(o) = old {
-            let carried = std::mem::replace(&mut self.services[o].stats, Stats::new());
-            self.services[p].stats.absorb(carried, true);
-            let og = self.services[o].generation;
-            self.begin_drain(o, true);
-            info!(
-                Some(&key),
-                None, "reload: generation {generation} serves; draining generation {og}"
-            );
-        }
-        self.key_resolved(&key, Ok(()));
-    }
-
-    /// A pending generation cannot take over: the old one keeps serving.
-    pub(crate) fn pending_failed(&mut self, p: usize, why: String) {
-        let key = self.services[p].key().to_string();
-        warning!(
-            Some(&key),
-            None,
-            "unable to reload: {why}; the running generation keeps serving"
-        );
-        let path = std::mem::take(&mut self.services[p].sock_path);
-        remove_socket(&path, &key);
-        let now = Instant::now();
-        // Drained at the next look (its instances are told to stop below).
-        let _ = generation::on_event(
-            &mut self.services[p].gen,
-            generation::Event::Drain { linger_until: now },
-            now,
-        );
-        self.timers.set(Timer::Generation(p), Some(now));
-        self.events.push_back((p, Event::Shutdown));
-        let ids: Vec<usize> = self
-            .procs
-            .iter()
-            .filter(|(_, i)| i.service() == p)
-            .map(|(id, _)| id)
-            .collect();
-        for id in ids {
-            self.stop_instance(id, KillReason::Reload);
-        }
-        self.key_resolved(&key, Err(why));
-    }
-
-    /// A removed config file: the socket goes first (new clients get
-    /// NotFound), then the instances drain.
-    fn remove_key(&mut self, key: &str) {
-        if let Some(p) = self.pending_of(key) {
-            self.pending_failed(p, "the config file was removed".into());
-        }
-        if let Some(s) = self.live_of(key) {
-            self.fdstore.remove(key);
-            let path = std::mem::take(&mut self.services[s].sock_path);
-            remove_socket(&path, key);
-            self.begin_drain(s, true);
-        }
-    }
-
-    /// The pending generation of `key` took over (Ok) or failed (Err):
-    /// note it in every reload waiting on that key.
-    fn key_resolved(&mut self, key: &str, outcome: Result<(), String>) {
-        let mut done = Vec::new();
-        for (i, r) in self.reloads.iter_mut().enumerate() {
-            if r.waiting.remove(key) {
-                match &outcome {
-                    Ok(()) => r.report.changed.push(key.to_string()),
-                    Err(e) => r.report.failed.push(KeyFailure {
-                        key: key.to_string(),
-                        error: e.clone(),
-                    }),
-                }
-                if r.waiting.is_empty() {
-                    done.push(i);
-                }
-            }
-        }
-        for i in done.into_iter().rev() {
-            let r = self.reloads.remove(i);
-            self.finish_reload(r);
-        }
-    }
-
-    fn finish_reload(&mut self, r: PendingReload) {
-        let rep = &r.report;
-        info!(
-            None,
-            None,
-            "reload done: {} started, {} stopped, {} changed, {} unchanged, {} failed, {} config error(s)",
-            rep.started.len(),
-            rep.stopped.len(),
-            rep.changed.len(),
-            rep.unchanged.len(),
-            rep.failed.len(),
-            rep.errors.len()
-        );
-        let conn = r.conn;
-        self.answer_reload(conn, Ok(r.report));
-    }
-
-    /// Answers every waiting reload at once (the manager is stopping).
-    pub(crate) fn answer_reloads_now(&mut self, why: &str) {
-        for r in std::mem::take(&mut self.reloads) {
-            self.answer_reload(r.conn, Err(why.to_string()));
-        }
-    }
 }
 
 #[cfg(test)]
@@ -516,6 +243,54 @@ mod tests {
         let p = plan(&current, vec![c], &BTreeSet::new());
         assert_eq!(p.change.len(), 1);
         assert!(p.unchanged.is_empty() && p.stop.is_empty() && p.start.is_empty());
+    }
+
+    fn waiting_for(conn: u64, keys: &[&str]) -> PendingReload {
+        let keys = keys.iter().map(|k| (*k).to_string()).collect();
+        PendingReload::new(Some(conn), ReloadReport::default(), keys)
+    }
+
+    #[test]
+    fn a_reload_is_answered_once_every_key_it_waits_for_resolved() {
+        let mut w = Waiting::default();
+        w.push(waiting_for(1, &["a", "b"]));
+        w.push(waiting_for(2, &["b"]));
+        w.push(waiting_for(3, &["c"]));
+        // b resolves the second reload (done) and half of the first.
+        let done = w.resolved("b", &Ok(()));
+        assert_eq!(
+            done.iter().map(PendingReload::conn).collect::<Vec<_>>(),
+            [Some(2)]
+        );
+        assert_eq!(done[0].report().changed, ["b"]);
+        // A key nobody waits for changes nothing.
+        assert!(w.resolved("zzz", &Ok(())).is_empty());
+        let done = w.resolved("a", &Err("no".into()));
+        assert_eq!(done.len(), 1);
+        let rep = done.into_iter().next().unwrap().into_report();
+        assert_eq!(rep.changed, ["b"]);
+        assert_eq!(
+            rep.failed,
+            [KeyFailure {
+                key: "a".into(),
+                error: "no".into()
+            }]
+        );
+        assert!(!w.is_empty());
+        assert_eq!(w.take_all().len(), 1);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn reloads_completed_together_are_answered_latest_first() {
+        let mut w = Waiting::default();
+        w.push(waiting_for(1, &["a"]));
+        w.push(waiting_for(2, &["a"]));
+        let done = w.resolved("a", &Ok(()));
+        assert_eq!(
+            done.iter().map(PendingReload::conn).collect::<Vec<_>>(),
+            [Some(2), Some(1)]
+        );
     }
 
     #[test]

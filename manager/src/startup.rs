@@ -1,6 +1,7 @@
 //! Start-up of the run dir: create it, take the exclusive lock that keeps a
 //! second `charond` out, remove sockets a dead manager left behind, and bind
-//! a service's rendezvous socket with its backlog, mode and group. Any
+//! a service's rendezvous socket with its backlog, mode and group (and
+//! remove it when the service ends). Any
 //! failure here is fatal for the manager (or, for one socket, for that
 //! service); the caller decides which.
 
@@ -18,6 +19,7 @@ use nix::sys::socket::{
 use charon_protocol::scoreboard::Scoreboard;
 
 use crate::config::ServiceConfig;
+use crate::log::warning;
 use crate::services::Bound;
 
 /// Name of the lock file in the run dir.
@@ -240,6 +242,25 @@ pub(crate) fn devnull() -> io::Result<OwnedFd> {
             .custom_flags(libc::O_CLOEXEC)
             .open("/dev/null")?,
     ))
+}
+
+/// Removes a service's socket file as it ends; one already gone is no
+/// error, any other failure is logged.
+pub(crate) fn remove_socket(path: &Path, key: &str) {
+    // A draining generation's path was handed to its successor.
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warning!(
+                Some(key),
+                None,
+                "unable to remove socket {}: {e}",
+                path.display()
+            );
+        }
+    }
 }
 
 #[cfg(test)]

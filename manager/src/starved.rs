@@ -8,18 +8,15 @@
 //! its clients get `Unavailable` at once, with a reason that names the
 //! manager's problem. What to start on a retry is the automaton's decision
 //! (`Event::Resume`).
+//!
+//! This file holds the manager's side of it ([`Starvation`]: the retry
+//! time and the spare fd) and what a failed call means; the loop's work on
+//! a starved service (logging, the watch, the fast-fail answers) is
+//! `runtime/starved.rs`'s.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
-
-use charon_protocol::{encode_response, Limits as WireLimits, Response};
-
-use crate::log::{info, warning};
-use crate::refuse::{refuse, waiting};
-use crate::runtime::Manager;
-use crate::service::transition::Event;
-use crate::services::Watch;
 
 /// How long the manager waits before it tries again to start what its own
 /// resource failure kept from starting.
@@ -44,6 +41,34 @@ impl Starvation {
     /// When the next retry is due, if one is.
     pub(crate) const fn deadline(&self) -> Option<Instant> {
         self.retry_at
+    }
+
+    /// A start failed for want of resources: the retry is due [`RETRY`]
+    /// after the first such failure since the last retry. Returns when.
+    pub(crate) fn schedule(&mut self, now: Instant) -> Instant {
+        *self.retry_at.get_or_insert(now + RETRY)
+    }
+
+    /// True (once) when the retry is due at `now`; the spare fd is taken
+    /// back then.
+    pub(crate) fn take_due(&mut self, now: Instant) -> bool {
+        if self.retry_at.is_none_or(|t| t > now) {
+            return false;
+        }
+        self.retry_at = None;
+        self.take_back_spare();
+        true
+    }
+
+    /// Whole seconds until the retry (at least 1), for a client's
+    /// `retry_after`.
+    pub(crate) fn retry_after(&self, now: Instant) -> u32 {
+        self.retry_at.map_or(1, |t| {
+            let left = t.saturating_duration_since(now);
+            u32::try_from(left.as_millis().div_ceil(1000))
+                .unwrap_or(u32::MAX)
+                .max(1)
+        })
     }
 
     /// Closes the spare fd so that one `accept` can succeed with none
@@ -108,123 +133,6 @@ pub(crate) fn resource_failure(e: &io::Error) -> Option<&'static str> {
     })
 }
 
-impl Manager {
-    /// Service `s` could not get an instance because of the manager's own
-    /// `problem`: log it as the manager's, retry later, and fast-fail its
-    /// clients while it has no instance.
-    pub(crate) fn starved(&mut self, s: usize, problem: &str) {
-        let now = Instant::now();
-        let retry_at = *self.starvation.retry_at.get_or_insert(now + RETRY);
-        let svc = &mut self.services[s];
-        let first = svc.starved.is_none();
-        svc.starved = Some(format!(
-            "charond cannot start an instance: {problem}; retrying"
-        ));
-        if first {
-            warning!(
-                Some(svc.key()),
-                None,
-                "unable to start an instance: {problem}: the manager's problem, not the service's (no backoff); retrying in {:.1}s",
-                retry_at.saturating_duration_since(now).as_secs_f64()
-            );
-        }
-        if self.live_count(s) == 0 && self.services[s].watch != Watch::Starved {
-            self.set_watch(s, Watch::Starved);
-        }
-    }
-
-    /// The retry is due: every starved service asks its automaton again
-    /// what to start.
-    pub(crate) fn starved_retry(&mut self, now: Instant) {
-        if self.starvation.retry_at.is_none_or(|t| t > now) {
-            return;
-        }
-        self.starvation.retry_at = None;
-        self.starvation.take_back_spare();
-        for s in self.services.ids() {
-            if self.services[s].starved.is_none() {
-                continue;
-            }
-            if self.services[s].watch == Watch::Starved {
-                self.set_watch(s, Watch::Off);
-            }
-            let remaining = self.live_count(s);
-            self.events.push_back((s, Event::Resume { remaining }));
-        }
-    }
-
-    /// Answers every waiting connection of a starved service with
-    /// Unavailable naming the manager's problem. With no fd left for
-    /// `accept`, the spare one is given up for the moment.
-    pub(crate) fn starved_fail(&mut self, s: usize) {
-        let Some(reason) = self.services[s].starved.clone() else {
-            return;
-        };
-        let retry_after = self.starvation.retry_at.map_or(1, |t| {
-            let left = t.saturating_duration_since(Instant::now());
-            u32::try_from(left.as_millis().div_ceil(1000))
-                .unwrap_or(u32::MAX)
-                .max(1)
-        });
-        let mut frame = Vec::new();
-        let resp = Response::Unavailable {
-            retry_after,
-            reason: &reason,
-        };
-        if encode_response(&resp, &WireLimits::default(), &mut frame).is_err() {
-            return;
-        }
-        while waiting(&self.services[s].listen) {
-            let conn = match self.accept_with_spare(s) {
-                Ok(fd) => fd,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    warning!(
-                        Some(self.services[s].key()),
-                        None,
-                        "unable to accept a connection to answer it unavailable: {e}"
-                    );
-                    return;
-                }
-            };
-            // Read what the client sent, or the close resets the answer.
-            refuse(&conn, &frame);
-            drop(conn);
-            self.starvation.take_back_spare();
-            self.services[s].stats.fast_failed += 1;
-        }
-    }
-
-    /// An instance of `s` started: its starvation, if any, is over.
-    pub(crate) fn fed(&mut self, s: usize) {
-        if self.services[s].starved.take().is_none() {
-            return;
-        }
-        info!(
-            Some(self.services[s].key()),
-            None, "started an instance again after the manager's resource failure"
-        );
-        if self.services[s].watch == Watch::Starved {
-            self.set_watch(s, Watch::Off);
-        }
-    }
-
-    fn accept_with_spare(&mut self, s: usize) -> io::Result<OwnedFd> {
-        let listen = self.services[s].listen.as_fd();
-        match crate::sys::accept(listen) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                // Free one fd for this connection; the caller takes the
-                // spare back once the connection is closed.
-                if !self.starvation.give_up_spare() {
-                    return Err(e);
-                }
-                crate::sys::accept(self.services[s].listen.as_fd())
-            }
-            r => r,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +152,31 @@ mod tests {
             assert_eq!(resource_failure(&io::Error::from_raw_os_error(errno)), None);
         }
         assert_eq!(resource_failure(&io::Error::other("no errno")), None);
+    }
+
+    #[test]
+    fn the_retry_is_due_once_a_second_after_the_first_failure() {
+        let t0 = Instant::now();
+        let mut st = Starvation::new();
+        assert!(!st.take_due(t0 + RETRY));
+        assert_eq!(st.retry_after(t0), 1);
+        assert_eq!(st.schedule(t0), t0 + RETRY);
+        // A later failure does not push the retry back.
+        assert_eq!(st.schedule(t0 + RETRY / 2), t0 + RETRY);
+        assert_eq!(st.retry_after(t0), 1);
+        assert_eq!(st.retry_after(t0 + RETRY * 2), 1);
+        assert!(!st.take_due(t0));
+        assert!(st.take_due(t0 + RETRY));
+        assert!(!st.take_due(t0 + RETRY));
+        assert_eq!(st.deadline(), None);
+    }
+
+    #[test]
+    fn the_spare_is_given_up_once_and_taken_back() {
+        let mut st = Starvation::new();
+        assert!(st.give_up_spare());
+        assert!(!st.give_up_spare());
+        st.take_back_spare();
+        assert!(st.give_up_spare());
     }
 }

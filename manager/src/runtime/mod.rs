@@ -7,24 +7,28 @@
 //!
 //! This file holds the struct, `new`, `run` and the dispatch. Its child
 //! modules hold the rest of the `Manager`'s work, one concern each:
-//! `instances` (start, reap, read an instance), `scaling` (grow, shrink,
+//! `instances` (start, reap, read an instance), `reload` (new generations
+//! in, old ones out), `scaling` (grow, shrink,
 //! recycle, fast fail), `drain` (stop a generation), `restart`, `snapshot`
-//! (the figures for `stats` and `ps`); `loop_tests` drives it all without
+//! (the figures for `stats` and `ps`), `starved` (the manager's own
+//! resource failures); `loop_tests` drives it all without
 //! forking.
 
 mod drain;
 mod instances;
 #[cfg(test)]
 mod loop_tests;
+mod reload;
 mod restart;
 mod scaling;
 mod snapshot;
+mod starved;
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -37,7 +41,6 @@ use crate::jitter::Jitter;
 use crate::log::{info, warning};
 use crate::process_table::ProcessTable;
 use crate::queue::QueueProbe;
-use crate::reload::PendingReload;
 use crate::service::state::Mode;
 use crate::service::transition::{self, Action, Event, StartWhy};
 use crate::services::{Bound, Services, Svc, Watch};
@@ -81,7 +84,7 @@ pub(crate) struct Manager {
     /// The control socket and its connections.
     pub control: Option<Control>,
     /// Reloads whose answer waits for new generations to come up.
-    pub reloads: Vec<PendingReload>,
+    pub reloads: crate::reload::Waiting,
     /// Where fresh statistics go for the `/metrics` thread.
     pub metrics: Option<crossbeam_channel::Sender<String>>,
     /// Readiness, status and watchdog for systemd (`NOTIFY_SOCKET`).
@@ -143,7 +146,7 @@ impl Manager {
             spawner,
             next_temp_name: 1,
             control: None,
-            reloads: Vec::new(),
+            reloads: crate::reload::Waiting::default(),
             metrics: None,
             broken_keys: crate::broken::BrokenKeys::default(),
             starvation: crate::starved::Starvation::new(),
@@ -447,28 +450,11 @@ impl Manager {
             // A socket systemd keeps outlives charond: its file stays, so
             // that clients queue on it until the next charond serves it.
             if !(svc.gen == Gen::Live && self.fdstore.holds(svc.key())) {
-                remove_socket(&path, svc.key());
+                crate::startup::remove_socket(&path, svc.key());
             }
             self.begin_drain(s, false);
         }
         self.answer_reloads_now("the manager is stopping");
         self.process_events();
-    }
-}
-
-pub(crate) fn remove_socket(path: &Path, key: &str) {
-    // A draining generation's path was handed to its successor.
-    if path.as_os_str().is_empty() {
-        return;
-    }
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != io::ErrorKind::NotFound {
-            warning!(
-                Some(key),
-                None,
-                "unable to remove socket {}: {e}",
-                path.display()
-            );
-        }
     }
 }
