@@ -12,15 +12,15 @@
 //! that is neither an instance nor an instance's descendant (charond as a
 //! container's PID 1 inherits every orphan of the container) is only
 //! reaped.
+//!
+//! This file keeps the orphans charond tracks and their deadlines
+//! ([`Orphans`]) and reads where one comes from; finding them, signalling
+//! them and logging is the loop's work, in `runtime/orphans.rs`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
-use crate::log::{info, warning};
-use crate::runtime::Manager;
-use crate::sys::{Reaped, WaitStatus};
+use crate::sys::WaitStatus;
 
 /// One process left behind.
 struct Orphan {
@@ -49,10 +49,75 @@ impl Orphans {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.by_pid.values().filter_map(|o| o.kill_at).min()
     }
+
+    /// `pid` is tracked.
+    pub(crate) fn knows(&self, pid: i32) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
+    /// Tracks a new orphan of service `key`, descending from instance
+    /// `owner` while that one runs.
+    pub(crate) fn track(&mut self, pid: i32, key: String, owner: Option<usize>, grace: Duration) {
+        let o = Orphan {
+            key,
+            owner,
+            grace,
+            kill_at: None,
+        };
+        self.by_pid.insert(pid, o);
+    }
+
+    /// Instance `id` is gone: the orphans it owned are on their own now.
+    /// Returns their pids, to be stopped.
+    pub(crate) fn disown(&mut self, id: usize) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for (pid, o) in &mut self.by_pid {
+            if o.owner == Some(id) {
+                o.owner = None;
+                pids.push(*pid);
+            }
+        }
+        pids
+    }
+
+    /// Starts stopping `pid`: its SIGKILL is due after its grace. Returns
+    /// its key and grace (the caller sends SIGTERM), or None if it is not
+    /// tracked or already stopping.
+    pub(crate) fn stop(&mut self, pid: i32, now: Instant) -> Option<(&str, Duration)> {
+        let o = self.by_pid.get_mut(&pid)?;
+        if o.kill_at.is_some() {
+            return None;
+        }
+        o.kill_at = Some(now + o.grace);
+        Some((&o.key, o.grace))
+    }
+
+    /// Takes the orphans whose SIGKILL is due at `now` (with None: every
+    /// one, a second stop signal), with their keys; each is due only once.
+    pub(crate) fn overdue(&mut self, now: Option<Instant>) -> Vec<(i32, String)> {
+        let mut due = Vec::new();
+        for (pid, o) in &mut self.by_pid {
+            let is_due = match now {
+                Some(t) => o.kill_at.is_some_and(|k| k <= t),
+                None => true,
+            };
+            if is_due {
+                o.kill_at = None;
+                due.push((*pid, o.key.clone()));
+            }
+        }
+        due
+    }
+
+    /// `pid` was reaped: it is no longer tracked. Returns its key if it
+    /// was.
+    pub(crate) fn reaped(&mut self, pid: i32) -> Option<String> {
+        self.by_pid.remove(&pid).map(|o| o.key)
+    }
 }
 
 /// What an orphan's environment says: (run dir, service key, slot).
-fn origin(pid: i32) -> Option<(String, String, Option<u32>)> {
+pub(crate) fn origin(pid: i32) -> Option<(String, String, Option<u32>)> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     let (mut run, mut key, mut slot) = (None, None, None);
     for v in env.split(|&b| b == 0) {
@@ -68,156 +133,8 @@ fn origin(pid: i32) -> Option<(String, String, Option<u32>)> {
     Some((run?, key?, slot))
 }
 
-impl Manager {
-    /// Looks for children that are not instances. `gone` is the service key
-    /// and `stop-grace` of an instance just reaped: a child whose
-    /// environment says nothing is taken as its descendant.
-    pub(crate) fn find_orphans(&mut self, gone: Option<(&str, Duration)>) {
-        let run_dir = self.paths.run_dir.to_string_lossy().into_owned();
-        for pid in self.spawner.children() {
-            if self.procs.id_of(pid).is_some() || self.orphans.by_pid.contains_key(&pid) {
-                continue;
-            }
-            let (key, owner, grace) = match origin(pid) {
-                Some((run, key, slot)) if run == run_dir => {
-                    let owner = self.instance_at(&key, slot);
-                    let grace = self.grace_of(&key).or(gone.map(|g| g.1));
-                    (key, owner, grace.unwrap_or(DEFAULT_GRACE))
-                }
-                _ => match gone {
-                    Some((key, grace)) => (key.to_string(), None, grace),
-                    // Not ours: only reaped when it exits.
-                    None => continue,
-                },
-            };
-            if owner.is_some() {
-                info!(
-                    Some(&key),
-                    Some(pid),
-                    "a process of an instance lost its parent: it is stopped once its instance is gone"
-                );
-            }
-            self.orphans.by_pid.insert(
-                pid,
-                Orphan {
-                    key,
-                    owner,
-                    grace,
-                    kill_at: None,
-                },
-            );
-            if owner.is_none() {
-                self.stop_orphan(pid);
-            }
-        }
-    }
-
-    /// Instance `id` was reaped: stop what it left behind.
-    pub(crate) fn instance_gone(&mut self, id: usize, key: &str, grace: Duration) {
-        let owned: Vec<i32> = self
-            .orphans
-            .by_pid
-            .iter()
-            .filter(|(_, o)| o.owner == Some(id))
-            .map(|(p, _)| *p)
-            .collect();
-        for pid in owned {
-            if let Some(o) = self.orphans.by_pid.get_mut(&pid) {
-                o.owner = None;
-            }
-            self.stop_orphan(pid);
-        }
-        self.find_orphans(Some((key, grace)));
-    }
-
-    /// A child that is not an instance was reaped.
-    pub(crate) fn orphan_reaped(&mut self, r: &Reaped) {
-        match self.orphans.by_pid.remove(&r.pid) {
-            Some(o) => info!(
-                Some(&o.key),
-                Some(r.pid),
-                "reaped a process an instance left behind ({})",
-                status(r.status)
-            ),
-            None => info!(
-                None,
-                Some(r.pid),
-                "reaped a process that was not an instance ({})",
-                status(r.status)
-            ),
-        }
-    }
-
-    /// SIGKILLs orphans past their grace; with `now` None, all of them (a
-    /// second stop signal).
-    pub(crate) fn orphans_overdue(&mut self, now: Option<Instant>) {
-        let due: Vec<i32> = self
-            .orphans
-            .by_pid
-            .iter()
-            .filter(|(_, o)| match now {
-                Some(t) => o.kill_at.is_some_and(|k| k <= t),
-                None => true,
-            })
-            .map(|(p, _)| *p)
-            .collect();
-        for pid in due {
-            if let Some(o) = self.orphans.by_pid.get_mut(&pid) {
-                o.kill_at = None;
-                warning!(
-                    Some(&o.key),
-                    Some(pid),
-                    "unable to stop a process an instance left behind gracefully: sending SIGKILL"
-                );
-                self.forced |= self.stopping;
-                self.spawner.signal(pid, Signal::SIGKILL);
-            }
-        }
-    }
-
-    /// At stop: every orphan whose instance is gone is already stopping;
-    /// the others follow their instance.
-    fn stop_orphan(&mut self, pid: i32) {
-        let Some(o) = self.orphans.by_pid.get_mut(&pid) else {
-            return;
-        };
-        if o.kill_at.is_some() {
-            return;
-        }
-        o.kill_at = Some(Instant::now() + o.grace);
-        warning!(
-            Some(&o.key),
-            Some(pid),
-            "an instance left this process behind: stopping it (SIGTERM, SIGKILL after {:.1}s)",
-            o.grace.as_secs_f64()
-        );
-        self.spawner.signal(pid, Signal::SIGTERM);
-    }
-
-    /// The running instance of `key` in `slot`, if there is one.
-    fn instance_at(&self, key: &str, slot: Option<u32>) -> Option<usize> {
-        let slot = slot?;
-        self.procs
-            .iter()
-            .find(|(_, i)| {
-                i.slot() == slot
-                    && self
-                        .services
-                        .get(i.service())
-                        .is_some_and(|s| s.key() == key)
-            })
-            .map(|(id, _)| id)
-    }
-
-    fn grace_of(&self, key: &str) -> Option<Duration> {
-        self.services
-            .iter()
-            .find(|(_, s)| s.key() == key)
-            .map(|(_, s)| s.config.stop_grace)
-    }
-}
-
-fn status(s: WaitStatus) -> String {
+/// An exit status as the log says it.
+pub(crate) fn status(s: WaitStatus) -> String {
     match s {
         WaitStatus::Exited(c) => format!("exit {c}"),
         WaitStatus::Signaled(sig) => format!("signal {sig}"),
@@ -225,4 +142,37 @@ fn status(s: WaitStatus) -> String {
 }
 
 /// `stop-grace` when the orphan's service is no longer configured.
-const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_orphan_is_stopped_once_and_killed_once_after_its_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(2);
+        let mut o = Orphans::default();
+        o.track(7, "a.b.0.raw".into(), Some(3), grace);
+        o.track(8, "a.b.0.raw".into(), None, grace);
+        assert!(o.knows(7) && !o.knows(9));
+        // Its instance leaves: only its own orphan is handed back.
+        assert_eq!(o.disown(3), [7]);
+        assert!(o.disown(3).is_empty());
+        assert_eq!(o.stop(7, t0), Some(("a.b.0.raw", grace)));
+        assert_eq!(o.stop(7, t0), None);
+        assert_eq!(o.stop(9, t0), None);
+        assert_eq!(o.deadline(), Some(t0 + grace));
+        assert!(o.overdue(Some(t0 + grace / 2)).is_empty());
+        assert_eq!(o.overdue(Some(t0 + grace)), [(7, "a.b.0.raw".to_string())]);
+        assert!(o.overdue(Some(t0 + grace)).is_empty());
+        assert_eq!(o.deadline(), None);
+        // A second stop signal: every one, stopping or not.
+        assert_eq!(o.overdue(None).len(), 2);
+        assert_eq!(o.reaped(7).as_deref(), Some("a.b.0.raw"));
+        assert_eq!(o.reaped(7), None);
+        assert!(!o.is_empty());
+        assert_eq!(o.reaped(8).as_deref(), Some("a.b.0.raw"));
+        assert!(o.is_empty());
+    }
+}

@@ -8,7 +8,7 @@
 //! This file holds the struct, `new`, `run` and the dispatch. Its child
 //! modules hold the rest of the `Manager`'s work, one concern each:
 //! `instances` (start, reap, read an instance), `reload` (new generations
-//! in, old ones out), `scaling` (grow, shrink,
+//! in, old ones out), `orphans` (what instances leave behind), `scaling` (grow, shrink,
 //! recycle, fast fail), `drain` (stop a generation), `restart`, `snapshot`
 //! (the figures for `stats` and `ps`), `starved` (the manager's own
 //! resource failures); `loop_tests` drives it all without
@@ -18,6 +18,7 @@ mod drain;
 mod instances;
 #[cfg(test)]
 mod loop_tests;
+mod orphans;
 mod reload;
 mod restart;
 mod scaling;
