@@ -3,8 +3,15 @@
 //! doc/control-protocol.md). Everything here is non-blocking inside the
 //! event loop: each connection has a bounded read buffer and an output
 //! buffer; a line too long, bad JSON or an unknown command gets an error
-//! answer and the manager goes on. What the commands compute lives in
-//! `runtime/snapshot.rs` (stats, ps) and `reload.rs` (reload, restart).
+//! answer and the manager goes on.
+//!
+//! This file owns the socket, its connections and their buffers
+//! ([`Control`]'s fields are its own): it accepts, reads, hands out the
+//! next request of a connection, queues answers and writes them, and
+//! closes idle connections. It never sees the manager: the loop
+//! (`runtime/control.rs`) asks it for requests and gives it the answers,
+//! computed by `runtime/snapshot.rs` (stats, ps), `runtime/reload.rs` and
+//! `runtime/restart.rs`.
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -18,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::log::warning;
 use crate::reload::ReloadReport;
-use crate::runtime::Manager;
+use crate::starved::Starvation;
 use crate::tokens::{token, Owner};
 
 /// The control socket's file name in the run dir.
@@ -39,7 +46,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// rest waits for the next turn of the loop, so a client that writes
 /// without pause cannot hold the manager.
 const READ_BUDGET: usize = 16 * 1024;
-const ROUNDS: usize = 4;
+pub(crate) const ROUNDS: usize = 4;
 /// Capacity a connection's buffers keep between requests.
 const KEEP_BUFFER: usize = 16 * 1024;
 
@@ -190,27 +197,27 @@ impl Control {
     }
 }
 
-impl Manager {
+impl Control {
     /// The control socket is readable: take every waiting connection.
-    pub(crate) fn control_accept(&mut self) {
-        let Some(ctl) = self.control.as_mut() else {
-            return;
-        };
+    /// `spare` gives up its fd for a moment to answer a connection when
+    /// none is left. Returns the new connections.
+    pub(crate) fn accept(&mut self, reg: &mio::Registry, spare: &mut Starvation) -> Vec<usize> {
+        let mut new = Vec::new();
         loop {
-            let (mut stream, _) = match ctl.listener.accept() {
+            let (mut stream, _) = match self.listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return new,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
                     if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-                        && self.starvation.give_up_spare() =>
+                        && spare.give_up_spare() =>
                 {
                     // Out of fds: the operator gets the reason at once
                     // rather than a connection left waiting (the listener
                     // is edge-triggered, so it would wait for the next).
                     // accept(2) says EMFILE even with nothing waiting: stop
                     // once nothing was taken.
-                    let took = ctl.listener.accept().map(|(mut stream, _)| {
+                    let took = self.listener.accept().map(|(mut stream, _)| {
                         let mut line = error_answer(&format!(
                             "charond is out of file descriptors ({e}); try again"
                         ))
@@ -218,18 +225,18 @@ impl Manager {
                         line.push('\n');
                         let _ = stream.write(line.as_bytes());
                     });
-                    self.starvation.take_back_spare();
+                    spare.take_back_spare();
                     if took.is_err() {
-                        return;
+                        return new;
                     }
                     continue;
                 }
                 Err(e) => {
                     warning!(None, None, "unable to accept a control connection: {e}");
-                    return;
+                    return new;
                 }
             };
-            let live = ctl.conns.iter().filter(|c| c.is_some()).count();
+            let live = self.conns.iter().filter(|c| c.is_some()).count();
             if live >= MAX_CONNS {
                 let mut line = error_answer(&format!(
                     "too many control connections (at most {MAX_CONNS}); try again"
@@ -240,12 +247,12 @@ impl Manager {
                 let _ = stream.write(line.as_bytes());
                 continue;
             }
-            let idx = ctl
+            let idx = self
                 .conns
                 .iter()
                 .position(Option::is_none)
-                .unwrap_or(ctl.conns.len());
-            if let Err(e) = self.poll.registry().register(
+                .unwrap_or(self.conns.len());
+            if let Err(e) = reg.register(
                 &mut stream,
                 token(Owner::ControlConn(idx)),
                 Interest::READABLE | Interest::WRITABLE,
@@ -253,8 +260,8 @@ impl Manager {
                 warning!(None, None, "unable to watch a control connection: {e}");
                 continue;
             }
-            let serial = ctl.next_serial;
-            ctl.next_serial += 1;
+            let serial = self.next_serial;
+            self.next_serial += 1;
             let conn = Conn {
                 stream,
                 serial,
@@ -265,64 +272,49 @@ impl Manager {
                 too_long: false,
                 active: Instant::now(),
             };
-            if idx == ctl.conns.len() {
-                ctl.conns.push(Some(conn));
+            if idx == self.conns.len() {
+                self.conns.push(Some(conn));
             } else {
-                ctl.conns[idx] = Some(conn);
+                self.conns[idx] = Some(conn);
             }
+            new.push(idx);
         }
     }
 
     fn conn_mut(&mut self, c: usize) -> Option<&mut Conn> {
-        self.control
-            .as_mut()
-            .and_then(|ctl| ctl.conns.get_mut(c))
-            .and_then(Option::as_mut)
+        self.conns.get_mut(c).and_then(Option::as_mut)
     }
 
-    /// A control connection is readable or writable.
-    pub(crate) fn control_ready(&mut self, c: usize) {
-        for _ in 0..ROUNDS {
-            self.control_flush(c);
-            let unread = self.control_read(c);
-            self.control_serve(c);
-            self.control_flush(c);
-            let Some(conn) = self.conn_mut(c) else {
-                return;
-            };
-            // Lines left while the output has room: nothing else would
-            // wake us for them (a writable edge comes only after a full
-            // socket buffer).
-            let unserved = !conn.awaiting_reload
-                && conn.output.len() < MAX_UNSENT
-                && conn.input.contains(&b'\n');
-            if !unread && !unserved {
-                return;
-            }
-        }
-        if let Some(ctl) = self.control.as_mut() {
-            if !ctl.again.contains(&c) {
-                ctl.again.push(c);
-            }
+    /// True if connection `c` has work left after a round: bytes perhaps
+    /// left unread (`unread`, no readiness edge will say so), or lines left
+    /// while its output has room (a writable edge comes only after a full
+    /// socket buffer).
+    pub(crate) fn has_more(&mut self, c: usize, unread: bool) -> bool {
+        let Some(conn) = self.conn_mut(c) else {
+            return false;
+        };
+        let unserved =
+            !conn.awaiting_reload && conn.output.len() < MAX_UNSENT && conn.input.contains(&b'\n');
+        unread || unserved
+    }
+
+    /// Connection `c` had work left after its wake-up's budget: it gets
+    /// another turn.
+    pub(crate) fn again(&mut self, c: usize) {
+        if !self.again.contains(&c) {
+            self.again.push(c);
         }
     }
 
-    /// Connections left with work by their budget get another turn.
-    pub(crate) fn control_again(&mut self) {
-        let again = self
-            .control
-            .as_mut()
-            .map(|ctl| std::mem::take(&mut ctl.again))
-            .unwrap_or_default();
-        for c in again {
-            self.control_ready(c);
-        }
+    /// The connections to give another turn, taken.
+    pub(crate) fn take_again(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.again)
     }
 
     /// Reads what is there, up to the line limit and the round's budget.
     /// True if it stopped on the budget with bytes perhaps left unread
     /// (no readiness edge will say so).
-    fn control_read(&mut self, c: usize) -> bool {
+    pub(crate) fn read(&mut self, c: usize) -> bool {
         let Some(conn) = self.conn_mut(c) else {
             return false;
         };
@@ -364,15 +356,17 @@ impl Manager {
         false
     }
 
-    /// Answers each complete line, in order, until a reload must be
-    /// answered first or too much output waits.
-    fn control_serve(&mut self, c: usize) {
+    /// The next request of connection `c` to answer, with its
+    /// connection's serial, in order; None once a reload must be answered
+    /// first, too much output waits, or no complete line is left. Lines
+    /// that are blank are skipped; lines that are not a request, and a
+    /// line too long, are answered with an error here. A reload marks the
+    /// connection as waiting for its answer ([`Control::answer_reload`]).
+    pub(crate) fn next_request(&mut self, c: usize) -> Option<(Request, u64)> {
         loop {
-            let Some(conn) = self.conn_mut(c) else {
-                return;
-            };
+            let conn = self.conn_mut(c)?;
             if conn.awaiting_reload || conn.output.len() >= MAX_UNSENT {
-                return;
+                return None;
             }
             let Some(nl) = conn.input.iter().position(|b| *b == b'\n') else {
                 if conn.too_long {
@@ -381,56 +375,34 @@ impl Manager {
                     let e = error_answer(&format!(
                         "request line longer than {MAX_LINE} bytes; closing the connection"
                     ));
-                    self.control_push(c, &e);
-                    return;
+                    self.push(c, &e);
+                    return None;
                 }
                 if conn.closing && !conn.input.is_empty() {
                     // A last line without its newline is still a request.
                     conn.input.push(b'\n');
                     continue;
                 }
-                return;
+                return None;
             };
             let line: Vec<u8> = conn.input.drain(..=nl).collect();
-            let serial = conn.serial;
             let line = &line[..line.len() - 1];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let answer = match parse(line) {
-                Err(e) => error_answer(&e),
-                Ok(Request::Reload) => {
-                    if let Some(conn) = self.conn_mut(c) {
-                        conn.awaiting_reload = true;
-                    }
-                    self.reload(Some(serial));
-                    continue;
+            match parse(line) {
+                Err(e) => self.push(c, &error_answer(&e)),
+                Ok(req) => {
+                    conn.awaiting_reload = req == Request::Reload;
+                    return Some((req, conn.serial));
                 }
-                Ok(req) => self.answer(req),
-            };
-            self.control_push(c, &answer);
+            }
         }
     }
 
-    fn answer(&mut self, req: Request) -> Value {
-        let r = match req {
-            Request::Stats(key) => self.stats_json(key.as_deref()),
-            Request::Ps(key) => self.ps_json(key.as_deref()),
-            Request::Restart(key) => self.restart(&key),
-            Request::Version => Ok(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })),
-            Request::Health => Ok(crate::health::answer(
-                &self.services,
-                &self.procs,
-                self.stopping,
-                &self.broken,
-            )),
-            Request::Reload => Err("reload is answered on its own".into()),
-        };
-        r.unwrap_or_else(|e| error_answer(&e))
-    }
-
-    fn control_push(&mut self, c: usize, v: &Value) {
+    /// Queues one answer line on connection `c`.
+    pub(crate) fn push(&mut self, c: usize, v: &Value) {
         if let Some(conn) = self.conn_mut(c) {
             // Serializing a Value cannot fail.
             let _ = serde_json::to_writer(&mut conn.output, v);
@@ -439,7 +411,7 @@ impl Manager {
     }
 
     /// Sends what it can; closes a finished connection.
-    fn control_flush(&mut self, c: usize) {
+    pub(crate) fn flush(&mut self, c: usize, reg: &mio::Registry) {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
@@ -475,22 +447,21 @@ impl Manager {
             && !conn.awaiting_reload
             && !conn.input.contains(&b'\n');
         if broken || done {
-            self.control_close(c);
+            self.close(c, reg);
         }
     }
 
     /// Closes every connection idle past [`IDLE_TIMEOUT`], telling it why
     /// (best effort: its socket buffer may be full).
-    pub(crate) fn control_expire(&mut self, now: Instant) {
-        let idle: Vec<usize> = self.control.as_ref().map_or_else(Vec::new, |ctl| {
-            ctl.conns
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-                .filter(|(_, c)| !c.awaiting_reload && c.active + IDLE_TIMEOUT <= now)
-                .map(|(i, _)| i)
-                .collect()
-        });
+    pub(crate) fn expire(&mut self, now: Instant, reg: &mio::Registry) {
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| !c.awaiting_reload && c.active + IDLE_TIMEOUT <= now)
+            .map(|(i, _)| i)
+            .collect();
         for c in idle {
             if let Some(conn) = self.conn_mut(c) {
                 let mut line = error_answer(&format!(
@@ -501,30 +472,28 @@ impl Manager {
                 line.push('\n');
                 let _ = conn.stream.write(line.as_bytes());
             }
-            self.control_close(c);
+            self.close(c, reg);
         }
     }
 
-    fn control_close(&mut self, c: usize) {
-        let Some(ctl) = self.control.as_mut() else {
-            return;
-        };
-        if let Some(mut conn) = ctl.conns.get_mut(c).and_then(Option::take) {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+    fn close(&mut self, c: usize, reg: &mio::Registry) {
+        if let Some(mut conn) = self.conns.get_mut(c).and_then(Option::take) {
+            let _ = reg.deregister(&mut conn.stream);
         }
     }
 
-    /// Sends a reload's answer to the connection that asked (if still
-    /// there), then serves its later requests.
-    pub(crate) fn answer_reload(&mut self, serial: Option<u64>, r: Result<ReloadReport, String>) {
-        let Some(serial) = serial else { return };
-        let Some(c) = self.control.as_ref().and_then(|ctl| {
-            ctl.conns
-                .iter()
-                .position(|x| x.as_ref().is_some_and(|x| x.serial == serial))
-        }) else {
-            return;
-        };
+    /// Queues a reload's answer on the connection that asked (`serial`),
+    /// if still there, and lets it read again. Returns that connection,
+    /// to be served.
+    pub(crate) fn answer_reload(
+        &mut self,
+        serial: u64,
+        r: Result<ReloadReport, String>,
+    ) -> Option<usize> {
+        let c = self
+            .conns
+            .iter()
+            .position(|x| x.as_ref().is_some_and(|x| x.serial == serial))?;
         let v = match r {
             Ok(rep) => {
                 let mut v = serde_json::to_value(&rep).unwrap_or(Value::Null);
@@ -535,12 +504,11 @@ impl Manager {
             }
             Err(e) => error_answer(&e),
         };
-        self.control_push(c, &v);
+        self.push(c, &v);
         if let Some(conn) = self.conn_mut(c) {
             conn.awaiting_reload = false;
         }
-        // Reading stopped while the reload ran: resume it.
-        self.control_ready(c);
+        Some(c)
     }
 }
 

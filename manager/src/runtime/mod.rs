@@ -14,6 +14,7 @@
 //! resource failures); `loop_tests` drives it all without
 //! forking.
 
+mod control;
 mod drain;
 mod instances;
 #[cfg(test)]
