@@ -20,8 +20,6 @@ use serde::Serialize;
 
 use crate::config::ServiceConfig;
 
-pub(crate) use crate::generation::{READY_DEADLINE, RECHECK};
-
 /// What a reload did, as answered to `charon reload`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct ReloadReport {
