@@ -372,12 +372,9 @@ RequestFields = Tuple[int, int, str, str, Sequence[Tuple[str, bytes]], bytes]
 def decode_request(payload: Buffer, limits: Limits = DEFAULT_LIMITS) -> Request:
     """Decodes a request payload (the bytes after the header), checking
     the fields in order, each against its limit."""
-    data = bytes(payload)
-    known = _known_fields(data, 0, limits)
-    if known is not None:
-        attempt, attributes, key, client, _, body = known
-        return Request(key, body, client, [], attempt, attributes)
-    return _decode_and_remember(data, limits)
+    attempt, attributes, key, client, context, body = decode_request_frame(
+        bytes(HEADER_LEN) + bytes(payload), limits)
+    return Request(key, body, client, list(context), attempt, attributes)
 
 
 def decode_request_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> RequestFields:
@@ -385,28 +382,19 @@ def decode_request_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Reques
     header the caller has checked; as decode_request, without making a
     Request: a request like an earlier one costs a dictionary lookup and
     two slices."""
-    known = _known_fields(data, HEADER_LEN, limits)
-    if known is not None:
-        return known
-    r = _decode_and_remember(memoryview(data)[HEADER_LEN:], limits)
-    return r.attempt, r.attributes, r.key, r.client, r.context, r.body
-
-
-def _known_fields(data: bytes, at: int, limits: Limits) -> Optional[RequestFields]:
-    """The fields of the payload at ``data[at:]`` if its prefix is a
-    remembered one and its body fills the rest exactly, else None."""
     n = len(data)
-    if n >= at + 8:
-        end = at + 4 + ((data[at + 2] << 8) | data[at + 3])
+    if n >= 16:
+        end = 12 + ((data[10] << 8) | data[11])
         if end + 2 <= n:
             end += 4 + ((data[end] << 8) | data[end + 1])
             if end + 4 <= n:
-                known = _PREFIXES.get(data[at:end])
+                known = _PREFIXES.get(data[8:end])
                 if known is not None:
                     size = _U32_AT(data, end)[0]
                     if end + 4 + size == n and size <= limits.max_request_body:
                         return known + (data[end + 4:],)
-    return None
+    r = _decode_and_remember(memoryview(data)[HEADER_LEN:], limits)
+    return r.attempt, r.attributes, r.key, r.client, r.context, r.body
 
 
 def _decode_and_remember(payload: Buffer, limits: Limits) -> Request:

@@ -238,6 +238,12 @@ class Service:
         self._listen_fd = -1
         self._report_fd = -1
         self._wake_r = -1
+        # Set when a connection woke the instance from its wait: its
+        # request is usually still on its way.
+        self._fresh = False
+        # Waits for a connection's request (the fd registered in it).
+        self._conn_poll = select.poll()
+        self._conn_poll_fd = -1
         slot = os.environ.get("CHARON_SLOT")
         accept_path = os.environ.get("CHARON_ACCEPT_SOCKET")
         if slot is not None:
@@ -356,15 +362,20 @@ class Service:
         assert self._ep is not None
         woke = []
         for fd, _ in self._ep.poll(-1 if timeout is None else timeout):
-            if fd == self._wake_r:
-                try:
-                    os.read(fd, 512)
-                except BlockingIOError:
-                    pass
-            elif fd == self._report_fd and self._managed is not None:
-                self._managed.check_channel()
+            self._woke(fd)
             woke.append(fd)
         return woke
+
+    def _woke(self, fd: int) -> None:
+        """``fd`` polled ready: a signal arrived (drained here; its handler
+        set the flags) or the report channel changed (checked here)."""
+        if fd == self._wake_r:
+            try:
+                os.read(fd, 512)
+            except BlockingIOError:
+                pass
+        elif fd == self._report_fd and self._managed is not None:
+            self._managed.check_channel()
 
     # -- the loop
 
@@ -372,10 +383,26 @@ class Service:
         return self
 
     def __next__(self) -> Request:
-        req = self.next_request()
-        if req is None:
-            raise StopIteration
-        return req
+        cur = self._current
+        if cur is not None:
+            if not cur.answered:
+                self._unanswered()
+            self._current = None
+        while True:
+            if self.mode == STANDALONE:
+                if self._finished:
+                    self.close()
+                    raise StopIteration
+                self._finished = True
+                got = self._standalone_frame()
+            else:
+                if self._conn is None and not self._accept():
+                    self.close()
+                    raise StopIteration
+                got = self._read_conn()
+            if got is not None:
+                req = self._current = Request(self, got)
+                return req
 
     def __enter__(self) -> "Service":
         return self
@@ -408,26 +435,10 @@ class Service:
 
     def next_request(self) -> Optional[Request]:
         """The next request, or None when the service should end."""
-        cur = self._current
-        if cur is not None:
-            if not cur.answered:
-                self._unanswered()
-            self._current = None
-        while True:
-            if self.mode == STANDALONE:
-                if self._finished:
-                    self.close()
-                    return None
-                self._finished = True
-                got = self._standalone_frame()
-            else:
-                if self._conn is None and not self._accept():
-                    self.close()
-                    return None
-                got = self._read_conn()
-            if got is not None:
-                req = self._current = Request(self, got)
-                return req
+        try:
+            return self.__next__()
+        except StopIteration:
+            return None
 
     def close(self) -> None:
         """Ends the service: answers an unanswered request, closes the
@@ -470,11 +481,16 @@ class Service:
         the slot says idle only when the instance is): an instance that
         finds nothing queued, or is woken for a connection another one
         took, costs a wait, not a failed accept, whose exception (with
-        its error text) costs several times a wait in Python."""
-        assert self._listener is not None
+        its error text) costs several times a wait in Python. Only while
+        connections keep coming (the last wait found one queued) does
+        accept() go first."""
+        assert self._listener is not None and self._ep is not None
         m = self._managed
         accept = self._listener._accept  # type: ignore[attr-defined]
+        poll = self._ep.poll
+        listen_fd = self._listen_fd
         woken = False
+        busy = not self._fresh
         while True:
             # The request limit is a hard bound: not one connection more.
             if m is not None and m.at_limit:
@@ -487,16 +503,21 @@ class Service:
                 if stop and not woken:
                     return False
                 draining = self.draining()
-            if not woken and not draining:
+            if not (woken or draining or busy):
                 # What is ready now; only if nothing is, idle and wait.
-                fds = self._wait(0)
-                if not fds:
+                events = poll(0)
+                self._fresh = not events
+                if not events:
                     due = m.idle() if m is not None else None
-                    fds = self._wait(None if due is None else max(due - time.monotonic(), 0))
-                woken = self._listen_fd in fds
+                    events = poll(-1 if due is None else max(due - time.monotonic(), 0))
+                for fd, _ in events:
+                    if fd == listen_fd:
+                        woken = True
+                    else:
+                        self._woke(fd)
                 continue
-            # Woken by a connection, or draining what is queued.
-            woken = False
+            # Woken by a connection, busy, or draining what is queued.
+            woken = busy = False
             try:
                 # socket.accept() without its enum conversions.
                 fd = accept()[0]
@@ -543,8 +564,16 @@ class Service:
                 self._close_conn()
                 return None
             self._started_ns = time.monotonic_ns()
-        # Usually the whole request is there by the time accept() returns:
-        # one non-blocking read, no poll.
+            self._fresh = False
+        # A connection that has just woken the instance usually has its
+        # request still on the way: wait for it first. One that was queued
+        # usually holds all of it: one non-blocking read, no poll.
+        if self._fresh:
+            fd = conn.fileno()
+            if fd != self._conn_poll_fd:
+                self._watch(fd)
+            if not self._conn_poll.poll(int(self.read_timeout * 1000) + 1):
+                return self._read_rest(b"")
         try:
             data = conn.recv(_READ_CHUNK, _MSG_DONTWAIT)
         except BlockingIOError:
@@ -574,7 +603,6 @@ class Service:
         assert conn is not None
         deadline = self._started_ns / 1e9 + self.read_timeout
         need = 0
-        poller = None
         try:
             while True:
                 if len(data) >= 8:
@@ -585,17 +613,20 @@ class Service:
                     need = 8 + size
                     if len(data) >= need:
                         break
+                # Wait for more (a connection's fd number stays registered
+                # until a connection with another number comes).
+                fd = conn.fileno()
+                if fd != self._conn_poll_fd:
+                    self._watch(fd)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError()
+                if not self._conn_poll.poll(int(left * 1000) + 1):
+                    continue
                 try:
                     chunk = conn.recv(_READ_CHUNK if not need else need - len(data),
                                       _MSG_DONTWAIT)
                 except BlockingIOError:
-                    if poller is None:
-                        poller = select.poll()
-                        poller.register(conn, select.POLLIN)
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not poller.poll(int(left * 1000) + 1):
-                        if time.monotonic() >= deadline:
-                            raise TimeoutError() from None
                     continue
                 if not chunk:
                     if data:
@@ -629,6 +660,13 @@ class Service:
                 self._refuse(frame.NOT_PERMITTED, refused, len(data))
                 return None
         return self._begin(got, len(data))
+
+    def _watch(self, fd: int) -> None:
+        """Makes ``fd`` (a connection) the one the request wait polls."""
+        if self._conn_poll_fd >= 0:
+            self._conn_poll.unregister(self._conn_poll_fd)
+        self._conn_poll.register(fd, select.POLLIN)
+        self._conn_poll_fd = fd
 
     def _begin(self, got: frame.RequestFields, size: int) -> frame.RequestFields:
         """A request of ``size`` bytes has been read: it is the one in hand."""
@@ -717,13 +755,22 @@ class Service:
         n = len(body)
         conn = self._conn
         if n < _READ_CHUNK and conn is not None and n <= self.limits.max_response_body:
-            # The common case: a small answer on a connection, in one write.
+            # The common case: a small answer on a connection, in one
+            # write; _complete's work inline.
             try:
                 conn.sendall(_OK_HEAD.pack(b"CH", 1, 2, 5 + n, 0, n) + body, _MSG_NOSIGNAL)
-                ok = True
             except OSError:
-                ok = False
-            self._complete(managed.OUTCOME_OK, 13 + n, ok)
+                self._complete(managed.OUTCOME_OK, 13 + n, False)
+                return
+            m = self._managed
+            if m is not None:
+                m.finish(self._started_ns, self._request_bytes, 13 + n, managed.OUTCOME_OK,
+                         self._attempt)
+                if m.at_limit:
+                    self._keep = False
+            if not self._keep:
+                conn.close()
+                self._conn = None
             return
         try:
             head = frame.encode_ok_head(n, self.limits)
