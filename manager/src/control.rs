@@ -173,19 +173,11 @@ impl Control {
         let _ = std::fs::remove_file(&self.path);
     }
 
-    /// True if some connection has work left for the next loop turn.
-    pub(crate) fn has_work(&self) -> bool {
-        !self.again.is_empty()
-    }
-
-    /// When the least recently active connection passes the idle timeout.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.conns
-            .iter()
-            .flatten()
-            .filter(|c| !c.awaiting_reload)
-            .map(|c| c.active + IDLE_TIMEOUT)
-            .min()
+    /// When connection `c` passes the idle timeout, if it is open and not
+    /// waiting for a reload's answer.
+    pub(crate) fn idle_deadline(&self, c: usize) -> Option<Instant> {
+        let conn = self.conns.get(c)?.as_ref()?;
+        (!conn.awaiting_reload).then_some(conn.active + IDLE_TIMEOUT)
     }
 
     pub(crate) fn register(&mut self, reg: &mio::Registry) -> io::Result<()> {
@@ -451,29 +443,22 @@ impl Control {
         }
     }
 
-    /// Closes every connection idle past [`IDLE_TIMEOUT`], telling it why
-    /// (best effort: its socket buffer may be full).
-    pub(crate) fn expire(&mut self, now: Instant, reg: &mio::Registry) {
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-            .filter(|(_, c)| !c.awaiting_reload && c.active + IDLE_TIMEOUT <= now)
-            .map(|(i, _)| i)
-            .collect();
-        for c in idle {
-            if let Some(conn) = self.conn_mut(c) {
-                let mut line = error_answer(&format!(
-                    "idle for {}s (no request sent and no answer taken): closing the connection",
-                    IDLE_TIMEOUT.as_secs()
-                ))
-                .to_string();
-                line.push('\n');
-                let _ = conn.stream.write(line.as_bytes());
-            }
-            self.close(c, reg);
+    /// Closes connection `c` if it has been idle past [`IDLE_TIMEOUT`] at
+    /// `now`, telling it why (best effort: its socket buffer may be full).
+    pub(crate) fn expire(&mut self, c: usize, now: Instant, reg: &mio::Registry) {
+        if self.idle_deadline(c).is_none_or(|t| t > now) {
+            return;
         }
+        if let Some(conn) = self.conn_mut(c) {
+            let mut line = error_answer(&format!(
+                "idle for {}s (no request sent and no answer taken): closing the connection",
+                IDLE_TIMEOUT.as_secs()
+            ))
+            .to_string();
+            line.push('\n');
+            let _ = conn.stream.write(line.as_bytes());
+        }
+        self.close(c, reg);
     }
 
     fn close(&mut self, c: usize, reg: &mio::Registry) {

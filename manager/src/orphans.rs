@@ -45,11 +45,6 @@ impl Orphans {
         self.by_pid.is_empty()
     }
 
-    /// The earliest SIGKILL due.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.by_pid.values().filter_map(|o| o.kill_at).min()
-    }
-
     /// `pid` is tracked.
     pub(crate) fn knows(&self, pid: i32) -> bool {
         self.by_pid.contains_key(&pid)
@@ -80,9 +75,9 @@ impl Orphans {
         pids
     }
 
-    /// Starts stopping `pid`: its SIGKILL is due after its grace. Returns
-    /// its key and grace (the caller sends SIGTERM), or None if it is not
-    /// tracked or already stopping.
+    /// Starts stopping `pid`: its SIGKILL is due after its grace (the
+    /// caller sets that deadline). Returns its key and grace (the caller
+    /// sends SIGTERM), or None if it is not tracked or already stopping.
     pub(crate) fn stop(&mut self, pid: i32, now: Instant) -> Option<(&str, Duration)> {
         let o = self.by_pid.get_mut(&pid)?;
         if o.kill_at.is_some() {
@@ -92,21 +87,26 @@ impl Orphans {
         Some((&o.key, o.grace))
     }
 
-    /// Takes the orphans whose SIGKILL is due at `now` (with None: every
-    /// one, a second stop signal), with their keys; each is due only once.
-    pub(crate) fn overdue(&mut self, now: Option<Instant>) -> Vec<(i32, String)> {
-        let mut due = Vec::new();
-        for (pid, o) in &mut self.by_pid {
-            let is_due = match now {
-                Some(t) => o.kill_at.is_some_and(|k| k <= t),
-                None => true,
-            };
-            if is_due {
-                o.kill_at = None;
-                due.push((*pid, o.key.clone()));
-            }
+    /// `pid`'s SIGKILL, if due at `now` (its grace is over and it is
+    /// still there): returns its key. Due only once.
+    pub(crate) fn kill_due(&mut self, pid: i32, now: Instant) -> Option<&str> {
+        let o = self.by_pid.get_mut(&pid)?;
+        if o.kill_at.is_none_or(|k| k > now) {
+            return None;
         }
-        due
+        o.kill_at = None;
+        Some(&o.key)
+    }
+
+    /// Every orphan, with its key, to be SIGKILLed at once (a second stop
+    /// signal); none is due after.
+    pub(crate) fn kill_all(&mut self) -> Vec<(i32, String)> {
+        let mut all = Vec::new();
+        for (pid, o) in &mut self.by_pid {
+            o.kill_at = None;
+            all.push((*pid, o.key.clone()));
+        }
+        all
     }
 
     /// `pid` was reaped: it is no longer tracked. Returns its key if it
@@ -162,13 +162,14 @@ mod tests {
         assert_eq!(o.stop(7, t0), Some(("a.b.0.raw", grace)));
         assert_eq!(o.stop(7, t0), None);
         assert_eq!(o.stop(9, t0), None);
-        assert_eq!(o.deadline(), Some(t0 + grace));
-        assert!(o.overdue(Some(t0 + grace / 2)).is_empty());
-        assert_eq!(o.overdue(Some(t0 + grace)), [(7, "a.b.0.raw".to_string())]);
-        assert!(o.overdue(Some(t0 + grace)).is_empty());
-        assert_eq!(o.deadline(), None);
+        // Not stopping yet, or not yet due: no SIGKILL.
+        assert_eq!(o.kill_due(8, t0 + grace), None);
+        assert_eq!(o.kill_due(7, t0 + grace / 2), None);
+        assert_eq!(o.kill_due(7, t0 + grace), Some("a.b.0.raw"));
+        assert_eq!(o.kill_due(7, t0 + grace), None);
+        assert_eq!(o.kill_due(9, t0 + grace), None);
         // A second stop signal: every one, stopping or not.
-        assert_eq!(o.overdue(None).len(), 2);
+        assert_eq!(o.kill_all().len(), 2);
         assert_eq!(o.reaped(7).as_deref(), Some("a.b.0.raw"));
         assert_eq!(o.reaped(7), None);
         assert!(!o.is_empty());

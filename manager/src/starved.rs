@@ -38,13 +38,9 @@ impl Starvation {
         }
     }
 
-    /// When the next retry is due, if one is.
-    pub(crate) const fn deadline(&self) -> Option<Instant> {
-        self.retry_at
-    }
-
     /// A start failed for want of resources: the retry is due [`RETRY`]
-    /// after the first such failure since the last retry. Returns when.
+    /// after the first such failure since the last retry. Returns when
+    /// (the caller sets that deadline).
     pub(crate) fn schedule(&mut self, now: Instant) -> Instant {
         *self.retry_at.get_or_insert(now + RETRY)
     }
@@ -168,7 +164,6 @@ mod tests {
         assert!(!st.take_due(t0));
         assert!(st.take_due(t0 + RETRY));
         assert!(!st.take_due(t0 + RETRY));
-        assert_eq!(st.deadline(), None);
     }
 
     #[test]

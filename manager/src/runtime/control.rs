@@ -11,20 +11,30 @@ use serde_json::{json, Value};
 use super::Manager;
 use crate::control::{error_answer, Request, ROUNDS};
 use crate::reload::ReloadReport;
+use crate::timers::Timer;
 
 impl Manager {
     /// The control socket is readable: take every waiting connection.
     pub(crate) fn control_accept(&mut self) {
-        if let Some(ctl) = self.control.as_mut() {
-            ctl.accept(self.poll.registry(), &mut self.starvation);
+        let Some(ctl) = self.control.as_mut() else {
+            return;
+        };
+        for c in ctl.accept(self.poll.registry(), &mut self.starvation) {
+            self.timers.set(Timer::ControlIdle(c), ctl.idle_deadline(c));
         }
     }
 
     /// A control connection is readable or writable: a few rounds of
     /// reading, answering and writing; work left after them waits for the
     /// next turn of the loop, so a client that writes without pause cannot
-    /// hold the manager.
+    /// hold the manager. Its idle deadline moves with what it did.
     pub(crate) fn control_ready(&mut self, c: usize) {
+        self.control_rounds(c);
+        let idle = self.control.as_ref().and_then(|ctl| ctl.idle_deadline(c));
+        self.timers.set(Timer::ControlIdle(c), idle);
+    }
+
+    fn control_rounds(&mut self, c: usize) {
         for _ in 0..ROUNDS {
             let reg = self.poll.registry();
             let Some(ctl) = self.control.as_mut() else {
@@ -44,6 +54,7 @@ impl Manager {
         }
         if let Some(ctl) = self.control.as_mut() {
             ctl.again(c);
+            self.timers.set(Timer::ControlAgain, Some(Instant::now()));
         }
     }
 
@@ -91,11 +102,12 @@ impl Manager {
         r.unwrap_or_else(|e| error_answer(&e))
     }
 
-    /// Closes every connection idle past the control socket's idle
-    /// timeout.
-    pub(crate) fn control_expire(&mut self, now: Instant) {
+    /// Connection `c`'s idle deadline came: closed if it is still idle,
+    /// else its deadline moves to what it is now.
+    pub(crate) fn control_expire(&mut self, c: usize, now: Instant) {
         if let Some(ctl) = self.control.as_mut() {
-            ctl.expire(now, self.poll.registry());
+            ctl.expire(c, now, self.poll.registry());
+            self.timers.set(Timer::ControlIdle(c), ctl.idle_deadline(c));
         }
     }
 

@@ -452,6 +452,7 @@ impl Manager {
             return;
         };
         self.timers.set(Timer::Instance(id), None);
+        self.timers.set(Timer::Unresponsive(id), None);
         for (fd, _) in inst.pipes() {
             self.unregister(fd);
         }

@@ -30,6 +30,7 @@ use crate::signals::Signals;
 use crate::spawn::{Launch, Spawned, Spawner};
 use crate::startup;
 use crate::sys::{Reaped, WaitStatus};
+use crate::timers::Timer;
 
 /// What the stand-in saw, and the far ends of each fake instance's fds.
 #[derive(Default)]
@@ -476,7 +477,7 @@ fn a_request_past_unresponsive_timeout_is_killed_and_a_young_one_gets_a_deadline
     assert_eq!(r.seen.borrow().signals, [(pids[0], Signal::SIGKILL)]);
     let due =
         r.m.timers
-            .get(crate::timers::Timer::Unresponsive)
+            .get(crate::timers::Timer::Unresponsive(fresh))
             .expect("a deadline for the fresh request");
     assert!(due > now + Duration::from_millis(900) && due < now + Duration::from_millis(1100));
     r.exit(pids[0], WaitStatus::Signaled(9));
@@ -677,9 +678,9 @@ fn a_process_left_behind_is_stopped_killed_after_stop_grace_and_reaped() {
     r.seen.borrow_mut().children = vec![left];
     r.exit(p, WaitStatus::Exited(0));
     assert!(r.seen.borrow().signals.contains(&(left, Signal::SIGTERM)));
-    let due = r.m.orphans.deadline().unwrap();
+    let due = r.m.timers.get(Timer::Orphan(left)).unwrap();
     assert!(due > Instant::now() + Duration::from_secs(4));
-    r.m.orphans_overdue(Some(due));
+    r.m.orphan_due(left, due);
     assert!(r.seen.borrow().signals.contains(&(left, Signal::SIGKILL)));
     assert!(!r.m.forced, "not stopping: not a forced stop");
     r.seen.borrow_mut().children.clear();
@@ -706,7 +707,7 @@ fn out_of_fds_is_no_launch_failure_no_backoff_and_retried() {
         Watch::Starved,
         "no instance: its clients are answered"
     );
-    let retry = r.m.starvation.deadline().unwrap();
+    let retry = r.m.timers.get(Timer::Retry).unwrap();
     r.seen.borrow_mut().fail = None;
     r.m.starved_retry(retry);
     r.m.process_events();

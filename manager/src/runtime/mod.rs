@@ -70,11 +70,9 @@ pub(crate) struct Manager {
     pub stopping: bool,
     /// A second stop signal came: SIGKILL, start nothing, serve no queue.
     pub stopping_now: bool,
-    next_tick: Instant,
-    next_stats: Instant,
     /// Spreads each instance's `maximum-requests` (`jitter.rs`).
     pub jitter: Jitter,
-    /// Every per-service and per-instance deadline (`timers.rs`).
+    /// Every deadline of the loop (`timers.rs`).
     pub timers: Timers,
     /// Starts and signals instances (fork/exec, or a test stand-in).
     pub spawner: Box<dyn Spawner>,
@@ -125,6 +123,8 @@ impl Manager {
         poll.registry()
             .register(&mut SourceFd(&signals.raw()), SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
+        let mut timers = Timers::default();
+        timers.set(Timer::Tick, Some(now + TICK));
         let mut slab = Services::default();
         // Each key counts its own generations, from 1.
         for b in services {
@@ -140,11 +140,9 @@ impl Manager {
             events: VecDeque::new(),
             stopping: false,
             stopping_now: false,
-            next_tick: now + TICK,
-            next_stats: now,
             jitter: Jitter::seeded(),
             probe: QueueProbe::new().ok(),
-            timers: Timers::default(),
+            timers,
             spawner,
             next_temp_name: 1,
             control: None,
@@ -170,7 +168,8 @@ impl Manager {
     /// Only an error of the poll itself, which leaves the loop unable to go
     /// on.
     pub(crate) fn run(&mut self) -> io::Result<bool> {
-        self.next_stats = Instant::now() + self.paths.stats_interval;
+        let stats_at = Instant::now() + self.paths.stats_interval;
+        self.timers.set(Timer::Stats, Some(stats_at));
         for s in self.services.ids() {
             self.events.push_back((s, Event::Begin));
         }
@@ -197,9 +196,7 @@ impl Manager {
                 );
                 return Ok(!self.forced);
             }
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = self.timers.timeout(Instant::now());
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -214,11 +211,15 @@ impl Manager {
         }
     }
 
-    /// Hands this round's figures to the systemd notifier.
+    /// Hands this round's figures to the systemd notifier, and sets when
+    /// it must look again at the latest (its watchdog ping, its status
+    /// line).
     fn notify_look(&mut self) {
         let reloading = !self.reloads.is_empty();
         self.notify
             .look(|| crate::notify::figures(&self.services, &self.procs, reloading));
+        let again = self.notify.next_deadline(Instant::now());
+        self.timers.set(Timer::Notify, again);
     }
 
     fn dispatch(&mut self, o: Owner) {
@@ -334,22 +335,26 @@ impl Manager {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        if self.control.as_ref().is_some_and(Control::has_work) {
-            return Some(Instant::now());
-        }
-        let mut d = vec![self.next_tick, self.next_stats];
-        d.extend(self.control.as_ref().and_then(Control::deadline));
-        d.extend(self.timers.earliest());
-        d.extend(self.notify.next_deadline(Instant::now()));
-        d.extend(self.starvation.deadline());
-        d.extend(self.orphans.deadline());
-        d.into_iter().min()
-    }
-
     /// One due deadline, to its owner.
     fn on_timer(&mut self, t: Timer, now: Instant) {
         match t {
+            Timer::Tick => {
+                self.timers.set(Timer::Tick, Some(now + TICK));
+                self.tick(now);
+                self.find_orphans(None);
+                self.publish_metrics();
+            }
+            Timer::Stats => {
+                let next = now + self.paths.stats_interval;
+                self.timers.set(Timer::Stats, Some(next));
+                self.log_stats();
+            }
+            // The look at the end of this turn pings and updates.
+            Timer::Notify => {}
+            Timer::Retry => self.starved_retry(now),
+            Timer::ControlAgain => self.control_again(),
+            Timer::ControlIdle(c) => self.control_expire(c, now),
+            Timer::Orphan(pid) => self.orphan_due(pid, now),
             Timer::Generation(s) if self.services.get(s).is_some() => {
                 self.generation_step(s, now);
             }
@@ -369,12 +374,9 @@ impl Manager {
             Timer::Pace(s) if self.services.get(s).is_some() => self.replace_owed(s),
             Timer::Recycle(s) if self.services.get(s).is_some() => self.recycle_step(s),
             Timer::Instance(id) => self.check_life(id, now),
-            Timer::Unresponsive => {
+            Timer::Unresponsive(id) => {
                 let ns = charon_protocol::scoreboard::now_ns();
-                let ids: Vec<usize> = self.procs.iter().map(|(id, _)| id).collect();
-                for id in ids {
-                    self.check_unresponsive(id, now, ns);
-                }
+                self.check_unresponsive(id, now, ns);
             }
             // A service freed since: its timers went with it.
             Timer::Generation(_) | Timer::Saturation(_) | Timer::Pace(_) | Timer::Recycle(_) => {}
@@ -395,23 +397,10 @@ impl Manager {
         }
     }
 
+    /// Runs the timers due at `now`, earliest first, and only those.
     fn on_deadlines(&mut self, now: Instant) {
         for t in self.timers.take_due(now) {
             self.on_timer(t, now);
-        }
-        self.orphans_overdue(Some(now));
-        self.starved_retry(now);
-        self.control_again();
-        self.control_expire(now);
-        if now >= self.next_tick {
-            self.next_tick = now + TICK;
-            self.tick(now);
-            self.find_orphans(None);
-            self.publish_metrics();
-        }
-        if now >= self.next_stats {
-            self.next_stats = now + self.paths.stats_interval;
-            self.log_stats();
         }
     }
 
@@ -435,7 +424,7 @@ impl Manager {
             for id in ids {
                 self.kill_instance(id, crate::service::state::KillReason::Shutdown);
             }
-            self.orphans_overdue(None);
+            self.orphans_kill_all();
             return;
         }
         self.stopping = true;

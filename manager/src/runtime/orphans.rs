@@ -12,6 +12,7 @@ use super::Manager;
 use crate::log::{info, warning};
 use crate::orphans::{origin, status, DEFAULT_GRACE};
 use crate::sys::Reaped;
+use crate::timers::Timer;
 
 impl Manager {
     /// Looks for children that are not instances. `gone` is the service key
@@ -59,6 +60,7 @@ impl Manager {
 
     /// A child that is not an instance was reaped.
     pub(crate) fn orphan_reaped(&mut self, r: &Reaped) {
+        self.timers.set(Timer::Orphan(r.pid), None);
         match self.orphans.reaped(r.pid) {
             Some(key) => info!(
                 Some(&key),
@@ -75,10 +77,23 @@ impl Manager {
         }
     }
 
-    /// SIGKILLs orphans past their grace; with `now` None, all of them (a
-    /// second stop signal).
-    pub(crate) fn orphans_overdue(&mut self, now: Option<Instant>) {
-        for (pid, key) in self.orphans.overdue(now) {
+    /// An orphan's grace is over: SIGKILL it if it is still there.
+    pub(crate) fn orphan_due(&mut self, pid: i32, now: Instant) {
+        if let Some(key) = self.orphans.kill_due(pid, now) {
+            warning!(
+                Some(key),
+                Some(pid),
+                "unable to stop a process an instance left behind gracefully: sending SIGKILL"
+            );
+            self.forced |= self.stopping;
+            self.spawner.signal(pid, Signal::SIGKILL);
+        }
+    }
+
+    /// A second stop signal: SIGKILL every orphan now.
+    pub(crate) fn orphans_kill_all(&mut self) {
+        for (pid, key) in self.orphans.kill_all() {
+            self.timers.set(Timer::Orphan(pid), None);
             warning!(
                 Some(&key),
                 Some(pid),
@@ -92,9 +107,11 @@ impl Manager {
     /// At stop: every orphan whose instance is gone is already stopping;
     /// the others follow their instance.
     fn stop_orphan(&mut self, pid: i32) {
-        let Some((key, grace)) = self.orphans.stop(pid, Instant::now()) else {
+        let now = Instant::now();
+        let Some((key, grace)) = self.orphans.stop(pid, now) else {
             return;
         };
+        self.timers.set(Timer::Orphan(pid), Some(now + grace));
         warning!(
             Some(key),
             Some(pid),

@@ -286,7 +286,7 @@ impl Manager {
     }
 
     /// Kills an instance busy on one request past `unresponsive-timeout`
-    /// (true if it did). Otherwise, for a busy instance, sets the manager's
+    /// (true if it did). Otherwise, for a busy instance, sets its
     /// unresponsive deadline to the moment its request would pass the
     /// limit, so the kill does not wait for a tick.
     pub(crate) fn check_unresponsive(&mut self, id: usize, now: Instant, ns: u64) -> bool {
@@ -307,7 +307,7 @@ impl Manager {
         if busy_for <= limit {
             // A little past the limit, so the check then finds it over.
             let at = now + (limit - busy_for) + Duration::from_millis(5);
-            self.timers.set_earlier(Timer::Unresponsive, at);
+            self.timers.set_earlier(Timer::Unresponsive(id), at);
             return false;
         }
         warning!(

@@ -15,6 +15,7 @@ use crate::log::{info, warning};
 use crate::refuse::{refuse, waiting};
 use crate::service::transition::Event;
 use crate::services::Watch;
+use crate::timers::Timer;
 
 impl Manager {
     /// Service `s` could not get an instance because of the manager's own
@@ -23,6 +24,7 @@ impl Manager {
     pub(crate) fn starved(&mut self, s: usize, problem: &str) {
         let now = Instant::now();
         let retry_at = self.starvation.schedule(now);
+        self.timers.set(Timer::Retry, Some(retry_at));
         let svc = &mut self.services[s];
         let first = svc.starved.is_none();
         svc.starved = Some(format!(
