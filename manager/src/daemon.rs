@@ -222,23 +222,22 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
             return Err(e);
         }
     };
-    m.metrics = metrics;
-    m.fdstore.store_live(&m.services);
+    m.send_metrics_to(metrics);
+    m.store_live_sockets();
+    let (services, broken) = m.counts();
     info!(
         None,
         None,
         "charond {} started ({} service(s){})",
         env!("CARGO_PKG_VERSION"),
-        m.services.len(),
-        match m.broken_keys.len() {
+        services,
+        match broken {
             0 => String::new(),
             n => format!(", {n} broken config file(s) not running: see charon stats"),
         }
     );
     let r = m.run();
-    if let Some(c) = &m.control {
-        c.remove();
-    }
+    m.remove_control_socket();
     r.map(|graceful| {
         if graceful {
             Stop::Graceful
@@ -258,7 +257,7 @@ fn set_up(
     opts: &Options,
     lock: nix::fcntl::Flock<std::fs::File>,
     signals: signals::Signals,
-    mut control: Control,
+    control: Control,
     mut offered: crate::fdstore::Offered,
 ) -> Result<Manager, (Fatal, Control)> {
     let scan = match cfg::scan_dir(&config_dir) {
@@ -290,21 +289,17 @@ fn set_up(
             ))
         }
     };
-    if let Err(e) = control.register(m.poll.registry()) {
+    if let Err((e, control)) = m.attach_control(control) {
         return Err((
             Fatal(format!("unable to watch the control socket: {e}")),
             control,
         ));
     }
-    m.control = Some(control);
     // Before the broken keys bind: a passed socket no key claimed has its
     // file removed.
-    offered.settle(&m.paths.run_dir, &mut m.fdstore);
+    m.settle_offered(offered);
     // A broken file's key has no service: list it and answer for it.
-    let broken = crate::broken::wanted(&scan.errors, |_| false);
-    let run_dir = m.paths.run_dir.clone();
-    m.broken_keys.set(m.poll.registry(), &run_dir, broken);
-    m.broken = scan.errors;
+    m.set_broken(scan.errors);
     Ok(m)
 }
 

@@ -10,8 +10,15 @@
 //!
 //! One thread runs a mio loop (`runtime`) over a signalfd, the sockets
 //! the manager currently watches, and each instance's stderr pipe and report
-//! channel; every per-service and per-instance deadline lives in `timers`,
-//! whose earliest entry sets the poll timeout. Each service is a small pure
+//! channel; every deadline (the tick, a backoff's end, an instance's grace,
+//! an orphan's SIGKILL, a control connection's idle time...) lives in
+//! `timers`, whose earliest entry sets the poll timeout. The `runtime`'s
+//! `Manager` is a struct of owned parts with private fields: the services
+//! (`services`), the process table (`process_table`), the control socket
+//! (`control`), the timers, the orphans (`orphans`), the manager's own
+//! resource failures (`starved`) and the reloads waiting for an answer
+//! (`reload`). The parts never see the `Manager`: it calls their small
+//! APIs and performs what they return. Each service is a small pure
 //! automaton (`service::transition`): the loop feeds it events (a first
 //! connect, an exit, the end of a backoff) and performs the actions it
 //! returns. Each instance is one too (`instance`: starting, serving,
@@ -24,9 +31,9 @@
 //! Each service runs as one or more *generations* (`services`): a reload
 //! (`reload`) brings up a changed service's new generation at a temporary
 //! socket name and renames it over the old socket once it is ready, then
-//! drains the old one (`drain`), as its automaton (`generation`) says;
+//! drains the old one (`runtime::drain`), as its automaton (`generation`) says;
 //! which instances a draining generation signals is pure policy
-//! (`drain_policy`). Operators read the figures (`snapshot`)
+//! (`drain_policy`). Operators read the figures (`runtime::snapshot`)
 //! through the control socket ([`control`], `<run-dir>/charond.sock`) or as
 //! Prometheus text ([`metrics`]).
 //!

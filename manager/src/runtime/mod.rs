@@ -1,18 +1,35 @@
 //! The manager's runtime: one thread, one mio poll over the signalfd, the
-//! rendezvous sockets it currently watches, and each instance's stderr pipe
-//! and report channel, with the poll timeout set by the earliest deadline.
-//! [`Manager`] maps each token to its owner and calls a small named handler;
-//! policy lives in the service transitions (`service/`), the instance and
-//! generation automata (`instance.rs`, `generation.rs`) and `calibrate.rs`.
+//! rendezvous sockets it currently watches, the control socket and each
+//! instance's stderr pipe and report channel, with the poll timeout set by
+//! the earliest deadline in `timers.rs`. [`Manager`] maps each token to
+//! its owner and calls a small named handler, runs the timers that are
+//! due and only those, and feeds the service automata their events.
+//! Policy lives in pure code outside this directory: the service, instance
+//! and generation automata (`service/transition.rs`, `instance.rs`,
+//! `generation.rs`), `calibrate.rs`, `drain_policy.rs`.
 //!
-//! This file holds the struct, `new`, `run` and the dispatch. Its child
-//! modules hold the rest of the `Manager`'s work, one concern each:
-//! `instances` (start, reap, read an instance), `reload` (new generations
-//! in, old ones out), `orphans` (what instances leave behind), `scaling` (grow, shrink,
-//! recycle, fast fail), `drain` (stop a generation), `restart`, `snapshot`
-//! (the figures for `stats` and `ps`), `starved` (the manager's own
-//! resource failures); `loop_tests` drives it all without
-//! forking.
+//! [`Manager`] is a struct of owned parts with private fields. The parts
+//! are leaf modules that never import it: `services.rs` (the generations
+//! and their sockets and scoreboards), `process_table.rs` (the instances),
+//! `control.rs` (the control socket and its connections), `timers.rs`
+//! (every deadline), `orphans.rs`, `starved.rs` (the retry and the spare
+//! fd), `reload.rs` (the diff and the reloads waiting for an answer),
+//! `notify.rs`, `fdstore.rs`, `broken.rs`, `jitter.rs`. They answer
+//! through their APIs, or return what to do (a request to answer, an
+//! orphan to signal, a deadline to set), and the loop does it. (A
+//! generation's own record, `services::Svc`, still shows its fields.)
+//!
+//! This file holds the struct, `new`, `run`, the dispatch of tokens,
+//! timers and automaton actions, and the stop. Its child modules hold the
+//! rest of the `Manager`'s work, one concern each (Rust lets them read its
+//! private fields; nothing outside this directory can): `instances`
+//! (start, signal, reap and read one instance), `scaling` (the watched
+//! socket, grow, shrink, recycle, fast fail, the tick), `drain` (the end of
+//! a generation), `reload` (new generations in, old ones out), `restart`,
+//! `control` (answering the control socket), `snapshot` (the figures for
+//! `stats` and `ps`), `orphans` (what instances leave behind), `starved`
+//! (the manager's own resource failures), `setup` (what the start hands it
+//! before it runs); `loop_tests` drives it all without forking.
 
 mod control;
 mod drain;
@@ -23,6 +40,7 @@ mod orphans;
 mod reload;
 mod restart;
 mod scaling;
+mod setup;
 mod snapshot;
 mod starved;
 
@@ -58,51 +76,53 @@ pub(crate) struct Paths {
     pub stats_interval: Duration,
 }
 
-/// The manager.
+/// The manager: the parts it owns, each behind its own API, and the
+/// loop's own state (the poll, the queue of automaton events, whether it
+/// is stopping).
 pub(crate) struct Manager {
-    pub poll: Poll,
+    poll: Poll,
     signals: Signals,
-    pub services: Services,
-    pub procs: ProcessTable,
-    pub paths: Paths,
-    pub devnull: OwnedFd,
-    pub events: VecDeque<(usize, Event)>,
-    pub stopping: bool,
+    services: Services,
+    procs: ProcessTable,
+    paths: Paths,
+    devnull: OwnedFd,
+    events: VecDeque<(usize, Event)>,
+    stopping: bool,
     /// A second stop signal came: SIGKILL, start nothing, serve no queue.
-    pub stopping_now: bool,
+    stopping_now: bool,
     /// Spreads each instance's `maximum-requests` (`jitter.rs`).
-    pub jitter: Jitter,
+    jitter: Jitter,
     /// Every deadline of the loop (`timers.rs`).
-    pub timers: Timers,
+    timers: Timers,
     /// Starts and signals instances (fork/exec, or a test stand-in).
-    pub spawner: Box<dyn Spawner>,
+    spawner: Box<dyn Spawner>,
     /// sock_diag queries; None where the kernel does not offer them.
-    pub probe: Option<QueueProbe>,
+    probe: Option<QueueProbe>,
     /// Numbers the temporary socket names of new generations
     /// (`.gen<N>.sock`), unique for the manager's life.
-    pub next_temp_name: u64,
+    next_temp_name: u64,
     /// The control socket and its connections.
-    pub control: Option<Control>,
+    control: Option<Control>,
     /// Reloads whose answer waits for new generations to come up.
-    pub reloads: crate::reload::Waiting,
+    reloads: crate::reload::Waiting,
     /// Where fresh statistics go for the `/metrics` thread.
-    pub metrics: Option<crossbeam_channel::Sender<String>>,
+    metrics: Option<crossbeam_channel::Sender<String>>,
     /// Readiness, status and watchdog for systemd (`NOTIFY_SOCKET`).
-    pub notify: crate::notify::Notifier,
+    notify: crate::notify::Notifier,
     /// Keys whose config file is broken, answered for (`broken.rs`).
-    pub broken_keys: crate::broken::BrokenKeys,
+    broken_keys: crate::broken::BrokenKeys,
     /// The sockets systemd keeps across a restart (`FDSTORE=1`).
-    pub fdstore: crate::fdstore::FdStore,
+    fdstore: crate::fdstore::FdStore,
     /// The manager's own resource failures: retry time and spare fd.
-    pub starvation: crate::starved::Starvation,
+    starvation: crate::starved::Starvation,
     /// Processes instances left behind (charond is their subreaper).
-    pub orphans: crate::orphans::Orphans,
+    orphans: crate::orphans::Orphans,
     /// While stopping, something had to be SIGKILLed (stop-grace passed, or
     /// a second stop signal): the exit status says so.
-    pub forced: bool,
+    forced: bool,
     /// Errors of the config files that failed to load at the last scan
     /// (start or reload), sorted by file: `charon health` names them.
-    pub broken: Vec<crate::config::ConfigError>,
+    broken: Vec<crate::config::ConfigError>,
     _lock: Flock<File>,
 }
 
