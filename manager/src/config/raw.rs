@@ -200,7 +200,7 @@ impl<'a> Field<'a> {
             "allowed-uids" => raw.allowed_uids = self.int_list(),
             "allowed-gids" => raw.allowed_gids = self.int_list(),
             _ => {
-                let message = unknown_key_message(&self.key);
+                let message = unknown_key_message(&self.key, KEYS);
                 self.errors.at(self.line, &self.key, message);
             }
         }
@@ -430,6 +430,40 @@ fn syntax_message(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_keys_get_the_key_they_meant_or_the_list() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("maximum_processes", Some("maximum-processes")),
+            ("Maximum-Processes", Some("maximum-processes")),
+            ("max-processes", Some("maximum-processes")),
+            ("min-processes", Some("minimum-processes")),
+            ("maximum-proceses", Some("maximum-processes")),
+            ("occupancy", Some("occupancy-percent")),
+            ("exe", Some("exec")),
+            ("idle-timout", Some("idle-timeout")),
+            ("maximum-procs", Some("maximum-processes")),
+            ("max-procs", Some("maximum-processes")),
+            ("exec-fail-backoff", Some("exec-failure-backoff")),
+            ("ulimit-cpu", Some("ulimit-cpu-milliseconds")),
+            ("colour", None),
+            ("", None),
+        ];
+        for (name, want) in cases {
+            let message = unknown_key_message(name, KEYS);
+            match want {
+                Some(key) => assert_eq!(
+                    message,
+                    format!("unknown key; did you mean `{key}`?"),
+                    "{name}"
+                ),
+                None => assert!(
+                    message.contains("valid keys are exec,"),
+                    "{name}: {message}"
+                ),
+            }
+        }
+    }
 
     #[test]
     fn lines_are_one_based() {
