@@ -196,7 +196,7 @@ impl Control {
     pub(crate) fn accept(&mut self, reg: &mio::Registry, spare: &mut Starvation) -> Vec<usize> {
         let mut new = Vec::new();
         loop {
-            let (mut stream, _) = match self.listener.accept() {
+            let (stream, _) = match self.listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return new,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -228,49 +228,57 @@ impl Control {
                     return new;
                 }
             };
-            let live = self.conns.iter().filter(|c| c.is_some()).count();
-            if live >= MAX_CONNS {
-                let mut line = error_answer(&format!(
-                    "too many control connections (at most {MAX_CONNS}); try again"
-                ))
-                .to_string();
-                line.push('\n');
-                // Best effort: a fresh socket's buffer takes one short line.
-                let _ = stream.write(line.as_bytes());
-                continue;
+            if let Some(c) = self.add(stream, reg) {
+                new.push(c);
             }
-            let idx = self
-                .conns
-                .iter()
-                .position(Option::is_none)
-                .unwrap_or(self.conns.len());
-            if let Err(e) = reg.register(
-                &mut stream,
-                token(Owner::ControlConn(idx)),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                warning!(None, None, "unable to watch a control connection: {e}");
-                continue;
-            }
-            let serial = self.next_serial;
-            self.next_serial += 1;
-            let conn = Conn {
-                stream,
-                serial,
-                input: Vec::new(),
-                output: Vec::new(),
-                closing: false,
-                awaiting_reload: false,
-                too_long: false,
-                active: Instant::now(),
-            };
-            if idx == self.conns.len() {
-                self.conns.push(Some(conn));
-            } else {
-                self.conns[idx] = Some(conn);
-            }
-            new.push(idx);
         }
+    }
+
+    /// Takes a new connection in (or turns it away, past [`MAX_CONNS`]).
+    /// Returns its index.
+    fn add(&mut self, mut stream: UnixStream, reg: &mio::Registry) -> Option<usize> {
+        let live = self.conns.iter().filter(|c| c.is_some()).count();
+        if live >= MAX_CONNS {
+            let mut line = error_answer(&format!(
+                "too many control connections (at most {MAX_CONNS}); try again"
+            ))
+            .to_string();
+            line.push('\n');
+            // Best effort: a fresh socket's buffer takes one short line.
+            let _ = stream.write(line.as_bytes());
+            return None;
+        }
+        let idx = self
+            .conns
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.conns.len());
+        if let Err(e) = reg.register(
+            &mut stream,
+            token(Owner::ControlConn(idx)),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warning!(None, None, "unable to watch a control connection: {e}");
+            return None;
+        }
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let conn = Conn {
+            stream,
+            serial,
+            input: Vec::new(),
+            output: Vec::new(),
+            closing: false,
+            awaiting_reload: false,
+            too_long: false,
+            active: Instant::now(),
+        };
+        if idx == self.conns.len() {
+            self.conns.push(Some(conn));
+        } else {
+            self.conns[idx] = Some(conn);
+        }
+        Some(idx)
     }
 
     fn conn_mut(&mut self, c: usize) -> Option<&mut Conn> {

@@ -54,16 +54,7 @@ impl Manager {
             .iter()
             .map(|k| k.as_str().to_string())
             .collect();
-        let mut current = BTreeMap::new();
-        for (_, svc) in self.services.iter() {
-            if svc.gen == Gen::Live {
-                // A change still coming up is what runs, for the diff.
-                let c = self
-                    .pending_of(svc.key())
-                    .map_or(&svc.config, |p| &self.services[p].config);
-                current.insert(svc.key().to_string(), c.clone());
-            }
-        }
+        let current = self.running_configs();
         // Broken files of keys with no service are listed and answered for;
         // a fixed one leaves the list before its service binds the socket.
         let broken = crate::broken::wanted(&scan.errors, |k| current.contains_key(k));
@@ -76,7 +67,34 @@ impl Manager {
             info!(Some(&key), None, "reload: config file removed: stopping");
             report.stopped.push(key);
         }
-        for c in p.start {
+        self.start_keys(p.start, &mut report);
+        let waiting = self.change_keys(p.change, &mut report);
+        let pr = PendingReload::new(conn, report, waiting);
+        if pr.is_done() {
+            self.finish_reload(pr);
+        } else {
+            self.reloads.push(pr);
+        }
+    }
+
+    /// The config each key runs (or is about to run: a change still coming
+    /// up), for the diff.
+    fn running_configs(&self) -> BTreeMap<String, ServiceConfig> {
+        let mut current = BTreeMap::new();
+        for (_, svc) in self.services.iter() {
+            if svc.gen == Gen::Live {
+                let c = self
+                    .pending_of(svc.key())
+                    .map_or(&svc.config, |p| &self.services[p].config);
+                current.insert(svc.key().to_string(), c.clone());
+            }
+        }
+        current
+    }
+
+    /// Binds and starts the services of new keys.
+    fn start_keys(&mut self, configs: Vec<ServiceConfig>, report: &mut ReloadReport) {
+        for c in configs {
             let key = c.key.as_str().to_string();
             let path = self.paths.run_dir.join(c.key.socket_file_name());
             match startup::bind_generation(c, path) {
@@ -100,8 +118,18 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Starts a new generation beside each changed key's running one.
+    /// Returns the keys whose new generation comes up, for the answer to
+    /// wait for.
+    fn change_keys(
+        &mut self,
+        configs: Vec<ServiceConfig>,
+        report: &mut ReloadReport,
+    ) -> BTreeSet<String> {
         let mut waiting = BTreeSet::new();
-        for c in p.change {
+        for c in configs {
             let key = c.key.as_str().to_string();
             if let Some(old) = self.pending_of(&key) {
                 self.pending_failed(old, "superseded by a later reload".into());
@@ -128,12 +156,7 @@ impl Manager {
                 }
             }
         }
-        let pr = PendingReload::new(conn, report, waiting);
-        if pr.is_done() {
-            self.finish_reload(pr);
-        } else {
-            self.reloads.push(pr);
-        }
+        waiting
     }
 
     /// The number of `key`'s next generation: one more than the newest it
