@@ -6,7 +6,7 @@
 //! answer and the manager goes on.
 //!
 //! This file owns the socket, its connections and their buffers
-//! ([`Control`]'s fields are its own): it accepts, reads, hands out the
+//! (`Control`'s fields are its own): it accepts, reads, hands out the
 //! next request of a connection, queues answers and writes them, and
 //! closes idle connections. It never sees the manager: the loop
 //! (`runtime/control.rs`) asks it for requests and gives it the answers,
