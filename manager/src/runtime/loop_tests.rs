@@ -732,3 +732,44 @@ fn a_child_out_of_fds_before_exec_is_the_managers_problem() {
     assert_eq!(svc.watch, Watch::Starved);
     assert_eq!(r.pids().len(), 1, "nothing started before the retry");
 }
+
+#[test]
+fn the_loop_runs_only_the_timers_that_are_due_and_they_drive_retry_tick_and_orphan_kill() {
+    let ms = Duration::from_millis;
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.stop_grace = Duration::from_secs(5);
+    });
+    r.seen.borrow_mut().fail = Some(libc::EMFILE);
+    r.begin();
+    let retry = r.m.timers.get(Timer::Retry).expect("the retry is a timer");
+    assert!(r.m.timers.get(Timer::Tick).is_some(), "the tick is a timer");
+    r.seen.borrow_mut().fail = None;
+    r.m.on_deadlines(retry - ms(1));
+    r.m.process_events();
+    assert!(r.pids().is_empty(), "the retry is not due yet");
+    r.m.on_deadlines(retry);
+    r.m.process_events();
+    assert_eq!(r.pids().len(), 1, "the retry's timer started the instance");
+    assert_eq!(r.m.timers.get(Timer::Retry), None);
+    // What the instance left behind is SIGKILLed by its own timer, once.
+    let left = 50_000_001;
+    r.seen.borrow_mut().children = vec![left];
+    r.exit(r.pids()[0], WaitStatus::Exited(0));
+    let due = r.m.timers.get(Timer::Orphan(left)).expect("its SIGKILL");
+    let kills = |r: &Rig| {
+        let seen = r.seen.borrow();
+        seen.signals
+            .iter()
+            .filter(|&&s| s == (left, Signal::SIGKILL))
+            .count()
+    };
+    r.m.on_deadlines(due - ms(1));
+    assert_eq!(kills(&r), 0, "its grace is not over");
+    r.m.on_deadlines(due);
+    r.m.on_deadlines(due + ms(1));
+    assert_eq!(kills(&r), 1);
+    // The tick, overdue at the first of those turns, ran there only and
+    // is due again one period after it.
+    assert_eq!(r.m.timers.get(Timer::Tick), Some(due - ms(1) + super::TICK));
+}
