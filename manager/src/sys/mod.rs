@@ -1,9 +1,12 @@
-//! The only home of `unsafe` in the manager: fork and the child's work up
-//! to `execve`, `wait4`, `accept4` and the SIGPIPE disposition. Everything
-//! the child needs is prepared by the caller (`spawn.rs`) before the fork,
-//! so that between fork and exec only async-signal-safe system calls run:
-//! no allocation, no locks, no Rust standard library I/O. Launch failures
-//! exit with the documented codes 11-30 (doc/charond.md).
+//! The only home of `unsafe` in the manager: starting a child (a
+//! `clone` that shares memory until the exec, as `posix_spawn` does) and
+//! its work up to `execve`, `wait4`, `accept4` and the SIGPIPE
+//! disposition. Everything the child needs is prepared by the caller
+//! (`spawn.rs`) before the clone, so that between clone and exec only
+//! async-signal-safe system calls run: no allocation, no locks, no Rust
+//! standard library I/O, no write to memory but the child's own stack
+//! (and errno). Launch failures exit with the documented codes 11-30
+//! (doc/charond.md).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, CStr, CString};
@@ -11,7 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr;
 
-/// Exit codes of a child that failed between fork and exec.
+/// Exit codes of a child that failed between clone and exec.
 pub(crate) mod code {
     /// `chdir` to the `cd` directory failed.
     pub const CHDIR: i32 = 11;
@@ -66,7 +69,7 @@ pub(crate) mod code {
     }
 }
 
-/// Everything the child does before exec, prepared before the fork.
+/// Everything the child does before exec, prepared before the clone.
 pub(crate) struct ChildPlan {
     pub path: CString,
     pub argv: Vec<CString>,
@@ -78,7 +81,7 @@ pub(crate) struct ChildPlan {
     pub ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     pub manager_pid: libc::pid_t,
     /// Highest signal number whose disposition the child resets (read
-    /// before the fork: `SIGRTMAX()` is a libc call).
+    /// before the clone: `SIGRTMAX()` is a libc call).
     pub max_signal: libc::c_int,
 }
 
@@ -88,12 +91,20 @@ pub(crate) struct ChildFds<'a> {
     pub fds: [BorrowedFd<'a>; 6],
 }
 
-/// Forks; the child arranges itself per `plan` and execs. Returns the
-/// child's pid.
+/// Starts the child, which arranges itself per `plan` and execs. Returns
+/// the child's pid.
+///
+/// The child is made with `clone(CLONE_VM | CLONE_VFORK)`, as
+/// `posix_spawn` does, not with `fork`: it borrows the manager's memory
+/// until its `execve`, so nothing of the manager's address space is copied
+/// (fork copied every page table and then took a copy-on-write fault for
+/// each page either side touched before the exec). The manager's thread is
+/// suspended until the child has exec'd or exited.
 ///
 /// # Errors
 ///
-/// The error of `fork` (the child's own failures show as its exit code).
+/// The error of `mmap` (the child's stack) or `clone` (the child's own
+/// failures show as its exit code).
 pub(crate) fn spawn(plan: &ChildPlan, fds: &ChildFds<'_>) -> io::Result<libc::pid_t> {
     let argv: Vec<*const c_char> = plan
         .argv
@@ -107,43 +118,159 @@ pub(crate) fn spawn(plan: &ChildPlan, fds: &ChildFds<'_>) -> io::Result<libc::pi
         .map(|a| a.as_ptr())
         .chain(std::iter::once(ptr::null()))
         .collect();
-    let raw: [RawFd; 6] = [
-        fds.fds[0].as_raw_fd(),
-        fds.fds[1].as_raw_fd(),
-        fds.fds[2].as_raw_fd(),
-        fds.fds[3].as_raw_fd(),
-        fds.fds[4].as_raw_fd(),
-        fds.fds[5].as_raw_fd(),
-    ];
-    // SAFETY: charond may have a second thread (the `--metrics-listen`
-    // server), which can hold a lock (malloc's, stdio's) at fork time. The
-    // child never touches one: it only runs `child_after_fork`, which makes
-    // async-signal-safe calls without allocating, on memory prepared above
-    // (argv/envp pointers into `plan`, alive across the fork because the
-    // child has a copy of this address space), and never returns.
-    let pid = unsafe { libc::fork() };
+    let child = Child {
+        plan,
+        fds: fds.fds.map(|f| f.as_raw_fd()),
+        argv: &argv,
+        envp: &envp,
+    };
+    let stack = ChildStack::new()?;
+    let mask = BlockAll::new()?;
+    // SAFETY: `child_entry` gets a pointer to `child`, which lives on this
+    // frame until clone returns, and with CLONE_VFORK clone returns only
+    // once the child has exec'd or exited: the child never sees it dangle.
+    // The child runs on its own stack (`stack`, alive until after clone
+    // returns), so it cannot overwrite this thread's frames. Every signal is
+    // blocked (`mask`), so no handler of the manager can run in the child
+    // before `child_before_exec` has reset the dispositions. Without
+    // CLONE_FILES, CLONE_FS, CLONE_SIGHAND and CLONE_THREAD the child gets
+    // its own copies of the fd table, cwd, dispositions and credentials;
+    // only memory is shared, and `child_before_exec` writes to no memory but
+    // its own stack and the errno of this (suspended) thread. The manager's
+    // other thread (`--metrics-listen`) may hold locks meanwhile: the child
+    // takes none (see `child_before_exec`). SIGCHLD as the exit signal makes
+    // it an ordinary child for wait4.
+    let pid = unsafe {
+        libc::clone(
+            child_entry,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            ptr::addr_of!(child).cast_mut().cast(),
+        )
+    };
+    let err = io::Error::last_os_error();
+    drop(mask);
+    drop(stack);
     if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: we are the child, right after fork; `argv`/`envp` are
-        // NULL-terminated arrays of pointers to
-        // NUL-terminated strings owned by `plan`, and `raw` holds fds that
-        // were open in the parent at fork time.
-        unsafe { child_after_fork(plan, &raw, &argv, &envp) }
+        return Err(err);
     }
     Ok(pid)
+}
+
+/// What the child needs, passed to [`child_entry`] by pointer.
+struct Child<'a> {
+    plan: &'a ChildPlan,
+    fds: [RawFd; 6],
+    argv: &'a [*const c_char],
+    envp: &'a [*const c_char],
+}
+
+/// The child's entry point from `clone`.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Child` on `spawn`'s frame, alive (the parent is
+    // suspended in clone until this child execs or exits) and only read.
+    let c = unsafe { &*arg.cast::<Child<'_>>() };
+    // SAFETY: we are the child right after clone, with the signals blocked;
+    // `argv`/`envp` are NULL-terminated arrays of pointers to
+    // NUL-terminated strings owned by `plan`, and `fds` were open in the
+    // parent at clone time (the child has copies).
+    unsafe { child_before_exec(c.plan, &c.fds, c.argv, c.envp) }
+}
+
+/// The child's stack: a private mapping with a guard page below it, so an
+/// overflow faults instead of writing into the manager's memory.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    /// Room for `child_before_exec`, its 512-byte failure line and the libc
+    /// calls it makes (execve copies nothing onto the caller's stack).
+    const SIZE: usize = 64 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> io::Result<ChildStack> {
+        let len = Self::SIZE + Self::GUARD;
+        // SAFETY: an anonymous private mapping at an address of the
+        // kernel's choosing touches no existing memory.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the first page of the mapping made just above.
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The initial stack pointer: the stack grows down from the end.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, which is `len` long.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, used by no one now: the child
+        // that ran on it has exec'd or exited (CLONE_VFORK).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Every signal blocked in this thread until dropped, when the previous
+/// mask comes back.
+struct BlockAll {
+    old: libc::sigset_t,
+}
+
+impl BlockAll {
+    fn new() -> io::Result<BlockAll> {
+        // SAFETY: sigset_t is plain data, valid zeroed; both pointers point
+        // to live locals.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(BlockAll { old })
+        }
+    }
+}
+
+impl Drop for BlockAll {
+    fn drop(&mut self) {
+        // SAFETY: `old` is the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, ptr::null_mut()) };
+    }
 }
 
 /// The child's side. Never returns: execs or `_exit`s with a code.
 ///
 /// # Safety
 ///
-/// Must only run in the child right after `fork`, with `argv`/`envp`
-/// NULL-terminated pointer arrays into live CStrings and `fds` open
-/// descriptors. It must stay async-signal-safe and allocation-free: locks
-/// held by the parent's other threads at fork time stay held in the child.
-unsafe fn child_after_fork(
+/// Must only run in the child right after `clone`, with every signal
+/// blocked, `argv`/`envp` NULL-terminated pointer arrays into live CStrings
+/// and `fds` open descriptors. It must stay async-signal-safe and
+/// allocation-free, take no lock and write no memory but its own stack
+/// and errno: it runs in the manager's memory, whose other thread may hold
+/// a lock.
+unsafe fn child_before_exec(
     plan: &ChildPlan,
     fds: &[RawFd; 6],
     argv: &[*const c_char],
@@ -197,17 +324,20 @@ unsafe fn child_after_fork(
     if libc::getppid() != plan.manager_pid {
         fail(code::ORPHANED, b"find the manager", None);
     }
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    if libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) != 0 {
-        fail(code::SIGMASK, b"sigprocmask", None);
-    }
-    // SIG_IGN survives exec (the manager ignores SIGPIPE); reset them all.
-    // Errors for the signals libc reserves are expected and harmless.
+    // SIG_IGN survives exec (the manager ignores SIGPIPE); reset them all,
+    // handlers too, before unblocking: a handler must not run here, in the
+    // manager's memory. libc refuses the two signals it reserves for its
+    // threads (EINVAL, ignored): nothing sends them to this new process,
+    // and exec resets their handler.
     for sig in 1..=plan.max_signal {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             libc::signal(sig, libc::SIG_DFL);
         }
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    if libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) != 0 {
+        fail(code::SIGMASK, b"sigprocmask", None);
     }
     for &(res, lim) in &plan.rlimits {
         let rl = libc::rlimit {
@@ -223,11 +353,16 @@ unsafe fn child_after_fork(
             fail(code::CHDIR, b"chdir to", Some(cwd));
         }
     }
+    // Raw system calls, not libc's wrappers: those make every thread of
+    // the process change ids, and in this child libc's thread list is the
+    // manager's (shared memory). The kernel changes this process's only.
     if let Some((uid, gid, groups)) = &plan.ids {
-        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(*gid) != 0 {
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+            || libc::syscall(libc::SYS_setgid, *gid) != 0
+        {
             fail(code::SETGID, b"setgid", None);
         }
-        if libc::setuid(*uid) != 0 {
+        if libc::syscall(libc::SYS_setuid, *uid) != 0 {
             fail(code::SETUID, b"setuid", None);
         }
     }
@@ -255,7 +390,7 @@ fn resource_or(other: i32) -> i32 {
 ///
 /// # Safety
 ///
-/// Only in the child after fork: the fds closed are the child's copies.
+/// Only in the child after clone: the fds closed are the child's copies.
 unsafe fn close_all_but(keep: &[RawFd; 6]) {
     let mut sorted = *keep;
     sorted.sort_unstable();
@@ -308,7 +443,7 @@ fn fail(code: i32, what: &[u8], subject: Option<&CStr>) -> ! {
 }
 
 /// One line built in a stack buffer, cut short when full: no allocation,
-/// so it may be used between fork and exec.
+/// so it may be used between clone and exec.
 struct StackLine {
     buf: [u8; 512],
     n: usize,
