@@ -9,6 +9,7 @@
 //! (doc/charond.md).
 #![allow(unsafe_code)]
 
+use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -124,13 +125,31 @@ pub(crate) fn spawn(plan: &ChildPlan, fds: &ChildFds<'_>) -> io::Result<libc::pi
         argv: &argv,
         envp: &envp,
     };
-    let stack = ChildStack::new()?;
+    STACK.with_borrow_mut(|stack| {
+        let stack = match stack {
+            Some(s) => s,
+            None => stack.insert(ChildStack::new()?),
+        };
+        clone_child(&child, stack)
+    })
+}
+
+thread_local! {
+    /// The child stack, made at the first start and kept: mapping and
+    /// unmapping it at every start cost a TLB shootdown each. Reusing it is
+    /// safe because `clone_child` returns only once the child that ran on it
+    /// has exec'd or exited (CLONE_VFORK).
+    static STACK: RefCell<Option<ChildStack>> = const { RefCell::new(None) };
+}
+
+/// The clone itself, on `stack`.
+fn clone_child(child: &Child<'_>, stack: &ChildStack) -> io::Result<libc::pid_t> {
     let mask = BlockAll::new()?;
-    // SAFETY: `child_entry` gets a pointer to `child`, which lives on this
-    // frame until clone returns, and with CLONE_VFORK clone returns only
-    // once the child has exec'd or exited: the child never sees it dangle.
-    // The child runs on its own stack (`stack`, alive until after clone
-    // returns), so it cannot overwrite this thread's frames. Every signal is
+    // SAFETY: `child_entry` gets a pointer to `child`, which outlives this
+    // call, and with CLONE_VFORK clone returns only once the child has
+    // exec'd or exited: the child never sees it dangle. The child runs on
+    // its own stack (`stack`, kept for the life of the thread), so it
+    // cannot overwrite this thread's frames. Every signal is
     // blocked (`mask`), so no handler of the manager can run in the child
     // before `child_before_exec` has reset the dispositions. Without
     // CLONE_FILES, CLONE_FS, CLONE_SIGHAND and CLONE_THREAD the child gets
@@ -145,12 +164,11 @@ pub(crate) fn spawn(plan: &ChildPlan, fds: &ChildFds<'_>) -> io::Result<libc::pi
             child_entry,
             stack.top(),
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            ptr::addr_of!(child).cast_mut().cast(),
+            ptr::from_ref(child).cast_mut().cast(),
         )
     };
     let err = io::Error::last_os_error();
     drop(mask);
-    drop(stack);
     if pid < 0 {
         return Err(err);
     }
@@ -224,7 +242,7 @@ impl ChildStack {
 
 impl Drop for ChildStack {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, used by no one now: the child
+        // SAFETY: the mapping made in `new`, used by no one now: a child
         // that ran on it has exec'd or exited (CLONE_VFORK).
         unsafe { libc::munmap(self.base, self.len) };
     }
