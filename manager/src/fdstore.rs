@@ -265,8 +265,8 @@ impl FdStore {
     /// (start-up: systemd ignores one it holds already).
     pub(crate) fn store_live(&mut self, services: &Services) {
         for (_, svc) in services.iter() {
-            if svc.gen == Gen::Live {
-                self.store(svc.key(), svc.listen.as_fd());
+            if svc.gen() == Gen::Live {
+                self.store(svc.key(), svc.listen().as_fd());
             }
         }
     }

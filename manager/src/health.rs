@@ -108,17 +108,17 @@ pub(crate) fn answer(
     let now = Instant::now();
     let mut entries = Vec::new();
     let mut healthy = !stopping;
-    for (s, svc) in services.iter().filter(|(_, v)| v.gen == Gen::Live) {
+    for (s, svc) in services.iter().filter(|(_, v)| v.gen() == Gen::Live) {
         let look = Look {
-            mode: svc.state.mode,
-            prestart: svc.state.prestart,
-            minimum: svc.state.minimum,
+            mode: svc.mode(),
+            prestart: svc.state().prestart,
+            minimum: svc.state().minimum,
             ready: ready_instances(services, procs, s),
-            starved: svc.starved.is_some(),
+            starved: svc.starved().is_some(),
         };
         let verdict = judge(&look, now);
         healthy &= verdict.is_healthy();
-        let last = svc.stats.last_exit.as_ref().map(|e| e.reason());
+        let last = svc.stats().last_exit.as_ref().map(|e| e.reason());
         let detail = match verdict {
             Verdict::Ready | Verdict::OnDemand => None,
             Verdict::Starting { ready, minimum } => Some(format!(
@@ -134,8 +134,7 @@ pub(crate) fn answer(
                 last.unwrap_or_else(|| "no exit recorded".into())
             )),
             Verdict::Starved => svc
-                .starved
-                .as_ref()
+                .starved()
                 .map(|why| format!("charond cannot start an instance: {why}")),
             Verdict::Stopped => Some("stopped: charond is stopping".into()),
         };
@@ -168,7 +167,7 @@ fn ready_instances(services: &Services, procs: &ProcessTable, s: usize) -> u32 {
             continue;
         }
         if matches!(
-            svc.board.slot(i.slot()).and_then(|sl| sl.state()),
+            svc.slot_state(i.slot()),
             Some(SlotState::Idle | SlotState::Busy)
         ) {
             n += 1;

@@ -111,12 +111,12 @@ pub(crate) fn figures(services: &Services, procs: &ProcessTable, reloading: bool
         ..Figures::default()
     };
     for (s, svc) in services.iter() {
-        f.requests += svc.stats.requests;
-        if svc.gen != Gen::Live {
+        f.requests += svc.stats().requests;
+        if svc.gen() != Gen::Live {
             continue;
         }
         f.services += 1;
-        let backoff = matches!(svc.state.mode, Mode::Backoff { .. });
+        let backoff = matches!(svc.mode(), Mode::Backoff { .. });
         if backoff {
             f.backoff += 1;
         } else if !services.is_ready(s, procs) {
@@ -128,7 +128,7 @@ pub(crate) fn figures(services: &Services, procs: &ProcessTable, reloading: bool
             continue;
         };
         f.total += 1;
-        if let Some(SlotState::Busy) = svc.board.slot(i.slot()).and_then(|sl| sl.state()) {
+        if let Some(SlotState::Busy) = svc.slot_state(i.slot()) {
             f.busy += 1;
         }
     }

@@ -9,7 +9,6 @@
 //! is freed and its figures fold into the key's live generation). When to
 //! drain is `reload.rs`'s decision.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use charon_protocol::scoreboard::SlotState;
@@ -37,18 +36,15 @@ impl Manager {
     pub(crate) fn begin_drain(&mut self, o: usize, linger: bool) {
         let now = Instant::now();
         let svc = &mut self.services[o];
-        svc.sock_path = PathBuf::new();
+        // Its path is handed on (a reload's rename) or was removed.
+        svc.take_sock_path();
         let linger_until = if linger { now + LINGER } else { now };
         // Its first drain step runs at the look just below.
-        let _ = crate::generation::on_event(
-            &mut svc.gen,
-            crate::generation::Event::Drain { linger_until },
-            now,
-        );
+        let _ = svc.on_gen(crate::generation::Event::Drain { linger_until }, now);
         self.timers.set(Timer::Generation(o), Some(now));
         self.timers.set(Timer::Saturation(o), None);
         self.events.push_back((o, Event::Shutdown));
-        if self.services[o].watch != Watch::Off {
+        if self.services[o].watch() != Watch::Off {
             self.set_watch(o, Watch::Off);
         }
     }
@@ -85,7 +81,7 @@ impl Manager {
             Then::AwaitExits => self.timers.set(Timer::Generation(o), None),
             Then::Recheck(at) => self.timers.set(Timer::Generation(o), Some(at)),
             Then::Spawn(at) => {
-                self.services[o].drain_spawns += 1;
+                self.services[o].note_drain_spawn();
                 let _ = self.spawn_one(o, StartWhy::Drain);
                 self.timers.set(Timer::Generation(o), Some(at));
             }
@@ -111,11 +107,11 @@ impl Manager {
         };
         Look {
             why,
-            queued: waiting(&svc.listen),
+            queued: waiting(svc.listen()),
             held: self.fdstore.holds(svc.key()),
-            spawns: svc.drain_spawns,
+            spawns: svc.drain_spawns(),
             linger_until,
-            stop_grace: svc.config.stop_grace,
+            stop_grace: svc.config().stop_grace,
         }
     }
 
@@ -126,14 +122,15 @@ impl Manager {
         if inst.life().asked().is_some() {
             return Some(Seen::Asked);
         }
-        let board = &self.services[inst.service()].board;
-        Some(match board.slot(inst.slot()).and_then(|sl| sl.state()) {
-            Some(SlotState::Idle) => Seen::Idle,
-            Some(SlotState::Busy) => Seen::Busy,
-            _ => Seen::Starting {
-                since: inst.started(),
+        Some(
+            match self.services[inst.service()].slot_state(inst.slot()) {
+                Some(SlotState::Idle) => Seen::Idle,
+                Some(SlotState::Busy) => Seen::Busy,
+                _ => Seen::Starting {
+                    since: inst.started(),
+                },
             },
-        })
+        )
     }
 
     /// SIGUSR1 to one instance; SIGKILL after `stop-grace`.
@@ -142,7 +139,7 @@ impl Manager {
             return;
         };
         let (pid, s) = (inst.pid(), inst.service());
-        let grace = self.services[s].config.stop_grace;
+        let grace = self.services[s].config().stop_grace;
         if self.life_event(id, crate::instance::Event::Drain { reason, grace }) {
             info!(
                 Some(self.services[s].key()),
@@ -158,8 +155,8 @@ impl Manager {
     /// socket (or sees NotFound if the key was removed).
     fn close_queue(&mut self, o: usize) {
         let mut n = 0u32;
-        while waiting(&self.services[o].listen) {
-            match crate::sys::accept(std::os::fd::AsFd::as_fd(&self.services[o].listen)) {
+        while waiting(self.services[o].listen()) {
+            match crate::sys::accept(std::os::fd::AsFd::as_fd(self.services[o].listen())) {
                 Ok(conn) => {
                     drop(conn);
                     n += 1;
@@ -179,23 +176,23 @@ impl Manager {
     /// The last instance of a drained generation is gone: close its socket,
     /// free its scoreboard, and fold its figures into the key's live one.
     fn free_generation(&mut self, o: usize) {
-        if self.services[o].watch != Watch::Off {
+        if self.services[o].watch() != Watch::Off {
             self.set_watch(o, Watch::Off);
         }
         self.events.retain(|(s, _)| *s != o);
         self.cancel_service_timers(o);
-        let Some(old) = self.services.remove(o) else {
+        let Some(mut old) = self.services.remove(o) else {
             return;
         };
         info!(
             Some(old.key()),
             None,
             "generation {} ({}) is gone",
-            old.generation,
-            old.gen.name()
+            old.generation(),
+            old.gen().name()
         );
         if let Some(l) = self.live_of(old.key()) {
-            self.services[l].stats.absorb(old.stats, false);
+            self.services[l].stats_mut().absorb(old.take_stats(), false);
         }
     }
 }

@@ -5,7 +5,6 @@
 //! `calibrate.rs`.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use charon_protocol::report::{self, Message, MAX_MESSAGE_LEN};
@@ -15,7 +14,6 @@ use mio::Interest;
 use nix::sys::signal::Signal;
 
 use super::Manager;
-use crate::calibrate;
 use crate::generation::Gen;
 use crate::instance::{self, Action, Life, Reached, Replacement};
 use crate::log::{info, warning, Level};
@@ -34,55 +32,43 @@ impl Manager {
     pub(crate) fn spawn_one(&mut self, s: usize, why: StartWhy) -> Option<usize> {
         let limit = self.request_limit(s);
         let svc = &mut self.services[s];
-        let key = svc.config.key.as_str().to_string();
-        let Some(slot) = svc.used_slots.iter().position(|u| !u) else {
+        let key = svc.config().key.as_str().to_string();
+        let Some(slot) = svc.prepare_slot(limit) else {
             warning!(
                 Some(&key),
                 None,
                 "unable to start an instance: all {} scoreboard slots in use",
-                svc.used_slots.len()
+                svc.slot_count()
             );
             return None;
         };
-        let slot_u32 = slot as u32;
-        if let Some(sl) = svc.board.slot(slot_u32) {
-            // Written before the fork: the instance reads its limit at start.
-            sl.reset(u32::MAX, limit);
-            let startup = svc.startup.unwrap_or(calibrate::ASSUMED_STARTUP);
-            sl.retire_notice.store(
-                calibrate::retire_notice(limit, svc.rate, startup),
-                Ordering::Relaxed,
-            );
-        }
         let launch = Launch {
-            config: &svc.config,
+            config: svc.config(),
             config_dir: &self.paths.config_dir,
             run_dir: &self.paths.run_dir,
-            slot: slot_u32,
-            listen: &svc.listen,
-            scoreboard: &svc.board_fd,
+            slot,
+            listen: svc.listen(),
+            scoreboard: svc.board_fd(),
             devnull: &self.devnull,
         };
         let spawned = match self.spawner.spawn(&launch) {
             Ok(sp) => sp,
             Err(e) => {
-                if let Some(sl) = svc.board.slot(slot_u32) {
-                    sl.reset(0, 0);
-                }
+                svc.slot_unused(slot);
                 if let Some(problem) = crate::starved::resource_failure(&e) {
                     self.starved(s, problem);
                     return None;
                 }
                 warning!(Some(&key), None, "unable to start an instance: {e}");
-                svc.stats.launch_failures += 1;
-                svc.stats.exit("launch_failed");
-                svc.stats.set_last_exit(LastExit {
+                svc.stats_mut().launch_failures += 1;
+                svc.stats_mut().exit("launch_failed");
+                svc.stats_mut().set_last_exit(LastExit {
                     pid: 0,
                     status: format!("could not be started: {e}"),
                     class: "launch_failed",
                     ..LastExit::default()
                 });
-                if matches!(svc.gen, Gen::Pending { .. }) {
+                if matches!(svc.gen(), Gen::Pending { .. }) {
                     self.timers.set(Timer::Generation(s), Some(Instant::now()));
                 }
                 let remaining = self.live_count(s);
@@ -97,23 +83,15 @@ impl Manager {
                 return None;
             }
         };
-        svc.used_slots[slot] = true;
-        if let Some(sl) = svc.board.slot(slot_u32) {
-            sl.pid.store(spawned.pid as u32, Ordering::Relaxed);
-        }
-        let in_use = svc.used_slots.iter().rposition(|u| *u).map_or(0, |i| i + 1);
-        svc.board
-            .header()
-            .slots_in_use
-            .store(in_use as u32, Ordering::Relaxed);
-        svc.stats.launches += 1;
+        svc.slot_taken(slot, spawned.pid);
+        svc.stats_mut().launches += 1;
         let now = Instant::now();
         let pid = spawned.pid;
-        let ready_by = now + svc.config.startup_timeout;
+        let ready_by = now + svc.config().startup_timeout;
         let id = self.procs.insert(Instance::new(
             pid,
             s,
-            slot_u32,
+            slot,
             now,
             ready_by,
             Some(spawned.stderr),
@@ -139,8 +117,7 @@ impl Manager {
         for _ in 0..count {
             let now = Instant::now();
             let svc = &mut self.services[s];
-            if !svc.pacer.take(now) {
-                let at = svc.pacer.next_at();
+            if let Err(at) = svc.pace_fork(now) {
                 self.timers.set_earlier(Timer::Pace(s), at);
                 info!(
                     Some(svc.key()),
@@ -158,10 +135,10 @@ impl Manager {
     /// have been met meanwhile, or the service stopped).
     pub(crate) fn replace_owed(&mut self, s: usize) {
         let svc = &self.services[s];
-        if self.stopping || svc.state.mode != Mode::Running {
+        if self.stopping || svc.mode() != Mode::Running {
             return;
         }
-        let owed = svc.state.wanted().saturating_sub(self.live_count(s));
+        let owed = svc.state().wanted().saturating_sub(self.live_count(s));
         self.replace(s, owed);
     }
 
@@ -193,7 +170,7 @@ impl Manager {
     /// `maximum-requests` minus a random share of up to the jitter percent,
     /// so that instances started together do not retire together.
     fn request_limit(&mut self, s: usize) -> u64 {
-        let c = &self.services[s].config;
+        let c = self.services[s].config();
         self.jitter
             .limit(c.maximum_requests, u64::from(c.maximum_requests_jitter))
     }
@@ -209,12 +186,9 @@ impl Manager {
     /// Sets `want_hints` while more instances may be started.
     pub(crate) fn update_hints(&self, s: usize) {
         let svc = &self.services[s];
-        let want = matches!(svc.state.mode, Mode::Running)
-            && self.live_count(s) < svc.config.maximum_processes;
-        svc.board
-            .header()
-            .want_hints
-            .store(u32::from(want), Ordering::Relaxed);
+        let want = matches!(svc.mode(), Mode::Running)
+            && self.live_count(s) < svc.config().maximum_processes;
+        svc.set_want_hints(want);
     }
 
     /// Signals an instance and its process group. Only instances in the
@@ -247,7 +221,7 @@ impl Manager {
                     Some(key),
                     Some(pid),
                     "unable to get instance ready: not ready within startup-timeout {}s; killing it (a young failure: it counts toward backoff)",
-                    self.services[s].config.startup_timeout.as_secs_f64()
+                    self.services[s].config().startup_timeout.as_secs_f64()
                 ),
                 Action::WarnGraceOver => {
                     self.forced |= self.stopping;
@@ -270,7 +244,7 @@ impl Manager {
             return;
         };
         let (pid, s) = (inst.pid(), inst.service());
-        let grace = self.services[s].config.stop_grace;
+        let grace = self.services[s].config().stop_grace;
         if self.life_event(id, instance::Event::Stop { reason, grace }) {
             info!(
                 Some(self.services[s].key()),
@@ -325,9 +299,7 @@ impl Manager {
         let (s, slot, started) = (inst.service(), inst.slot(), inst.started());
         let svc = &mut self.services[s];
         let ready = svc
-            .board
-            .slot(slot)
-            .and_then(|sl| sl.state())
+            .slot_state(slot)
             .is_some_and(|st| st != SlotState::Starting);
         if ready {
             svc.seen_ready(now.saturating_duration_since(started));
@@ -368,8 +340,8 @@ impl Manager {
 
     fn log_line(&mut self, s: usize, pid: i32, line: &str, now: Instant) {
         let svc = &mut self.services[s];
-        if svc.stderr_limit.admit(now) {
-            info!(Some(svc.config.key.as_str()), Some(pid), "stderr: {line}");
+        if svc.admit_stderr(now) {
+            info!(Some(svc.config().key.as_str()), Some(pid), "stderr: {line}");
         }
     }
 
@@ -393,14 +365,14 @@ impl Manager {
                 Ok(Message::Records(recs)) => {
                     inst.note_served(recs.len() as u64, Instant::now());
                     let started = inst.started();
-                    self.services[s].stats.records(&recs);
+                    self.services[s].stats_mut().records(&recs);
                     self.check_trial(s, started);
                 }
                 Ok(Message::Saturated) => self.on_saturated(s),
                 Ok(Message::Retiring) => {
                     let age = inst.age(Instant::now());
                     let svc = &mut self.services[s];
-                    if let Some(sl) = svc.board.slot(inst.slot()) {
+                    if let Some(sl) = svc.board().slot(inst.slot()) {
                         svc.seen_rate(sl.snapshot().requests, age);
                     }
                     self.retire(id, KillReason::MaxRequests);
@@ -474,11 +446,9 @@ impl Manager {
             && matches!(r.status, WaitStatus::Exited(sys::code::RESOURCES));
         // Ready: its slot left *starting* (read before the slot is freed).
         let ready = self.services[s]
-            .board
-            .slot(inst.slot())
-            .and_then(|sl| sl.state())
+            .slot_state(inst.slot())
             .is_some_and(|st| st != SlotState::Starting);
-        let served = self.free_slot(s, &inst);
+        let served = self.services[s].free_slot(inst.slot(), inst.reported());
         // Completed a request: a mature instance, whose death is about that
         // request or an outside event, not about the program.
         let completed = served > 0;
@@ -504,7 +474,7 @@ impl Manager {
         }
         let (key, grace) = (
             self.services[s].key().to_string(),
-            self.services[s].config.stop_grace,
+            self.services[s].config().stop_grace,
         );
         self.instance_gone(id, &key, grace);
         if starved {
@@ -525,34 +495,6 @@ impl Manager {
         self.update_hints(s);
     }
 
-    /// Frees a reaped instance's scoreboard slot. Returns the requests it
-    /// completed, reported or still in an unsent batch (its slot counts
-    /// them too); those never reported are added to the service's count
-    /// (without latency).
-    fn free_slot(&mut self, s: usize, inst: &Instance) -> u64 {
-        let svc = &mut self.services[s];
-        let counted = svc
-            .board
-            .slot(inst.slot())
-            .map_or(0, |sl| sl.snapshot().requests);
-        if let Some(sl) = svc.board.slot(inst.slot()) {
-            if counted > inst.reported() {
-                let unreported = counted - inst.reported();
-                svc.stats.requests = svc.stats.requests.saturating_add(unreported);
-            }
-            sl.reset(0, 0);
-        }
-        if let Some(u) = svc.used_slots.get_mut(inst.slot() as usize) {
-            *u = false;
-        }
-        let in_use = svc.used_slots.iter().rposition(|u| *u).map_or(0, |i| i + 1);
-        svc.board
-            .header()
-            .slots_in_use
-            .store(in_use as u32, Ordering::Relaxed);
-        counted.max(inst.reported())
-    }
-
     /// Counts an exit in the service's figures and keeps it as the last.
     fn count_exit(
         &mut self,
@@ -562,7 +504,7 @@ impl Manager {
         class: ExitClass,
         starved: bool,
     ) {
-        let stats = &mut self.services[s].stats;
+        let stats = self.services[s].stats_mut();
         if !starved {
             stats.exit(class.name());
         }
@@ -589,7 +531,7 @@ impl Manager {
     /// take over; a pending or draining one looks again now.
     fn tell_generation(&mut self, s: usize, inst: &Instance, class: ExitClass, now: Instant) {
         let svc = &mut self.services[s];
-        match svc.gen {
+        match svc.gen() {
             Gen::Live => return,
             Gen::Pending { .. } if inst.life().asked().is_none() => {
                 let why = format!(
@@ -601,7 +543,7 @@ impl Manager {
                         format!("; last stderr line: {}", inst.last_stderr())
                     }
                 );
-                svc.gen_failure.get_or_insert(why);
+                svc.note_gen_failure(why);
             }
             Gen::Pending { .. } | Gen::Draining { .. } => {}
         }

@@ -180,7 +180,7 @@ fn prestart_fills_slots_in_order_with_limits_and_pids() {
         seen.spawned.iter().map(|&(_, s)| s).collect::<Vec<_>>(),
         [0, 1, 2]
     );
-    let board = &r.m.services[0].board;
+    let board = r.m.services[0].board();
     assert_eq!(board.header().slots_in_use.load(Ordering::Relaxed), 3);
     for (i, &(pid, slot)) in seen.spawned.iter().enumerate() {
         let s = board.slot(slot).unwrap();
@@ -188,7 +188,7 @@ fn prestart_fills_slots_in_order_with_limits_and_pids() {
         assert_eq!(s.request_limit.load(Ordering::Relaxed), 100);
         assert_eq!(s.state(), Some(SlotState::Starting));
     }
-    assert_eq!(r.m.services[0].stats.launches, 3);
+    assert_eq!(r.m.services[0].stats().launches, 3);
 }
 
 #[test]
@@ -196,12 +196,12 @@ fn on_demand_spawns_on_the_first_connect_and_stops_watching() {
     let mut r = rig(|_| {});
     r.begin();
     assert!(r.pids().is_empty());
-    assert_eq!(r.m.services[0].watch, Watch::Demand);
+    assert_eq!(r.m.services[0].watch(), Watch::Demand);
     let _client = r.connect();
     r.m.on_listener(0);
     r.m.process_events();
     assert_eq!(r.pids().len(), 1);
-    assert_eq!(r.m.services[0].watch, Watch::Off);
+    assert_eq!(r.m.services[0].watch(), Watch::Off);
 }
 
 #[test]
@@ -212,9 +212,9 @@ fn a_failed_exit_enters_backoff_and_fast_fails_with_the_reason() {
     nix::unistd::write(&r.seen.borrow().stderr[0], b"config missing\n").unwrap();
     r.exit(pid, WaitStatus::Exited(1));
     let svc = &r.m.services[0];
-    assert_eq!(svc.watch, Watch::FastFail);
-    assert_eq!(svc.stats.backoff_entries, 1);
-    assert_eq!(svc.board.header().slots_in_use.load(Ordering::Relaxed), 0);
+    assert_eq!(svc.watch(), Watch::FastFail);
+    assert_eq!(svc.stats().backoff_entries, 1);
+    assert_eq!(svc.board().header().slots_in_use.load(Ordering::Relaxed), 0);
     let mut client = r.connect();
     client.write_all(b"anything").unwrap();
     r.m.on_listener(0);
@@ -235,7 +235,7 @@ fn a_failed_exit_enters_backoff_and_fast_fails_with_the_reason() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert_eq!(r.m.services[0].stats.fast_failed, 1);
+    assert_eq!(r.m.services[0].stats().fast_failed, 1);
     assert_eq!(r.pids().len(), 1, "no fork during backoff");
 }
 
@@ -258,8 +258,8 @@ fn a_stopped_instance_gets_sigterm_then_sigkill_and_counts_under_its_reason() {
     );
     r.exit(first, WaitStatus::Signaled(9));
     let svc = &r.m.services[0];
-    assert_eq!(svc.stats.exits.get("idle"), Some(&1));
-    assert_eq!(svc.stats.exits.get("crashed"), None);
+    assert_eq!(svc.stats().exits.get("idle"), Some(&1));
+    assert_eq!(svc.stats().exits.get("crashed"), None);
     assert_eq!(r.pids().len(), 2, "one left, no replacement needed");
 }
 
@@ -283,9 +283,9 @@ fn a_crash_is_replaced_and_reports_are_counted() {
     .unwrap();
     let id = r.id_of(pid);
     r.m.read_reports(id);
-    assert_eq!(r.m.services[0].stats.requests, 2);
+    assert_eq!(r.m.services[0].stats().requests, 2);
     r.exit(pid, WaitStatus::Signaled(11));
-    assert_eq!(r.m.services[0].stats.exits.get("crashed"), Some(&1));
+    assert_eq!(r.m.services[0].stats().exits.get("crashed"), Some(&1));
     assert_eq!(r.pids().len(), 2, "replaced");
 }
 
@@ -300,7 +300,7 @@ fn sigkill_from_outside_makes_a_crash_loop_only_before_ready() {
             let (pid, slot) = *r.seen.borrow().spawned.last().unwrap();
             if ready {
                 r.m.services[0]
-                    .board
+                    .board()
                     .slot(slot)
                     .unwrap()
                     .set_state(SlotState::Idle);
@@ -308,12 +308,12 @@ fn sigkill_from_outside_makes_a_crash_loop_only_before_ready() {
             r.exit(pid, WaitStatus::Signaled(9));
             if kill < 4 || ready {
                 assert_eq!(r.pids().len(), kill + 2, "replaced (ready: {ready})");
-                assert!(!r.m.services[0].state.mode.is_backoff());
+                assert!(!r.m.services[0].mode().is_backoff());
             }
         }
         let svc = &r.m.services[0];
-        assert_eq!(svc.stats.exits.get("crashed"), Some(&5));
-        assert_eq!(svc.state.mode.is_backoff(), loop_expected, "ready: {ready}");
+        assert_eq!(svc.stats().exits.get("crashed"), Some(&5));
+        assert_eq!(svc.mode().is_backoff(), loop_expected, "ready: {ready}");
     }
 }
 
@@ -336,14 +336,14 @@ fn retiring_starts_the_replacement_and_the_old_one_serves_to_its_limit() {
     // The replacement is not ready yet: nothing happens.
     r.m.recycle_step(0);
     assert!(r.seen.borrow().signals.is_empty());
-    let board = &r.m.services[0].board;
+    let board = r.m.services[0].board();
     board.slot(spawned[1].1).unwrap().set_state(SlotState::Idle);
     r.m.recycle_step(0);
     // The replacement is ready, but the old one, busy lately, serves on to
     // its limit and leaves by itself.
     assert!(r.seen.borrow().signals.is_empty());
     r.exit(old, WaitStatus::Exited(0));
-    assert_eq!(r.m.services[0].stats.exits.get("max_requests"), Some(&1));
+    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
     assert_eq!(r.pids().len(), 2, "no extra replacement");
 }
 
@@ -356,7 +356,7 @@ fn a_retiree_idle_for_a_while_is_stopped_once_its_replacement_is_ready() {
     r.m.retire(id, KillReason::MaxRequests);
     let spawned = r.seen.borrow().spawned.clone();
     assert_eq!(spawned.len(), 2, "replacement first");
-    let board = &r.m.services[0].board;
+    let board = r.m.services[0].board();
     board.slot(spawned[1].1).unwrap().set_state(SlotState::Idle);
     if let Some(i) = r.m.procs.get_mut(id) {
         i.set_idle_since(Instant::now() - Duration::from_secs(2));
@@ -364,7 +364,7 @@ fn a_retiree_idle_for_a_while_is_stopped_once_its_replacement_is_ready() {
     r.m.recycle_step(0);
     assert_eq!(r.seen.borrow().signals, [(old, Signal::SIGTERM)]);
     r.exit(old, WaitStatus::Exited(0));
-    assert_eq!(r.m.services[0].stats.exits.get("max_requests"), Some(&1));
+    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
     assert_eq!(r.pids().len(), 2, "no extra replacement");
 }
 
@@ -383,7 +383,7 @@ fn shutdown_drains_every_group_removes_the_socket_and_starts_nothing() {
     assert!(r.seen.borrow().signals.is_empty());
     for (_, slot) in &spawned {
         r.m.services[0]
-            .board
+            .board()
             .slot(*slot)
             .unwrap()
             .set_state(SlotState::Idle);
@@ -405,7 +405,7 @@ fn shutdown_drains_every_group_removes_the_socket_and_starts_nothing() {
         r.exit(p, WaitStatus::Exited(0));
     }
     assert!(r.m.procs.is_empty());
-    assert_eq!(r.m.services[0].stats.exits.get("shutdown"), Some(&2));
+    assert_eq!(r.m.services[0].stats().exits.get("shutdown"), Some(&2));
     assert_eq!(r.pids().len(), 2, "nothing restarted");
     // The queue is empty: the generation is freed, and the loop may end.
     assert!(!r.m.generation_step(0, Instant::now()));
@@ -425,7 +425,7 @@ fn shutdown_serves_a_queue_left_with_no_instance() {
     // It is waited for while it starts, but not past stop-grace.
     assert!(r.m.generation_step(0, Instant::now()));
     assert!(r.seen.borrow().signals.is_empty());
-    let late = Instant::now() + r.m.services[0].config.stop_grace;
+    let late = Instant::now() + r.m.services[0].config().stop_grace;
     assert!(r.m.generation_step(0, late));
     let pid = r.pids()[0];
     assert_eq!(r.seen.borrow().signals, [(pid, Signal::SIGTERM)]);
@@ -441,7 +441,7 @@ fn shutdown_leaves_the_queue_and_file_of_a_socket_systemd_keeps() {
     r.begin();
     let path = r.dir.path().join("run/system.echo.0.raw.sock");
     // systemd's copy of the socket.
-    let _systemd = r.m.services[0].listen.try_clone().unwrap();
+    let _systemd = r.m.services[0].listen().try_clone().unwrap();
     let mut client = UnixStream::connect(&path).unwrap();
     r.m.begin_shutdown();
     assert!(!r.m.generation_step(0, Instant::now()), "freed at once");
@@ -463,7 +463,7 @@ fn a_request_past_unresponsive_timeout_is_killed_and_a_young_one_gets_a_deadline
     });
     r.begin();
     let pids = r.pids();
-    let board = &r.m.services[0].board;
+    let board = r.m.services[0].board();
     let now_ns = charon_protocol::scoreboard::now_ns();
     board
         .slot(0)
@@ -481,7 +481,7 @@ fn a_request_past_unresponsive_timeout_is_killed_and_a_young_one_gets_a_deadline
             .expect("a deadline for the fresh request");
     assert!(due > now + Duration::from_millis(900) && due < now + Duration::from_millis(1100));
     r.exit(pids[0], WaitStatus::Signaled(9));
-    assert_eq!(r.m.services[0].stats.exits.get("unresponsive"), Some(&1));
+    assert_eq!(r.m.services[0].stats().exits.get("unresponsive"), Some(&1));
     assert_eq!(r.pids().len(), 3, "replaced up to the minimum");
 }
 
@@ -504,7 +504,7 @@ fn garbage_reports_are_counted_not_trusted() {
     send(fd, &encode_records(&[rec]), MsgFlags::empty()).unwrap();
     let id = r.id_of(pid);
     r.m.read_reports(id);
-    let stats = &r.m.services[0].stats;
+    let stats = &r.m.services[0].stats();
     assert_eq!((stats.requests, stats.faults, stats.retried), (1, 1, 1));
     assert_eq!(r.m.procs.get(id).map(|i| i.bad_reports()), Some(3));
 }
@@ -525,7 +525,7 @@ fn reload_changed(r: &mut Rig) -> (usize, usize) {
     let pending =
         r.m.services
             .iter()
-            .find(|(_, v)| matches!(v.gen, Gen::Pending { .. }))
+            .find(|(_, v)| matches!(v.gen(), Gen::Pending { .. }))
             .map(|(s, _)| s)
             .expect("a pending generation");
     (0, pending)
@@ -540,7 +540,7 @@ fn a_changed_file_swaps_generations_once_the_new_one_is_up_then_drains_the_old()
     r.begin();
     let old = r.pids()[0];
     r.m.services[0]
-        .board
+        .board()
         .slot(0)
         .unwrap()
         .set_state(SlotState::Idle);
@@ -548,27 +548,27 @@ fn a_changed_file_swaps_generations_once_the_new_one_is_up_then_drains_the_old()
     let old_ino = inode(&path);
     let (o, p) = reload_changed(&mut r);
     let new = r.pids()[1];
-    let tmp = r.m.services[p].sock_path.clone();
+    let tmp = r.m.services[p].sock_path().to_path_buf();
     assert!(tmp.exists() && tmp != path, "bound at a temporary name");
     let new_ino = inode(&tmp);
     // Not up yet: the old generation keeps the path and its instance.
     let now = Instant::now();
     assert!(r.m.generation_step(p, now));
-    assert!(matches!(r.m.services[p].gen, Gen::Pending { .. }));
+    assert!(matches!(r.m.services[p].gen(), Gen::Pending { .. }));
     assert_eq!(inode(&path), old_ino);
     assert!(r.seen.borrow().signals.is_empty());
     // Up: renamed over the path, and the old instance is told to drain.
     let slot = r.m.procs.get(r.id_of(new)).unwrap().slot();
     r.m.services[p]
-        .board
+        .board()
         .slot(slot)
         .unwrap()
         .set_state(SlotState::Idle);
     assert!(r.m.generation_step(p, now));
-    assert_eq!(r.m.services[p].gen, Gen::Live);
+    assert_eq!(r.m.services[p].gen(), Gen::Live);
     assert_eq!(inode(&path), new_ino);
     assert!(!tmp.exists());
-    assert!(matches!(r.m.services[o].gen, Gen::Draining { .. }));
+    assert!(matches!(r.m.services[o].gen(), Gen::Draining { .. }));
     r.m.process_events();
     assert!(r.m.generation_step(o, Instant::now()));
     assert_eq!(
@@ -582,7 +582,7 @@ fn a_changed_file_swaps_generations_once_the_new_one_is_up_then_drains_the_old()
         .m
         .generation_step(o, Instant::now() + Duration::from_secs(2)));
     assert!(r.m.services.get(o).is_none());
-    let stats = &r.m.services[p].stats;
+    let stats = r.m.services[p].stats();
     assert_eq!(stats.exits.get("reload"), Some(&1));
     assert_eq!(stats.launches, 2, "both generations' launches");
 }
@@ -598,10 +598,10 @@ fn a_new_generation_that_exits_before_it_is_up_leaves_the_old_one() {
     let old_ino = inode(&path);
     let (o, p) = reload_changed(&mut r);
     let new = r.pids()[1];
-    let tmp = r.m.services[p].sock_path.clone();
+    let tmp = r.m.services[p].sock_path().to_path_buf();
     r.exit(new, WaitStatus::Exited(2));
     assert!(r.m.generation_step(p, Instant::now()));
-    assert_eq!(r.m.services[o].gen, Gen::Live, "the old one serves on");
+    assert_eq!(r.m.services[o].gen(), Gen::Live, "the old one serves on");
     assert_eq!(inode(&path), old_ino);
     assert!(!tmp.exists(), "the temporary socket is removed");
     assert!(
@@ -624,28 +624,28 @@ fn a_hint_that_finds_an_idle_instance_lets_the_next_through_and_waiting_clients_
     });
     r.begin();
     let slot = r.seen.borrow().spawned[0].1;
-    let set = |r: &Rig, st| r.m.services[0].board.slot(slot).unwrap().set_state(st);
+    let set = |r: &Rig, st| r.m.services[0].board().slot(slot).unwrap().set_state(st);
     set(&r, SlotState::Idle);
     // A hint from a request that ended before the manager looked: the
     // instance is idle, nobody waits. Not saturated, and the next hint
     // must not be held back by the rate limit.
     const SECOND: u64 = 1_000_000_000;
-    assert!(r.m.services[0].board.claim_hint(now_ns(), 0));
+    assert!(r.m.services[0].board().claim_hint(now_ns(), 0));
     assert!(
-        !r.m.services[0].board.claim_hint(now_ns(), SECOND),
+        !r.m.services[0].board().claim_hint(now_ns(), SECOND),
         "rate-limited"
     );
     r.m.on_saturated(0);
-    assert_eq!(r.m.services[0].watch, Watch::Off);
+    assert_eq!(r.m.services[0].watch(), Watch::Off);
     assert!(
-        r.m.services[0].board.claim_hint(now_ns(), SECOND),
+        r.m.services[0].board().claim_hint(now_ns(), SECOND),
         "the next saturation is reported at once"
     );
     // Clients waiting while the instance is still idle (about to accept
     // one of them): keep watching and re-check soon.
     let _clients: Vec<UnixStream> = (0..3).map(|_| r.connect()).collect();
     r.m.on_saturated(0);
-    assert_eq!(r.m.services[0].watch, Watch::Saturated);
+    assert_eq!(r.m.services[0].watch(), Watch::Saturated);
     assert!(r
         .m
         .timers
@@ -699,11 +699,11 @@ fn out_of_fds_is_no_launch_failure_no_backoff_and_retried() {
     r.seen.borrow_mut().fail = Some(libc::EMFILE);
     r.begin();
     let svc = &r.m.services[0];
-    assert_eq!(svc.stats.launch_failures, 0);
-    assert!(!svc.state.mode.is_backoff());
-    assert!(svc.starved.as_deref().unwrap().contains("EMFILE"));
+    assert_eq!(svc.stats().launch_failures, 0);
+    assert!(!svc.mode().is_backoff());
+    assert!(svc.starved().unwrap().contains("EMFILE"));
     assert_eq!(
-        svc.watch,
+        svc.watch(),
         Watch::Starved,
         "no instance: its clients are answered"
     );
@@ -713,9 +713,9 @@ fn out_of_fds_is_no_launch_failure_no_backoff_and_retried() {
     r.m.process_events();
     assert_eq!(r.pids().len(), 1, "the retry starts the wanted instance");
     let svc = &r.m.services[0];
-    assert!(svc.starved.is_none());
-    assert_eq!(svc.watch, Watch::Off);
-    assert_eq!(svc.stats.backoff_entries, 0);
+    assert!(svc.starved().is_none());
+    assert_eq!(svc.watch(), Watch::Off);
+    assert_eq!(svc.stats().backoff_entries, 0);
 }
 
 #[test]
@@ -725,11 +725,11 @@ fn a_child_out_of_fds_before_exec_is_the_managers_problem() {
     let p = r.pids()[0];
     r.exit(p, WaitStatus::Exited(crate::sys::code::RESOURCES));
     let svc = &r.m.services[0];
-    assert_eq!(svc.stats.launch_failures, 0);
-    assert!(!svc.stats.exits.contains_key("launch_failure"));
-    assert!(!svc.state.mode.is_backoff());
-    assert!(svc.starved.is_some());
-    assert_eq!(svc.watch, Watch::Starved);
+    assert_eq!(svc.stats().launch_failures, 0);
+    assert!(!svc.stats().exits.contains_key("launch_failure"));
+    assert!(!svc.mode().is_backoff());
+    assert!(svc.starved().is_some());
+    assert_eq!(svc.watch(), Watch::Starved);
     assert_eq!(r.pids().len(), 1, "nothing started before the retry");
 }
 

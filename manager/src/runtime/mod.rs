@@ -47,7 +47,7 @@ mod starved;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ use crate::log::{info, warning};
 use crate::process_table::ProcessTable;
 use crate::queue::QueueProbe;
 use crate::service::state::Mode;
-use crate::service::transition::{self, Action, Event, StartWhy};
+use crate::service::transition::{Action, Event, StartWhy};
 use crate::services::{Bound, Services, Svc, Watch};
 use crate::signals::{Sig, Signals};
 use crate::spawn::Spawner;
@@ -274,8 +274,8 @@ impl Manager {
             let Some(svc) = self.services.get_mut(s) else {
                 continue;
             };
-            let actions = transition::on_event(&mut svc.state, ev, now);
-            let backoff_until = match svc.state.mode {
+            let actions = svc.on_event(ev, now);
+            let backoff_until = match svc.mode() {
                 Mode::Backoff { until, .. } => Some(until),
                 _ => None,
             };
@@ -302,7 +302,7 @@ impl Manager {
             Action::Unwatch => self.set_watch(s, Watch::Off),
             Action::BackoffEntered(wait) => {
                 let svc = &mut self.services[s];
-                svc.stats.backoff_entries += 1;
+                svc.stats_mut().backoff_entries += 1;
                 warning!(
                     Some(svc.key()),
                     None,
@@ -320,35 +320,8 @@ impl Manager {
     }
 
     pub(crate) fn set_watch(&mut self, s: usize, w: Watch) {
-        let svc = &mut self.services[s];
-        let raw = svc.listen.as_raw_fd();
-        let reg = self.poll.registry();
-        if svc.watch != Watch::Off {
-            if let Err(e) = reg.deregister(&mut SourceFd(&raw)) {
-                warning!(
-                    Some(svc.config.key.as_str()),
-                    None,
-                    "unable to unwatch socket: {e}"
-                );
-            }
-        }
-        svc.watch = Watch::Off;
-        if w != Watch::Off {
-            // Registering reports a connection already waiting, so the
-            // first request of an on-demand service is never missed.
-            match reg.register(
-                &mut SourceFd(&raw),
-                token(Owner::Listener(s)),
-                Interest::READABLE,
-            ) {
-                Ok(()) => svc.watch = w,
-                Err(e) => warning!(
-                    Some(svc.config.key.as_str()),
-                    None,
-                    "unable to watch socket: {e}"
-                ),
-            }
-        }
+        let tok = token(Owner::Listener(s));
+        self.services[s].set_watch(w, self.poll.registry(), tok);
         if w != Watch::Off {
             // A connection queued before registration: handle it now.
             self.on_listener(s);
@@ -379,9 +352,7 @@ impl Manager {
                 self.generation_step(s, now);
             }
             Timer::Backoff(s) => {
-                if let Some(Mode::Backoff { until, .. }) =
-                    self.services.get(s).map(|v| v.state.mode)
-                {
+                if let Some(Mode::Backoff { until, .. }) = self.services.get(s).map(|v| v.mode()) {
                     if until <= now {
                         self.events.push_back((s, Event::BackoffOver));
                     } else {
@@ -456,11 +427,11 @@ impl Manager {
             self.procs.len()
         );
         for s in self.services.ids() {
-            let path = std::mem::take(&mut self.services[s].sock_path);
+            let path = self.services[s].take_sock_path();
             let svc = &self.services[s];
             // A socket systemd keeps outlives charond: its file stays, so
             // that clients queue on it until the next charond serves it.
-            if !(svc.gen == Gen::Live && self.fdstore.holds(svc.key())) {
+            if !(svc.gen() == Gen::Live && self.fdstore.holds(svc.key())) {
                 crate::startup::remove_socket(&path, svc.key());
             }
             self.begin_drain(s, false);

@@ -140,6 +140,6 @@ impl Manager {
         self.services
             .iter()
             .find(|(_, s)| s.key() == key)
-            .map(|(_, s)| s.config.stop_grace)
+            .map(|(_, s)| s.config().stop_grace)
     }
 }

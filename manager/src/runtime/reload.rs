@@ -18,7 +18,6 @@ use crate::service::state::KillReason;
 use crate::service::transition::Event;
 use crate::services::Svc;
 use crate::startup::{self, remove_socket};
-use crate::stats::Stats;
 use crate::timers::Timer;
 
 impl Manager {
@@ -82,10 +81,10 @@ impl Manager {
     fn running_configs(&self) -> BTreeMap<String, ServiceConfig> {
         let mut current = BTreeMap::new();
         for (_, svc) in self.services.iter() {
-            if svc.gen == Gen::Live {
+            if svc.gen() == Gen::Live {
                 let c = self
                     .pending_of(svc.key())
-                    .map_or(&svc.config, |p| &self.services[p].config);
+                    .map_or(svc.config(), |p| self.services[p].config());
                 current.insert(svc.key().to_string(), c.clone());
             }
         }
@@ -104,7 +103,7 @@ impl Manager {
                     let s = self
                         .services
                         .insert(Svc::new(b, Gen::Live, generation, now));
-                    self.fdstore.store(&key, self.services[s].listen.as_fd());
+                    self.fdstore.store(&key, self.services[s].listen().as_fd());
                     self.events.push_back((s, Event::Begin));
                     info!(
                         Some(&key),
@@ -136,7 +135,7 @@ impl Manager {
                 // Back to what runs: nothing more to bring up.
                 if self
                     .live_of(&key)
-                    .is_some_and(|l| self.services[l].config == c)
+                    .is_some_and(|l| self.services[l].config() == &c)
                 {
                     report.unchanged.push(key);
                     continue;
@@ -165,7 +164,7 @@ impl Manager {
         self.services
             .iter()
             .filter(|(_, v)| v.key() == key)
-            .map(|(_, v)| v.generation)
+            .map(|(_, v)| v.generation())
             .max()
             .unwrap_or(0)
             + 1
@@ -175,7 +174,7 @@ impl Manager {
     fn pending_of(&self, key: &str) -> Option<usize> {
         self.services
             .iter()
-            .find(|(_, v)| v.key() == key && matches!(v.gen, Gen::Pending { .. }))
+            .find(|(_, v)| v.key() == key && matches!(v.gen(), Gen::Pending { .. }))
             .map(|(s, _)| s)
     }
 
@@ -183,7 +182,7 @@ impl Manager {
     pub(crate) fn live_of(&self, key: &str) -> Option<usize> {
         self.services
             .iter()
-            .find(|(_, v)| v.key() == key && v.gen == Gen::Live)
+            .find(|(_, v)| v.key() == key && v.gen() == Gen::Live)
             .map(|(s, _)| s)
     }
 
@@ -223,12 +222,12 @@ impl Manager {
         let Some(svc) = self.services.get(s) else {
             return false;
         };
-        let look = match svc.gen {
+        let look = match svc.gen() {
             Gen::Pending { .. } => generation::Look {
                 stopping: self.stopping,
-                failure: svc.gen_failure.clone(),
-                backoff: svc.state.mode.is_backoff().then(|| {
-                    svc.stats
+                failure: svc.gen_failure().map(str::to_string),
+                backoff: svc.mode().is_backoff().then(|| {
+                    svc.stats()
                         .last_exit
                         .as_ref()
                         .map_or_else(|| "no instance came up".to_string(), |e| e.reason())
@@ -237,11 +236,7 @@ impl Manager {
             },
             Gen::Live | Gen::Draining { .. } => generation::Look::default(),
         };
-        let action = generation::on_event(
-            &mut self.services[s].gen,
-            generation::Event::Look(look),
-            now,
-        );
+        let action = self.services[s].on_gen(generation::Event::Look(look), now);
         self.generation_action(s, action, now)
     }
 
@@ -277,29 +272,29 @@ impl Manager {
         let path = self
             .paths
             .run_dir
-            .join(self.services[p].config.key.socket_file_name());
-        if let Err(e) = std::fs::rename(&self.services[p].sock_path, &path) {
+            .join(self.services[p].config().key.socket_file_name());
+        if let Err(e) = std::fs::rename(self.services[p].sock_path(), &path) {
             let why = format!(
                 "unable to rename {} over {}: {e}",
-                self.services[p].sock_path.display(),
+                self.services[p].sock_path().display(),
                 path.display()
             );
             self.pending_failed(p, why);
             return;
         }
         let old = self.live_of(&key);
-        self.fdstore.store(&key, self.services[p].listen.as_fd());
+        self.fdstore.store(&key, self.services[p].listen().as_fd());
         let svc = &mut self.services[p];
-        svc.sock_path = path;
+        svc.moved_to(path);
         let now = Instant::now();
-        let action = generation::on_event(&mut svc.gen, generation::Event::Promoted, now);
-        let generation = svc.generation;
+        let action = svc.on_gen(generation::Event::Promoted, now);
+        let generation = svc.generation();
         self.timers.set(Timer::Generation(p), None);
         self.generation_action(p, action, now);
         if let Some(o) = old {
-            let carried = std::mem::replace(&mut self.services[o].stats, Stats::new());
-            self.services[p].stats.absorb(carried, true);
-            let og = self.services[o].generation;
+            let carried = self.services[o].take_stats();
+            self.services[p].stats_mut().absorb(carried, true);
+            let og = self.services[o].generation();
             self.begin_drain(o, true);
             info!(
                 Some(&key),
@@ -317,15 +312,11 @@ impl Manager {
             None,
             "unable to reload: {why}; the running generation keeps serving"
         );
-        let path = std::mem::take(&mut self.services[p].sock_path);
+        let path = self.services[p].take_sock_path();
         remove_socket(&path, &key);
         let now = Instant::now();
         // Drained at the next look (its instances are told to stop below).
-        let _ = generation::on_event(
-            &mut self.services[p].gen,
-            generation::Event::Drain { linger_until: now },
-            now,
-        );
+        let _ = self.services[p].on_gen(generation::Event::Drain { linger_until: now }, now);
         self.timers.set(Timer::Generation(p), Some(now));
         self.events.push_back((p, Event::Shutdown));
         let ids: Vec<usize> = self
@@ -348,7 +339,7 @@ impl Manager {
         }
         if let Some(s) = self.live_of(key) {
             self.fdstore.remove(key);
-            let path = std::mem::take(&mut self.services[s].sock_path);
+            let path = self.services[s].take_sock_path();
             remove_socket(&path, key);
             self.begin_drain(s, true);
         }

@@ -17,7 +17,7 @@ impl Manager {
         let Some(s) = self.live_of(key) else {
             return Err(self.not_configured(key));
         };
-        let was_backoff = self.services[s].state.mode.is_backoff();
+        let was_backoff = self.services[s].mode().is_backoff();
         // The automaton resets the tallies and ends a backoff; the loop
         // performs its actions (a trial) once this turn's work is done.
         self.events.push_back((s, Event::Restart));

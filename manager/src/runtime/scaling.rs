@@ -36,11 +36,11 @@ impl Manager {
     /// The socket is readable while we watch it.
     pub(crate) fn on_listener(&mut self, s: usize) {
         let svc = &self.services[s];
-        match svc.watch {
+        match svc.watch() {
             Watch::Off => {}
             Watch::Demand => {
                 // The caller processes the queued event.
-                if waiting(&svc.listen) {
+                if waiting(svc.listen()) {
                     self.events.push_back((s, Event::Demand));
                 }
             }
@@ -55,7 +55,7 @@ impl Manager {
     /// anyway, so a connection a leaving instance took first costs nothing.
     fn fast_fail(&mut self, s: usize) {
         let svc = &mut self.services[s];
-        let Mode::Backoff { until, .. } = svc.state.mode else {
+        let Mode::Backoff { until, .. } = svc.mode() else {
             return;
         };
         let left = until.saturating_duration_since(Instant::now());
@@ -63,21 +63,21 @@ impl Manager {
             .unwrap_or(u32::MAX)
             .max(1);
         let mut reason = svc
-            .stats
+            .stats()
             .last_exit
             .as_ref()
             .map_or_else(|| "service is in backoff".to_string(), |e| e.reason());
         // A launch failure (a missing program, a wrong `cd`) is fixed by a
         // person, who need not wait for the backoff to run out.
         if svc
-            .stats
+            .stats()
             .last_exit
             .as_ref()
             .is_some_and(|e| e.class == ExitClass::LaunchFailure(0).name())
         {
             reason.push_str(&format!(
                 "; once fixed, `charon restart {}` retries at once",
-                svc.config.key.as_str()
+                svc.config().key.as_str()
             ));
         }
         let mut frame = Vec::new();
@@ -87,21 +87,21 @@ impl Manager {
         };
         if let Err(e) = encode_response(&resp, &WireLimits::default(), &mut frame) {
             warning!(
-                Some(svc.config.key.as_str()),
+                Some(svc.config().key.as_str()),
                 None,
                 "unable to encode an unavailable answer: {e}"
             );
             return;
         }
-        while waiting(&svc.listen) {
-            let conn = match crate::sys::accept(svc.listen.as_fd()) {
+        while waiting(svc.listen()) {
+            let conn = match crate::sys::accept(svc.listen().as_fd()) {
                 Ok(fd) => fd,
                 // The service library makes the shared socket non-blocking:
                 // a connection taken by a leaving instance is not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     warning!(
-                        Some(svc.config.key.as_str()),
+                        Some(svc.config().key.as_str()),
                         None,
                         "unable to accept a connection: {e}"
                     );
@@ -109,14 +109,14 @@ impl Manager {
                 }
             };
             refuse(&conn, &frame);
-            svc.stats.fast_failed += 1;
+            svc.stats_mut().fast_failed += 1;
         }
     }
 
     /// An instance says every instance is busy.
     pub(crate) fn on_saturated(&mut self, s: usize) {
         let svc = &self.services[s];
-        if !matches!(svc.state.mode, Mode::Running) || self.stopping {
+        if !matches!(svc.mode(), Mode::Running) || self.stopping {
             return;
         }
         self.check_saturation(s);
@@ -127,8 +127,8 @@ impl Manager {
     /// manager: no instance can take it, and no instance can send a hint)
     /// and re-checks shortly while started instances come up.
     pub(crate) fn check_saturation(&mut self, s: usize) {
-        if !matches!(self.services[s].state.mode, Mode::Running) || self.stopping {
-            if self.services[s].watch == Watch::Saturated {
+        if !matches!(self.services[s].mode(), Mode::Running) || self.stopping {
+            if self.services[s].watch() == Watch::Saturated {
                 self.set_watch(s, Watch::Off);
             }
             return;
@@ -142,8 +142,8 @@ impl Manager {
                 self.spawn_one(s, StartWhy::Grow);
             }
         }
-        let all_busy = !self.services[s].board.any_idle();
-        let below_max = self.live_count(s) < self.services[s].config.maximum_processes;
+        let all_busy = !self.services[s].board().any_idle();
+        let below_max = self.live_count(s) < self.services[s].config().maximum_processes;
         // Clients waiting while an instance is idle is a moment, not an
         // answer: the idle one takes one connection and the rest may still
         // need new instances, and its saturation hint can fall in the
@@ -159,9 +159,9 @@ impl Manager {
             // every instance busy must be able to say so at once: a hint
             // from a request that ended before we looked (an idle instance
             // here) must not rate-limit the next, real one.
-            self.services[s].board.allow_next_hint();
+            self.services[s].board().allow_next_hint();
         }
-        match (saturated, self.services[s].watch) {
+        match (saturated, self.services[s].watch()) {
             (true, Watch::Off) => self.set_watch(s, Watch::Saturated),
             (false, Watch::Saturated) => self.set_watch(s, Watch::Off),
             _ => {}
@@ -174,18 +174,18 @@ impl Manager {
     pub(crate) fn queue_depth(&mut self, s: usize) -> (u32, bool) {
         let svc = &mut self.services[s];
         if let Some(probe) = &mut self.probe {
-            if let Ok(d) = probe.depth(svc.ino) {
+            if let Ok(d) = probe.depth(svc.ino()) {
                 if d.backlog > 0 && d.waiting >= d.backlog {
-                    svc.stats.overload_seen += 1;
+                    svc.stats_mut().overload_seen += 1;
                 }
                 return (d.waiting, true);
             }
         }
-        (u32::from(waiting(&svc.listen)), false)
+        (u32::from(waiting(svc.listen())), false)
     }
 
     fn limits(&self, s: usize) -> calibrate::Limits {
-        let c = &self.services[s].config;
+        let c = self.services[s].config();
         calibrate::Limits {
             minimum: c.minimum_processes,
             maximum: c.maximum_processes,
@@ -196,7 +196,7 @@ impl Manager {
 
     fn views(&self, s: usize) -> Vec<View> {
         let now = Instant::now();
-        let board = &self.services[s].board;
+        let board = self.services[s].board();
         self.procs
             .iter()
             .filter(|(_, i)| i.service() == s)
@@ -218,7 +218,7 @@ impl Manager {
             self.observe(id, now, ns);
         }
         for s in self.services.ids() {
-            if let Some(n) = self.services[s].stderr_limit.summary(now) {
+            if let Some(n) = self.services[s].stderr_dropped(now) {
                 let key = self.services[s].key().to_string();
                 warning!(
                     Some(&key),
@@ -228,10 +228,10 @@ impl Manager {
             }
             self.recycle_step(s);
             self.update_hints(s);
-            if self.services[s].watch == Watch::Saturated {
+            if self.services[s].watch() == Watch::Saturated {
                 self.check_saturation(s);
             }
-            if self.stopping || !matches!(self.services[s].state.mode, Mode::Running) {
+            if self.stopping || !matches!(self.services[s].mode(), Mode::Running) {
                 continue;
             }
             // At the maximum nothing else looks at the queue: notice a full
@@ -254,7 +254,7 @@ impl Manager {
         };
         let s = inst.service();
         let svc = &self.services[s];
-        let Some(slot) = svc.board.slot(inst.slot()) else {
+        let Some(slot) = svc.board().slot(inst.slot()) else {
             return;
         };
         let snap = slot.snapshot();
@@ -266,11 +266,11 @@ impl Manager {
             return;
         }
         let svc = &self.services[s];
-        if let Some(max) = svc.config.maximum_rss {
+        if let Some(max) = svc.config().maximum_rss {
             if let Some(rss) = rss_bytes(pid) {
                 if rss > max && !leaving {
                     info!(
-                        Some(svc.config.key.as_str()),
+                        Some(svc.config().key.as_str()),
                         Some(pid),
                         "resident memory {rss} bytes is over maximum-rss {max}: recycling"
                     );
@@ -294,9 +294,10 @@ impl Manager {
             return false;
         };
         let svc = &self.services[inst.service()];
-        let (Some(limit), Some(slot)) =
-            (svc.config.unresponsive_timeout, svc.board.slot(inst.slot()))
-        else {
+        let (Some(limit), Some(slot)) = (
+            svc.config().unresponsive_timeout,
+            svc.board().slot(inst.slot()),
+        ) else {
             return false;
         };
         let snap = slot.snapshot();
@@ -311,7 +312,7 @@ impl Manager {
             return false;
         }
         warning!(
-            Some(svc.config.key.as_str()),
+            Some(svc.config().key.as_str()),
             Some(inst.pid()),
             "unable to get an answer from instance: busy {:.1}s on one request (client {:?}, attempt {}, {} bytes); killing it",
             busy_for.as_secs_f64(),
@@ -327,7 +328,7 @@ impl Manager {
     /// Only an instance started since the trial began counts: others may
     /// have outlived the failure that caused the backoff.
     pub(crate) fn check_trial(&mut self, s: usize, started: Instant) {
-        if let Mode::Trial { since } = self.services[s].state.mode {
+        if let Mode::Trial { since } = self.services[s].mode() {
             if started >= since {
                 self.events.push_back((s, Event::Healthy));
             }
@@ -372,8 +373,7 @@ impl Manager {
                     let rep_state = self
                         .procs
                         .get(rep)
-                        .and_then(|r| self.services[s].board.slot(r.slot()))
-                        .and_then(|sl| sl.state());
+                        .and_then(|r| self.services[s].slot_state(r.slot()));
                     if !finishing
                         && matches!(rep_state, None | Some(SlotState::Idle | SlotState::Busy))
                     {
@@ -392,12 +392,12 @@ impl Manager {
         // A draining generation's instances leave by draining, not by
         // replacement.
         let can_start = !self.stopping
-            && !self.services[s].state.mode.is_backoff()
-            && self.services[s].state.mode != Mode::Stopped;
+            && !self.services[s].mode().is_backoff()
+            && self.services[s].mode() != Mode::Stopped;
         for id in pending {
             // Every slot taken (replacements already on their way): the
             // retiree waits for the next step, serving meanwhile.
-            let slot_free = self.services[s].used_slots.iter().any(|u| !u);
+            let slot_free = self.services[s].has_free_slot();
             if active >= MAX_RECYCLING || !can_start || !slot_free {
                 break;
             }

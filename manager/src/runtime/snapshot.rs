@@ -52,18 +52,18 @@ impl Manager {
     /// The periodic report: one `stats:` line per live service.
     pub(crate) fn log_stats(&self) {
         for (s, svc) in self.services.iter() {
-            if svc.gen != Gen::Live {
+            if svc.gen() != Gen::Live {
                 continue;
             }
             let (mut busy, mut idle) = (0, 0);
             for (_, i) in self.procs.iter().filter(|(_, i)| i.service() == s) {
-                match svc.board.slot(i.slot()).and_then(|sl| sl.state()) {
+                match svc.slot_state(i.slot()) {
                     Some(SlotState::Busy) => busy += 1,
                     Some(SlotState::Idle) => idle += 1,
                     _ => {}
                 }
             }
-            info!(Some(svc.key()), None, "{}", svc.stats.summary(busy, idle));
+            info!(Some(svc.key()), None, "{}", svc.stats().summary(busy, idle));
         }
     }
 
@@ -108,7 +108,7 @@ impl Manager {
         let mut keys: Vec<(String, usize)> = self
             .services
             .iter()
-            .filter(|(_, v)| v.gen == Gen::Live)
+            .filter(|(_, v)| v.gen() == Gen::Live)
             .filter(|(_, v)| key.is_none_or(|k| v.key() == k))
             .map(|(s, v)| (v.key().to_string(), s))
             .collect();
@@ -128,9 +128,9 @@ impl Manager {
             .filter(|(_, v)| v.key() == key)
             .map(|(s, _)| s)
             .collect();
-        let mut stats = self.services[live].stats.clone();
+        let mut stats = self.services[live].stats().clone();
         for &g in gens.iter().filter(|g| **g != live) {
-            stats.absorb(self.services[g].stats.clone(), false);
+            stats.absorb(self.services[g].stats().clone(), false);
         }
         let (mut running, mut busy, mut idle) = (0u32, 0u32, 0u32);
         for (_, i) in self
@@ -139,11 +139,7 @@ impl Manager {
             .filter(|(_, i)| gens.contains(&i.service()))
         {
             running += 1;
-            match self.services[i.service()]
-                .board
-                .slot(i.slot())
-                .and_then(|sl| sl.state())
-            {
+            match self.services[i.service()].slot_state(i.slot()) {
                 Some(SlotState::Busy) => busy += 1,
                 Some(SlotState::Idle) => idle += 1,
                 _ => {}
@@ -155,7 +151,7 @@ impl Manager {
         }
         let svc = &self.services[live];
         let now = Instant::now();
-        let (state, remaining) = match svc.state.mode {
+        let (state, remaining) = match svc.mode() {
             Mode::Backoff { until, .. } => (
                 "backoff",
                 until.saturating_duration_since(now).as_secs_f64(),
@@ -166,12 +162,12 @@ impl Manager {
         json!({
             "key": key,
             "state": state,
-            "generation": svc.generation,
+            "generation": svc.generation(),
             "instances": {
                 "running": running,
                 "busy": busy,
                 "idle": idle,
-                "max": svc.config.maximum_processes,
+                "max": svc.config().maximum_processes,
             },
             "requests": stats.requests,
             "faults": stats.faults,
@@ -187,7 +183,7 @@ impl Manager {
             "backoffs": stats.backoff_entries,
             "fast_failed": stats.fast_failed,
             "backoff_remaining_s": (remaining * 1000.0).round() / 1000.0,
-            "manager_problem": svc.starved,
+            "manager_problem": svc.starved(),
             "cpu_ms": stats.exited_cpu_us / 1000,
             "max_rss_kb": stats.exited_maxrss_kib,
             "last_exit": stats.last_exit.as_ref().map(|e| json!({
@@ -223,7 +219,7 @@ impl Manager {
             if key.is_some_and(|k| k != svc.key()) {
                 continue;
             }
-            let snap = svc.board.slot(i.slot()).map(|sl| sl.snapshot());
+            let snap = svc.board().slot(i.slot()).map(|sl| sl.snapshot());
             let slot_state = snap.as_ref().and_then(|s| s.state);
             let state = match i.life().leaving_name() {
                 Some(name) => name,
@@ -240,7 +236,7 @@ impl Manager {
             out.push(json!({
                 "pid": i.pid(),
                 "key": svc.key(),
-                "generation": svc.generation,
+                "generation": svc.generation(),
                 "state": state,
                 "requests": snap.as_ref().map_or(0, |s| s.requests),
                 "age_s": (now.saturating_duration_since(i.started()).as_secs_f64() * 10.0).round() / 10.0,

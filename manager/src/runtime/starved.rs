@@ -26,8 +26,7 @@ impl Manager {
         let retry_at = self.starvation.schedule(now);
         self.timers.set(Timer::Retry, Some(retry_at));
         let svc = &mut self.services[s];
-        let first = svc.starved.is_none();
-        svc.starved = Some(format!(
+        let first = svc.set_starved(format!(
             "charond cannot start an instance: {problem}; retrying"
         ));
         if first {
@@ -38,7 +37,7 @@ impl Manager {
                 retry_at.saturating_duration_since(now).as_secs_f64()
             );
         }
-        if self.live_count(s) == 0 && self.services[s].watch != Watch::Starved {
+        if self.live_count(s) == 0 && self.services[s].watch() != Watch::Starved {
             self.set_watch(s, Watch::Starved);
         }
     }
@@ -50,10 +49,10 @@ impl Manager {
             return;
         }
         for s in self.services.ids() {
-            if self.services[s].starved.is_none() {
+            if self.services[s].starved().is_none() {
                 continue;
             }
-            if self.services[s].watch == Watch::Starved {
+            if self.services[s].watch() == Watch::Starved {
                 self.set_watch(s, Watch::Off);
             }
             let remaining = self.live_count(s);
@@ -65,7 +64,7 @@ impl Manager {
     /// Unavailable naming the manager's problem. With no fd left for
     /// `accept`, the spare one is given up for the moment.
     pub(crate) fn starved_fail(&mut self, s: usize) {
-        let Some(reason) = self.services[s].starved.clone() else {
+        let Some(reason) = self.services[s].starved().map(str::to_string) else {
             return;
         };
         let retry_after = self.starvation.retry_after(Instant::now());
@@ -77,7 +76,7 @@ impl Manager {
         if encode_response(&resp, &WireLimits::default(), &mut frame).is_err() {
             return;
         }
-        while waiting(&self.services[s].listen) {
+        while waiting(self.services[s].listen()) {
             let conn = match self.accept_with_spare(s) {
                 Ok(fd) => fd,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -94,26 +93,26 @@ impl Manager {
             refuse(&conn, &frame);
             drop(conn);
             self.starvation.take_back_spare();
-            self.services[s].stats.fast_failed += 1;
+            self.services[s].stats_mut().fast_failed += 1;
         }
     }
 
     /// An instance of `s` started: its starvation, if any, is over.
     pub(crate) fn fed(&mut self, s: usize) {
-        if self.services[s].starved.take().is_none() {
+        if !self.services[s].fed() {
             return;
         }
         info!(
             Some(self.services[s].key()),
             None, "started an instance again after the manager's resource failure"
         );
-        if self.services[s].watch == Watch::Starved {
+        if self.services[s].watch() == Watch::Starved {
             self.set_watch(s, Watch::Off);
         }
     }
 
     fn accept_with_spare(&mut self, s: usize) -> io::Result<OwnedFd> {
-        let listen = self.services[s].listen.as_fd();
+        let listen = self.services[s].listen().as_fd();
         match crate::sys::accept(listen) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 // Free one fd for this connection; the caller takes the
@@ -121,7 +120,7 @@ impl Manager {
                 if !self.starvation.give_up_spare() {
                     return Err(e);
                 }
-                crate::sys::accept(self.services[s].listen.as_fd())
+                crate::sys::accept(self.services[s].listen().as_fd())
             }
             r => r,
         }
