@@ -83,8 +83,16 @@ pub struct Batch<'c> {
     live: usize,
 }
 
+impl Client {
+    /// Starts a batch of requests sharing one timeout clock.
+    #[must_use]
+    pub fn batch(&mut self) -> Batch<'_> {
+        Batch::new(self)
+    }
+}
+
 impl<'c> Batch<'c> {
-    pub(crate) fn new(client: &'c mut Client) -> Batch<'c> {
+    fn new(client: &'c mut Client) -> Batch<'c> {
         let timeout = client.timeout();
         Batch {
             client,

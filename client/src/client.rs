@@ -6,7 +6,8 @@
 //! with the time left as its read timeout and blocks in the read: socket,
 //! connect, sendmsg, ioctl(FIONBIO), setsockopt(SO_RCVTIMEO), read(s),
 //! close. poll(2) is used only if the request cannot be sent at once. Many
-//! requests at once are left to [`crate::Batch`].
+//! requests at once are left to [`crate::Batch`], which adds
+//! [`Client::batch`] to the client's methods from its own file.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
@@ -17,7 +18,6 @@ use charon_protocol::{Attributes, FrameBuf, Limits, MAX_CLIENT_NAME};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::batch::Batch;
 use crate::error::{Error, ErrorKind};
 use crate::exchange::{new_frame, Exchange, Step};
 use crate::locate::{connect_key, default_run_dir};
@@ -185,12 +185,6 @@ impl Client {
 
     pub(crate) fn name(&self) -> &str {
         &self.name
-    }
-
-    /// Starts a batch of requests sharing one timeout clock.
-    #[must_use]
-    pub fn batch(&mut self) -> Batch<'_> {
-        Batch::new(self)
     }
 
     /// True when a keep-affinity request left a connection for `key`.
