@@ -5,7 +5,7 @@
 //! Sockets are written with `sendmsg(MSG_NOSIGNAL)`, so a client that
 //! vanished gives `EPIPE` here instead of killing the instance with
 //! SIGPIPE. What to do about a failure (count it, drop the connection) is
-//! left to `service.rs`.
+//! left to `core.rs`.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd};

@@ -179,6 +179,7 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod core;
 mod error;
 mod idle;
 mod io;

@@ -6,7 +6,7 @@
 //! a batch that cannot be sent at once is dropped rather than delay a
 //! request. The batch a service leaves behind when it calls `exit()` is
 //! sent by an exit hook ([`Managed::flush_at_exit`]). Deciding *when* the instance is idle or leaving is left
-//! to `service.rs`; this module only keeps the slot and the batch honest.
+//! to `core.rs`; this module only keeps the slot and the batch honest.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

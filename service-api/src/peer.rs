@@ -2,7 +2,7 @@
 //! and the `SO_PEERCRED` check of an accepted connection against them.
 //!
 //! Answering a refused peer (an `ERROR NOT_PERMITTED`, counted as an error)
-//! is left to the request loop in `service.rs`, which reads the refused
+//! is left to `core.rs` and `service.rs`, which read the refused
 //! request first so the client sees the answer, not a reset.
 
 use std::os::fd::AsFd;

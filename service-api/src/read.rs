@@ -3,21 +3,22 @@
 //! and refusing bad input with a framework error before it reaches the
 //! program.
 //!
-//! Accepting connections and answering requests are left to `service.rs`.
+//! Accepting connections and answering requests are left to `core.rs`.
 
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use charon_protocol::report::{Outcome, Record};
+use charon_protocol::report::Outcome;
 use charon_protocol::{
-    encode_response, DecodeError, ErrorCode, Fill, FrameBuf, ReadError, Response,
+    encode_response, DecodeError, ErrorCode, Fill, FrameBuf, FrameKind, ReadError, Response,
 };
 use nix::poll::{PollFd, PollFlags};
 
+use crate::core::{record, Core};
+use crate::error::Error;
 use crate::io::{ready, wait, READABLE};
 use crate::managed::Managed;
 use crate::mode::{Mode, Source};
-use crate::service::Core;
 
 /// What reading a connection came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,35 @@ pub(crate) enum Step {
 }
 
 impl Core {
+    /// Gets a whole frame into `buf`. False: time to stop.
+    pub(crate) fn take_frame(&mut self, buf: &mut FrameBuf) -> Result<bool, Error> {
+        loop {
+            if let Source::Standalone { .. } = self.source {
+                return Ok(self.standalone_frame(buf));
+            }
+            if self.conn.is_none() && !self.accept()? {
+                return Ok(false);
+            }
+            match self.read_conn(buf) {
+                Step::Frame => return Ok(true),
+                Step::Stop => {
+                    self.conn = None;
+                    return Ok(false);
+                }
+                Step::Next => {
+                    if self.conn.is_none() && buf.surplus() > 0 {
+                        *buf = FrameBuf::new(
+                            FrameKind::Request,
+                            self.opts.limits.max_request_payload(),
+                        );
+                    } else {
+                        buf.reset();
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads from the current connection until a frame is complete.
     pub(crate) fn read_conn(&mut self, buf: &mut FrameBuf) -> Step {
         loop {
@@ -209,23 +239,6 @@ impl Core {
                 1,
             ));
         }
-    }
-}
-
-/// A report record for a request that started at `started` and ends now.
-pub(crate) fn record(
-    started: Instant,
-    request: usize,
-    response: usize,
-    outcome: Outcome,
-    attempt: u8,
-) -> Record {
-    Record {
-        elapsed_us: u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX),
-        request_bytes: u32::try_from(request).unwrap_or(u32::MAX),
-        response_bytes: u32::try_from(response).unwrap_or(u32::MAX),
-        outcome,
-        attempt,
     }
 }
 

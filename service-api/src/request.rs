@@ -1,7 +1,8 @@
 //! One request in hand: what the client sent, borrowed from the read
 //! buffer, and the two ways to answer it, each consuming the request so it
 //! is answered at most once. Dropping it unanswered answers for the
-//! program. Reading requests is left to `service.rs`.
+//! program (`core.rs` does the answering). Reading requests is left to
+//! `read.rs` and `service.rs`.
 
 use std::fmt;
 
@@ -10,8 +11,8 @@ use charon_protocol::{
     Attributes, ContextIter, ErrorCode, RequestView, Response, Serialization, MAX_TEXT,
 };
 
+use crate::core::Core;
 use crate::error::{Error, ErrorKind};
-use crate::service::Core;
 
 /// A request, from [`crate::Service::next_request`].
 ///
