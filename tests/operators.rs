@@ -244,8 +244,16 @@ fn reload_of_an_on_demand_service_under_load_loses_nothing() {
 #[test]
 fn a_reload_during_a_reload_supersedes_the_pending_generation() {
     let echo = bin("charon-echo");
+    // A generation that cannot come up before the test says so: its
+    // instances wait for a file that is never made. (It used to sleep 2 s
+    // and hope the second reload came sooner: under load it did not
+    // always, and the slow generation swapped in instead.)
+    let dir = TestDir::new();
+    let gate = dir.join("never");
     let slow = format!(
-        "exec = [\"/bin/sh\", \"-c\", \"sleep 2; exec {}\"]\nprestart-processes = true\nminimum-processes = 2\n",
+        "exec = [\"/bin/sh\", \"-c\", \"while [ ! -e {} ]; do sleep 0.05; done; exec {}\"]\n\
+         prestart-processes = true\nminimum-processes = 2\n",
+        gate.display(),
         echo.display()
     );
     let fast = |min: u32| {
@@ -258,8 +266,8 @@ fn a_reload_during_a_reload_supersedes_the_pending_generation() {
     wait_for(LONG, "1 instance", || d.instances().len() == 1);
     let load = Load::start(&d, 2);
     load.wait_more(20, "requests flowing");
-    // A change whose instances take 2 s to come up, then another change
-    // while it is still pending.
+    // A change whose instances never come up, then another change while
+    // it is pending.
     d.write_conf(KEY, &slow);
     d.proc.as_ref().unwrap().signal(Signal::SIGHUP);
     wait_for(LONG, "the slow generation pending", || {
@@ -270,8 +278,8 @@ fn a_reload_during_a_reload_supersedes_the_pending_generation() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("changed: {KEY}")), "{out}");
     // The log comes through a pipe and a reader thread: poll it.
-    wait_for(LONG, "the pending generation superseded", || {
-        d.log().contains("superseded by a later reload")
+    d.wait_log("the pending generation superseded", |l| {
+        l.contains("superseded by a later reload")
     });
     load.wait_more(20, "requests after the reloads");
     let (served, failures) = load.finish();
