@@ -348,6 +348,37 @@ fn retiring_starts_the_replacement_and_the_old_one_serves_to_its_limit() {
 }
 
 #[test]
+fn a_retiree_left_without_a_slot_for_its_replacement_is_stopped_once_idle() {
+    // Every slot in use (retirees, and instances that refilled the pool
+    // when others reached their limit): no replacement can start, and
+    // none of these would ever leave by itself once the load went away.
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    while r.m.services[0].has_free_slot() {
+        r.m.spawn_one(0, StartWhy::Grow);
+    }
+    let spawned = r.seen.borrow().spawned.clone();
+    let board = r.m.services[0].board();
+    for &(_, slot) in &spawned {
+        board.slot(slot).unwrap().set_state(SlotState::Idle);
+    }
+    let (old, _) = spawned[0];
+    let id = r.id_of(old);
+    r.m.retire(id, KillReason::MaxRequests);
+    assert_eq!(r.seen.borrow().spawned.len(), spawned.len(), "no slot");
+    // Busy lately: it serves on while it waits.
+    r.m.recycle_step(0);
+    assert!(r.seen.borrow().signals.is_empty());
+    if let Some(i) = r.m.procs.get_mut(id) {
+        i.set_idle_since(Instant::now() - Duration::from_secs(2));
+    }
+    r.m.recycle_step(0);
+    assert_eq!(r.seen.borrow().signals, [(old, Signal::SIGTERM)]);
+    r.exit(old, WaitStatus::Exited(0));
+    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
+}
+
+#[test]
 fn a_retiree_idle_for_a_while_is_stopped_once_its_replacement_is_ready() {
     let mut r = rig(|c| c.prestart_processes = true);
     r.begin();

@@ -347,12 +347,17 @@ impl Manager {
     /// Advances recycling: start replacements (a few at a time), then stop
     /// each retiree once its replacement is idle (or gone); one retiring
     /// for `maximum-requests` is left to reach its limit unless it is idle.
+    /// A retiree still waiting for a slot for its replacement is stopped
+    /// without one once it has been idle a while: every slot may be held
+    /// by retirees and the instances that refilled the pool when others
+    /// reached their limit, and nothing would ever free one.
     pub(crate) fn recycle_step(&mut self, s: usize) {
         let mut active = 0;
         let mut pending = Vec::new();
         let mut ready = Vec::new();
         let mut reps = Vec::new();
         let now = Instant::now();
+        let slot_free = self.services[s].has_free_slot();
         for (id, i) in self.procs.iter().filter(|(_, i)| i.service() == s) {
             let Some((reason, replacement)) = i.life().retiring() else {
                 continue;
@@ -364,11 +369,13 @@ impl Manager {
             // away).
             let finishing = reason == KillReason::MaxRequests && i.idle_for(now) < RETIREE_IDLE;
             match replacement {
+                Replacement::Wanted if !slot_free && i.idle_for(now) >= RETIREE_IDLE => {
+                    ready.push((id, reason));
+                }
                 Replacement::Wanted => pending.push(id),
                 Replacement::Unavailable if !finishing => ready.push((id, reason)),
                 Replacement::Unavailable => {}
                 Replacement::Started(rep) => {
-                    active += 1;
                     reps.push(rep);
                     let rep_state = self
                         .procs
@@ -378,6 +385,8 @@ impl Manager {
                         && matches!(rep_state, None | Some(SlotState::Idle | SlotState::Busy))
                     {
                         ready.push((id, reason));
+                    } else {
+                        active += 1;
                     }
                 }
             }
@@ -387,7 +396,6 @@ impl Manager {
         }
         for (id, reason) in ready {
             self.stop_instance(id, reason);
-            active -= 1;
         }
         // A draining generation's instances leave by draining, not by
         // replacement.
