@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use charon_protocol::scoreboard::{Scoreboard, SlotState};
+use charon_protocol::scoreboard::{Scoreboard, SlotSnapshot, SlotState};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
@@ -119,7 +119,9 @@ impl Svc {
         self.sock_path = path;
     }
 
-    /// The scoreboard its instances write.
+    /// The scoreboard its instances write, for test rigs that play an
+    /// instance.
+    #[cfg(test)]
     pub(crate) const fn board(&self) -> &Scoreboard {
         &self.board
     }
@@ -132,6 +134,21 @@ impl Svc {
     /// What slot `slot` says its instance is doing.
     pub(crate) fn slot_state(&self, slot: u32) -> Option<SlotState> {
         self.board.slot(slot).and_then(|sl| sl.state())
+    }
+
+    /// Everything slot `slot` says, read once.
+    pub(crate) fn slot_snapshot(&self, slot: u32) -> Option<SlotSnapshot> {
+        self.board.slot(slot).map(|sl| sl.snapshot())
+    }
+
+    /// Some instance says it is idle.
+    pub(crate) fn any_idle(&self) -> bool {
+        self.board.any_idle()
+    }
+
+    /// Lets its instances' next saturation hint through at once.
+    pub(crate) fn allow_next_hint(&self) {
+        self.board.allow_next_hint();
     }
 
     /// Scoreboard slots, used or not.

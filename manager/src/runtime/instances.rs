@@ -372,8 +372,8 @@ impl Manager {
                 Ok(Message::Retiring) => {
                     let age = inst.age(Instant::now());
                     let svc = &mut self.services[s];
-                    if let Some(sl) = svc.board().slot(inst.slot()) {
-                        svc.seen_rate(sl.snapshot().requests, age);
+                    if let Some(snap) = svc.slot_snapshot(inst.slot()) {
+                        svc.seen_rate(snap.requests, age);
                     }
                     self.retire(id, KillReason::MaxRequests);
                 }

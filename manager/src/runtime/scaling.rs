@@ -142,7 +142,7 @@ impl Manager {
                 self.spawn_one(s, StartWhy::Grow);
             }
         }
-        let all_busy = !self.services[s].board().any_idle();
+        let all_busy = !self.services[s].any_idle();
         let below_max = self.live_count(s) < self.services[s].config().maximum_processes;
         // Clients waiting while an instance is idle is a moment, not an
         // answer: the idle one takes one connection and the rest may still
@@ -159,7 +159,7 @@ impl Manager {
             // every instance busy must be able to say so at once: a hint
             // from a request that ended before we looked (an idle instance
             // here) must not rate-limit the next, real one.
-            self.services[s].board().allow_next_hint();
+            self.services[s].allow_next_hint();
         }
         match (saturated, self.services[s].watch()) {
             (true, Watch::Off) => self.set_watch(s, Watch::Saturated),
@@ -196,13 +196,13 @@ impl Manager {
 
     fn views(&self, s: usize) -> Vec<View> {
         let now = Instant::now();
-        let board = self.services[s].board();
+        let svc = &self.services[s];
         self.procs
             .iter()
             .filter(|(_, i)| i.service() == s)
             .map(|(id, i)| View {
                 id,
-                state: board.slot(i.slot()).and_then(|sl| sl.state()),
+                state: svc.slot_state(i.slot()),
                 leaving: i.is_leaving(),
                 idle_for: i.idle_for(now),
                 busy: i.busy(),
@@ -254,10 +254,9 @@ impl Manager {
         };
         let s = inst.service();
         let svc = &self.services[s];
-        let Some(slot) = svc.board().slot(inst.slot()) else {
+        let Some(snap) = svc.slot_snapshot(inst.slot()) else {
             return;
         };
-        let snap = slot.snapshot();
         let dt = super::TICK.as_nanos() as f64;
         inst.observe(&snap, dt, now);
         let (pid, leaving) = (inst.pid(), inst.is_leaving());
@@ -294,13 +293,12 @@ impl Manager {
             return false;
         };
         let svc = &self.services[inst.service()];
-        let (Some(limit), Some(slot)) = (
+        let (Some(limit), Some(snap)) = (
             svc.config().unresponsive_timeout,
-            svc.board().slot(inst.slot()),
+            svc.slot_snapshot(inst.slot()),
         ) else {
             return false;
         };
-        let snap = slot.snapshot();
         if snap.busy_since_ns == 0 || inst.life().asked() == Some(KillReason::Unresponsive) {
             return false;
         }

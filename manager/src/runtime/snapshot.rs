@@ -219,7 +219,7 @@ impl Manager {
             if key.is_some_and(|k| k != svc.key()) {
                 continue;
             }
-            let snap = svc.board().slot(i.slot()).map(|sl| sl.snapshot());
+            let snap = svc.slot_snapshot(i.slot());
             let slot_state = snap.as_ref().and_then(|s| s.state);
             let state = match i.life().leaving_name() {
                 Some(name) => name,
