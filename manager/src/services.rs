@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use charon_protocol::report::Record;
 use charon_protocol::scoreboard::{Scoreboard, SlotSnapshot, SlotState};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -24,10 +25,11 @@ use crate::log::warning;
 use crate::process_table::ProcessTable;
 use crate::service::backoff::{Backoff, CrashTally};
 use crate::service::pacing::ForkPacer;
-use crate::service::state::{Mode, ServiceState};
+use crate::service::state::{ExitClass, Mode, ServiceState};
 use crate::service::transition::{self, Actions, Event};
-use crate::stats::Stats;
+use crate::stats::{LastExit, Stats};
 use crate::stderr::RateLimit;
+use crate::sys::{Reaped, WaitStatus};
 
 /// What the manager does with a service's socket right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,8 +185,9 @@ impl Svc {
         }
     }
 
-    /// The instance `pid` now runs in a prepared slot.
-    pub(crate) fn slot_taken(&mut self, slot: u32, pid: i32) {
+    /// The instance `pid` now runs in a prepared slot: a launch.
+    pub(crate) fn launched(&mut self, slot: u32, pid: i32) {
+        self.stats.launches += 1;
         if let Some(u) = self.used_slots.get_mut(slot as usize) {
             *u = true;
         }
@@ -253,9 +256,76 @@ impl Svc {
         &self.stats
     }
 
-    /// Its figures, to count something in.
-    pub(crate) fn stats_mut(&mut self) -> &mut Stats {
-        &mut self.stats
+    /// An instance could not be started: `why`.
+    pub(crate) fn count_launch_failure(&mut self, why: &str) {
+        self.stats.launch_failures += 1;
+        self.stats.exit("launch_failed");
+        self.stats.set_last_exit(LastExit {
+            pid: 0,
+            status: format!("could not be started: {why}"),
+            class: "launch_failed",
+            ..LastExit::default()
+        });
+    }
+
+    /// An instance reported these requests done.
+    pub(crate) fn count_records(&mut self, recs: &[Record]) {
+        self.stats.records(recs);
+    }
+
+    /// Instance `pid` exited as `class` and was reaped as `r`, its last
+    /// stderr line `stderr`; kept as the last exit. One the manager's own
+    /// want of resources caused (`starved`) is no exit of the service's
+    /// and is not counted by class.
+    pub(crate) fn count_exit(
+        &mut self,
+        (pid, stderr): (i32, &str),
+        r: &Reaped,
+        class: ExitClass,
+        starved: bool,
+    ) {
+        let stats = &mut self.stats;
+        if !starved {
+            stats.exit(class.name());
+        }
+        if matches!(class, ExitClass::LaunchFailure(_)) && !starved {
+            stats.launch_failures += 1;
+        }
+        stats.exited_cpu_us += r.cpu_us;
+        stats.exited_maxrss_kib = stats.exited_maxrss_kib.max(r.maxrss_kib);
+        let (code, signal) = match r.status {
+            WaitStatus::Exited(c) => (Some(c), None),
+            WaitStatus::Signaled(sig) => (None, Some(sig)),
+        };
+        stats.set_last_exit(LastExit {
+            pid,
+            status: class.to_string(),
+            code,
+            signal,
+            class: class.name(),
+            stderr: stderr.to_string(),
+        });
+    }
+
+    /// It went into backoff.
+    pub(crate) fn count_backoff(&mut self) {
+        self.stats.backoff_entries += 1;
+    }
+
+    /// A client was answered Unavailable.
+    pub(crate) fn count_fast_fail(&mut self) {
+        self.stats.fast_failed += 1;
+    }
+
+    /// Its backlog was seen full (clients refused as overloaded).
+    pub(crate) fn count_overload(&mut self) {
+        self.stats.overload_seen += 1;
+    }
+
+    /// Adds another generation's figures of the same key (see
+    /// [`Stats::absorb`]).
+    pub(crate) fn absorb_stats(&mut self, other: Stats, other_is_older: bool) {
+        self.stats.absorb(other, other_is_older);
     }
 
     /// Hands its figures on (to the generation that replaces it).

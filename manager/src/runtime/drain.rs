@@ -192,7 +192,7 @@ impl Manager {
             old.gen().name()
         );
         if let Some(l) = self.live_of(old.key()) {
-            self.services[l].stats_mut().absorb(old.take_stats(), false);
+            self.services[l].absorb_stats(old.take_stats(), false);
         }
     }
 }

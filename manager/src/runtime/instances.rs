@@ -21,7 +21,6 @@ use crate::process_table::{Instance, Pipe, ReportRead, StderrRead};
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
 use crate::spawn::Launch;
-use crate::stats::LastExit;
 use crate::sys::{self, WaitStatus};
 use crate::timers::Timer;
 use crate::tokens::{token, Owner};
@@ -60,14 +59,7 @@ impl Manager {
                     return None;
                 }
                 warning!(Some(&key), None, "unable to start an instance: {e}");
-                svc.stats_mut().launch_failures += 1;
-                svc.stats_mut().exit("launch_failed");
-                svc.stats_mut().set_last_exit(LastExit {
-                    pid: 0,
-                    status: format!("could not be started: {e}"),
-                    class: "launch_failed",
-                    ..LastExit::default()
-                });
+                svc.count_launch_failure(&e.to_string());
                 if matches!(svc.gen(), Gen::Pending { .. }) {
                     self.timers.set(Timer::Generation(s), Some(Instant::now()));
                 }
@@ -83,8 +75,7 @@ impl Manager {
                 return None;
             }
         };
-        svc.slot_taken(slot, spawned.pid);
-        svc.stats_mut().launches += 1;
+        svc.launched(slot, spawned.pid);
         let now = Instant::now();
         let pid = spawned.pid;
         let ready_by = now + svc.config().startup_timeout;
@@ -365,7 +356,7 @@ impl Manager {
                 Ok(Message::Records(recs)) => {
                     inst.note_served(recs.len() as u64, Instant::now());
                     let started = inst.started();
-                    self.services[s].stats_mut().records(&recs);
+                    self.services[s].count_records(&recs);
                     self.check_trial(s, started);
                 }
                 Ok(Message::Saturated) => self.on_saturated(s),
@@ -462,7 +453,7 @@ impl Manager {
             reached,
             now.saturating_duration_since(inst.started()),
         );
-        self.count_exit(s, &inst, &r, class, starved);
+        self.services[s].count_exit((inst.pid(), inst.last_stderr()), &r, class, starved);
         self.tell_generation(s, &inst, class, now);
         self.log_exit(s, &inst, &r, class, served, now);
         self.replacement_gone(id);
@@ -493,38 +484,6 @@ impl Manager {
             ));
         }
         self.update_hints(s);
-    }
-
-    /// Counts an exit in the service's figures and keeps it as the last.
-    fn count_exit(
-        &mut self,
-        s: usize,
-        inst: &Instance,
-        r: &sys::Reaped,
-        class: ExitClass,
-        starved: bool,
-    ) {
-        let stats = self.services[s].stats_mut();
-        if !starved {
-            stats.exit(class.name());
-        }
-        if matches!(class, ExitClass::LaunchFailure(_)) && !starved {
-            stats.launch_failures += 1;
-        }
-        stats.exited_cpu_us += r.cpu_us;
-        stats.exited_maxrss_kib = stats.exited_maxrss_kib.max(r.maxrss_kib);
-        let (code, signal) = match r.status {
-            WaitStatus::Exited(c) => (Some(c), None),
-            WaitStatus::Signaled(sig) => (None, Some(sig)),
-        };
-        stats.set_last_exit(LastExit {
-            pid: inst.pid(),
-            status: class.to_string(),
-            code,
-            signal,
-            class: class.name(),
-            stderr: inst.last_stderr().to_string(),
-        });
     }
 
     /// A pending generation that lost an instance it did not stop cannot

@@ -302,7 +302,7 @@ impl Manager {
             Action::Unwatch => self.set_watch(s, Watch::Off),
             Action::BackoffEntered(wait) => {
                 let svc = &mut self.services[s];
-                svc.stats_mut().backoff_entries += 1;
+                svc.count_backoff();
                 warning!(
                     Some(svc.key()),
                     None,

@@ -293,7 +293,7 @@ impl Manager {
         self.generation_action(p, action, now);
         if let Some(o) = old {
             let carried = self.services[o].take_stats();
-            self.services[p].stats_mut().absorb(carried, true);
+            self.services[p].absorb_stats(carried, true);
             let og = self.services[o].generation();
             self.begin_drain(o, true);
             info!(

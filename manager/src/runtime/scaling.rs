@@ -109,7 +109,7 @@ impl Manager {
                 }
             };
             refuse(&conn, &frame);
-            svc.stats_mut().fast_failed += 1;
+            svc.count_fast_fail();
         }
     }
 
@@ -176,7 +176,7 @@ impl Manager {
         if let Some(probe) = &mut self.probe {
             if let Ok(d) = probe.depth(svc.ino()) {
                 if d.backlog > 0 && d.waiting >= d.backlog {
-                    svc.stats_mut().overload_seen += 1;
+                    svc.count_overload();
                 }
                 return (d.waiting, true);
             }

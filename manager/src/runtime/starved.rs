@@ -93,7 +93,7 @@ impl Manager {
             refuse(&conn, &frame);
             drop(conn);
             self.starvation.take_back_spare();
-            self.services[s].stats_mut().fast_failed += 1;
+            self.services[s].count_fast_fail();
         }
     }
 
