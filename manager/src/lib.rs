@@ -86,6 +86,7 @@ mod startup;
 mod starved;
 mod stats;
 mod stderr;
+mod svc;
 mod sys;
 mod timers;
 mod tokens;
