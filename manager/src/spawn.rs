@@ -1,7 +1,7 @@
 //! Starting one instance: resolve the program, build its environment and
 //! limits, create its stderr pipe and report channel, and hand the prepared
-//! plan to `sys::spawn` (which forks and execs). Policy (when and how many)
-//! is left to the service transitions; the fork itself to `sys`.
+//! plan to `sys::spawn` (which clones and execs). Policy (when and how many)
+//! is left to the service transitions; the clone itself to `sys`.
 
 use std::ffi::CString;
 use std::io;
@@ -276,7 +276,7 @@ pub(crate) trait Spawner {
     }
 }
 
-/// The real thing: fork and exec.
+/// The real thing: clone and exec.
 pub(crate) struct ForkExec;
 
 impl Spawner for ForkExec {
@@ -299,7 +299,7 @@ impl Spawner for ForkExec {
 /// # Errors
 ///
 /// Preparing the plan (a NUL in exec/env, an unknown user) or creating the
-/// pipe, socketpair or fork.
+/// pipe, socketpair or clone.
 pub(crate) fn spawn(l: &Launch<'_>) -> io::Result<Spawned> {
     let plan = plan(l)?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
@@ -336,7 +336,7 @@ pub(crate) fn spawn(l: &Launch<'_>) -> io::Result<Spawned> {
 }
 
 /// charond's children, from its main thread's `children` file (instances
-/// are forked and orphans re-parented there). Empty where the kernel lacks
+/// are started and orphans re-parented there). Empty where the kernel lacks
 /// the file.
 fn children() -> Vec<i32> {
     let me = std::process::id();
