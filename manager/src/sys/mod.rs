@@ -100,7 +100,8 @@ pub(crate) struct ChildFds<'a> {
 /// until its `execve`, so nothing of the manager's address space is copied
 /// (fork copied every page table and then took a copy-on-write fault for
 /// each page either side touched before the exec). The manager's thread is
-/// suspended until the child has exec'd or exited.
+/// suspended until the child has exec'd or exited: a `cd` or program on a
+/// file system that hangs hangs the manager too, as with `posix_spawn`.
 ///
 /// # Errors
 ///
