@@ -4,7 +4,8 @@
 # maximum-requests = 100, in alternating rounds; then the CPU of one start
 # (the difference, over the starts counted in the log). Then what a bare
 # process start costs on this machine (posix_spawn + exec + exit of a few
-# programs), if a C compiler is at hand.
+# programs), what a fork and exit costs (a recycle without exec), and what
+# one cpuid instruction costs, if a C compiler is at hand.
 # Usage: benches/scripts/recycle-cost.sh [ROUNDS] [COUNT]
 # Run from the repo root after `cargo build --release`.
 set -eu
@@ -107,6 +108,35 @@ for p in bare-no-libc static-glibc dynamic-glibc dynamic-glibc+libgcc_s; do
   [ -x "$DIR/$p" ] && (cd "$DIR" && ./spawn 2000 "./$p")
 done
 "$DIR/spawn" 2000 "$B/charon-echo" --help
+# What a recycle without exec would cost: fork and exit of a process with
+# an echo instance's resident memory.
+cat > "$DIR/forkexit.c" <<'C'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static double us(struct rusage r) { return r.ru_utime.tv_sec * 1e6 + r.ru_utime.tv_usec + r.ru_stime.tv_sec * 1e6 + r.ru_stime.tv_usec; }
+int main(int argc, char **argv) {
+  int n = atoi(argv[1]);
+  size_t len = (size_t)atoi(argv[2]) * 1024;
+  char *m = malloc(len);
+  memset(m, 1, len);
+  struct rusage p0, c0, p1, c1;
+  getrusage(RUSAGE_SELF, &p0); getrusage(RUSAGE_CHILDREN, &c0);
+  for (int i = 0; i < n; i++) {
+    pid_t p = fork();
+    if (p == 0) { m[((size_t)i * 4096) % len] = 2; _exit(0); }
+    int st;
+    waitpid(p, &st, 0);
+  }
+  getrusage(RUSAGE_SELF, &p1); getrusage(RUSAGE_CHILDREN, &c1);
+  printf("fork + exit, %s KiB resident: parent %.0f us, child %.0f us per fork\n", argv[2], (us(p1) - us(p0)) / n, (us(c1) - us(c0)) / n);
+  return 0;
+}
+C
+"$CC" -O2 "$DIR/forkexit.c" -o "$DIR/forkexit" -Wl,--no-as-needed -lgcc_s && "$DIR/forkexit" 2000 2048
 if [ "$(uname -m)" = x86_64 ]; then
   # glibc's start-up (and libgcc_s's) detects the CPU with cpuid, which a
   # hypervisor traps: what one costs here.
@@ -114,13 +144,13 @@ if [ "$(uname -m)" = x86_64 ]; then
 #include <cpuid.h>
 #include <stdio.h>
 #include <time.h>
+static double ns(clockid_t c) { struct timespec t; clock_gettime(c, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
 int main(void) {
-  struct timespec a, b;
-  unsigned r[4], n = 2000;
-  clock_gettime(CLOCK_MONOTONIC, &a);
+  unsigned r[4], n = 5000;
+  double w0 = ns(CLOCK_MONOTONIC), c0 = ns(CLOCK_THREAD_CPUTIME_ID);
   for (unsigned i = 0; i < n; i++) __cpuid_count(4, i & 3, r[0], r[1], r[2], r[3]);
-  clock_gettime(CLOCK_MONOTONIC, &b);
-  printf("one cpuid instruction: %.2f us\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n / 1e3);
+  double w1 = ns(CLOCK_MONOTONIC), c1 = ns(CLOCK_THREAD_CPUTIME_ID);
+  printf("one cpuid instruction: %.2f us of wall time, %.2f us of the thread's CPU time\n", (w1 - w0) / n / 1e3, (c1 - c0) / n / 1e3);
   return 0;
 }
 C
