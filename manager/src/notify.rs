@@ -39,14 +39,16 @@ impl Notifier {
         self.policy.is_some()
     }
 
-    /// The latest time the loop must look again (None when off).
+    /// When the loop must look again (None when off); it looks then, and
+    /// once a reload is answered, not at every turn.
     pub(crate) fn next_deadline(&self, now: Instant) -> Option<Instant> {
         self.policy.as_ref().and_then(|p| p.next_deadline(now))
     }
 
-    /// Once per loop round: readiness, the end of a reload, the status
-    /// line and the watchdog ping, as the policy decides. The figures are
-    /// only gathered when notifying is on.
+    /// At [`Notifier::next_deadline`] and once a reload is answered:
+    /// readiness, the end of a reload, the status line and the watchdog
+    /// ping, as the policy decides. The figures are only gathered when
+    /// notifying is on.
     pub(crate) fn look(&mut self, figures: impl FnOnce() -> Figures) {
         if self.is_on() {
             self.feed(Event::Look(figures()), Instant::now());

@@ -112,8 +112,10 @@ impl Manager {
     }
 
     /// Sends a reload's answer to the connection that asked (if still
-    /// there), then serves its later requests.
+    /// there), then serves its later requests. systemd hears that the
+    /// reload is over at the end of this turn.
     pub(crate) fn answer_reload(&mut self, serial: Option<u64>, r: Result<ReloadReport, String>) {
+        self.notify_due = true;
         let Some(serial) = serial else { return };
         let c = self
             .control

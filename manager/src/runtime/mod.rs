@@ -109,6 +109,9 @@ pub(crate) struct Manager {
     metrics: Option<crossbeam_channel::Sender<String>>,
     /// Readiness, status and watchdog for systemd (`NOTIFY_SOCKET`).
     notify: crate::notify::Notifier,
+    /// The notifier looks at the end of this turn (its timer fired, or a
+    /// reload was answered).
+    notify_due: bool,
     /// Keys whose config file is broken, answered for (`broken.rs`).
     broken_keys: crate::broken::BrokenKeys,
     /// The sockets systemd keeps across a restart (`FDSTORE=1`).
@@ -174,6 +177,7 @@ impl Manager {
             forced: false,
             broken: Vec::new(),
             notify: crate::notify::Notifier::from_env(),
+            notify_due: false,
             fdstore: crate::fdstore::FdStore::from_env(),
             _lock: lock,
         })
@@ -227,13 +231,16 @@ impl Manager {
             }
             self.on_deadlines(Instant::now());
             self.process_events();
-            self.notify_look();
+            if std::mem::take(&mut self.notify_due) {
+                self.notify_look();
+            }
         }
     }
 
     /// Hands this round's figures to the systemd notifier, and sets when
-    /// it must look again at the latest (its watchdog ping, its status
-    /// line).
+    /// it must look again (its watchdog ping, its status line, soon while
+    /// starting). Only then, or once a reload is answered: not at every
+    /// turn, so the figures are not gathered per event.
     fn notify_look(&mut self) {
         let reloading = !self.reloads.is_empty();
         self.notify
@@ -342,8 +349,8 @@ impl Manager {
                 self.timers.set(Timer::Stats, Some(next));
                 self.log_stats();
             }
-            // The look at the end of this turn pings and updates.
-            Timer::Notify => {}
+            // At the end of this turn, once its events are processed.
+            Timer::Notify => self.notify_due = true,
             Timer::Retry => self.starved_retry(now),
             Timer::ControlAgain => self.control_again(),
             Timer::ControlIdle(c) => self.control_expire(c, now),
