@@ -9,15 +9,15 @@
 //! `generation.rs`), `calibrate.rs`, `drain_policy.rs`.
 //!
 //! [`Manager`] is a struct of owned parts with private fields. The parts
-//! are leaf modules that never import it: `services.rs` (the generations
-//! and their sockets and scoreboards), `process_table.rs` (the instances),
-//! `control.rs` (the control socket and its connections), `timers.rs`
-//! (every deadline), `orphans.rs`, `starved.rs` (the retry and the spare
-//! fd), `reload.rs` (the diff and the reloads waiting for an answer),
-//! `notify.rs`, `fdstore.rs`, `broken.rs`, `jitter.rs`. They answer
+//! are leaf modules that never import it: `services.rs` (the slab of
+//! generations, each a `svc.rs`: its socket, scoreboard and automaton),
+//! `process_table.rs` (the instances), `control.rs` (the control socket
+//! and its connections), `timers.rs` (every deadline), `orphans.rs`,
+//! `starved.rs` (the retry and the spare fd), `reload.rs` (the diff and
+//! the reloads waiting for an answer), `notify.rs`, `fdstore.rs`,
+//! `broken.rs`, `jitter.rs`. They answer
 //! through their APIs, or return what to do (a request to answer, an
-//! orphan to signal, a deadline to set), and the loop does it. (A
-//! generation's own record, `services::Svc`, still shows its fields.)
+//! orphan to signal, a deadline to set), and the loop does it.
 //!
 //! This file holds the struct, `new`, `run`, the dispatch of tokens,
 //! timers and automaton actions, and the stop. Its child modules hold the
