@@ -4,7 +4,10 @@
 //! already, idle, busy, or not yet up) and the look is the *event*
 //! ([`Look`]: why generations drain now, whether connections are queued,
 //! whether `stop-grace` has passed since a stop began); [`instance`] maps
-//! each pair to one [`Step`]. Then [`after`] decides the generation's next
+//! each pair to one [`Step`]. One kind of pair cannot happen: an instance
+//! not yet asked to leave after a second stop signal, which SIGKILLs every
+//! instance and lets none start; it is reported as such, and killed. Then
+//! [`after`] decides the generation's next
 //! move from what is left of its instances and its queue ([`Then`]).
 //! Sending the signals, spawning, closing and freeing is `drain.rs`'s job;
 //! when a generation starts to drain is `reload.rs`'s and the stop's.
@@ -93,6 +96,9 @@ pub(crate) enum Step {
     Stop(KillReason),
     /// Not up yet: look again soon.
     Wait,
+    /// A pair that cannot happen: say so, and SIGKILL it (the manager
+    /// stops now).
+    Impossible(&'static str),
 }
 
 /// What is left of a draining generation's instances after their steps.
@@ -129,6 +135,9 @@ pub(crate) fn instance(seen: Seen, look: &Look, now: Instant) -> Step {
     let reason = look.why.reason();
     match seen {
         Seen::Asked => Step::None,
+        _ if look.why == Why::StopNow => {
+            Step::Impossible("an instance not asked to leave after a second stop signal killed all")
+        }
         Seen::Idle | Seen::Busy => Step::Drain(reason),
         Seen::Starting { since } if gives_up(since, look, now) => Step::Stop(reason),
         Seen::Starting { .. } => Step::Wait,
@@ -224,6 +233,9 @@ mod tests {
         let stop = look.why != Why::Reload;
         match seen {
             "asked" => Step::None,
+            _ if look.why == Why::StopNow => Step::Impossible(
+                "an instance not asked to leave after a second stop signal killed all",
+            ),
             "idle" | "busy" => Step::Drain(reason),
             "starting" if stop && (!look.queued || timing == Timing::GracePassed) => {
                 Step::Stop(reason)

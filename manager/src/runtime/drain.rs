@@ -75,6 +75,7 @@ impl Manager {
                 Step::Drain(reason) => self.drain_instance(id, reason),
                 Step::Stop(reason) => self.stop_instance(id, reason),
                 Step::Wait => left = Left::Starting,
+                Step::Impossible(what) => self.drain_impossible(id, what),
             }
         }
         match drain_policy::after(left, &look, now) {
@@ -131,6 +132,20 @@ impl Manager {
                 },
             },
         )
+    }
+
+    /// The drain policy met a pair that cannot happen: say so, and SIGKILL
+    /// the instance (the manager stops now).
+    fn drain_impossible(&mut self, id: usize, what: &str) {
+        let Some(inst) = self.procs.get(id) else {
+            return;
+        };
+        warning!(
+            Some(self.services[inst.service()].key()),
+            Some(inst.pid()),
+            "unable to follow the drain: {what} (can't happen; killing it)"
+        );
+        self.kill_instance(id, KillReason::Shutdown);
     }
 
     /// SIGUSR1 to one instance; SIGKILL after `stop-grace`.

@@ -463,6 +463,34 @@ fn shutdown_serves_a_queue_left_with_no_instance() {
 }
 
 #[test]
+fn a_second_stop_signal_kills_every_instance_and_closes_the_queue_unserved() {
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    let pids = r.pids();
+    let mut client = UnixStream::connect(r.dir.path().join("run/system.echo.0.raw.sock")).unwrap();
+    r.m.begin_shutdown();
+    r.m.begin_shutdown();
+    let kills: Vec<_> = pids.iter().map(|&p| (p, Signal::SIGKILL)).collect();
+    assert_eq!(r.seen.borrow().signals, kills);
+    // Every instance was asked (killed): nothing more is sent while they go.
+    assert!(r.m.generation_step(0, Instant::now()));
+    assert_eq!(r.seen.borrow().signals.len(), pids.len());
+    for &p in &pids {
+        r.exit(p, WaitStatus::Signaled(9));
+    }
+    // The queue is left with no instance: closed, not served.
+    assert!(r.m.generation_step(0, Instant::now()));
+    assert_eq!(r.seen.borrow().spawned.len(), pids.len(), "nothing started");
+    let mut b = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut client, &mut b).unwrap(),
+        0,
+        "closed"
+    );
+    assert!(!r.m.generation_step(0, Instant::now()), "then freed");
+}
+
+#[test]
 fn shutdown_leaves_the_queue_and_file_of_a_socket_systemd_keeps() {
     // The same stop, but systemd keeps the socket (fd store or socket
     // activation): the next charond serves the queue; nothing is spawned
