@@ -9,7 +9,7 @@ InvalidRequest.
 import functools
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import InvalidKey, InvalidRequest, ProtocolError
 from .key import MAX_KEY_LEN, check_key
@@ -363,6 +363,10 @@ def _bytes32_at(buf: Buffer, pos: int, what: str) -> Tuple[bytes, int]:
 # (attempt, attributes, key, client, no context).
 _PREFIXES: Dict[bytes, Tuple[int, int, str, str, Tuple[()]]] = {}
 _MAX_PREFIXES = 256
+# The last prefix found there and what it decodes to: a request like the
+# last one is checked with one comparison, before any slice or hash. (A
+# prefix starts with the attempt, 1 or 2, so the empty entry never matches.)
+_LAST: List[Any] = [b"\xff", None]
 
 # A request's fields as decode_request_frame gives them: (attempt,
 # attributes, key, client, context, body).
@@ -383,15 +387,24 @@ def decode_request_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Reques
     Request: a request like an earlier one costs a dictionary lookup and
     two slices."""
     n = len(data)
+    prefix, known = _LAST
+    if data.startswith(prefix, HEADER_LEN):
+        end = HEADER_LEN + len(prefix)
+        if end + 4 <= n:
+            size = _U32_AT(data, end)[0]
+            if end + 4 + size == n and size <= limits.max_request_body:
+                return known + (data[end + 4:],)  # type: ignore[no-any-return]
     if n >= 16:
         end = 12 + ((data[10] << 8) | data[11])
         if end + 2 <= n:
             end += 4 + ((data[end] << 8) | data[end + 1])
             if end + 4 <= n:
-                known = _PREFIXES.get(data[8:end])
+                prefix = data[8:end]
+                known = _PREFIXES.get(prefix)
                 if known is not None:
                     size = _U32_AT(data, end)[0]
                     if end + 4 + size == n and size <= limits.max_request_body:
+                        _LAST[0], _LAST[1] = prefix, known
                         return known + (data[end + 4:],)
     r = _decode_and_remember(memoryview(data)[HEADER_LEN:], limits)
     return r.attempt, r.attributes, r.key, r.client, r.context, r.body
