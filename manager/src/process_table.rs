@@ -295,6 +295,26 @@ impl ProcessTable {
             .filter_map(|(id, i)| i.as_ref().map(|i| (id, i)))
     }
 
+    /// The instances of generation `s`.
+    pub(crate) fn of(&self, s: usize) -> impl Iterator<Item = (usize, &Instance)> {
+        self.iter().filter(move |(_, i)| i.service == s)
+    }
+
+    /// The ids of generation `s`'s instances, to act on each; with
+    /// `leaving` false, only those that are still capacity.
+    pub(crate) fn ids_of(&self, s: usize, leaving: bool) -> Vec<usize> {
+        self.of(s)
+            .filter(|(_, i)| leaving || !i.is_leaving())
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// How many of generation `s`'s instances are capacity (not being
+    /// stopped or replaced).
+    pub(crate) fn capacity(&self, s: usize) -> u32 {
+        self.of(s).filter(|(_, i)| !i.is_leaving()).count() as u32
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_pid.len()
     }
@@ -307,6 +327,7 @@ impl ProcessTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::state::KillReason;
 
     fn inst(pid: i32, service: usize) -> Instance {
         let now = Instant::now();
@@ -324,6 +345,22 @@ mod tests {
         assert_eq!(t.insert(inst(12, 0)), 0);
         assert_eq!(t.len(), 2);
         assert_eq!(t.get(0).map(Instance::pid), Some(12));
+    }
+
+    #[test]
+    fn a_generations_instances_and_its_capacity() {
+        let mut t = ProcessTable::default();
+        let a = t.insert(inst(10, 0));
+        let b = t.insert(inst(11, 1));
+        let c = t.insert(inst(12, 0));
+        let now = Instant::now();
+        if let Some(i) = t.get_mut(c) {
+            i.on_life(instance::Event::Kill(KillReason::Excess), now);
+        }
+        assert_eq!(t.ids_of(0, true), [a, c]);
+        assert_eq!(t.ids_of(0, false), [a], "a leaving instance is no capacity");
+        assert_eq!((t.capacity(0), t.capacity(1), t.capacity(2)), (1, 1, 0));
+        assert_eq!(t.of(1).map(|(id, _)| id).collect::<Vec<_>>(), [b]);
     }
 
     #[test]

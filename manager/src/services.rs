@@ -75,7 +75,7 @@ impl Services {
             Mode::Watching => true,
             Mode::Running => {
                 let mut up = 0;
-                for (_, i) in procs.iter().filter(|(_, i)| i.service() == s) {
+                for (_, i) in procs.of(s) {
                     let st = svc.slot_state(i.slot());
                     if i.is_leaving() {
                         continue;

@@ -55,12 +55,7 @@ impl Manager {
     /// linger, free). False if freed.
     pub(crate) fn drain_step(&mut self, o: usize, now: Instant, linger_until: Instant) -> bool {
         let look = self.drain_look(o, linger_until);
-        let ids: Vec<usize> = self
-            .procs
-            .iter()
-            .filter(|(_, i)| i.service() == o)
-            .map(|(id, _)| id)
-            .collect();
+        let ids = self.procs.ids_of(o, true);
         let mut left = if ids.is_empty() {
             Left::Nothing
         } else {

@@ -168,10 +168,7 @@ impl Manager {
 
     /// Instances of `s` that are capacity (not being stopped or replaced).
     pub(crate) fn live_count(&self, s: usize) -> u32 {
-        self.procs
-            .iter()
-            .filter(|(_, i)| i.service() == s && !i.is_leaving())
-            .count() as u32
+        self.procs.capacity(s)
     }
 
     /// Sets `want_hints` while more instances may be started.

@@ -319,12 +319,7 @@ impl Manager {
         let _ = self.services[p].on_gen(generation::Event::Drain { linger_until: now }, now);
         self.timers.set(Timer::Generation(p), Some(now));
         self.events.push_back((p, Event::Shutdown));
-        let ids: Vec<usize> = self
-            .procs
-            .iter()
-            .filter(|(_, i)| i.service() == p)
-            .map(|(id, _)| id)
-            .collect();
+        let ids = self.procs.ids_of(p, true);
         for id in ids {
             self.stop_instance(id, KillReason::Reload);
         }

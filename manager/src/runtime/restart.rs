@@ -21,12 +21,7 @@ impl Manager {
         // The automaton resets the tallies and ends a backoff; the loop
         // performs its actions (a trial) once this turn's work is done.
         self.events.push_back((s, Event::Restart));
-        let ids: Vec<usize> = self
-            .procs
-            .iter()
-            .filter(|(_, i)| i.service() == s && !i.is_leaving())
-            .map(|(id, _)| id)
-            .collect();
+        let ids = self.procs.ids_of(s, false);
         let recycled = ids.len();
         for id in ids {
             self.retire(id, KillReason::Restart);

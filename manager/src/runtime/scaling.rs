@@ -198,8 +198,7 @@ impl Manager {
         let now = Instant::now();
         let svc = &self.services[s];
         self.procs
-            .iter()
-            .filter(|(_, i)| i.service() == s)
+            .of(s)
             .map(|(id, i)| View {
                 id,
                 state: svc.slot_state(i.slot()),
@@ -356,7 +355,7 @@ impl Manager {
         let mut reps = Vec::new();
         let now = Instant::now();
         let slot_free = self.services[s].has_free_slot();
-        for (id, i) in self.procs.iter().filter(|(_, i)| i.service() == s) {
+        for (id, i) in self.procs.of(s) {
             let Some((reason, replacement)) = i.life().retiring() else {
                 continue;
             };

@@ -56,7 +56,7 @@ impl Manager {
                 continue;
             }
             let (mut busy, mut idle) = (0, 0);
-            for (_, i) in self.procs.iter().filter(|(_, i)| i.service() == s) {
+            for (_, i) in self.procs.of(s) {
                 match svc.slot_state(i.slot()) {
                     Some(SlotState::Busy) => busy += 1,
                     Some(SlotState::Idle) => idle += 1,
