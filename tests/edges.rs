@@ -6,10 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use charon_client::{Client, Request};
+use charon_client::Request;
 use nix::sys::signal::Signal;
 
 use crate::util::daemon::{instances_of, Daemon, PATIENCE};
+use crate::util::load::client_at;
 use crate::util::{bin, wait_for, TestDir};
 
 const KEY: &str = "system.echo.0.raw";
@@ -28,15 +29,6 @@ fn pool_of_2() -> String {
     )
 }
 
-fn client_of(run: &Path) -> Client {
-    Client::builder()
-        .run_dir(run)
-        .timeout(Duration::from_secs(30))
-        .name("edges-test")
-        .build()
-        .expect("client")
-}
-
 /// An instance sleeping in `echo.sleep-ms`.
 fn sleeping(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("nanosleep"))
@@ -47,7 +39,7 @@ type Call = std::thread::JoinHandle<(u8, Result<Vec<u8>, charon_client::Error>, 
 fn call(run: &Path, i: u8, sleep_ms: &'static str) -> Call {
     let run = run.to_path_buf();
     std::thread::spawn(move || {
-        let mut c = client_of(&run);
+        let mut c = client_at(&run, Duration::from_secs(30));
         let req = Request::new(KEY, vec![i]).context("echo.sleep-ms", sleep_ms);
         let t0 = Instant::now();
         let res = c.call_request(&req);
@@ -98,7 +90,9 @@ fn a_stop_serves_the_requests_in_hand_and_the_queue_then_exits_0() {
         d.signal(Signal::SIGTERM);
         // The name goes at once: new clients get NotFound.
         wait_for(PATIENCE, "the socket to be unlinked", || !sock.exists());
-        let e = client_of(&d.run).call(KEY, b"late").expect_err("no socket");
+        let e = client_at(&d.run, Duration::from_secs(30))
+            .call(KEY, b"late")
+            .expect_err("no socket");
         assert!(
             matches!(e.kind(), charon_client::ErrorKind::NotFound { .. }),
             "{e}"
@@ -117,7 +111,9 @@ fn charon_restart_serves_the_requests_in_hand_and_the_queue() {
         assert_eq!(code, 0, "{err}");
     });
     assert_eq!(
-        client_of(&d.run).call(KEY, b"after").expect("served"),
+        client_at(&d.run, Duration::from_secs(30))
+            .call(KEY, b"after")
+            .expect("served"),
         b"after"
     );
 }
@@ -150,7 +146,9 @@ fn a_killed_manager_serves_the_requests_in_hand_and_the_queue_and_leaves_no_orph
     drop(d);
     let d = Daemon::start_in(dir, conf, run);
     assert_eq!(
-        client_of(&d.run).call(KEY, b"again").expect("served"),
+        client_at(&d.run, Duration::from_secs(30))
+            .call(KEY, b"again")
+            .expect("served"),
         b"again"
     );
 }
@@ -193,12 +191,7 @@ fn out_of_fds_is_the_managers_problem_not_the_services() {
     let (mut served, mut starved) = (Vec::new(), Vec::new());
     let mut slowest_refusal = Duration::ZERO;
     for k in &keys {
-        let mut c = Client::builder()
-            .run_dir(&d.run)
-            .timeout(Duration::from_secs(10))
-            .name("edges-test")
-            .build()
-            .expect("client");
+        let mut c = client_at(&d.run, Duration::from_secs(10));
         let t0 = Instant::now();
         match c.call(k, b"hi") {
             Ok(b) => {
@@ -250,7 +243,7 @@ fn out_of_fds_is_the_managers_problem_not_the_services() {
 }
 
 fn client_of_key(d: &Daemon, key: &str) -> Result<Vec<u8>, String> {
-    client_of(&d.run)
+    client_at(&d.run, Duration::from_secs(30))
         .call(key, b"again")
         .map_err(|e| e.to_string())
 }
@@ -444,12 +437,7 @@ fn a_stopped_manager_does_not_stall_instances_that_log() {
         .map(|i| {
             let (run, line, stop) = (d.run.clone(), line.clone(), std::sync::Arc::clone(&stop));
             std::thread::spawn(move || {
-                // The client's default timeout (4 s).
-                let mut c = Client::builder()
-                    .run_dir(&run)
-                    .name("edges-test")
-                    .build()
-                    .expect("client");
+                let mut c = client_at(&run, charon_client::DEFAULT_TIMEOUT);
                 let req = Request::new(KEY, vec![i]).context("echo.log", line.as_str());
                 let (mut n, mut slowest, mut failed) = (0u32, Duration::ZERO, Vec::new());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -486,7 +474,9 @@ fn a_stopped_manager_does_not_stall_instances_that_log() {
     assert!(slowest < Duration::from_secs(2), "slowest {slowest:?}");
     // charond read it all afterwards and answers.
     assert_eq!(
-        client_of(&d.run).call(KEY, b"after").expect("served"),
+        client_at(&d.run, Duration::from_secs(30))
+            .call(KEY, b"after")
+            .expect("served"),
         b"after"
     );
 }
@@ -635,7 +625,7 @@ fn a_dead_managers_instances_stop_draining_after_stop_grace_under_constant_load(
         .map(|i| {
             let (run, stop) = (d.run.clone(), Arc::clone(&stop));
             std::thread::spawn(move || {
-                let mut c = client_of(&run);
+                let mut c = client_at(&run, Duration::from_secs(30));
                 let req = Request::new(KEY, vec![i]).context("echo.sleep-ms", "100");
                 let mut bad = Vec::new();
                 while !stop.load(Ordering::Relaxed) {

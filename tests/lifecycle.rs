@@ -13,113 +13,19 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use charon_client::{Client, ErrorKind, Request};
+use charon_client::{ErrorKind, Request};
 
 use crate::util::daemon::Daemon;
+use crate::util::echo_config;
+use crate::util::load::{client_at, Load};
 use crate::util::{bin, run, wait_for, TestDir};
 
 const KEY: &str = "system.echo.0.raw";
 /// Generous: the machine is shared and may be slow.
 const LONG: Duration = Duration::from_secs(60);
-
-fn echo(extra: &str) -> String {
-    format!("exec = \"{}\"\n{extra}\n", bin("charon-echo").display())
-}
-
-fn client(run: &Path, timeout: Duration) -> Client {
-    Client::builder()
-        .run_dir(run)
-        .timeout(timeout)
-        .name("lifecycle-test")
-        .build()
-        .expect("client")
-}
-
-/// How the calls of a run ended.
-#[derive(Debug, Default, Clone)]
-struct Tally {
-    ok: u64,
-    fast_failed: u64,
-    timed_out: u64,
-    disconnected: u64,
-    other: u64,
-    first_error: Option<String>,
-}
-
-impl Tally {
-    fn add(&mut self, t: Tally) {
-        self.ok += t.ok;
-        self.fast_failed += t.fast_failed;
-        self.timed_out += t.timed_out;
-        self.disconnected += t.disconnected;
-        self.other += t.other;
-        if self.first_error.is_none() {
-            self.first_error = t.first_error;
-        }
-    }
-
-    fn total(&self) -> u64 {
-        self.ok + self.fast_failed + self.timed_out + self.disconnected + self.other
-    }
-
-    fn record(&mut self, res: Result<Vec<u8>, charon_client::Error>, body: &[u8]) {
-        match res {
-            Ok(b) if b == body => self.ok += 1,
-            Ok(b) => {
-                self.other += 1;
-                self.first_error.get_or_insert(format!("wrong body {b:?}"));
-            }
-            Err(e) => {
-                let text = e.to_string();
-                match e.into_kind() {
-                    ErrorKind::Unavailable { .. } => self.fast_failed += 1,
-                    ErrorKind::Timeout { .. } => self.timed_out += 1,
-                    ErrorKind::Disconnected { .. } => self.disconnected += 1,
-                    _ => self.other += 1,
-                }
-                self.first_error.get_or_insert(text);
-            }
-        }
-    }
-}
-
-/// `n` threads send plain echo requests until `stop`.
-fn good_loops(
-    run: &Path,
-    n: usize,
-    timeout: Duration,
-    stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Tally>> {
-    (0..n)
-        .map(|i| {
-            let run = run.to_path_buf();
-            let stop = Arc::clone(stop);
-            std::thread::spawn(move || {
-                let mut c = client(&run, timeout);
-                let mut t = Tally::default();
-                let body = format!("good {i}").into_bytes();
-                while !stop.load(Ordering::Relaxed) {
-                    t.record(c.call(KEY, &body), &body);
-                }
-                t
-            })
-        })
-        .collect()
-}
-
-fn join(loops: Vec<std::thread::JoinHandle<Tally>>) -> Tally {
-    let mut total = Tally::default();
-    for l in loops {
-        total.add(l.join().expect("client thread"));
-    }
-    total
-}
 
 /// The request counts of every exited instance, from charond's log.
 fn served_per_instance(log: &str) -> Vec<u64> {
@@ -144,18 +50,16 @@ fn chaos_sigkill_every_200ms_every_request_is_answered() {
     // Every lifecycle knob is at its default.
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 4"),
+        &echo_config("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 4"),
     )]);
     wait_for(LONG, "2 instances", || d.instances().len() == 2);
-    let stop = Arc::new(AtomicBool::new(false));
-    let loops = good_loops(&d.run, 4, Duration::from_secs(5), &stop);
+    let load = Load::echo(&d.run, KEY, 4, Duration::from_secs(5));
     // Victims are ready instances: an outside SIGKILL of one is never a
     // young failure, while one still starting may be (a program killed
     // for want of memory while it starts), and a crash loop of those is
     // the crash-loop tests' subject.
     let kills = d.sigkill_chaos(Duration::from_millis(200), Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    let t = join(loops);
+    let t = load.finish();
     println!(
         "chaos (defaults, min 2 max 4, 4 loops, SIGKILL every 200 ms for 10 s): \
          {} requests: answered={} fast-failed={} timed-out={} disconnected={} other={} kills={kills}",
@@ -185,10 +89,9 @@ fn chaos_sigkill_every_200ms_every_request_is_answered() {
 #[test]
 fn poison_requests_kill_only_their_instances() {
     // Every knob at its default (on demand, minimum 1, maximum 10).
-    let d = Daemon::start(&[(KEY, &echo(""))]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let loops = good_loops(&d.run, 3, Duration::from_secs(20), &stop);
-    let mut c = client(&d.run, Duration::from_secs(20));
+    let d = Daemon::start(&[(KEY, &echo_config(""))]);
+    let load = Load::echo(&d.run, KEY, 3, Duration::from_secs(20));
+    let mut c = client_at(&d.run, Duration::from_secs(20));
     wait_for(LONG, "the pool to serve", || !d.instances().is_empty());
     let poisons = [
         ("echo.exit", "1"),
@@ -206,8 +109,7 @@ fn poison_requests_kill_only_their_instances() {
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let t = join(loops);
+    let t = load.finish();
     let log = d.log();
     let exits = |what: &str| log.matches(what).count();
     println!(
@@ -253,7 +155,7 @@ fn maximum_requests_is_exact_for_sequential_requests() {
     // The test is about maximum-requests; jitter 0 makes the bound exact.
     let d = Daemon::start(&[(
         KEY,
-        &echo("maximum-requests = 5\nmaximum-requests-jitter = 0"),
+        &echo_config("maximum-requests = 5\nmaximum-requests-jitter = 0"),
     )]);
     let mut c = d.client();
     for i in 0..40u8 {
@@ -281,7 +183,7 @@ fn maximum_requests_is_exact_under_ping_p_2_and_with_a_slow_start() {
         "exec = [\"/bin/sh\", \"-c\", \"sleep 1; exec {}\"]\n",
         bin("charon-echo").display()
     );
-    for (label, exec) in [("fast start", echo("")), ("1 s start", slow)] {
+    for (label, exec) in [("fast start", echo_config("")), ("1 s start", slow)] {
         // The test is about maximum-requests; jitter 0 makes it exact.
         let d = Daemon::start(&[(
             KEY,
@@ -346,7 +248,7 @@ fn an_instance_that_hangs_before_ready_is_killed_by_the_startup_timeout() {
 #[test]
 fn silent_connections_grow_the_pool_to_its_maximum() {
     // Every knob at its default: maximum-processes 10.
-    let d = Daemon::start(&[(KEY, &echo(""))]);
+    let d = Daemon::start(&[(KEY, &echo_config(""))]);
     let sock = d.run.join(format!("{KEY}.sock"));
     let mut silent: Vec<UnixStream> = Vec::new();
     for _ in 0..13 {
@@ -372,7 +274,7 @@ fn silent_connections_grow_the_pool_to_its_maximum() {
 #[test]
 fn a_silent_connection_is_dropped_at_the_read_timeout() {
     // The test is about read-timeout: 1 s instead of 10 s.
-    let d = Daemon::start(&[(KEY, &echo("read-timeout = \"1s\""))]);
+    let d = Daemon::start(&[(KEY, &echo_config("read-timeout = \"1s\""))]);
     let sock = d.run.join(format!("{KEY}.sock"));
     let mut s = UnixStream::connect(&sock).expect("connect");
     s.set_read_timeout(Some(LONG)).expect("timeout");

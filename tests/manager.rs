@@ -8,24 +8,22 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use charon_client::{Client, ErrorKind, Request};
+use charon_client::{ErrorKind, Request};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::util::daemon::{Daemon, CLIENT_NAME};
+use crate::util::echo_config;
+use crate::util::load::client_at;
 use crate::util::{bin, run, wait_for, TestDir};
 
 /// Generous: the machine is shared and may be slow.
 const LONG: Duration = Duration::from_secs(20);
 const KEY: &str = "system.echo.0.raw";
 
-fn echo(extra: &str) -> String {
-    format!("exec = \"{}\"\n{extra}\n", bin("charon-echo").display())
-}
-
 #[test]
 fn on_demand_first_request_is_answered() {
-    let d = Daemon::start(&[(KEY, &echo("minimum-processes = 1"))]);
+    let d = Daemon::start(&[(KEY, &echo_config("minimum-processes = 1"))]);
     assert_eq!(
         d.count("started (slot"),
         0,
@@ -46,7 +44,7 @@ fn on_demand_first_request_is_answered() {
 fn prestart_starts_the_minimum() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 3\nmaximum-processes = 5"),
+        &echo_config("prestart-processes = true\nminimum-processes = 3\nmaximum-processes = 5"),
     )]);
     wait_for(LONG, "3 instances", || d.instances().len() == 3);
     d.wait_log("three prestart lines", |l| {
@@ -58,7 +56,7 @@ fn prestart_starts_the_minimum() {
 fn burst_of_eight_grows_instead_of_queueing() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 8"),
+        &echo_config("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 8"),
     )]);
     let mut c = d.client();
     assert_eq!(c.call(KEY, b"warm").expect("warm-up"), b"warm");
@@ -93,7 +91,7 @@ fn burst_of_eight_grows_instead_of_queueing() {
 fn die_once_mid_request_is_retried_and_counted_clean() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 2"),
+        &echo_config("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 2"),
     )]);
     wait_for(LONG, "an instance", || d.instances().len() == 1);
     let flag = d.dir.join("died");
@@ -192,7 +190,7 @@ fn missing_executable_is_a_launch_failure() {
 fn a_signal_counts_a_crash_and_is_replaced() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 1"),
+        &echo_config("prestart-processes = true\nminimum-processes = 1"),
     )]);
     wait_for(LONG, "an instance", || d.instances().len() == 1);
     let req = Request::new(KEY, b"x".to_vec())
@@ -214,7 +212,7 @@ fn a_signal_counts_a_crash_and_is_replaced() {
 fn unresponsive_instance_is_killed_and_the_request_retried() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 2\nunresponsive-timeout = \"1s\""),
+        &echo_config("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 2\nunresponsive-timeout = \"1s\""),
     )]);
     wait_for(LONG, "an instance", || d.instances().len() == 1);
     let req = Request::new(KEY, b"zz".to_vec()).context("echo.sleep-ms", "60000");
@@ -233,7 +231,7 @@ fn maximum_requests_recycles_with_the_replacement_first() {
     // The knob is the subject; jitter 0 makes the recycle point exact.
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-requests = 5\nmaximum-requests-jitter = 0"),
+        &echo_config("prestart-processes = true\nminimum-processes = 1\nmaximum-requests = 5\nmaximum-requests-jitter = 0"),
     )]);
     let mut c = d.client();
     let mut sent = 0u32;
@@ -258,7 +256,7 @@ fn maximum_requests_recycles_with_the_replacement_first() {
 fn idle_instances_shrink_to_the_minimum() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 4\nidle-timeout = \"1s\""),
+        &echo_config("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 4\nidle-timeout = \"1s\""),
     )]);
     wait_for(LONG, "an instance", || d.instances().len() == 1);
     let mut c = d.client();
@@ -339,23 +337,10 @@ fn check_reports_each_kind_of_config_error() {
 fn sigterm_finishes_the_request_in_flight_then_everything_is_gone() {
     let mut d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 2"),
+        &echo_config("prestart-processes = true\nminimum-processes = 2"),
     )]);
     wait_for(LONG, "two instances", || d.instances().len() == 2);
-    let run_dir = d.run.clone();
-    let t = std::thread::spawn(move || {
-        let mut c = Client::builder()
-            .run_dir(&run_dir)
-            .timeout(Duration::from_secs(15))
-            .build()
-            .expect("client");
-        c.call_request(&Request::new(KEY, b"late".to_vec()).context("echo.sleep-ms", "1500"))
-    });
-    // The request is in hand once an instance's slot is busy; the log shows
-    // nothing per request, so wait for the connection to be accepted.
-    wait_for(LONG, "the request to be accepted", || {
-        d.instances().iter().any(|&p| busy_sleeping(p))
-    });
+    let t = call_in_hand(&d, b"late", "1500");
     let pid = d.pid();
     kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
     let status = d.proc.as_mut().expect("proc").wait_timeout(LONG);
@@ -369,6 +354,25 @@ fn sigterm_finishes_the_request_in_flight_then_everything_is_gone() {
     d.wait_log("two shutdown exits", |l| {
         l.matches("counted as shutdown").count() == 2
     });
+}
+
+/// Sends `body` with `echo.sleep-ms` = `ms` from a thread (a 15 s client)
+/// and returns once an instance has it in hand (its slot busy, sleeping
+/// in the request): the log shows nothing per request.
+fn call_in_hand(
+    d: &Daemon,
+    body: &'static [u8],
+    ms: &'static str,
+) -> std::thread::JoinHandle<Result<Vec<u8>, charon_client::Error>> {
+    let run_dir = d.run.clone();
+    let t = std::thread::spawn(move || {
+        let mut c = client_at(&run_dir, Duration::from_secs(15));
+        c.call_request(&Request::new(KEY, body.to_vec()).context("echo.sleep-ms", ms))
+    });
+    wait_for(LONG, "the request to be in hand", || {
+        d.instances().iter().any(|&p| busy_sleeping(p))
+    });
+    t
 }
 
 /// An instance thread sleeping in `echo.sleep-ms` (state S with a
@@ -428,7 +432,7 @@ fn instances_hold_only_fds_0_to_5_and_a_scrubbed_environment() {
 
 #[test]
 fn stderr_is_logged_with_key_and_pid() {
-    let d = Daemon::start(&[(KEY, &echo(""))]);
+    let d = Daemon::start(&[(KEY, &echo_config(""))]);
     let req = Request::new(KEY, b"x".to_vec()).context("echo.log", "hello from the instance");
     d.client().call_request(&req).expect("answered");
     d.wait_log("the stderr line", |l| {
@@ -442,7 +446,7 @@ fn stderr_is_logged_with_key_and_pid() {
 
 #[test]
 fn a_second_charond_on_the_same_run_dir_fails_clearly() {
-    let d = Daemon::start(&[(KEY, &echo(""))]);
+    let d = Daemon::start(&[(KEY, &echo_config(""))]);
     let mut cmd = Command::new(bin("charond"));
     cmd.arg("--config-dir")
         .arg(&d.conf)
@@ -461,7 +465,7 @@ fn a_second_charond_on_the_same_run_dir_fails_clearly() {
 fn stale_sockets_are_removed_and_missing_config_dir_is_fatal() {
     let dir = TestDir::new();
     let conf = dir.mkdir("conf");
-    dir.write(&format!("conf/{KEY}.toml"), echo(""));
+    dir.write(&format!("conf/{KEY}.toml"), echo_config(""));
     let run_dir = dir.mkdir("run");
     let stale = run_dir.join("gone.svc.0.raw.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
@@ -489,21 +493,10 @@ fn stale_sockets_are_removed_and_missing_config_dir_is_fatal() {
 fn instances_exit_when_the_manager_is_killed_and_a_new_one_starts_clean() {
     let mut d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 2"),
+        &echo_config("prestart-processes = true\nminimum-processes = 2"),
     )]);
     wait_for(LONG, "two instances", || d.instances().len() == 2);
-    let run_dir = d.run.clone();
-    let in_flight = std::thread::spawn(move || {
-        let mut c = Client::builder()
-            .run_dir(&run_dir)
-            .timeout(Duration::from_secs(15))
-            .build()
-            .expect("client");
-        c.call_request(&Request::new(KEY, b"mine".to_vec()).context("echo.sleep-ms", "1000"))
-    });
-    wait_for(LONG, "the request to be in hand", || {
-        d.instances().iter().any(|&p| busy_sleeping(p))
-    });
+    let in_flight = call_in_hand(&d, b"mine", "1000");
     // SIGKILL charond alone (not its group): the instances must notice,
     // finish the request in hand, and exit.
     d.proc.as_ref().expect("proc").signal(Signal::SIGKILL);
@@ -534,7 +527,7 @@ fn instances_exit_when_the_manager_is_killed_and_a_new_one_starts_clean() {
 fn instances_over_maximum_rss_are_recycled_gracefully() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-rss = \"64K\""),
+        &echo_config("prestart-processes = true\nminimum-processes = 1\nmaximum-rss = \"64K\""),
     )]);
     d.wait_log("a memory recycle", |l| l.contains("counted as max_rss"));
     let log = d.log();
@@ -567,7 +560,7 @@ fn wakeups(pid: i32) -> u64 {
 fn the_manager_is_not_woken_per_request_at_maximum() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2"),
+        &echo_config("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2"),
     )]);
     wait_for(LONG, "two instances", || d.instances().len() == 2);
     let mut c = d.client();
@@ -674,7 +667,7 @@ fn a_crash_loop_enters_backoff() {
     // backoff longer than the test, so the last call falls in it.
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nbackoff-initial = \"30s\""),
+        &echo_config("prestart-processes = true\nbackoff-initial = \"30s\""),
     )]);
     let mut c = d.client();
     // Each instance crashes on its first request: a young crash.
@@ -745,7 +738,7 @@ fn periodic_stats_lines_count_requests_faults_and_exits() {
     let conf = dir.mkdir("conf");
     dir.write(
         &format!("conf/{KEY}.toml"),
-        echo("prestart-processes = true"),
+        echo_config("prestart-processes = true"),
     );
     let run_dir = dir.join("run");
     let d = Daemon::start_with(dir, conf, run_dir, &["--stats-interval", "1"]);
@@ -808,7 +801,7 @@ fn limits_cd_and_env_are_applied_before_exec() {
 fn a_missing_cd_directory_is_launch_failure_11() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\ncd = \"/nonexistent-charon-dir\""),
+        &echo_config("prestart-processes = true\ncd = \"/nonexistent-charon-dir\""),
     )]);
     d.wait_log("the launch failure", |l| {
         l.contains("counted as launch_failed")
@@ -831,21 +824,10 @@ fn a_missing_cd_directory_is_launch_failure_11() {
 fn a_client_arriving_while_all_are_busy_gets_a_new_instance() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 2"),
+        &echo_config("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 2"),
     )]);
     wait_for(LONG, "an instance", || d.instances().len() == 1);
-    let run_dir = d.run.clone();
-    let slow = std::thread::spawn(move || {
-        let mut c = Client::builder()
-            .run_dir(&run_dir)
-            .timeout(Duration::from_secs(15))
-            .build()
-            .expect("client");
-        c.call_request(&Request::new(KEY, b"slow".to_vec()).context("echo.sleep-ms", "2000"))
-    });
-    wait_for(LONG, "the slow request to be in hand", || {
-        d.instances().iter().any(|&p| busy_sleeping(p))
-    });
+    let slow = call_in_hand(&d, b"slow", "2000");
     // No instance can take this one, so none can hint: the manager must see
     // the connect itself.
     let t0 = Instant::now();
@@ -884,7 +866,7 @@ fn a_full_backlog_gives_overloaded_and_the_socket_has_its_mode() {
     let conf = dir.mkdir("conf");
     dir.write(
         &format!("conf/{KEY}.toml"),
-        echo("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 1\nlisten-backlog = 1\nsocket-mode = \"0600\""),
+        echo_config("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 1\nlisten-backlog = 1\nsocket-mode = \"0600\""),
     );
     let run_dir = dir.join("run");
     let d = Daemon::start_with(dir, conf, run_dir, &["--stats-interval", "1"]);
@@ -965,7 +947,7 @@ fn voluntary_switches(pid: i32) -> u64 {
 fn a_connection_wakes_one_idle_instance_not_all() {
     let d = Daemon::start(&[(
         KEY,
-        &echo("prestart-processes = true\nminimum-processes = 4\nmaximum-processes = 4"),
+        &echo_config("prestart-processes = true\nminimum-processes = 4\nmaximum-processes = 4"),
     )]);
     wait_for(LONG, "4 instances", || d.instances().len() == 4);
     let mut c = d.client();
@@ -1013,7 +995,10 @@ fn a_socket_that_exists_accepts_connections_from_the_start() {
     let conf = dir.mkdir("conf");
     let keys: Vec<String> = (0..20).map(|i| format!("start.s{i}.0.raw")).collect();
     for k in &keys {
-        dir.write(&format!("conf/{k}.toml"), echo("socket-mode = \"0640\""));
+        dir.write(
+            &format!("conf/{k}.toml"),
+            echo_config("socket-mode = \"0640\""),
+        );
     }
     let run_dir = dir.join("run");
     let paths: Vec<_> = keys

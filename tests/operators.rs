@@ -9,8 +9,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use charon_client::{ErrorKind, Request};
@@ -18,10 +16,13 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::util::daemon::Daemon;
+use crate::util::load::Load;
 use crate::util::{bin, free_port, http_get, run, wait_for, TestDir};
 
 const KEY: &str = "system.echo.0.raw";
 const LONG: Duration = Duration::from_secs(60);
+/// The client loops' timeout: a reload must make clients wait, not fail.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn echo_conf(exec: &Path, extra: &str) -> String {
     format!("exec = \"{}\"\n{extra}\n", exec.display())
@@ -47,85 +48,6 @@ fn echo_service() -> PathBuf {
         );
     }
     path
-}
-
-/// Client loops, each its own client, sending numbered requests to KEY and
-/// checking each answer; stopped and joined on drop (even when the test
-/// fails).
-struct Load {
-    stop: Arc<AtomicBool>,
-    served: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    loops: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(d: &Daemon, n: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-        let loops = (0..n)
-            .map(|t| {
-                let (stop, served, failures) = (
-                    Arc::clone(&stop),
-                    Arc::clone(&served),
-                    Arc::clone(&failures),
-                );
-                let mut client = d.client();
-                std::thread::spawn(move || {
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let body = format!("loop {t} request {n}");
-                        match client.call(KEY, body.as_bytes()) {
-                            Ok(r) if r == body.as_bytes() => {
-                                served.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => failures.lock().unwrap().push(format!(
-                                "{body:?} answered {:?}",
-                                String::from_utf8_lossy(&r)
-                            )),
-                            Err(e) => failures.lock().unwrap().push(format!("{body:?}: {e}")),
-                        }
-                        n += 1;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            served,
-            failures,
-            loops,
-        }
-    }
-
-    fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `n` more requests have been answered.
-    fn wait_more(&self, n: u64, what: &str) {
-        let before = self.served();
-        wait_for(LONG, what, || self.served() >= before + n);
-    }
-
-    /// Stops the loops; returns (served, failures).
-    fn finish(mut self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for l in self.loops.drain(..) {
-            l.join().expect("client loop");
-        }
-        (self.served(), self.failures.lock().unwrap().clone())
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for l in self.loops.drain(..) {
-            let _ = l.join();
-        }
-    }
 }
 
 /// Every old generation drains and goes: only the newest one's instances
@@ -162,7 +84,7 @@ fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
     };
     let d = Daemon::start_args(&[(KEY, &conf(0))], &[]);
     wait_for(LONG, "2 prestarted instances", || d.instances().len() == 2);
-    let load = Load::start(&d, 4);
+    let load = Load::echo(&d.run, KEY, 4, CALL_TIMEOUT);
     let began = Instant::now();
     for i in 1..=20 {
         load.wait_more(20, "requests flowing before the reload");
@@ -175,18 +97,13 @@ fn reload_under_load_loses_nothing_and_leaves_no_old_generation() {
         );
     }
     load.wait_more(20, "requests after the last reload");
-    let (served, failures) = load.finish();
+    let t = load.finish();
+    let (served, failed) = (t.ok, t.total() - t.ok);
     eprintln!(
-        "reload under load: {served} requests, 20 reloads in {:.2}s, {} failed",
+        "reload under load: {served} requests, 20 reloads in {:.2}s, {failed} failed",
         began.elapsed().as_secs_f64(),
-        failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failed request(s) of {served}: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    assert_eq!(failed, 0, "of {served}: {:?}", t.errors);
     let last = only_newest_generation(&d);
     assert!(last.len() >= 2, "{last:?}");
     // The 20th config runs the first program again.
@@ -219,7 +136,7 @@ fn reload_of_an_on_demand_service_under_load_loses_nothing() {
         )
     };
     let d = Daemon::start_args(&[(KEY, &conf(0))], &[]);
-    let load = Load::start(&d, 4);
+    let load = Load::echo(&d.run, KEY, 4, CALL_TIMEOUT);
     for i in 1..=10 {
         load.wait_more(20, "requests flowing before the reload");
         d.write_conf(KEY, &conf(i));
@@ -227,13 +144,8 @@ fn reload_of_an_on_demand_service_under_load_loses_nothing() {
         assert_eq!(code, 0, "reload {i}: {out}{err}");
     }
     load.wait_more(20, "requests after the last reload");
-    let (served, failures) = load.finish();
-    assert!(
-        failures.is_empty(),
-        "{} failed request(s) of {served}: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
+    let t = load.finish();
+    assert_eq!(t.ok, t.total(), "{:?}", t.errors);
     let last = only_newest_generation(&d);
     let want = programs[0].canonicalize().unwrap();
     for i in &last {
@@ -264,7 +176,7 @@ fn a_reload_during_a_reload_supersedes_the_pending_generation() {
     };
     let d = Daemon::start_args(&[(KEY, &fast(1))], &[]);
     wait_for(LONG, "1 instance", || d.instances().len() == 1);
-    let load = Load::start(&d, 2);
+    let load = Load::echo(&d.run, KEY, 2, CALL_TIMEOUT);
     load.wait_more(20, "requests flowing");
     // A change whose instances never come up, then another change while
     // it is pending.
@@ -282,12 +194,8 @@ fn a_reload_during_a_reload_supersedes_the_pending_generation() {
         l.contains("superseded by a later reload")
     });
     load.wait_more(20, "requests after the reloads");
-    let (served, failures) = load.finish();
-    assert!(
-        failures.is_empty(),
-        "{} of {served} failed: {failures:?}",
-        failures.len()
-    );
+    let t = load.finish();
+    assert_eq!(t.ok, t.total(), "{:?}", t.errors);
     let last = only_newest_generation(&d);
     assert!(last.len() >= 3, "the last config's minimum: {last:?}");
     let want = echo.canonicalize().unwrap();

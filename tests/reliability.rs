@@ -17,15 +17,15 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use charon_client::{Client, ErrorKind, Request};
+use charon_client::{ErrorKind, Request};
 use charon_protocol::{decode_response, ErrorCode, Limits, Response};
 use nix::sys::signal::Signal;
 
 use crate::util::daemon::{instances_of, Daemon};
+use crate::util::echo_config;
+use crate::util::load::{client_at, Load, Tally};
 use crate::util::{bin, run, wait_for, TestDir};
 
 /// Generous: the machine is shared and may be slow.
@@ -53,15 +53,6 @@ fn sock(d: &Daemon) -> PathBuf {
     d.run.join(format!("{KEY}.sock"))
 }
 
-fn client_of(run: &Path, timeout: Duration) -> Client {
-    Client::builder()
-        .run_dir(run)
-        .timeout(timeout)
-        .name("reliability-test")
-        .build()
-        .expect("client")
-}
-
 /// A field of /proc/PID/status, without its name.
 fn status_field(pid: i32, name: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -79,10 +70,6 @@ fn rss_kib(pid: i32) -> u64 {
 
 fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-}
-
-fn echo(extra: &str) -> String {
-    format!("exec = \"{}\"\n{extra}\n", bin("charon-echo").display())
 }
 
 /// A small xorshift generator: the tests need spread, not quality.
@@ -134,88 +121,24 @@ fn error_code(frame: &[u8]) -> Option<u16> {
 
 // ---------------------------------------------------------------- faults
 
-/// How the calls of a chaos or load run ended.
-#[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    ok: u64,
-    disconnected: u64,
-    other: u64,
-    slowest: Duration,
-}
-
-impl Tally {
-    fn add(&mut self, t: Tally) {
-        self.ok += t.ok;
-        self.disconnected += t.disconnected;
-        self.other += t.other;
-        self.slowest = self.slowest.max(t.slowest);
-    }
-}
-
-/// `clients` threads call `run` until `stop`; each call's duration and end
-/// are tallied, and the first unexpected error is kept.
-fn client_loops(
-    run: &Path,
-    clients: usize,
-    timeout: Duration,
-    sleep_ms: &'static str,
-    stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<(Tally, Option<String>)>> {
-    (0..clients)
-        .map(|i| {
-            let run = run.to_path_buf();
-            let stop = Arc::clone(stop);
-            std::thread::spawn(move || {
-                let mut c = client_of(&run, timeout);
-                let mut t = Tally::default();
-                let mut first_other = None;
-                let body = format!("client {i}").into_bytes();
-                let req = Request::new(KEY, body.clone()).context("echo.sleep-ms", sleep_ms);
-                while !stop.load(Ordering::Relaxed) {
-                    let t0 = Instant::now();
-                    let res = c.call_request(&req);
-                    t.slowest = t.slowest.max(t0.elapsed());
-                    match res {
-                        Ok(b) if b == body => t.ok += 1,
-                        Ok(b) => {
-                            t.other += 1;
-                            first_other.get_or_insert(format!("wrong body {b:?}"));
-                        }
-                        Err(e) => match e.kind() {
-                            ErrorKind::Disconnected { .. } => t.disconnected += 1,
-                            _ => {
-                                t.other += 1;
-                                first_other.get_or_insert(e.to_string());
-                            }
-                        },
-                    }
-                }
-                (t, first_other)
-            })
-        })
-        .collect()
-}
-
 /// Runs 4 client loops for `secs` while SIGKILLing a random instance every
 /// 100 ms. Returns the tally and the number of kills.
 fn chaos_round(d: &Daemon, run_for: Duration, timeout: Duration) -> (Tally, u64) {
-    let stop = Arc::new(AtomicBool::new(false));
     // Each request takes 5 ms, so most kills hit a request in hand.
-    let loops = client_loops(&d.run, 4, timeout, "5", &stop);
+    let load = Load::start(&d.run, 4, timeout, |i, _| {
+        Request::new(KEY, format!("client {i}").into_bytes()).context("echo.sleep-ms", "5")
+    });
     // Victims are ready instances (see `Daemon::sigkill_chaos`).
     let kills = d.sigkill_chaos(Duration::from_millis(100), run_for);
-    stop.store(true, Ordering::Relaxed);
-    let mut total = Tally::default();
-    for l in loops {
-        let (t, first_other) = l.join().expect("client thread");
-        assert!(
-            first_other.is_none(),
-            "a call ended neither Ok nor Disconnected: {first_other:?}; log:\n{}",
-            d.log()
-        );
-        total.add(t);
-    }
-    (total, kills)
+    let t = load.finish();
+    assert_eq!(
+        t.ok + t.disconnected,
+        t.total(),
+        "a call ended neither Ok nor Disconnected: {:?}; log:\n{}",
+        t.errors,
+        d.log()
+    );
+    (t, kills)
 }
 
 /// Waits until the pool is `n` instances and charond's fd count has not
@@ -267,7 +190,7 @@ fn chaos_sigkill_every_100ms_every_call_ends_ok_or_disconnected() {
     let d = Daemon::start_args(
         &[(
             KEY,
-            &echo("prestart-processes = true\nminimum-processes = 4\nmaximum-processes = 4"),
+            &echo_config("prestart-processes = true\nminimum-processes = 4\nmaximum-processes = 4"),
         )],
         &["--stats-interval", "1"],
     );
@@ -375,7 +298,7 @@ fn requests_and_recycles_leave_charonds_fds_and_rss_at_baseline() {
     let d = Daemon::start_args(
         &[(
             KEY,
-            &echo(
+            &echo_config(
                 "prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2\n\
                  maximum-requests = 20\nmaximum-requests-jitter = 0",
             ),
@@ -389,7 +312,7 @@ fn requests_and_recycles_leave_charonds_fds_and_rss_at_baseline() {
             .map(|_| {
                 let run = d.run.clone();
                 std::thread::spawn(move || {
-                    let mut c = client_of(&run, Duration::from_secs(15));
+                    let mut c = client_at(&run, Duration::from_secs(15));
                     let mut failed = 0u64;
                     for _ in 0..per {
                         if c.call(KEY, b"leak?").is_err() {
@@ -455,7 +378,7 @@ fn client_loop_child() {
     let (run, calls) = spec.rsplit_once(':').expect("run:calls");
     let calls: u64 = calls.parse().expect("calls");
     let me = std::process::id() as i32;
-    let mut c = client_of(Path::new(run), Duration::from_secs(15));
+    let mut c = client_at(Path::new(run), Duration::from_secs(15));
     let body = vec![7u8; 100];
     for _ in 0..1000 {
         c.call(KEY, &body).expect("warm-up call");
@@ -477,7 +400,7 @@ fn a_long_lived_client_leaks_no_fds_or_memory() {
     let d = Daemon::start_args(
         &[(
             KEY,
-            &echo("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2"),
+            &echo_config("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2"),
         )],
         &[],
     );
@@ -520,7 +443,7 @@ fn a_manager_killed_under_load_leaves_no_orphan_past_its_request() {
     let mut d = Daemon::start_args(
         &[(
             KEY,
-            &echo("prestart-processes = true\nminimum-processes = 4\nmaximum-processes = 4"),
+            &echo_config("prestart-processes = true\nminimum-processes = 4\nmaximum-processes = 4"),
         )],
         &[],
     );
@@ -537,7 +460,7 @@ fn a_manager_killed_under_load_leaves_no_orphan_past_its_request() {
             .map(|i| {
                 let run = d.run.clone();
                 std::thread::spawn(move || {
-                    let mut c = client_of(&run, Duration::from_secs(10));
+                    let mut c = client_at(&run, Duration::from_secs(10));
                     let req = Request::new(KEY, vec![i]).context("echo.sleep-ms", "500");
                     let t0 = Instant::now();
                     (c.call_request(&req), t0.elapsed())
@@ -580,7 +503,7 @@ fn sleeping(pid: i32) -> bool {
 /// charond with one prestarted echo instance (`extra` config lines added),
 /// and that instance's pid once it runs.
 fn one_instance(extra: &str) -> (Daemon, i32) {
-    let d = Daemon::start_args(&[(KEY, &echo(extra))], &[]);
+    let d = Daemon::start_args(&[(KEY, &echo_config(extra))], &[]);
     let pid = d.one_instance(LONG, "an instance");
     (d, pid)
 }
@@ -675,7 +598,7 @@ fn a_service_writing_garbage_gives_the_client_a_protocol_error() {
     );
     wait_for(LONG, "an instance", || d.instances().len() == 1);
     let t0 = Instant::now();
-    let err = client_of(&d.run, Duration::from_secs(10))
+    let err = client_at(&d.run, Duration::from_secs(10))
         .call(KEY, b"x")
         .expect_err("garbage is no answer");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
@@ -693,7 +616,9 @@ fn random_bytes_at_a_live_service_never_hurt_it() {
     let d = Daemon::start_args(
         &[(
             KEY,
-            &echo("prestart-processes = true\nmaximum-processes = 2\nread-timeout = \"300ms\""),
+            &echo_config(
+                "prestart-processes = true\nmaximum-processes = 2\nread-timeout = \"300ms\"",
+            ),
         )],
         &[],
     );
@@ -802,7 +727,7 @@ fn ten_thousand_connections_at_once_against_a_pool_of_2() {
     let d = Daemon::start_args(
         &[(
             KEY,
-            &echo("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2"),
+            &echo_config("prestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2"),
         )],
         &["--stats-interval", "1"],
     );
@@ -825,7 +750,7 @@ fn ten_thousand_connections_at_once_against_a_pool_of_2() {
     assert!(refused >= n / 2, "a backlog of 128 cannot hold 10,000");
     assert!(timed_out >= 1, "128 queued at 40 a second outlast 2 s");
     // The client library says Overloaded for the same case.
-    let mut c = client_of(&d.run, Duration::from_secs(10));
+    let mut c = client_at(&d.run, Duration::from_secs(10));
     assert_eq!(c.call(KEY, b"after").expect("still answers"), b"after");
     assert_eq!(d.instances().len(), 2);
     assert_eq!(d.count("counted as crashed"), 0, "{}", d.log());
@@ -875,10 +800,13 @@ fn allowed_uids_and_gids_refuse_other_peers_with_not_permitted() {
     let by_gid = "test.bygid.0.raw";
     let d = Daemon::start_args(
         &[
-            (KEY, &echo("allowed-uids = [0]\nsocket-mode = \"0666\"")),
+            (
+                KEY,
+                &echo_config("allowed-uids = [0]\nsocket-mode = \"0666\""),
+            ),
             (
                 by_gid,
-                &echo("allowed-gids = [65534]\nsocket-mode = \"0666\""),
+                &echo_config("allowed-gids = [65534]\nsocket-mode = \"0666\""),
             ),
         ],
         &["--stats-interval", "1"],
@@ -916,7 +844,7 @@ fn as_root_config_writable_or_owned_by_others_is_refused() {
     }
     let dir = TestDir::new();
     let conf = dir.mkdir("conf");
-    let file = dir.write(&format!("conf/{KEY}.toml"), echo(""));
+    let file = dir.write(&format!("conf/{KEY}.toml"), echo_config(""));
     let check = || {
         let mut cmd = Command::new(bin("charond"));
         cmd.arg("--check").arg("--config-dir").arg(&conf);
@@ -1005,7 +933,7 @@ fn as_root_a_program_another_user_could_replace_is_not_run() {
 
 #[test]
 fn the_run_dir_is_safe_and_one_writable_by_others_is_refused() {
-    let d = Daemon::start_args(&[(KEY, &echo(""))], &[]);
+    let d = Daemon::start_args(&[(KEY, &echo_config(""))], &[]);
     let meta = std::fs::metadata(&d.run).expect("run dir");
     assert_eq!(meta.mode() & 0o7777, 0o755);
     assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
@@ -1015,7 +943,7 @@ fn the_run_dir_is_safe_and_one_writable_by_others_is_refused() {
 
     let dir = TestDir::new();
     let conf = dir.mkdir("conf");
-    dir.write(&format!("conf/{KEY}.toml"), echo(""));
+    dir.write(&format!("conf/{KEY}.toml"), echo_config(""));
     let run_dir = dir.mkdir("run");
     chmod(&run_dir, 0o777);
     let mut cmd = Command::new(bin("charond"));
@@ -1043,7 +971,7 @@ fn socket_mode_and_socket_group_are_honoured() {
     let d = Daemon::start_args(
         &[(
             KEY,
-            &echo("socket-mode = \"0640\"\nsocket-group = \"nogroup\""),
+            &echo_config("socket-mode = \"0640\"\nsocket-group = \"nogroup\""),
         )],
         &[],
     );
@@ -1164,7 +1092,7 @@ fn control(run: &Path, line: &[u8]) -> String {
 
 #[test]
 fn random_bytes_at_the_control_socket_never_stop_it_answering() {
-    let d = Daemon::start_args(&[(KEY, &echo(""))], &[]);
+    let d = Daemon::start_args(&[(KEY, &echo_config(""))], &[]);
     let mut rng = Rng::new();
     let n = size(200, 5000);
     let mut errors = 0;

@@ -22,6 +22,7 @@ use charon_protocol::{
 };
 use nix::sys::signal::Signal;
 
+use crate::util::pass_fds;
 use crate::util::{bin, run, wait_for, Proc, TestDir};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -457,7 +458,6 @@ impl Managed {
     /// Spawns charon-echo in slot 0 of a 2-slot scoreboard.
     fn start(request_limit: u64, want_hints: bool, other_slot: SlotState) -> Managed {
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-        use std::os::unix::process::CommandExt;
 
         let dir = TestDir::new();
         let sock = dir.join("m.sock");
@@ -483,29 +483,7 @@ impl Managed {
             .env("CHARON_SERVICE_KEY", "system.echo.0.raw")
             .env_remove("CHARON_ACCEPT_SOCKET")
             .stderr(Stdio::null());
-        // SAFETY: the closure runs in the child between fork and exec and
-        // calls only fcntl(2) and dup2(2), which are async-signal-safe; the
-        // fds it reads were captured by value and stay open in the parent
-        // until after spawn returns. Each fd is first moved above 100 so
-        // that placing one at 3-5 cannot overwrite another still to place;
-        // dup2 leaves the targets without FD_CLOEXEC, so they survive exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut high = [0; 3];
-                for (h, fd) in high.iter_mut().zip(fds) {
-                    *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
-                    if *h < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                for (target, h) in (3..).zip(high) {
-                    if libc::dup2(h, target) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        pass_fds(&mut cmd, fds.to_vec());
         let proc = Proc::spawn("charon-echo (managed)", cmd);
         drop((listener, sb_fd, theirs));
         Managed {

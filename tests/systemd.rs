@@ -10,15 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use std::os::unix::process::CommandExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use charon_client::Client;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use crate::util::daemon::{Daemon, PATIENCE};
+use crate::util::load::Load;
+use crate::util::pass_fds;
 use crate::util::{bin, wait_for, Proc, TestDir};
 
 const KEY: &str = "system.echo.0.raw";
@@ -319,53 +316,6 @@ fn without_notify_socket_nothing_is_sent() {
     assert!(sd.notes.is_empty());
 }
 
-/// What the client loops saw.
-#[derive(Debug, Default)]
-struct Tally {
-    answered: u64,
-    failed: Vec<String>,
-    longest: Duration,
-}
-
-/// `n` client loops calling `KEY` until `stop`, each request checked
-/// against its own body.
-fn client_loops(
-    run: &Path,
-    n: usize,
-    stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Tally>> {
-    (0..n)
-        .map(|i| {
-            let run = run.to_path_buf();
-            let stop = Arc::clone(stop);
-            std::thread::spawn(move || {
-                // The client's own timeout, generous for a loaded CI
-                // machine: a restart must make clients wait, not fail.
-                let mut c = Client::builder()
-                    .run_dir(&run)
-                    .timeout(Duration::from_secs(30))
-                    .name("systemd-test")
-                    .build()
-                    .expect("client");
-                let mut t = Tally::default();
-                let mut k = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    k += 1;
-                    let body = format!("loop {i} request {k}").into_bytes();
-                    let t0 = Instant::now();
-                    match c.call(KEY, &body) {
-                        Ok(r) if r == body => t.answered += 1,
-                        Ok(r) => t.failed.push(format!("wrong body {r:?}")),
-                        Err(e) => t.failed.push(e.to_string()),
-                    }
-                    t.longest = t.longest.max(t0.elapsed());
-                }
-                t
-            })
-        })
-        .collect()
-}
-
 /// The sh wrapper that sets `LISTEN_PID` to its own pid and execs charond
 /// (same pid), as systemd does for the process it starts.
 fn with_listen_pid(charond: Command) -> Command {
@@ -375,34 +325,6 @@ fn with_listen_pid(charond: Command) -> Command {
         .arg(charond.get_program())
         .args(charond.get_args());
     cmd
-}
-
-/// Places `fds` at 3, 4, ... in the child, as systemd passes them.
-fn pass_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
-    // SAFETY: the closure runs in the child between fork and exec and
-    // calls only fcntl(2) and dup2(2), which are async-signal-safe; the fds
-    // were captured by value and stay open in the parent until spawn
-    // returns. Each is first moved above 100 so that placing one at 3.. can
-    // not overwrite another still to place; dup2 leaves the targets without
-    // FD_CLOEXEC, so they survive exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut high = Vec::with_capacity(fds.len());
-            for fd in &fds {
-                let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
-                if h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                high.push(h);
-            }
-            for (target, h) in (3..).zip(high) {
-                if libc::dup2(h, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 /// The fd store, with the test as systemd: charond hands its socket over
@@ -425,8 +347,9 @@ fn fd_store_keeps_the_socket_across_a_sigkill_and_restart_under_load() {
         .expect("the socket came with FDSTORE=1");
     assert!(sd.notes[i].fds.is_empty());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loops = client_loops(&run, 4, &stop);
+    // The clients' own timeout, generous for a loaded CI machine: a
+    // restart must make clients wait, not fail.
+    let load = Load::echo(&run, KEY, 4, Duration::from_secs(30));
     wait_for(PATIENCE, "requests served", || {
         d1.stats(KEY)["requests"].as_u64() > Some(50)
     });
@@ -449,27 +372,20 @@ fn fd_store_keeps_the_socket_across_a_sigkill_and_restart_under_load() {
     wait_for(PATIENCE, "requests served by the new charond", || {
         d2.stats(KEY)["requests"].as_u64() > Some(50)
     });
-    stop.store(true, Ordering::Relaxed);
-    let mut t = Tally::default();
-    for l in loops {
-        let l = l.join().expect("client loop");
-        t.answered += l.answered;
-        t.failed.extend(l.failed);
-        t.longest = t.longest.max(l.longest);
-    }
+    let t = load.finish();
     println!(
         "fd store, SIGKILL then restart under 4 loops: answered={} failed={} longest wait={:?} \
          (restart {restarted:?} after the kill)",
-        t.answered,
-        t.failed.len(),
-        t.longest
+        t.ok,
+        t.total() - t.ok,
+        t.slowest
     );
     assert!(
         d2.log().contains("socket passed back by systemd"),
         "{}",
         d2.log()
     );
-    assert!(t.failed.is_empty(), "{:?}", t.failed);
+    assert_eq!(t.ok, t.total(), "{:?}", t.errors);
     // The new charond handed the same socket back to the store.
     sd.read();
     assert!(sd.notes[i + 1..]

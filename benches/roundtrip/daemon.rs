@@ -4,11 +4,15 @@
 //! until gone, and the dir removed. What to configure and measure is left
 //! to the callers.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use charon_client::Client;
+
+// The test harness's: finding and killing what a charond started.
+#[path = "../../tests/util/reap.rs"]
+mod reap;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -120,7 +124,7 @@ impl Daemon {
 
     /// Live processes started by this daemon.
     pub fn instances(&self) -> Vec<i32> {
-        processes_with_env(&format!("CHARON_RUN_DIR={}", self.run.display()))
+        reap::instances_of(&self.run)
     }
 
     /// Sends a signal to charond itself.
@@ -129,51 +133,13 @@ impl Daemon {
     }
 }
 
-/// Pids of processes whose environment holds `entry` exactly.
-pub fn processes_with_env(entry: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(e.path().join("environ")) {
-            if env.split(|&b| b == 0).any(|v| v == entry.as_bytes()) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let mut killed = self.instances();
+        let seen = self.instances();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = self.instances();
-            if left.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in left {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                killed.push(pid);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // Orphaned instances are reaped by init: wait until they are gone.
-        while killed
-            .iter()
-            .any(|p| Path::new(&format!("/proc/{p}")).exists())
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        reap::kill_instances(&self.run, seen);
     }
 }

@@ -16,6 +16,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+pub use super::reap::instances_of;
+use super::reap::kill_instances;
 use super::{bin, run, wait_for, Proc, TestDir};
 
 /// How long the harness waits for the daemon: generous, because CI runs on
@@ -314,55 +316,11 @@ pub fn control(run: &Path, request: &Value) -> Value {
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("control answer {line:?}: {e}"))
 }
 
-/// Live processes whose environment names `run` as their run dir, sorted.
-/// A zombie's environ reads empty, so zombies are not counted.
-pub fn instances_of(run: &Path) -> Vec<i32> {
-    let needle = format!("CHARON_RUN_DIR={}", run.display());
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(e.path().join("environ")) {
-            if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids.sort_unstable();
-    pids
-}
-
 impl Drop for Daemon {
     fn drop(&mut self) {
         // Kill charond first (so nothing restarts), then every instance.
-        let mut killed = self.instances();
+        let seen = self.instances();
         drop(self.proc.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = self.instances();
-            if left.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in left {
-                let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                killed.push(pid);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // Orphans are reaped by init, which may take a while: wait until
-        // they are gone, not just dead, so that nothing (not even a zombie)
-        // outlives the test.
-        while killed
-            .iter()
-            .any(|p| Path::new(&format!("/proc/{p}")).exists())
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        kill_instances(&self.run, seen);
     }
 }
