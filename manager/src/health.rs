@@ -111,8 +111,8 @@ pub(crate) fn answer(
     for (s, svc) in services.iter().filter(|(_, v)| v.gen() == Gen::Live) {
         let look = Look {
             mode: svc.mode(),
-            prestart: svc.state().prestart,
-            minimum: svc.state().minimum,
+            prestart: svc.config().prestart_processes,
+            minimum: svc.config().minimum_processes,
             ready: ready_instances(services, procs, s),
             starved: svc.starved().is_some(),
         };

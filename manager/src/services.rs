@@ -85,7 +85,7 @@ impl Services {
                     }
                     up += 1;
                 }
-                up >= svc.state().wanted()
+                up >= svc.wanted()
             }
             Mode::Backoff { .. } | Mode::Trial { .. } | Mode::Stopped => false,
         }

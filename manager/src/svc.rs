@@ -237,12 +237,12 @@ impl Svc {
 
     /// Its automaton's mode.
     pub(crate) const fn mode(&self) -> Mode {
-        self.state.mode
+        self.state.mode()
     }
 
-    /// Its automaton's state; changed only through [`Svc::on_event`].
-    pub(crate) const fn state(&self) -> &ServiceState {
-        &self.state
+    /// How many instances it should have at least (`service/state.rs`).
+    pub(crate) const fn wanted(&self) -> u32 {
+        self.state.wanted()
     }
 
     /// Feeds an event to its automaton (`service/transition.rs`).

@@ -129,7 +129,7 @@ impl Manager {
         if self.stopping || svc.mode() != Mode::Running {
             return;
         }
-        let owed = svc.state().wanted().saturating_sub(self.live_count(s));
+        let owed = svc.wanted().saturating_sub(self.live_count(s));
         self.replace(s, owed);
     }
 

@@ -165,16 +165,16 @@ impl Mode {
 /// A service's state as the transitions see it.
 #[derive(Debug)]
 pub(crate) struct ServiceState {
-    pub mode: Mode,
-    pub backoff: Backoff,
-    pub crashes: CrashTally,
+    pub(in crate::service) mode: Mode,
+    pub(in crate::service) backoff: Backoff,
+    pub(in crate::service) crashes: CrashTally,
     /// Instances to keep when not in backoff.
-    pub minimum: u32,
+    pub(in crate::service) minimum: u32,
     /// Start `minimum` without waiting for a connect.
-    pub prestart: bool,
+    pub(in crate::service) prestart: bool,
     /// A connect has arrived once (on-demand services keep their minimum
     /// from then on).
-    pub demanded: bool,
+    pub(in crate::service) demanded: bool,
 }
 
 impl ServiceState {
@@ -187,6 +187,12 @@ impl ServiceState {
             prestart,
             demanded: false,
         }
+    }
+
+    /// Where the automaton is.
+    #[must_use]
+    pub(crate) const fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// How many instances should exist at least.
