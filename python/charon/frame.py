@@ -407,7 +407,7 @@ def decode_request_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Reques
                         _LAST[0], _LAST[1] = prefix, known
                         return known + (data[end + 4:],)
     r = _decode_and_remember(memoryview(data)[HEADER_LEN:], limits)
-    return r.attempt, r.attributes, r.key, r.client, r.context, r.body
+    return r.attempt, r.attributes, r.key, r.client, tuple(r.context), r.body
 
 
 def _decode_and_remember(payload: Buffer, limits: Limits) -> Request:

@@ -179,3 +179,33 @@ def test_mutated_requests_raise_only_protocol_errors(req, data):
             frame.decode_frame(candidate, frame.KIND_REQUEST)
         except CharonError as e:
             assert isinstance(e, ProtocolError)
+
+
+def test_remembered_prefixes_decode_like_the_field_by_field_path():
+    """decode_request_frame remembers validated prefixes (the last one, and
+    earlier ones by value); a frame that shares a prefix but not a valid
+    body still fails, and alternating prefixes decode each to its own
+    fields."""
+    a = frame.encode_request(frame.Request("app.one.1.raw", b"first", "alpha"))
+    b = frame.encode_request(frame.Request("app.two.2.JSON", b"{}", "beta", [], 2,
+                                           frame.NO_RETRY))
+    for _ in range(3):
+        assert frame.decode_request_frame(a) == (1, 0, "app.one.1.raw", "alpha", (), b"first")
+        assert frame.decode_request_frame(b) == (2, frame.NO_RETRY, "app.two.2.JSON", "beta",
+                                                 (), b"{}")
+    # The last prefix again, its body length a byte short or a byte long.
+    head, rest = b[:8], b[8:]
+    short = head + rest[:-6] + (len(b"{}") + 1).to_bytes(4, "big") + b"{}"
+    with pytest.raises(ProtocolError):
+        frame.decode_request_frame(short)
+    with pytest.raises(ProtocolError):
+        frame.decode_request_frame(b + b"!")
+    # The same prefix with a body over the limit.
+    small = frame.Limits(max_request_body=1)
+    with pytest.raises(ProtocolError):
+        frame.decode_request_frame(b, small)
+    # A request with context is decoded field by field each time.
+    c = frame.encode_request(frame.Request("app.one.1.raw", b"x", "alpha", [("k", b"v")]))
+    for _ in range(2):
+        assert frame.decode_request_frame(c) == (1, 0, "app.one.1.raw", "alpha",
+                                                 (("k", b"v"),), b"x")
