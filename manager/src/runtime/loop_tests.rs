@@ -591,6 +591,33 @@ fn reload_changed(r: &mut Rig) -> (usize, usize) {
 }
 
 #[test]
+fn a_new_generation_is_not_swapped_in_before_it_has_begun() {
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.minimum_processes = 1;
+    });
+    r.begin();
+    std::fs::write(
+        r.dir.path().join("conf/system.echo.0.raw.toml"),
+        "exec = \"/bin/true\"\nprestart-processes = true\nminimum-processes = 1\n",
+    )
+    .unwrap();
+    r.m.reload(None);
+    // A slow turn: the generation's first look is due before the loop
+    // gets to the events the reload queued.
+    r.m.on_deadlines(Instant::now() + Duration::from_secs(1));
+    let pending = r.m.services.iter().find(|(s, _)| *s != 0).map(|(s, _)| s);
+    let p = pending.expect("the new generation");
+    assert!(
+        matches!(r.m.services[p].gen(), Gen::Pending { .. }),
+        "not up, so not swapped in: {:?}",
+        r.m.services[p].gen()
+    );
+    assert_eq!(r.m.services[0].gen(), Gen::Live, "the old one serves on");
+    assert_eq!(r.pids().len(), 2, "the new generation's instance started");
+}
+
+#[test]
 fn a_changed_file_swaps_generations_once_the_new_one_is_up_then_drains_the_old() {
     let mut r = rig(|c| {
         c.prestart_processes = true;

@@ -68,6 +68,12 @@ impl Manager {
         }
         self.start_keys(p.start, &mut report);
         let waiting = self.change_keys(p.change, &mut report);
+        // Begin every generation now: the loop judges deadlines before it
+        // feeds queued events to the automata, and a new generation not
+        // yet begun is still watching, which reads as ready. Under load
+        // its first look (20 ms on) came first and swapped it in before
+        // any of its instances had started.
+        self.process_events();
         let pr = PendingReload::new(conn, report, waiting);
         if pr.is_done() {
             self.finish_reload(pr);
