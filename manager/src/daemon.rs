@@ -331,7 +331,7 @@ fn bind_services(
         };
         match bound {
             Ok(b) => {
-                info!(Some(&key), None, "{how} {}", b.sock_path.display());
+                info!(Some(&key), None, "{how} {}", b.sock_path().display());
                 services.push(b);
             }
             Err(e) => warning!(Some(&key), None, "{e}"),

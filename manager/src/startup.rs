@@ -219,13 +219,7 @@ pub(crate) fn adopt_generation(
 fn with_scoreboard(c: ServiceConfig, listen: OwnedFd, sock_path: PathBuf) -> Result<Bound, String> {
     let name = std::ffi::CString::new(format!("charon-{}", c.key.as_str())).unwrap_or_default();
     match Scoreboard::create(&name, slot_count(c.maximum_processes)) {
-        Ok((board, board_fd)) => Ok(Bound {
-            config: c,
-            listen,
-            sock_path,
-            board,
-            board_fd,
-        }),
+        Ok(board) => Ok(Bound::new(c, (listen, sock_path), board)),
         Err(e) => {
             let _ = std::fs::remove_file(&sock_path);
             Err(format!("unable to create scoreboard: {e}"))

@@ -483,9 +483,32 @@ impl Svc {
 
 /// A service ready to run: its config, bound socket and scoreboard.
 pub(crate) struct Bound {
-    pub config: ServiceConfig,
-    pub listen: OwnedFd,
-    pub sock_path: PathBuf,
-    pub board: Scoreboard,
-    pub board_fd: OwnedFd,
+    config: ServiceConfig,
+    listen: OwnedFd,
+    sock_path: PathBuf,
+    board: Scoreboard,
+    board_fd: OwnedFd,
+}
+
+impl Bound {
+    /// `config`'s socket `listen`, bound at `sock_path`, and its
+    /// scoreboard with the fd its instances map it from.
+    pub(crate) fn new(
+        config: ServiceConfig,
+        (listen, sock_path): (OwnedFd, PathBuf),
+        (board, board_fd): (Scoreboard, OwnedFd),
+    ) -> Bound {
+        Bound {
+            config,
+            listen,
+            sock_path,
+            board,
+            board_fd,
+        }
+    }
+
+    /// Where its socket is bound.
+    pub(crate) fn sock_path(&self) -> &Path {
+        &self.sock_path
+    }
 }

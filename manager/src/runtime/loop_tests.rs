@@ -121,13 +121,7 @@ fn rig(edit: impl FnOnce(&mut ServiceConfig)) -> Rig {
         },
         lock,
         Signals::new().unwrap(),
-        vec![Bound {
-            config: c,
-            listen,
-            sock_path,
-            board,
-            board_fd,
-        }],
+        vec![Bound::new(c, (listen, sock_path), (board, board_fd))],
         startup::devnull().unwrap(),
         Box::new(Recorder {
             seen: Rc::clone(&seen),
