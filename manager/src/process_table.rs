@@ -181,7 +181,7 @@ impl Instance {
 
     /// Its last non-empty stderr line (for exit reasons).
     pub(crate) fn last_stderr(&self) -> &str {
-        &self.lines.last
+        self.lines.last()
     }
 
     /// Its open pipes, to register with the poll or deregister.

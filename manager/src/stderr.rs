@@ -48,7 +48,7 @@ pub(crate) const BURST: u32 = 200;
 pub(crate) struct LineBuf {
     partial: Vec<u8>,
     /// Last complete non-empty line (for exit reasons).
-    pub last: String,
+    last: String,
 }
 
 impl LineBuf {
@@ -73,6 +73,11 @@ impl LineBuf {
             }
         }
         out
+    }
+
+    /// The last complete non-empty line (at most 512 characters).
+    pub(crate) fn last(&self) -> &str {
+        &self.last
     }
 
     /// At end of stream: the unterminated rest, if any.
@@ -119,7 +124,7 @@ pub(crate) struct RateLimit {
     tokens: f64,
     last: Instant,
     /// Lines dropped since the last summary.
-    pub dropped: u64,
+    dropped: u64,
 }
 
 impl RateLimit {
