@@ -660,8 +660,10 @@ enum Fate {
 }
 
 /// Opens `n` non-blocking connections at once, sends one request on each
-/// that connected, and reads each answer until `deadline`.
-fn connect_many(sock: &Path, n: usize, deadline: Instant) -> Vec<Fate> {
+/// that connected, then reads each answer for `wait` from the moment the
+/// last request was written. Returns the fates and how long opening and
+/// writing took.
+fn connect_many(sock: &Path, n: usize, wait: Duration) -> (Vec<Fate>, Duration) {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let addr = UnixAddr::new(sock).expect("socket path");
     let mut frame = Vec::new();
@@ -678,6 +680,7 @@ fn connect_many(sock: &Path, n: usize, deadline: Instant) -> Vec<Fate> {
         .expect("encode");
     let mut open = Vec::new();
     let mut fates = Vec::with_capacity(n);
+    let t0 = Instant::now();
     for _ in 0..n {
         let fd = socket(
             AddressFamily::Unix,
@@ -698,11 +701,20 @@ fn connect_many(sock: &Path, n: usize, deadline: Instant) -> Vec<Fate> {
             .write_all(&frame)
             .expect("a small request fits the socket buffer");
     }
+    // The wait starts once every request is written: opening 10,000
+    // sockets takes seconds on a busy machine, and a deadline counted from
+    // before that could run out before the first read.
+    let deadline = Instant::now() + wait;
+    let opening = t0.elapsed();
     for mut s in open {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        s.set_read_timeout(Some(left)).expect("timeout");
+        // Past the deadline, only what has already arrived counts: a
+        // non-blocking read, so a starved client does not wait out one
+        // timer per connection.
+        match deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => s.set_read_timeout(Some(left)),
+            _ => s.set_nonblocking(true),
+        }
+        .expect("timeout");
         let mut reply = Vec::new();
         fates.push(match s.read_to_end(&mut reply) {
             Ok(_) if reply.len() > 8 && reply.ends_with(b"hi") => Fate::Answered,
@@ -710,7 +722,7 @@ fn connect_many(sock: &Path, n: usize, deadline: Instant) -> Vec<Fate> {
             Err(_) => Fate::TimedOut,
         });
     }
-    fates
+    (fates, opening)
 }
 
 #[test]
@@ -732,8 +744,13 @@ fn ten_thousand_connections_at_once_against_a_pool_of_2() {
         &["--stats-interval", "1"],
     );
     wait_for(LONG, "2 instances", || d.instances().len() == 2);
+    // 2 s of waiting after the last request is written: the 2 requests the
+    // instances hold need 100 ms, so even a busy machine answers them; the
+    // queue (backlog 128) needs at least 3.2 s at 40 a second, so some are
+    // still waiting when the client gives up, however fast the machine.
+    let wait = Duration::from_secs(2);
     let t0 = Instant::now();
-    let fates = connect_many(&sock(&d), n, t0 + Duration::from_secs(2));
+    let (fates, opening) = connect_many(&sock(&d), n, wait);
     let took = t0.elapsed();
     let count = |f: Fate| fates.iter().filter(|&&x| x == f).count();
     let (ok, refused, timed_out) = (
@@ -742,10 +759,13 @@ fn ten_thousand_connections_at_once_against_a_pool_of_2() {
         count(Fate::TimedOut),
     );
     println!(
-        "10k at once: answered={ok} refused-at-once={refused} timed-out={timed_out} in {took:?}"
+        "10k at once: answered={ok} refused-at-once={refused} timed-out={timed_out} in {took:?} ({opening:?} opening)"
     );
     assert_eq!(ok + refused + timed_out, n);
-    assert!(took < Duration::from_secs(20), "{took:?}");
+    // No read hangs: each gets only the time left to the deadline (10 s of
+    // margin for a busy machine). `timed_out` below shows the client gave
+    // up before the queue was done.
+    assert!(took - opening < wait + Duration::from_secs(10), "{took:?}");
     assert!(ok >= 2, "the pool served the queued ones");
     assert!(refused >= n / 2, "a backlog of 128 cannot hold 10,000");
     assert!(timed_out >= 1, "128 queued at 40 a second outlast 2 s");
