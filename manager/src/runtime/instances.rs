@@ -20,7 +20,7 @@ use crate::log::{info, warning, Level};
 use crate::process_table::{Instance, Pipe, ReportRead, StderrRead};
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
-use crate::spawn::Launch;
+use crate::spawn::{Launch, Spawned};
 use crate::sys::{self, WaitStatus};
 use crate::timers::Timer;
 use crate::tokens::{token, Owner};
@@ -54,33 +54,57 @@ impl Manager {
             Ok(sp) => sp,
             Err(e) => {
                 svc.slot_unused(slot);
-                if let Some(problem) = crate::starved::resource_failure(&e) {
-                    self.starved(s, problem);
-                    return None;
-                }
-                warning!(Some(&key), None, "unable to start an instance: {e}");
-                svc.count_launch_failure(&e.to_string());
-                if matches!(svc.gen(), Gen::Pending { .. }) {
-                    self.timers.set(Timer::Generation(s), Some(Instant::now()));
-                }
-                let remaining = self.live_count(s);
-                self.events.push_back((
-                    s,
-                    Event::Exited {
-                        class: ExitClass::LaunchFailure(17),
-                        remaining,
-                        young: true,
-                    },
-                ));
+                self.launch_failed(s, &key, &e);
                 return None;
             }
         };
+        let pid = spawned.pid;
+        let id = self.track_launched(s, slot, spawned);
+        info!(
+            Some(&key),
+            Some(pid),
+            "started (slot {slot}, {}, request limit {limit})",
+            why.name()
+        );
+        self.update_hints(s);
+        Some(id)
+    }
+
+    /// A launch of service `s` failed: a starved resource stops launches
+    /// for a while; anything else is logged, counted and fed back to the
+    /// service as a young exit.
+    fn launch_failed(&mut self, s: usize, key: &str, e: &std::io::Error) {
+        if let Some(problem) = crate::starved::resource_failure(e) {
+            self.starved(s, problem);
+            return;
+        }
+        warning!(Some(key), None, "unable to start an instance: {e}");
+        let svc = &mut self.services[s];
+        svc.count_launch_failure(&e.to_string());
+        if matches!(svc.gen(), Gen::Pending { .. }) {
+            self.timers.set(Timer::Generation(s), Some(Instant::now()));
+        }
+        let remaining = self.live_count(s);
+        self.events.push_back((
+            s,
+            Event::Exited {
+                class: ExitClass::LaunchFailure(17),
+                remaining,
+                young: true,
+            },
+        ));
+    }
+
+    /// Records a launched instance of service `s` in `slot`: its process
+    /// table entry, its start-up deadline and its pipes in the poll.
+    /// Returns its id.
+    fn track_launched(&mut self, s: usize, slot: u32, spawned: Spawned) -> usize {
+        let svc = &mut self.services[s];
         svc.launched(slot, spawned.pid);
         let now = Instant::now();
-        let pid = spawned.pid;
         let ready_by = now + svc.config().startup_timeout;
         let id = self.procs.insert(Instance::new(
-            pid,
+            spawned.pid,
             s,
             slot,
             now,
@@ -91,14 +115,7 @@ impl Manager {
         self.timers.set(Timer::Instance(id), Some(ready_by));
         self.register_instance(id);
         self.fed(s);
-        info!(
-            Some(&key),
-            Some(pid),
-            "started (slot {slot}, {}, request limit {limit})",
-            why.name()
-        );
-        self.update_hints(s);
-        Some(id)
+        id
     }
 
     /// Starts `count` replacements of dead instances as fast as the fork
