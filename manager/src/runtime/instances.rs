@@ -425,43 +425,17 @@ impl Manager {
         };
         self.read_stderr(id, true);
         self.read_reports(id);
-        let Some((_, inst)) = self.procs.remove_pid(r.pid) else {
+        let Some(inst) = self.forget(id, r.pid) else {
             return;
         };
-        self.timers.set(Timer::Instance(id), None);
-        self.timers.set(Timer::Unresponsive(id), None);
-        for (fd, _) in inst.pipes() {
-            self.unregister(fd);
-        }
         let s = inst.service();
         let now = Instant::now();
-        // An instance that leaves at its request limit on its own (the
-        // library stops accepting there) is counted as the recycle it is.
-        let asked = inst
-            .life()
-            .asked()
-            .or(match (r.status, inst.life().retiring()) {
-                (WaitStatus::Exited(0), Some((reason, _))) => Some(reason),
-                _ => None,
-            });
-        let class = ExitClass::of(r.status, asked);
+        let class = exit_class(r.status, &inst);
         // The child ran out of the manager's fds or memory before exec:
         // the manager's problem, not the service's.
         let starved = inst.life().asked().is_none()
             && matches!(r.status, WaitStatus::Exited(sys::code::RESOURCES));
-        // Ready: its slot left *starting* (read before the slot is freed).
-        let ready = self.services[s]
-            .slot_state(inst.slot())
-            .is_some_and(|st| st != SlotState::Starting);
-        let served = self.services[s].free_slot(inst.slot(), inst.reported());
-        // Completed a request: a mature instance, whose death is about that
-        // request or an outside event, not about the program.
-        let completed = served > 0;
-        let reached = match (completed, ready) {
-            (true, _) => Reached::Served,
-            (false, true) => Reached::Ready,
-            (false, false) => Reached::Nothing,
-        };
+        let (served, reached) = self.free_slot_of(&inst);
         let young = instance::young(
             class,
             reached,
@@ -471,7 +445,7 @@ impl Manager {
         self.tell_generation(s, &inst, class, now);
         self.log_exit(s, &inst, &r, class, served, now);
         self.replacement_gone(id);
-        if completed {
+        if reached == Reached::Served {
             // A trial that served has proved the service can run, whatever
             // happens to it next (its requests may not have been reported
             // yet).
@@ -482,22 +456,61 @@ impl Manager {
             self.services[s].config().stop_grace,
         );
         self.instance_gone(id, &key, grace);
+        self.tell_service_exited(s, class, young, starved);
+        self.update_hints(s);
+    }
+
+    /// Takes the reaped instance `id` out of the process table, its timers
+    /// and the poll. None if it was already gone.
+    fn forget(&mut self, id: usize, pid: i32) -> Option<Instance> {
+        let (_, inst) = self.procs.remove_pid(pid)?;
+        self.timers.set(Timer::Instance(id), None);
+        self.timers.set(Timer::Unresponsive(id), None);
+        for (fd, _) in inst.pipes() {
+            self.unregister(fd);
+        }
+        Some(inst)
+    }
+
+    /// Frees the scoreboard slot of a reaped instance. Returns how many
+    /// requests it served and how far it got: served a request (a mature
+    /// instance, whose death is about that request or an outside event,
+    /// not about the program), ready (its slot had left *starting*), or
+    /// nothing.
+    fn free_slot_of(&mut self, inst: &Instance) -> (u64, Reached) {
+        let svc = &mut self.services[inst.service()];
+        // Read before the slot is freed.
+        let ready = svc
+            .slot_state(inst.slot())
+            .is_some_and(|st| st != SlotState::Starting);
+        let served = svc.free_slot(inst.slot(), inst.reported());
+        let reached = match (served > 0, ready) {
+            (true, _) => Reached::Served,
+            (false, true) => Reached::Ready,
+            (false, false) => Reached::Nothing,
+        };
+        (served, reached)
+    }
+
+    /// Feeds an instance's exit to service `s`'s automaton, or, when the
+    /// child was starved of the manager's resources, stops launches for a
+    /// while instead.
+    fn tell_service_exited(&mut self, s: usize, class: ExitClass, young: bool, starved: bool) {
         if starved {
             if let Some(what) = sys::code::describe(sys::code::RESOURCES) {
                 self.starved(s, what);
             }
-        } else {
-            let remaining = self.live_count(s);
-            self.events.push_back((
-                s,
-                Event::Exited {
-                    class,
-                    remaining,
-                    young,
-                },
-            ));
+            return;
         }
-        self.update_hints(s);
+        let remaining = self.live_count(s);
+        self.events.push_back((
+            s,
+            Event::Exited {
+                class,
+                remaining,
+                young,
+            },
+        ));
     }
 
     /// A pending generation that lost an instance it did not stop cannot
@@ -570,4 +583,18 @@ impl Manager {
             self.life_event(rid, instance::Event::ReplacementGone);
         }
     }
+}
+
+/// How a reaped instance ended. An instance that leaves at its request
+/// limit on its own (the library stops accepting there) is counted as the
+/// recycle it is.
+fn exit_class(status: WaitStatus, inst: &Instance) -> ExitClass {
+    let asked = inst
+        .life()
+        .asked()
+        .or(match (status, inst.life().retiring()) {
+            (WaitStatus::Exited(0), Some((reason, _))) => Some(reason),
+            _ => None,
+        });
+    ExitClass::of(status, asked)
 }
