@@ -128,37 +128,14 @@ impl Manager {
             .filter(|(_, v)| v.key() == key)
             .map(|(s, _)| s)
             .collect();
-        let mut stats = self.services[live].stats().clone();
-        for &g in gens.iter().filter(|g| **g != live) {
-            stats.absorb(self.services[g].stats().clone(), false);
-        }
-        let (mut running, mut busy, mut idle) = (0u32, 0u32, 0u32);
-        for (_, i) in self
-            .procs
-            .iter()
-            .filter(|(_, i)| gens.contains(&i.service()))
-        {
-            running += 1;
-            match self.services[i.service()].slot_state(i.slot()) {
-                Some(SlotState::Busy) => busy += 1,
-                Some(SlotState::Idle) => idle += 1,
-                _ => {}
-            }
-        }
+        let stats = self.stats_across(&gens, live);
+        let (running, busy, idle) = self.instance_counts(&gens);
         let mut queue_depth = 0u32;
         for &g in &gens {
             queue_depth += self.queue_depth(g).0;
         }
         let svc = &self.services[live];
-        let now = Instant::now();
-        let (state, remaining) = match svc.mode() {
-            Mode::Backoff { until, .. } => (
-                "backoff",
-                until.saturating_duration_since(now).as_secs_f64(),
-            ),
-            _ if running > 0 => ("running", 0.0),
-            _ => ("idle", 0.0),
-        };
+        let (state, remaining) = state_name(svc.mode(), running, Instant::now());
         json!({
             "key": key,
             "state": state,
@@ -186,15 +163,37 @@ impl Manager {
             "manager_problem": svc.starved(),
             "cpu_ms": stats.exited_cpu_us / 1000,
             "max_rss_kb": stats.exited_maxrss_kib,
-            "last_exit": stats.last_exit.as_ref().map(|e| json!({
-                "pid": e.pid,
-                "status": e.code,
-                "signal": e.signal,
-                "reason": e.class,
-                "description": e.status,
-                "stderr": e.stderr,
-            })),
+            "last_exit": last_exit(&stats),
         })
+    }
+
+    /// The counters of generation `live` with those of the service's other
+    /// generations `gens` (still draining) added in.
+    fn stats_across(&self, gens: &[usize], live: usize) -> Stats {
+        let mut stats = self.services[live].stats().clone();
+        for &g in gens.iter().filter(|g| **g != live) {
+            stats.absorb(self.services[g].stats().clone(), false);
+        }
+        stats
+    }
+
+    /// How many instances of generations `gens` run, and of those how
+    /// many are busy and idle by their scoreboard slots.
+    fn instance_counts(&self, gens: &[usize]) -> (u32, u32, u32) {
+        let (mut running, mut busy, mut idle) = (0u32, 0u32, 0u32);
+        for (_, i) in self
+            .procs
+            .iter()
+            .filter(|(_, i)| gens.contains(&i.service()))
+        {
+            running += 1;
+            match self.services[i.service()].slot_state(i.slot()) {
+                Some(SlotState::Busy) => busy += 1,
+                Some(SlotState::Idle) => idle += 1,
+                _ => {}
+            }
+        }
+        (running, busy, idle)
     }
 
     /// `{"ok":true,"instances":[...]}`, every instance or `key`'s.
@@ -263,6 +262,33 @@ fn latency(s: &Stats) -> Value {
         .filter(|h| !h.is_empty())
         .map_or(0, hdrhistogram::Histogram::max);
     json!({ "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": max })
+}
+
+/// The service's state as `stats` names it, and the seconds of backoff
+/// left.
+fn state_name(mode: Mode, running: u32, now: Instant) -> (&'static str, f64) {
+    match mode {
+        Mode::Backoff { until, .. } => (
+            "backoff",
+            until.saturating_duration_since(now).as_secs_f64(),
+        ),
+        _ if running > 0 => ("running", 0.0),
+        _ => ("idle", 0.0),
+    }
+}
+
+/// The service's last instance exit, or null before the first.
+fn last_exit(s: &Stats) -> Value {
+    s.last_exit.as_ref().map_or(Value::Null, |e| {
+        json!({
+            "pid": e.pid,
+            "status": e.code,
+            "signal": e.signal,
+            "reason": e.class,
+            "description": e.status,
+            "stderr": e.stderr,
+        })
+    })
 }
 
 fn exits(s: &Stats) -> Value {
