@@ -7,7 +7,7 @@
 #
 # CHARON_SOAK=1 makes each test in tests/reliability.rs use its soak size:
 # 30 s of SIGKILL chaos, a 10 s crash-loop window, 100,000 requests with
-# about 1,000 or more recycles, a client doing 100,000 calls, 5 manager
+# at least 4,998 recycles, a client doing 100,000 calls, 5 manager
 # SIGKILL rounds, 2,000 random frames at a service and 5,000 at the control
 # socket. One test at a time, so their figures do not disturb each other.
 # Takes about 2-3 minutes on 2 cores (see RELIABILITY.md for the last run).
