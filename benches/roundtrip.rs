@@ -13,6 +13,9 @@ mod alloc;
 mod daemon;
 #[path = "roundtrip/extras.rs"]
 mod extras;
+// The integration tests' fd placement for a child.
+#[path = "../tests/util/fds.rs"]
+mod fds;
 #[path = "roundtrip/floor.rs"]
 mod floor;
 #[path = "roundtrip/measure.rs"]

@@ -5,7 +5,6 @@
 
 use std::io::Write as _;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -154,29 +153,7 @@ pub fn echo_standalone_us(runs: usize) -> Result<Vec<f64>, String> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .env_remove("CHARON_ACCEPT_SOCKET");
-        // SAFETY: the closure runs in the child between fork and exec and
-        // calls only fcntl(2) and dup2(2), which are async-signal-safe; the
-        // two fds were captured by value and stay open in the parent until
-        // spawn returns. Each is first moved above 100 so placing one at 3
-        // cannot overwrite the other; dup2's targets lack FD_CLOEXEC, so
-        // they survive exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut high = [0; 2];
-                for (h, fd) in high.iter_mut().zip(fds) {
-                    *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
-                    if *h < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                for (target, h) in (3..).zip(high) {
-                    if libc::dup2(h, target) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        crate::fds::pass_fds(&mut cmd, fds.to_vec());
         let t0 = Instant::now();
         let st = cmd.status().map_err(|e| format!("run charon-echo: {e}"))?;
         out.push(t0.elapsed().as_secs_f64() * 1e6);

@@ -7,10 +7,13 @@
 //! ignored `child_service` test) with the listening socket, a scoreboard
 //! and the report channel at fds 3-5, as the manager arranges them.
 
+// The integration tests' fd placement for a child.
+#[path = "../../tests/util/fds.rs"]
+mod fds;
+
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -82,29 +85,7 @@ fn start() -> Instance {
         .env_remove("CHARON_ACCEPT_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    // SAFETY: the closure runs in the child between fork and exec and calls
-    // only fcntl(2) and dup2(2), which are async-signal-safe; the fds were
-    // captured by value and stay open in the parent until spawn returns.
-    // Each is first moved above 100 so placing one at 3-5 cannot overwrite
-    // another still to place; dup2's targets lack FD_CLOEXEC, so they
-    // survive exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut high = [0; 3];
-            for (h, fd) in high.iter_mut().zip(fds) {
-                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
-                if *h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (target, h) in (3..).zip(high) {
-                if libc::dup2(h, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    fds::pass_fds(&mut cmd, fds.to_vec());
     let child = cmd.spawn().expect("spawn child");
     drop((listener, sb_fd, theirs));
     Instance {
