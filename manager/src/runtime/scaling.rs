@@ -18,6 +18,7 @@ use crate::refuse::{refuse, waiting};
 use crate::service::state::{ExitClass, KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
 use crate::services::Watch;
+use crate::svc::Svc;
 use crate::timers::Timer;
 
 /// An instance up this long without failing has proved healthy.
@@ -62,24 +63,7 @@ impl Manager {
         let retry_after = u32::try_from(left.as_millis().div_ceil(1000))
             .unwrap_or(u32::MAX)
             .max(1);
-        let mut reason = svc
-            .stats()
-            .last_exit
-            .as_ref()
-            .map_or_else(|| "service is in backoff".to_string(), |e| e.reason());
-        // A launch failure (a missing program, a wrong `cd`) is fixed by a
-        // person, who need not wait for the backoff to run out.
-        if svc
-            .stats()
-            .last_exit
-            .as_ref()
-            .is_some_and(|e| e.class == ExitClass::LaunchFailure(0).name())
-        {
-            reason.push_str(&format!(
-                "; once fixed, `charon restart {}` retries at once",
-                svc.config().key.as_str()
-            ));
-        }
+        let reason = backoff_reason(svc);
         let mut frame = Vec::new();
         let resp = Response::Unavailable {
             retry_after,
@@ -93,24 +77,7 @@ impl Manager {
             );
             return;
         }
-        while waiting(svc.listen()) {
-            let conn = match crate::sys::accept(svc.listen().as_fd()) {
-                Ok(fd) => fd,
-                // The service library makes the shared socket non-blocking:
-                // a connection taken by a leaving instance is not an error.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    warning!(
-                        Some(svc.config().key.as_str()),
-                        None,
-                        "unable to accept a connection: {e}"
-                    );
-                    return;
-                }
-            };
-            refuse(&conn, &frame);
-            svc.count_fast_fail();
-        }
+        refuse_waiting(svc, &frame);
     }
 
     /// An instance says every instance is busy.
@@ -424,4 +391,42 @@ fn rss_bytes(pid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * crate::sys::page_size())
+}
+
+/// Why a service in backoff fails its clients: its last exit. A launch
+/// failure (a missing program, a wrong `cd`) is fixed by a person, who
+/// need not wait for the backoff to run out, so the reason says how.
+fn backoff_reason(svc: &Svc) -> String {
+    let last = svc.stats().last_exit.as_ref();
+    let mut reason = last.map_or_else(|| "service is in backoff".to_string(), |e| e.reason());
+    if last.is_some_and(|e| e.class == ExitClass::LaunchFailure(0).name()) {
+        reason.push_str(&format!(
+            "; once fixed, `charon restart {}` retries at once",
+            svc.config().key.as_str()
+        ));
+    }
+    reason
+}
+
+/// Accepts every connection waiting on `svc`'s socket and answers it with
+/// `frame`, counting each as fast-failed.
+fn refuse_waiting(svc: &mut Svc, frame: &[u8]) {
+    while waiting(svc.listen()) {
+        let conn = match crate::sys::accept(svc.listen().as_fd()) {
+            Ok(fd) => fd,
+            // The service library makes the shared socket non-blocking:
+            // a connection taken by a leaving instance is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                warning!(
+                    Some(svc.config().key.as_str()),
+                    None,
+                    "unable to accept a connection: {e}"
+                );
+                return;
+            }
+        };
+        refuse(&conn, frame);
+        svc.count_fast_fail();
+    }
 }
