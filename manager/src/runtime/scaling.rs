@@ -316,11 +316,24 @@ impl Manager {
     /// by retirees and the instances that refilled the pool when others
     /// reached their limit, and nothing would ever free one.
     pub(crate) fn recycle_step(&mut self, s: usize) {
-        let mut active = 0;
-        let mut pending = Vec::new();
-        let mut ready = Vec::new();
-        let mut reps = Vec::new();
         let now = Instant::now();
+        let sorted = self.sort_retirees(s, now);
+        for rep in sorted.replacements {
+            self.note_ready(rep, now);
+        }
+        for (id, reason) in sorted.ready {
+            self.stop_instance(id, reason);
+        }
+        let active = self.start_replacements(s, &sorted.pending, sorted.active);
+        self.timers.set(
+            Timer::Recycle(s),
+            (active > 0).then(|| Instant::now() + RECYCLE_RECHECK),
+        );
+    }
+
+    /// Where each retiree of service `s` stands in its recycling.
+    fn sort_retirees(&self, s: usize, now: Instant) -> Retirees {
+        let mut sorted = Retirees::default();
         let slot_free = self.services[s].has_free_slot();
         for (id, i) in self.procs.of(s) {
             let Some((reason, replacement)) = i.life().retiring() else {
@@ -334,13 +347,13 @@ impl Manager {
             let finishing = reason == KillReason::MaxRequests && i.idle_for(now) < RETIREE_IDLE;
             match replacement {
                 Replacement::Wanted if !slot_free && i.idle_for(now) >= RETIREE_IDLE => {
-                    ready.push((id, reason));
+                    sorted.ready.push((id, reason));
                 }
-                Replacement::Wanted => pending.push(id),
-                Replacement::Unavailable if !finishing => ready.push((id, reason)),
+                Replacement::Wanted => sorted.pending.push(id),
+                Replacement::Unavailable if !finishing => sorted.ready.push((id, reason)),
                 Replacement::Unavailable => {}
                 Replacement::Started(rep) => {
-                    reps.push(rep);
+                    sorted.replacements.push(rep);
                     let rep_state = self
                         .procs
                         .get(rep)
@@ -348,25 +361,26 @@ impl Manager {
                     if !finishing
                         && matches!(rep_state, None | Some(SlotState::Idle | SlotState::Busy))
                     {
-                        ready.push((id, reason));
+                        sorted.ready.push((id, reason));
                     } else {
-                        active += 1;
+                        sorted.active += 1;
                     }
                 }
             }
         }
-        for rep in reps {
-            self.note_ready(rep, now);
-        }
-        for (id, reason) in ready {
-            self.stop_instance(id, reason);
-        }
+        sorted
+    }
+
+    /// Starts replacements for the `pending` retirees of service `s` while
+    /// fewer than [`MAX_RECYCLING`] are `active` and a slot is free.
+    /// Returns how many are now active.
+    fn start_replacements(&mut self, s: usize, pending: &[usize], mut active: usize) -> usize {
         // A draining generation's instances leave by draining, not by
         // replacement.
         let can_start = !self.stopping
             && !self.services[s].mode().is_backoff()
             && self.services[s].mode() != Mode::Stopped;
-        for id in pending {
+        for &id in pending {
             // Every slot taken (replacements already on their way): the
             // retiree waits for the next step, serving meanwhile.
             let slot_free = self.services[s].has_free_slot();
@@ -379,10 +393,7 @@ impl Manager {
             self.life_event(id, instance::Event::ReplacementStarted(rep));
             active += 1;
         }
-        self.timers.set(
-            Timer::Recycle(s),
-            (active > 0).then(|| Instant::now() + RECYCLE_RECHECK),
-        );
+        active
     }
 }
 
@@ -391,6 +402,20 @@ fn rss_bytes(pid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * crate::sys::page_size())
+}
+
+/// The retirees of one service, sorted by [`Manager::sort_retirees`].
+#[derive(Default)]
+struct Retirees {
+    /// Recycling under way: a replacement still coming up, or a retiree
+    /// serving on to its request limit.
+    active: usize,
+    /// Waiting for a replacement to be started.
+    pending: Vec<usize>,
+    /// To stop now, and why.
+    ready: Vec<(usize, KillReason)>,
+    /// Replacements started, to check for readiness.
+    replacements: Vec<usize>,
 }
 
 /// Why a service in backoff fails its clients: its last exit. A launch
