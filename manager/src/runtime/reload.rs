@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::time::Instant;
 
 use super::Manager;
-use crate::config::{self as cfg, ServiceConfig};
+use crate::config::{self as cfg, ConfigError, ServiceConfig};
 use crate::generation::{self, Gen, READY_DEADLINE, RECHECK};
 use crate::log::{info, warning};
 use crate::reload::{plan, KeyFailure, PendingReload, ReloadReport};
@@ -39,26 +39,13 @@ impl Manager {
             }
         };
         let mut report = ReloadReport::default();
-        for e in &scan.errors {
-            warning!(
-                None,
-                None,
-                "unable to load config (the running service keeps its previous config): {e}"
-            );
-            report.errors.push(e.to_string());
-        }
-        self.broken.clone_from(&scan.errors);
         let failed: BTreeSet<String> = scan
             .failed_keys()
             .iter()
             .map(|k| k.as_str().to_string())
             .collect();
         let current = self.running_configs();
-        // Broken files of keys with no service are listed and answered for;
-        // a fixed one leaves the list before its service binds the socket.
-        let broken = crate::broken::wanted(&scan.errors, |k| current.contains_key(k));
-        let run_dir = self.paths.run_dir.clone();
-        self.broken_keys.set(self.poll.registry(), &run_dir, broken);
+        self.note_broken(&scan.errors, &current, &mut report);
         let p = plan(&current, scan.services, &failed);
         report.unchanged = p.unchanged;
         for key in p.stop {
@@ -80,6 +67,30 @@ impl Manager {
         } else {
             self.reloads.push(pr);
         }
+    }
+
+    /// Logs and reports the config files a reload could not load, and
+    /// keeps them as the broken files. Those of keys with no service are
+    /// listed and answered for; a fixed one leaves the list before its
+    /// service binds the socket.
+    fn note_broken(
+        &mut self,
+        errors: &[ConfigError],
+        current: &BTreeMap<String, ServiceConfig>,
+        report: &mut ReloadReport,
+    ) {
+        for e in errors {
+            warning!(
+                None,
+                None,
+                "unable to load config (the running service keeps its previous config): {e}"
+            );
+            report.errors.push(e.to_string());
+        }
+        self.broken = errors.to_vec();
+        let broken = crate::broken::wanted(errors, |k| current.contains_key(k));
+        let run_dir = self.paths.run_dir.clone();
+        self.broken_keys.set(self.poll.registry(), &run_dir, broken);
     }
 
     /// The config each key runs (or is about to run: a change still coming
