@@ -133,32 +133,8 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
         crate::log::to_file(path)
             .map_err(|e| Fatal(format!("unable to open log file {}: {e}", path.display())))?;
     }
-    if !opts.config_dir.is_dir() {
-        return Err(Fatal(format!(
-            "config dir {} does not exist or is not a directory",
-            opts.config_dir.display()
-        )));
-    }
-    let config_dir = opts.config_dir.canonicalize().map_err(|e| {
-        Fatal(format!(
-            "unable to resolve config dir {}: {e}",
-            opts.config_dir.display()
-        ))
-    })?;
-    match crate::starved::raise_fd_limit() {
-        Ok((old, new)) if old < new => {
-            info!(
-                None,
-                None, "raised the fd limit from {old} to {new} (the hard limit)"
-            );
-        }
-        Ok(_) => {}
-        Err(e) => warning!(
-            None,
-            None,
-            "unable to raise the fd limit to the hard limit: {e}"
-        ),
-    }
+    let config_dir = resolve_config_dir(&opts.config_dir)?;
+    raise_fd_limit();
     // Descendants an instance leaves behind become ours, not init's
     // (`orphans.rs`); as a container's PID 1 we are their reaper anyway.
     if let Err(e) = crate::sys::become_subreaper() {
@@ -172,37 +148,7 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
     let signals =
         signals::Signals::new().map_err(|e| Fatal(format!("unable to set up signals: {e}")))?;
     let lock = startup::lock_run_dir(&opts.run_dir).map_err(Fatal)?;
-    let run_dir = opts.run_dir.canonicalize().map_err(|e| {
-        Fatal(format!(
-            "unable to resolve run dir {}: {e}",
-            opts.run_dir.display()
-        ))
-    })?;
-    // The lock file may be writable in a dir that is not: sockets could
-    // not be bound there.
-    nix::unistd::access(
-        &run_dir,
-        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-    )
-    .map_err(|e| {
-        Fatal(format!(
-            "run dir {} is not writable: {e}",
-            run_dir.display()
-        ))
-    })?;
-    match startup::remove_stale_sockets(&run_dir, &offered.paths(&run_dir)) {
-        Ok(removed) => {
-            for p in removed {
-                info!(None, None, "removed stale socket {}", p.display());
-            }
-        }
-        Err(e) => {
-            return Err(Fatal(format!(
-                "unable to clean run dir {}: {e}",
-                run_dir.display()
-            )))
-        }
-    }
+    let run_dir = prepare_run_dir(&opts.run_dir, &offered)?;
     // Bound before the control socket: a failure here leaves nothing in
     // the run dir that would say a manager runs.
     let metrics = match opts.metrics_listen {
@@ -224,6 +170,87 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
     };
     m.send_metrics_to(metrics);
     m.store_live_sockets();
+    log_started(&m);
+    let r = m.run();
+    m.remove_control_socket();
+    r.map(|graceful| {
+        if graceful {
+            Stop::Graceful
+        } else {
+            Stop::Forced
+        }
+    })
+    .map_err(|e| Fatal(format!("event loop failed: {e}")))
+}
+
+/// The config dir as an absolute path; it must exist.
+fn resolve_config_dir(dir: &Path) -> Result<PathBuf, Fatal> {
+    if !dir.is_dir() {
+        return Err(Fatal(format!(
+            "config dir {} does not exist or is not a directory",
+            dir.display()
+        )));
+    }
+    dir.canonicalize().map_err(|e| {
+        Fatal(format!(
+            "unable to resolve config dir {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+/// Raises the soft fd limit to the hard one, saying so (or why not).
+fn raise_fd_limit() {
+    match crate::starved::raise_fd_limit() {
+        Ok((old, new)) if old < new => {
+            info!(
+                None,
+                None, "raised the fd limit from {old} to {new} (the hard limit)"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => warning!(
+            None,
+            None,
+            "unable to raise the fd limit to the hard limit: {e}"
+        ),
+    }
+}
+
+/// The locked run dir as an absolute path, checked writable and cleaned
+/// of stale sockets (all but those systemd `offered` back).
+fn prepare_run_dir(dir: &Path, offered: &crate::fdstore::Offered) -> Result<PathBuf, Fatal> {
+    let run_dir = dir
+        .canonicalize()
+        .map_err(|e| Fatal(format!("unable to resolve run dir {}: {e}", dir.display())))?;
+    // The lock file may be writable in a dir that is not: sockets could
+    // not be bound there.
+    nix::unistd::access(
+        &run_dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| {
+        Fatal(format!(
+            "run dir {} is not writable: {e}",
+            run_dir.display()
+        ))
+    })?;
+    match startup::remove_stale_sockets(&run_dir, &offered.paths(&run_dir)) {
+        Ok(removed) => {
+            for p in removed {
+                info!(None, None, "removed stale socket {}", p.display());
+            }
+            Ok(run_dir)
+        }
+        Err(e) => Err(Fatal(format!(
+            "unable to clean run dir {}: {e}",
+            run_dir.display()
+        ))),
+    }
+}
+
+/// The start-up line: the version and how many services run.
+fn log_started(m: &Manager) {
     let (services, broken) = m.counts();
     info!(
         None,
@@ -236,16 +263,6 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
             n => format!(", {n} broken config file(s) not running: see charon stats"),
         }
     );
-    let r = m.run();
-    m.remove_control_socket();
-    r.map(|graceful| {
-        if graceful {
-            Stop::Graceful
-        } else {
-            Stop::Forced
-        }
-    })
-    .map_err(|e| Fatal(format!("event loop failed: {e}")))
 }
 
 /// Loads the config dir, binds the services and builds the event loop
