@@ -179,10 +179,25 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn prometheus(stats: &Value) -> String {
     let empty = Vec::new();
     let services = stats["services"].as_array().unwrap_or(&empty);
-    let key = |s: &Value| label(s["key"].as_str().unwrap_or(""));
     let mut out = String::new();
+    simple(&mut out, services);
+    instances(&mut out, services);
+    exits(&mut out, services);
+    states(&mut out, services);
+    histogram(&mut out, services);
+    manager(&mut out, &stats["manager"]);
+    out
+}
+
+/// A service's key as a label value.
+fn key(s: &Value) -> String {
+    label(s["key"].as_str().unwrap_or(""))
+}
+
+/// The metrics that are one number per service ([`SIMPLE`]).
+fn simple(out: &mut String, services: &[Value]) {
     for m in SIMPLE {
-        header(&mut out, m.name, m.kind, m.help);
+        header(out, m.name, m.kind, m.help);
         for s in services {
             let v = m.path.iter().fold(s, |v, p| &v[*p]);
             if let Some(n) = number(v, m.unit) {
@@ -190,7 +205,11 @@ pub fn prometheus(stats: &Value) -> String {
             }
         }
     }
-    header(&mut out, "charon_instances", "gauge", "Instances by state.");
+}
+
+/// `charon_instances`: a gauge per service and instance state.
+fn instances(out: &mut String, services: &[Value]) {
+    header(out, "charon_instances", "gauge", "Instances by state.");
     for s in services {
         for st in ["running", "busy", "idle"] {
             if let Some(n) = number(&s["instances"][st], Unit::Same) {
@@ -202,8 +221,12 @@ pub fn prometheus(stats: &Value) -> String {
             }
         }
     }
+}
+
+/// `charon_exits_total`: a counter per service and exit reason.
+fn exits(out: &mut String, services: &[Value]) {
     header(
-        &mut out,
+        out,
         "charon_exits_total",
         "counter",
         "Instance exits by reason.",
@@ -222,8 +245,12 @@ pub fn prometheus(stats: &Value) -> String {
             }
         }
     }
+}
+
+/// `charon_state`: per service, 1 for its state and 0 for the others.
+fn states(out: &mut String, services: &[Value]) {
     header(
-        &mut out,
+        out,
         "charon_state",
         "gauge",
         "1 for the service's state (idle, running, backoff, or broken: its config file has errors).",
@@ -239,9 +266,6 @@ pub fn prometheus(stats: &Value) -> String {
             );
         }
     }
-    histogram(&mut out, services);
-    manager(&mut out, &stats["manager"]);
-    out
 }
 
 /// charond's own fd headroom (absent where `/proc` could not be read).
