@@ -21,7 +21,7 @@ use crate::config::ConfigError;
 use crate::generation::Gen;
 use crate::process_table::ProcessTable;
 use crate::service::state::Mode;
-use crate::services::Services;
+use crate::services::{Services, Svc};
 
 /// What the loop knows of one service, for a verdict.
 #[derive(Clone, Copy, Debug)]
@@ -118,30 +118,10 @@ pub(crate) fn answer(
         };
         let verdict = judge(&look, now);
         healthy &= verdict.is_healthy();
-        let last = svc.stats().last_exit.as_ref().map(|e| e.reason());
-        let detail = match verdict {
-            Verdict::Ready | Verdict::OnDemand => None,
-            Verdict::Starting { ready, minimum } => Some(format!(
-                "starting: {ready} of its minimum {minimum} instance(s) ready"
-            )),
-            Verdict::Backoff { left } => Some(format!(
-                "in backoff for {:.1}s more: {}",
-                left.as_secs_f64(),
-                last.unwrap_or_else(|| "no exit recorded".into())
-            )),
-            Verdict::Trial => Some(format!(
-                "on trial after a backoff: {}",
-                last.unwrap_or_else(|| "no exit recorded".into())
-            )),
-            Verdict::Starved => svc
-                .starved()
-                .map(|why| format!("charond cannot start an instance: {why}")),
-            Verdict::Stopped => Some("stopped: charond is stopping".into()),
-        };
         entries.push(json!({
             "key": svc.key(),
             "health": verdict.name(),
-            "detail": detail,
+            "detail": detail(verdict, svc),
         }));
     }
     entries.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
@@ -154,6 +134,31 @@ pub(crate) fn answer(
         "services": entries,
         "broken": broken,
     })
+}
+
+/// What an operator reads beside a verdict that is not plainly ready: how
+/// far start-up got, or why the service cannot serve.
+fn detail(verdict: Verdict, svc: &Svc) -> Option<String> {
+    let last = svc.stats().last_exit.as_ref().map(|e| e.reason());
+    match verdict {
+        Verdict::Ready | Verdict::OnDemand => None,
+        Verdict::Starting { ready, minimum } => Some(format!(
+            "starting: {ready} of its minimum {minimum} instance(s) ready"
+        )),
+        Verdict::Backoff { left } => Some(format!(
+            "in backoff for {:.1}s more: {}",
+            left.as_secs_f64(),
+            last.unwrap_or_else(|| "no exit recorded".into())
+        )),
+        Verdict::Trial => Some(format!(
+            "on trial after a backoff: {}",
+            last.unwrap_or_else(|| "no exit recorded".into())
+        )),
+        Verdict::Starved => svc
+            .starved()
+            .map(|why| format!("charond cannot start an instance: {why}")),
+        Verdict::Stopped => Some("stopped: charond is stopping".into()),
+    }
 }
 
 /// Instances of `s`'s key (every generation) past start-up: their
