@@ -73,6 +73,30 @@ struct Validator<'a> {
 /// invalid (already reported), `Some(Some(value))` when valid.
 type Checked<T> = Option<Option<T>>;
 
+/// What is wrong with an `[env]` entry, if anything.
+fn env_problem(name: &str, value: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("an environment name must not be empty".to_string())
+    } else if name.contains('=') {
+        Some("an environment name must not contain '='".to_string())
+    } else if name.contains('\0') || value.contains('\0') {
+        Some("an environment name or value must not contain a NUL character".to_string())
+    } else if KEYS.contains(&name) {
+        // TOML puts every line after `[env]` into env, so a key written
+        // below the table lands here by mistake.
+        Some(format!(
+            "{name:?} is a config key, not an environment name: keys written \
+             after [env] belong to env, so move it above the [env] line"
+        ))
+    } else if name.starts_with(RESERVED_ENV_PREFIX) {
+        Some(format!(
+            "names starting with {RESERVED_ENV_PREFIX} are reserved: the manager sets them"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Overwrites a default with a valid value.
 fn put<T>(target: &mut T, checked: Checked<T>) {
     if let Some(Some(value)) = checked {
@@ -98,6 +122,24 @@ impl Validator<'_> {
             );
             return None;
         };
+        if !self.words_ok(exec, program, &words) {
+            return None;
+        }
+        let mut argv: Vec<String> = words.into_iter().map(|(w, _)| w).collect();
+        if let Some(program) = argv.first_mut() {
+            self.resolve_program(exec, program)?;
+        }
+        Some(argv)
+    }
+
+    /// Checks the words of `exec`: a program is named and no word holds a
+    /// NUL. Each problem is an error.
+    fn words_ok(
+        &mut self,
+        exec: &At<Exec>,
+        program: &str,
+        words: &[(String, Option<usize>)],
+    ) -> bool {
         let mut ok = true;
         if program.is_empty() {
             ok = false;
@@ -115,28 +157,28 @@ impl Validator<'_> {
                 self.errors.at(*line, &exec.key, message);
             }
         }
-        if !ok {
-            return None;
+        ok
+    }
+
+    /// Resolves a relative `program` path with a '/' against the config
+    /// dir; it would otherwise depend on the manager's own cwd. A bare
+    /// name is looked up in PATH at spawn time and left as it is. None
+    /// (an error) if the path cannot be resolved.
+    fn resolve_program(&mut self, exec: &At<Exec>, program: &mut String) -> Option<()> {
+        if program.contains('/') && Path::new(program.as_str()).is_relative() {
+            let resolved = self.resolve(Path::new(program.as_str()));
+            let Some(resolved) = resolved.to_str() else {
+                self.errors.at(
+                    exec.line,
+                    &exec.key,
+                    "the config dir's path is not UTF-8, so this relative program \
+                     path cannot be resolved: use an absolute path",
+                );
+                return None;
+            };
+            *program = resolved.to_string();
         }
-        let mut argv: Vec<String> = words.into_iter().map(|(w, _)| w).collect();
-        // A bare name is looked up in PATH at spawn time; a relative path
-        // with a '/' would otherwise depend on the manager's own cwd.
-        if let Some(program) = argv.first_mut() {
-            if program.contains('/') && Path::new(program.as_str()).is_relative() {
-                let resolved = self.resolve(Path::new(program.as_str()));
-                let Some(resolved) = resolved.to_str() else {
-                    self.errors.at(
-                        exec.line,
-                        &exec.key,
-                        "the config dir's path is not UTF-8, so this relative program \
-                         path cannot be resolved: use an absolute path",
-                    );
-                    return None;
-                };
-                *program = resolved.to_string();
-            }
-        }
-        Some(argv)
+        Some(())
     }
 
     /// `dir/path` with `.` components dropped, for readable logs.
@@ -168,27 +210,7 @@ impl Validator<'_> {
         }
         for entry in &raw.env {
             let (name, value) = &entry.value;
-            let problem = if name.is_empty() {
-                Some("an environment name must not be empty".to_string())
-            } else if name.contains('=') {
-                Some("an environment name must not contain '='".to_string())
-            } else if name.contains('\0') || value.contains('\0') {
-                Some("an environment name or value must not contain a NUL character".to_string())
-            } else if KEYS.contains(&name.as_str()) {
-                // TOML puts every line after `[env]` into env, so a key
-                // written below the table lands here by mistake.
-                Some(format!(
-                    "{name:?} is a config key, not an environment name: keys written \
-                     after [env] belong to env, so move it above the [env] line"
-                ))
-            } else if name.starts_with(RESERVED_ENV_PREFIX) {
-                Some(format!(
-                    "names starting with {RESERVED_ENV_PREFIX} are reserved: the manager sets them"
-                ))
-            } else {
-                None
-            };
-            match problem {
+            match env_problem(name, value) {
                 Some(message) => self.errors.at(entry.line, &entry.key, message),
                 None => {
                     cfg.env.insert(name.clone(), value.clone());
@@ -225,32 +247,7 @@ impl Validator<'_> {
     }
 
     fn processes(&mut self, raw: &RawService, cfg: &mut ServiceConfig) {
-        let min = raw
-            .minimum_processes
-            .as_ref()
-            .map(|v| self.int(v, 0, MAX_PROCESSES));
-        let max = raw
-            .maximum_processes
-            .as_ref()
-            .map(|v| self.int(v, 1, MAX_PROCESSES));
-        put(&mut cfg.minimum_processes, min);
-        put(&mut cfg.maximum_processes, max);
-        let both_valid = !matches!(min, Some(None)) && !matches!(max, Some(None));
-        if both_valid && cfg.minimum_processes > cfg.maximum_processes {
-            // Blame the key that was written; the other may be a default.
-            let at = raw
-                .minimum_processes
-                .as_ref()
-                .or(raw.maximum_processes.as_ref());
-            let (line, key) = at.map_or((None, "minimum-processes"), |v| (v.line, &*v.key));
-            let message = format!(
-                "minimum-processes ({}) must not be more than maximum-processes ({}{})",
-                cfg.minimum_processes,
-                cfg.maximum_processes,
-                if max.is_none() { ", the default" } else { "" },
-            );
-            self.errors.at(line, key, message);
-        }
+        self.pool_bounds(raw, cfg);
         if let Some(v) = &raw.prestart_processes {
             cfg.prestart_processes = v.value;
         }
@@ -280,6 +277,37 @@ impl Validator<'_> {
             &mut cfg.listen_backlog,
             raw.listen_backlog.as_ref().map(|v| self.int(v, 1, 65_535)),
         );
+    }
+
+    /// `minimum-processes` and `maximum-processes`, each valid and the
+    /// minimum not above the maximum.
+    fn pool_bounds(&mut self, raw: &RawService, cfg: &mut ServiceConfig) {
+        let min = raw
+            .minimum_processes
+            .as_ref()
+            .map(|v| self.int(v, 0, MAX_PROCESSES));
+        let max = raw
+            .maximum_processes
+            .as_ref()
+            .map(|v| self.int(v, 1, MAX_PROCESSES));
+        put(&mut cfg.minimum_processes, min);
+        put(&mut cfg.maximum_processes, max);
+        let both_valid = !matches!(min, Some(None)) && !matches!(max, Some(None));
+        if both_valid && cfg.minimum_processes > cfg.maximum_processes {
+            // Blame the key that was written; the other may be a default.
+            let at = raw
+                .minimum_processes
+                .as_ref()
+                .or(raw.maximum_processes.as_ref());
+            let (line, key) = at.map_or((None, "minimum-processes"), |v| (v.line, &*v.key));
+            let message = format!(
+                "minimum-processes ({}) must not be more than maximum-processes ({}{})",
+                cfg.minimum_processes,
+                cfg.maximum_processes,
+                if max.is_none() { ", the default" } else { "" },
+            );
+            self.errors.at(line, key, message);
+        }
     }
 
     fn timing(&mut self, raw: &RawService, cfg: &mut ServiceConfig) {
