@@ -296,6 +296,31 @@ unsafe fn child_before_exec(
     envp: &[*const c_char],
 ) -> ! {
     // Fds first, so that later failure messages reach the stderr pipe.
+    place_fds(fds);
+    join_own_group(plan);
+    reset_signals(plan);
+    limit_and_enter(plan);
+    become_user(plan);
+    libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    let c = match errno() {
+        libc::ENOENT | libc::ENOTDIR => code::EXEC_NOT_FOUND,
+        libc::EACCES | libc::EPERM => code::EXEC_DENIED,
+        _ => resource_or(code::EXEC_OTHER),
+    };
+    fail(c, b"exec", Some(&plan.path))
+}
+
+// The steps of `child_before_exec`, in order. Each has its contract: only
+// in the child right after `clone`, with every signal blocked;
+// async-signal-safe and allocation-free, taking no lock and writing no
+// memory but its own stack and errno. Each `fail`s (exits) on an error.
+
+/// Puts `fds` on 0-5 (close-on-exec cleared) and closes every other fd.
+///
+/// # Safety
+///
+/// The contract of [`child_before_exec`]; `fds` are open descriptors.
+unsafe fn place_fds(fds: &[RawFd; 6]) {
     // Close every fd but the sources first: the copies below need free
     // slots, and a manager near its fd limit must not make them fail.
     close_all_but(fds);
@@ -322,7 +347,15 @@ unsafe fn child_before_exec(
         libc::c_uint::MAX,
         0 as libc::c_uint,
     );
+}
 
+/// Makes the child its own process group's leader and ties its life to
+/// the manager's.
+///
+/// # Safety
+///
+/// The contract of [`child_before_exec`].
+unsafe fn join_own_group(plan: &ChildPlan) {
     if libc::setpgid(0, 0) != 0 {
         fail(code::SETPGID, b"setpgid", None);
     }
@@ -343,6 +376,14 @@ unsafe fn child_before_exec(
     if libc::getppid() != plan.manager_pid {
         fail(code::ORPHANED, b"find the manager", None);
     }
+}
+
+/// Resets every signal's disposition and unblocks them all.
+///
+/// # Safety
+///
+/// The contract of [`child_before_exec`].
+unsafe fn reset_signals(plan: &ChildPlan) {
     // SIG_IGN survives exec (the manager ignores SIGPIPE); reset them all,
     // handlers too, before unblocking: a handler must not run here, in the
     // manager's memory. libc refuses the two signals it reserves for its
@@ -358,6 +399,14 @@ unsafe fn child_before_exec(
     if libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) != 0 {
         fail(code::SIGMASK, b"sigprocmask", None);
     }
+}
+
+/// Applies the rlimits and changes to the working directory.
+///
+/// # Safety
+///
+/// The contract of [`child_before_exec`].
+unsafe fn limit_and_enter(plan: &ChildPlan) {
     for &(res, lim) in &plan.rlimits {
         let rl = libc::rlimit {
             rlim_cur: lim,
@@ -372,6 +421,14 @@ unsafe fn child_before_exec(
             fail(code::CHDIR, b"chdir to", Some(cwd));
         }
     }
+}
+
+/// Takes the service's user, group and supplementary groups, if any.
+///
+/// # Safety
+///
+/// The contract of [`child_before_exec`].
+unsafe fn become_user(plan: &ChildPlan) {
     // Raw system calls, not libc's wrappers: those make every thread of
     // the process change ids, and in this child libc's thread list is the
     // manager's (shared memory). The kernel changes this process's only.
@@ -385,13 +442,6 @@ unsafe fn child_before_exec(
             fail(code::SETUID, b"setuid", None);
         }
     }
-    libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    let c = match errno() {
-        libc::ENOENT | libc::ENOTDIR => code::EXEC_NOT_FOUND,
-        libc::EACCES | libc::EPERM => code::EXEC_DENIED,
-        _ => resource_or(code::EXEC_OTHER),
-    };
-    fail(c, b"exec", Some(&plan.path))
 }
 
 /// [`code::RESOURCES`] if errno says the manager or the system ran out of
