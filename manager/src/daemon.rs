@@ -135,15 +135,7 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
     }
     let config_dir = resolve_config_dir(&opts.config_dir)?;
     raise_fd_limit();
-    // Descendants an instance leaves behind become ours, not init's
-    // (`orphans.rs`); as a container's PID 1 we are their reaper anyway.
-    if let Err(e) = crate::sys::become_subreaper() {
-        warning!(
-            None,
-            None,
-            "unable to become a child subreaper: {e}; processes instances leave behind go to init"
-        );
-    }
+    become_subreaper();
     // Signals are blocked before anything is forked.
     let signals =
         signals::Signals::new().map_err(|e| Fatal(format!("unable to set up signals: {e}")))?;
@@ -171,6 +163,11 @@ pub fn run(opts: &Options) -> Result<Stop, Fatal> {
     m.send_metrics_to(metrics);
     m.store_live_sockets();
     log_started(&m);
+    serve(m)
+}
+
+/// Runs the event loop until the stop, then removes the control socket.
+fn serve(mut m: Manager) -> Result<Stop, Fatal> {
     let r = m.run();
     m.remove_control_socket();
     r.map(|graceful| {
@@ -197,6 +194,18 @@ fn resolve_config_dir(dir: &Path) -> Result<PathBuf, Fatal> {
             dir.display()
         ))
     })
+}
+
+/// Descendants an instance leaves behind become ours, not init's
+/// (`orphans.rs`); as a container's PID 1 we are their reaper anyway.
+fn become_subreaper() {
+    if let Err(e) = crate::sys::become_subreaper() {
+        warning!(
+            None,
+            None,
+            "unable to become a child subreaper: {e}; processes instances leave behind go to init"
+        );
+    }
 }
 
 /// Raises the soft fd limit to the hard one, saying so (or why not).
@@ -277,16 +286,10 @@ fn set_up(
     control: Control,
     mut offered: crate::fdstore::Offered,
 ) -> Result<Manager, (Fatal, Control)> {
-    let scan = match cfg::scan_dir(&config_dir) {
+    let scan = match scan_config(&config_dir) {
         Ok(scan) => scan,
-        Err(e) => return Err((Fatal(e.to_string()), control)),
+        Err(e) => return Err((e, control)),
     };
-    for i in &scan.ignored {
-        info!(None, None, "ignored {}: {}", i.file.display(), i.reason);
-    }
-    for e in &scan.errors {
-        warning!(None, None, "unable to load config: {e}");
-    }
     let devnull = match startup::devnull() {
         Ok(fd) => fd,
         Err(e) => return Err((Fatal(format!("unable to open /dev/null: {e}")), control)),
@@ -318,6 +321,19 @@ fn set_up(
     // A broken file's key has no service: list it and answer for it.
     m.set_broken(scan.errors);
     Ok(m)
+}
+
+/// Reads the config dir, logging the files ignored and those that failed
+/// to load.
+fn scan_config(config_dir: &Path) -> Result<cfg::Scan, Fatal> {
+    let scan = cfg::scan_dir(config_dir).map_err(|e| Fatal(e.to_string()))?;
+    for i in &scan.ignored {
+        info!(None, None, "ignored {}: {}", i.file.display(), i.reason);
+    }
+    for e in &scan.errors {
+        warning!(None, None, "unable to load config: {e}");
+    }
+    Ok(scan)
 }
 
 /// Binds each service's socket and creates its scoreboard. A service that
