@@ -209,14 +209,7 @@ pub(crate) fn on_event(life: &mut Life, ev: Event, now: Instant) -> Actions {
         (Life::Stopping { .. }, Event::Stop { .. } | Event::Drain { .. }) => Vec::new(),
         (_, Event::Stop { reason, grace }) => stop(life, reason, How::Term, now + grace),
         (_, Event::Drain { reason, grace }) => stop(life, reason, How::Drain, now + grace),
-        (_, Event::Kill(reason)) => {
-            *life = Life::Stopping {
-                reason,
-                how: How::Kill,
-                kill_at: None,
-            };
-            vec![Action::Sigkill]
-        }
+        (_, Event::Kill(reason)) => kill(life, reason, How::Kill, Vec::new()),
         (
             Life::Stopping {
                 reason,
@@ -224,14 +217,7 @@ pub(crate) fn on_event(life: &mut Life, ev: Event, now: Instant) -> Actions {
                 kill_at: Some(_),
             },
             Event::GraceOver,
-        ) => {
-            *life = Life::Stopping {
-                reason,
-                how,
-                kill_at: None,
-            };
-            vec![Action::WarnGraceOver, Action::Sigkill]
-        }
+        ) => kill(life, reason, how, vec![Action::WarnGraceOver]),
         (_, Event::GraceOver) => impossible("grace over, but no stop was under way"),
     }
 }
@@ -239,15 +225,6 @@ pub(crate) fn on_event(life: &mut Life, ev: Event, now: Instant) -> Actions {
 fn set(life: &mut Life, to: Life) -> Actions {
     *life = to;
     Vec::new()
-}
-
-fn not_ready(life: &mut Life) -> Actions {
-    *life = Life::Stopping {
-        reason: KillReason::StartupTimeout,
-        how: How::Kill,
-        kill_at: None,
-    };
-    vec![Action::WarnNotReady, Action::Sigkill]
 }
 
 fn stop(life: &mut Life, reason: KillReason, how: How, kill_at: Instant) -> Actions {
@@ -261,6 +238,23 @@ fn stop(life: &mut Life, reason: KillReason, how: How, kill_at: Instant) -> Acti
         How::Drain => Action::Sigusr1,
         How::Kill => Action::Sigkill,
     }]
+}
+
+/// Not ready by the start-up deadline: killed, with a warning.
+fn not_ready(life: &mut Life) -> Actions {
+    let warn = vec![Action::WarnNotReady];
+    kill(life, KillReason::StartupTimeout, How::Kill, warn)
+}
+
+/// Stopping with no deadline left: `first`, then SIGKILL.
+fn kill(life: &mut Life, reason: KillReason, how: How, mut first: Actions) -> Actions {
+    *life = Life::Stopping {
+        reason,
+        how,
+        kill_at: None,
+    };
+    first.push(Action::Sigkill);
+    first
 }
 
 fn impossible(what: &'static str) -> Actions {
