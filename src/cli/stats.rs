@@ -178,93 +178,36 @@ pub fn align(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The table's header line.
+const HEADER: [&str; 18] = [
+    "KEY",
+    "STATE",
+    "INST",
+    "BUSY",
+    "IDLE",
+    "MAX",
+    "REQUESTS",
+    "FAULTS",
+    "RETRIED",
+    "QUEUE",
+    "P50us",
+    "P99us",
+    "MAXus",
+    "LAUNCHES",
+    "BACKOFFS",
+    "FASTFAIL",
+    "EXITS",
+    "LAST EXIT",
+];
+
 /// The table a person reads at a glance: one line per service.
 pub fn table(v: &Value) -> String {
-    let mut rows = vec![[
-        "KEY",
-        "STATE",
-        "INST",
-        "BUSY",
-        "IDLE",
-        "MAX",
-        "REQUESTS",
-        "FAULTS",
-        "RETRIED",
-        "QUEUE",
-        "P50us",
-        "P99us",
-        "MAXus",
-        "LAUNCHES",
-        "BACKOFFS",
-        "FASTFAIL",
-        "EXITS",
-        "LAST EXIT",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect::<Vec<_>>()];
+    let mut rows = vec![HEADER.iter().map(ToString::to_string).collect::<Vec<_>>()];
     let empty = Vec::new();
-    for s in v["services"].as_array().unwrap_or(&empty) {
-        let state = match s["state"].as_str() {
-            Some("backoff") => format!("backoff({}s)", n(&s["backoff_remaining_s"])),
-            Some(x) => x.to_string(),
-            None => "-".into(),
-        };
-        let exits: Vec<String> = s["exits"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, c)| c.as_u64().is_some_and(|c| c > 0))
-                    .map(|(k, c)| format!("{k}={c}"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let last = match &s["last_exit"] {
-            Value::Object(e) => {
-                let mut t = format!(
-                    "pid {} {}",
-                    n(&e["pid"]),
-                    e["description"].as_str().unwrap_or("")
-                );
-                if let Some(l) = e["stderr"].as_str().filter(|l| !l.is_empty()) {
-                    let short: String = l.chars().take(200).collect();
-                    t.push_str(&format!(": {short}"));
-                }
-                t
-            }
-            // A broken config file: its first error says why nothing runs.
-            _ => match s["config_errors"].as_array().and_then(|e| e.first()) {
-                Some(Value::String(e)) => format!("config error: {e}"),
-                _ => "-".into(),
-            },
-        };
-        rows.push(vec![
-            s["key"].as_str().unwrap_or("-").to_string(),
-            state,
-            n(&s["instances"]["running"]),
-            n(&s["instances"]["busy"]),
-            n(&s["instances"]["idle"]),
-            n(&s["instances"]["max"]),
-            n(&s["requests"]),
-            n(&s["faults"]),
-            n(&s["retried"]),
-            n(&s["queue_depth"]),
-            n(&s["latency_us"]["p50"]),
-            n(&s["latency_us"]["p99"]),
-            n(&s["latency_us"]["max"]),
-            n(&s["launches"]),
-            n(&s["backoffs"]),
-            n(&s["fast_failed"]),
-            if exits.is_empty() {
-                "-".into()
-            } else {
-                exits.join(",")
-            },
-            last,
-        ]);
-    }
+    let services = v["services"].as_array().unwrap_or(&empty);
+    rows.extend(services.iter().map(row));
     let mut out = align(&rows);
-    for s in v["services"].as_array().unwrap_or(&empty) {
+    for s in services {
         if let Some(p) = s["manager_problem"].as_str() {
             out.push_str(&format!("{}: {p}\n", s["key"].as_str().unwrap_or("-")));
         }
@@ -280,4 +223,74 @@ pub fn table(v: &Value) -> String {
         ));
     }
     out
+}
+
+/// One service's line of the table, in [`HEADER`]'s order.
+fn row(s: &Value) -> Vec<String> {
+    let state = match s["state"].as_str() {
+        Some("backoff") => format!("backoff({}s)", n(&s["backoff_remaining_s"])),
+        Some(x) => x.to_string(),
+        None => "-".into(),
+    };
+    vec![
+        s["key"].as_str().unwrap_or("-").to_string(),
+        state,
+        n(&s["instances"]["running"]),
+        n(&s["instances"]["busy"]),
+        n(&s["instances"]["idle"]),
+        n(&s["instances"]["max"]),
+        n(&s["requests"]),
+        n(&s["faults"]),
+        n(&s["retried"]),
+        n(&s["queue_depth"]),
+        n(&s["latency_us"]["p50"]),
+        n(&s["latency_us"]["p99"]),
+        n(&s["latency_us"]["max"]),
+        n(&s["launches"]),
+        n(&s["backoffs"]),
+        n(&s["fast_failed"]),
+        exits_cell(s),
+        last_exit_cell(s),
+    ]
+}
+
+/// The exit classes seen, as `class=count` (those with a count), or `-`.
+fn exits_cell(s: &Value) -> String {
+    let exits: Vec<String> = s["exits"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, c)| c.as_u64().is_some_and(|c| c > 0))
+                .map(|(k, c)| format!("{k}={c}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if exits.is_empty() {
+        "-".into()
+    } else {
+        exits.join(",")
+    }
+}
+
+/// The last exit with its stderr line, or for a broken config file its
+/// first error (which says why nothing runs), or `-`.
+fn last_exit_cell(s: &Value) -> String {
+    match &s["last_exit"] {
+        Value::Object(e) => {
+            let mut t = format!(
+                "pid {} {}",
+                n(&e["pid"]),
+                e["description"].as_str().unwrap_or("")
+            );
+            if let Some(l) = e["stderr"].as_str().filter(|l| !l.is_empty()) {
+                let short: String = l.chars().take(200).collect();
+                t.push_str(&format!(": {short}"));
+            }
+            t
+        }
+        _ => match s["config_errors"].as_array().and_then(|e| e.first()) {
+            Some(Value::String(e)) => format!("config error: {e}"),
+            _ => "-".into(),
+        },
+    }
 }
