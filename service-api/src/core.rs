@@ -69,6 +69,69 @@ pub(crate) struct Conn {
     pub(crate) refused: Option<Peer>,
 }
 
+impl Conn {
+    /// A connection just accepted: its request may take `read_timeout` to
+    /// arrive; a peer `allowed` refuses is read, then answered
+    /// `NOT_PERMITTED`.
+    fn accepted(stream: UnixStream, opts: &Options, allowed: &Allowed) -> Conn {
+        let now = Instant::now();
+        let refused = allowed.refuses(&stream);
+        Conn {
+            stream,
+            started: now,
+            deadline: now + opts.read_timeout,
+            idle_since: None,
+            refused,
+        }
+    }
+}
+
+/// Whether the listener drains (SIGUSR1, or the manager is gone), and
+/// whether it is to stop taking connections: finished, asked to stop, or
+/// drained. A drain that new clients keep feeding (a dead manager's socket
+/// stays in place) ends after the drain timeout.
+fn stop_wanted(
+    managed: Option<&Managed>,
+    finished: bool,
+    drain_since: &mut Option<Instant>,
+    opts: &Options,
+) -> (bool, bool) {
+    let draining = sys::drain_requested() || managed.is_some_and(Managed::manager_gone);
+    let drained =
+        draining && drain_since.get_or_insert_with(Instant::now).elapsed() >= opts.drain_timeout;
+    (draining, finished || sys::stop_requested() || drained)
+}
+
+/// Going idle: waits on the listener (and the report channel) until a
+/// connection or a message comes. True if the listener woke it.
+///
+/// The report batch goes out once it is due, not at every gap: at low load
+/// each request ends in a short idle gap, and flushing there woke the
+/// manager once per request (measured with strace -c: one report and one
+/// manager epoll wake-up per request). A wait that outlasts the due time
+/// ends to send it.
+fn wait_idle(managed: &mut Option<Managed>, idle: Option<&IdleWait>) -> Result<bool, Error> {
+    let mut due = None;
+    if let Some(m) = managed.as_mut() {
+        m.set_state(SlotState::Idle);
+        match m.flush_due() {
+            Some(d) if d <= Instant::now() => m.flush(),
+            d => due = d,
+        }
+    }
+    // init made the wait set for every listener.
+    let woke = idle
+        .ok_or_else(|| io::Error::other("no wait set for the listener"))
+        .and_then(|w| w.wait(due))
+        .map_err(|e| Error::io("wait for a connection", e))?;
+    if woke.report {
+        if let Some(m) = managed.as_mut() {
+            m.check_channel();
+        }
+    }
+    Ok(woke.listener)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     started: Instant,
@@ -148,13 +211,7 @@ impl Core {
             if managed.as_ref().is_some_and(Managed::at_limit) {
                 return Ok(false);
             }
-            let draining =
-                sys::drain_requested() || managed.as_ref().is_some_and(Managed::manager_gone);
-            // A drain that new clients keep feeding (a dead manager's socket
-            // stays in place) ends after the drain timeout.
-            let drained = draining
-                && drain_since.get_or_insert_with(Instant::now).elapsed() >= opts.drain_timeout;
-            let stop = *finished || sys::stop_requested() || drained;
+            let (draining, stop) = stop_wanted(managed.as_ref(), *finished, drain_since, opts);
             if stop && !std::mem::take(&mut woken) {
                 return Ok(false);
             }
@@ -163,15 +220,7 @@ impl Core {
                     if let Some(m) = managed.as_mut() {
                         m.accepted();
                     }
-                    let now = Instant::now();
-                    let refused = allowed.refuses(&stream);
-                    *conn = Some(Conn {
-                        stream,
-                        started: now,
-                        deadline: now + opts.read_timeout,
-                        idle_since: None,
-                        refused,
-                    });
+                    *conn = Some(Conn::accepted(stream, opts, allowed));
                     return Ok(true);
                 }
                 Err(e) => e,
@@ -182,34 +231,7 @@ impl Core {
                 // Draining (SIGUSR1, or the manager is gone): the queue is
                 // empty, so we are done.
                 Some(libc::EAGAIN) if draining => return Ok(false),
-                Some(libc::EAGAIN) => {
-                    // Going idle. The batch goes out once it is due, not at
-                    // every gap: at low load each request ends in a short
-                    // idle gap, and flushing there woke the manager once
-                    // per request (measured with strace -c: one report and
-                    // one manager epoll wake-up per request). A wait that
-                    // outlasts the due time ends to send it.
-                    let mut due = None;
-                    if let Some(m) = managed.as_mut() {
-                        m.set_state(SlotState::Idle);
-                        match m.flush_due() {
-                            Some(d) if d <= Instant::now() => m.flush(),
-                            d => due = d,
-                        }
-                    }
-                    // init made the wait set for every listener.
-                    let woke = idle
-                        .as_ref()
-                        .ok_or_else(|| io::Error::other("no wait set for the listener"))
-                        .and_then(|w| w.wait(due))
-                        .map_err(|e| Error::io("wait for a connection", e))?;
-                    if woke.report {
-                        if let Some(m) = managed.as_mut() {
-                            m.check_channel();
-                        }
-                    }
-                    woken = woke.listener;
-                }
+                Some(libc::EAGAIN) => woken = wait_idle(managed, idle.as_ref())?,
                 Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => {}
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                     let mut fds = [PollFd::new(*stop_fd, PollFlags::POLLIN)];
