@@ -42,7 +42,19 @@ pub fn control(
 ) -> Result<Value, Failure> {
     let run_dir = run_dir.unwrap_or_else(default_run_dir);
     let path = run_dir.join(charon_manager::control::SOCKET_NAME);
-    let mut stream = connect(&path, &run_dir)?;
+    let stream = connect(&path, &run_dir)?;
+    let answer = exchange(&stream, &path, request, timeout)?;
+    parse_answer(&answer)
+}
+
+/// Writes `request` as one line on `stream` and reads the one-line answer
+/// within `timeout` for each.
+fn exchange(
+    mut stream: &UnixStream,
+    path: &Path,
+    request: &Value,
+    timeout: Duration,
+) -> Result<String, Failure> {
     let io = |e: std::io::Error| {
         Failure::other(format!(
             "unable to talk to charond at {}: {e}",
@@ -58,28 +70,26 @@ pub fn control(
     // it says more than `Broken pipe`.
     let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(|e| {
-            if let Err(w) = &sent {
-                return io(std::io::Error::new(w.kind(), w.to_string()));
-            }
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                Failure::new(
-                    status::TIMEOUT,
-                    format!(
-                        "charond at {} did not answer within {}s",
-                        path.display(),
-                        timeout.as_secs()
-                    ),
-                )
-            } else {
-                io(e)
-            }
-        })?;
+    BufReader::new(stream).read_line(&mut answer).map_err(|e| {
+        if let Err(w) = &sent {
+            return io(std::io::Error::new(w.kind(), w.to_string()));
+        }
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            Failure::new(
+                status::TIMEOUT,
+                format!(
+                    "charond at {} did not answer within {}s",
+                    path.display(),
+                    timeout.as_secs()
+                ),
+            )
+        } else {
+            io(e)
+        }
+    })?;
     if answer.is_empty() {
         return Err(match sent {
             Err(w) => io(w),
@@ -89,7 +99,13 @@ pub fn control(
             )),
         });
     }
-    let v: Value = serde_json::from_str(&answer).map_err(|e| {
+    Ok(answer)
+}
+
+/// The manager's answer line as JSON, or its error as a failure (not
+/// found for an unknown service).
+fn parse_answer(answer: &str) -> Result<Value, Failure> {
+    let v: Value = serde_json::from_str(answer).map_err(|e| {
         Failure::other(format!(
             "charond sent an answer that is not JSON ({e}): {:?}",
             answer.trim_end()
