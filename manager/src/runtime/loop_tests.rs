@@ -23,6 +23,7 @@ use nix::sys::socket::{send, socketpair, AddressFamily, MsgFlags, SockFlag, Sock
 use super::{Manager, Paths};
 use crate::config::ServiceConfig;
 use crate::generation::Gen;
+use crate::instance::Replacement;
 use crate::service::state::KillReason;
 use crate::service::transition::{Event, StartWhy};
 use crate::services::{Bound, Watch};
@@ -391,6 +392,69 @@ fn a_retiree_idle_for_a_while_is_stopped_once_its_replacement_is_ready() {
     r.exit(old, WaitStatus::Exited(0));
     assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
     assert_eq!(r.pids().len(), 2, "no extra replacement");
+}
+
+/// Starts every launch owed: the refill paced by the fork pacer, and any
+/// replacement a retiree still waits for.
+fn settle(r: &mut Rig) {
+    r.m.replace_owed(0);
+    r.m.recycle_step(0);
+}
+
+#[test]
+fn a_retiree_that_reaches_its_limit_before_its_replacement_started_is_replaced_once() {
+    // Three at the minimum, so that the third retiree's replacement waits
+    // for the recycling cap while the pool needs refilling when it leaves.
+    let mut r = rig(|c| {
+        c.prestart_processes = true;
+        c.minimum_processes = 3;
+    });
+    r.begin();
+    let first = r.pids();
+    assert_eq!(first.len(), 3);
+    for &pid in &first {
+        let id = r.id_of(pid);
+        r.m.retire(id, KillReason::MaxRequests);
+    }
+    assert_eq!(r.pids().len(), 5, "two replacements under way, one waits");
+    let waiting =
+        r.m.procs
+            .get(r.id_of(first[2]))
+            .map(|i| i.life().retiring());
+    assert_eq!(
+        waiting,
+        Some(Some((KillReason::MaxRequests, Replacement::Wanted)))
+    );
+    // The waiting retiree reaches its limit and leaves by itself.
+    r.exit(first[2], WaitStatus::Exited(0));
+    settle(&mut r);
+    assert_eq!(
+        r.pids().len(),
+        6,
+        "one start for the third retiree, not two"
+    );
+    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
+    assert_eq!(r.m.live_count(0), 3);
+}
+
+#[test]
+fn a_retirement_notice_read_with_the_exit_is_replaced_once() {
+    // The notice and the exit at the limit come in one turn: the notice is
+    // read as the instance is reaped.
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    let old = r.pids()[0];
+    send(
+        std::os::fd::AsRawFd::as_raw_fd(&r.seen.borrow().report[0]),
+        &encode_signal(&Message::Retiring),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    r.exit(old, WaitStatus::Exited(0));
+    settle(&mut r);
+    assert_eq!(r.pids().len(), 2, "one start for the retiree, not two");
+    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
+    assert_eq!(r.m.live_count(0), 1);
 }
 
 #[test]
