@@ -139,7 +139,7 @@ pub(crate) fn answer(
 /// What an operator reads beside a verdict that is not plainly ready: how
 /// far start-up got, or why the service cannot serve.
 fn detail(verdict: Verdict, svc: &Svc) -> Option<String> {
-    let last = svc.stats().last_exit.as_ref().map(|e| e.reason());
+    let last = svc.stats().last_exit().map(|e| e.reason());
     match verdict {
         Verdict::Ready | Verdict::OnDemand => None,
         Verdict::Starting { ready, minimum } => Some(format!(

@@ -113,7 +113,7 @@ pub(crate) fn figures(services: &Services, procs: &ProcessTable, reloading: bool
         ..Figures::default()
     };
     for (s, svc) in services.iter() {
-        f.requests += svc.stats().requests;
+        f.requests += svc.stats().requests();
         if svc.gen() != Gen::Live {
             continue;
         }

@@ -2,13 +2,17 @@
 //! latency (hdrhistogram for quantiles, fixed buckets in `latency.rs` for
 //! figures that add up), exits by reason, launches and their failures,
 //! backoff entries, fast-failed connections, resources of exited instances
-//! and the last exit. Counting only; reading them out (control socket,
-//! `charon stats`) is left to others, and the loop logs a summary line.
+//! and the last exit. The figures are private: the service counts through
+//! the methods here, and readers get the `charon stats` members
+//! ([`Stats::to_json`], one service's generations merged with
+//! [`Stats::merged`]), the log's summary line, or the few figures other
+//! policies ask about. Transport is left to others.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use charon_protocol::report::{Outcome, Record};
 use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
 
 use crate::latency::Buckets;
 
@@ -53,29 +57,49 @@ fn latency_histogram() -> Option<Histogram<u64>> {
     Histogram::new_with_bounds(1, 3_600_000_000, 2).ok()
 }
 
+/// The exit classes every service reports (zero when none happened): the
+/// one vocabulary of the log (`counted as ...`), `charon stats`, the JSON,
+/// Prometheus' `reason` label and the docs (`ExitClass::name`,
+/// `KillReason::name`).
+const EXIT_NAMES: [&str; 13] = [
+    "clean",
+    "nonzero",
+    "crashed",
+    "unresponsive",
+    "max_requests",
+    "idle",
+    "excess",
+    "shutdown",
+    "launch_failed",
+    "max_rss",
+    "reload",
+    "restart",
+    "startup_timeout",
+];
+
 /// Counters of one service.
 #[derive(Clone, Debug)]
 pub(crate) struct Stats {
-    pub requests: u64,
-    pub faults: u64,
-    pub errors: u64,
-    pub unanswered: u64,
-    pub retried: u64,
-    pub latency_us: Option<Histogram<u64>>,
+    requests: u64,
+    faults: u64,
+    errors: u64,
+    unanswered: u64,
+    retried: u64,
+    latency_us: Option<Histogram<u64>>,
     /// The same latencies on a fixed scale, for figures that add up.
-    pub latency_buckets: Buckets,
-    pub exits: BTreeMap<&'static str, u64>,
-    pub launches: u64,
-    pub launch_failures: u64,
-    pub backoff_entries: u64,
-    pub fast_failed: u64,
+    latency_buckets: Buckets,
+    exits: BTreeMap<&'static str, u64>,
+    launches: u64,
+    launch_failures: u64,
+    backoff_entries: u64,
+    fast_failed: u64,
     /// Times the accept queue was seen full (clients refused as overloaded).
-    pub overload_seen: u64,
-    pub exited_cpu_us: u64,
-    pub exited_maxrss_kib: u64,
-    pub last_exit: Option<LastExit>,
+    overload_seen: u64,
+    exited_cpu_us: u64,
+    exited_maxrss_kib: u64,
+    last_exit: Option<LastExit>,
     /// The last [`RECENT_EXITS`] exits, oldest first.
-    pub recent_exits: VecDeque<LastExit>,
+    recent_exits: VecDeque<LastExit>,
 }
 
 impl Stats {
@@ -131,6 +155,60 @@ impl Stats {
         *self.exits.entry(class).or_insert(0) += 1;
     }
 
+    /// An instance was started.
+    pub(crate) fn launched(&mut self) {
+        self.launches += 1;
+    }
+
+    /// An instance could not be started (besides its exit class).
+    pub(crate) fn launch_failed(&mut self) {
+        self.launch_failures += 1;
+    }
+
+    /// Requests an exited instance completed but never reported (no
+    /// latency is known for them).
+    pub(crate) fn unreported(&mut self, requests: u64) {
+        self.requests = self.requests.saturating_add(requests);
+    }
+
+    /// An exited instance used `cpu_us` of CPU and at most `maxrss_kib`.
+    pub(crate) fn exited_resources(&mut self, cpu_us: u64, maxrss_kib: u64) {
+        self.exited_cpu_us += cpu_us;
+        self.exited_maxrss_kib = self.exited_maxrss_kib.max(maxrss_kib);
+    }
+
+    /// The service went into backoff.
+    pub(crate) fn backoff_entered(&mut self) {
+        self.backoff_entries += 1;
+    }
+
+    /// A client was answered Unavailable.
+    pub(crate) fn fast_failed(&mut self) {
+        self.fast_failed += 1;
+    }
+
+    /// The accept queue was seen full.
+    pub(crate) fn overload_seen(&mut self) {
+        self.overload_seen += 1;
+    }
+
+    /// Requests done so far, reported or not.
+    pub(crate) const fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// The last exit, or `None` before the first.
+    pub(crate) const fn last_exit(&self) -> Option<&LastExit> {
+        self.last_exit.as_ref()
+    }
+
+    /// Launches that failed (not a `charon stats` member; the log's
+    /// summary carries it).
+    #[cfg(test)]
+    pub(crate) const fn launch_failures(&self) -> u64 {
+        self.launch_failures
+    }
+
     /// Records the last exit, keeping a ring of recent ones.
     pub(crate) fn set_last_exit(&mut self, e: LastExit) {
         if self.recent_exits.len() == RECENT_EXITS {
@@ -181,6 +259,83 @@ impl Stats {
             }
             self.recent_exits = merged;
         }
+    }
+
+    /// The figures of a key's generations as one: `live`'s, with those of
+    /// its other generations (still draining) added in.
+    pub(crate) fn merged<'a>(live: &Stats, others: impl IntoIterator<Item = &'a Stats>) -> Stats {
+        let mut stats = live.clone();
+        for o in others {
+            stats.absorb(o.clone(), false);
+        }
+        stats
+    }
+
+    /// The members of a service's `charon stats` answer that are counted
+    /// here (doc/control-protocol.md names them).
+    pub(crate) fn to_json(&self) -> Map<String, Value> {
+        let v = json!({
+            "requests": self.requests,
+            "faults": self.faults,
+            "retried": self.retried,
+            "errors": self.errors,
+            "unanswered": self.unanswered,
+            "overload_seen": self.overload_seen,
+            "latency_us": self.latency_json(),
+            "latency_histogram": self.latency_buckets.to_json(),
+            "exits": self.exits_json(),
+            "launches": self.launches,
+            "backoffs": self.backoff_entries,
+            "fast_failed": self.fast_failed,
+            "cpu_ms": self.exited_cpu_us / 1000,
+            "max_rss_kb": self.exited_maxrss_kib,
+            "last_exit": self.last_exit_json(),
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    /// Lifetime quantiles from the histogram, zeros before the first
+    /// request.
+    fn latency_json(&self) -> Value {
+        let h = self.latency_us.as_ref().filter(|h| !h.is_empty());
+        let q = |p: f64| h.map_or(0, |h| h.value_at_quantile(p));
+        let max = h.map_or(0, Histogram::max);
+        json!({ "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": max })
+    }
+
+    /// Every exit class of [`EXIT_NAMES`] (zero when none happened), and
+    /// any other counted.
+    fn exits_json(&self) -> Value {
+        let mut m = Map::new();
+        for name in EXIT_NAMES {
+            m.insert(
+                name.into(),
+                json!(self.exits.get(name).copied().unwrap_or(0)),
+            );
+        }
+        for (class, n) in &self.exits {
+            if !EXIT_NAMES.contains(class) {
+                m.insert((*class).to_string(), json!(n));
+            }
+        }
+        Value::Object(m)
+    }
+
+    /// The service's last instance exit, or null before the first.
+    fn last_exit_json(&self) -> Value {
+        self.last_exit.as_ref().map_or(Value::Null, |e| {
+            json!({
+                "pid": e.pid,
+                "status": e.code,
+                "signal": e.signal,
+                "reason": e.class,
+                "description": e.status,
+                "stderr": e.stderr,
+            })
+        })
     }
 
     /// One log line's worth.
@@ -261,6 +416,54 @@ mod tests {
             line.contains("busy=1 idle=2 requests=3") && line.contains("exits=[clean=2]"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn every_exit_class_is_reported_by_its_one_name() {
+        let mut s = Stats::new();
+        s.exit("nonzero");
+        s.exit("crashed");
+        s.exit("crashed");
+        s.exit("launch_failed");
+        s.exit("startup_timeout");
+        let v = s.exits_json();
+        assert_eq!(v["nonzero"], 1);
+        assert_eq!(v["crashed"], 2);
+        assert_eq!(v["launch_failed"], 1);
+        for name in [
+            "clean",
+            "unresponsive",
+            "max_requests",
+            "idle",
+            "excess",
+            "shutdown",
+        ] {
+            assert_eq!(v[name], 0, "{name}");
+        }
+        assert_eq!(v["startup_timeout"], 1);
+        assert_eq!(v["reload"], 0);
+    }
+
+    #[test]
+    fn latency_quantiles_come_from_the_histogram() {
+        let mut s = Stats::new();
+        assert_eq!(s.latency_json()["p50"], 0);
+        let recs: Vec<Record> = (1..=1000u32)
+            .map(|us| Record {
+                elapsed_us: us,
+                request_bytes: 0,
+                response_bytes: 0,
+                outcome: Outcome::Ok,
+                attempt: 1,
+            })
+            .collect();
+        s.records(&recs);
+        let l = s.latency_json();
+        // The histogram keeps 2 significant digits: within 1%.
+        let p50 = l["p50"].as_u64().unwrap();
+        assert!((495..=505).contains(&p50), "{l}");
+        let max = l["max"].as_u64().unwrap();
+        assert!((1000..=1010).contains(&max), "{l}");
     }
 
     #[test]

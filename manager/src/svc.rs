@@ -185,7 +185,7 @@ impl Svc {
 
     /// The instance `pid` now runs in a prepared slot: a launch.
     pub(crate) fn launched(&mut self, slot: u32, pid: i32) {
-        self.stats.launches += 1;
+        self.stats.launched();
         if let Some(u) = self.used_slots.get_mut(slot as usize) {
             *u = true;
         }
@@ -204,7 +204,7 @@ impl Svc {
         if let Some(sl) = self.board.slot(slot) {
             if counted > reported {
                 let unreported = counted - reported;
-                self.stats.requests = self.stats.requests.saturating_add(unreported);
+                self.stats.unreported(unreported);
             }
             sl.reset(0, 0);
         }
@@ -256,7 +256,7 @@ impl Svc {
 
     /// An instance could not be started: `why`.
     pub(crate) fn count_launch_failure(&mut self, why: &str) {
-        self.stats.launch_failures += 1;
+        self.stats.launch_failed();
         self.stats.exit("launch_failed");
         self.stats.set_last_exit(LastExit {
             pid: 0,
@@ -287,10 +287,9 @@ impl Svc {
             stats.exit(class.name());
         }
         if matches!(class, ExitClass::LaunchFailure(_)) && !starved {
-            stats.launch_failures += 1;
+            stats.launch_failed();
         }
-        stats.exited_cpu_us += r.cpu_us;
-        stats.exited_maxrss_kib = stats.exited_maxrss_kib.max(r.maxrss_kib);
+        stats.exited_resources(r.cpu_us, r.maxrss_kib);
         let (code, signal) = match r.status {
             WaitStatus::Exited(c) => (Some(c), None),
             WaitStatus::Signaled(sig) => (None, Some(sig)),
@@ -307,17 +306,17 @@ impl Svc {
 
     /// It went into backoff.
     pub(crate) fn count_backoff(&mut self) {
-        self.stats.backoff_entries += 1;
+        self.stats.backoff_entered();
     }
 
     /// A client was answered Unavailable.
     pub(crate) fn count_fast_fail(&mut self) {
-        self.stats.fast_failed += 1;
+        self.stats.fast_failed();
     }
 
     /// Its backlog was seen full (clients refused as overloaded).
     pub(crate) fn count_overload(&mut self) {
-        self.stats.overload_seen += 1;
+        self.stats.overload_seen();
     }
 
     /// Adds another generation's figures of the same key (see

@@ -183,7 +183,7 @@ fn prestart_fills_slots_in_order_with_limits_and_pids() {
         assert_eq!(s.request_limit.load(Ordering::Relaxed), 100);
         assert_eq!(s.state(), Some(SlotState::Starting));
     }
-    assert_eq!(r.m.services[0].stats().launches, 3);
+    assert_eq!(r.m.services[0].stats().to_json()["launches"], 3);
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn a_failed_exit_enters_backoff_and_fast_fails_with_the_reason() {
     r.exit(pid, WaitStatus::Exited(1));
     let svc = &r.m.services[0];
     assert_eq!(svc.watch(), Watch::FastFail);
-    assert_eq!(svc.stats().backoff_entries, 1);
+    assert_eq!(svc.stats().to_json()["backoffs"], 1);
     assert_eq!(svc.board().header().slots_in_use.load(Ordering::Relaxed), 0);
     let mut client = r.connect();
     client.write_all(b"anything").unwrap();
@@ -230,7 +230,7 @@ fn a_failed_exit_enters_backoff_and_fast_fails_with_the_reason() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert_eq!(r.m.services[0].stats().fast_failed, 1);
+    assert_eq!(r.m.services[0].stats().to_json()["fast_failed"], 1);
     assert_eq!(r.pids().len(), 1, "no fork during backoff");
 }
 
@@ -253,8 +253,8 @@ fn a_stopped_instance_gets_sigterm_then_sigkill_and_counts_under_its_reason() {
     );
     r.exit(first, WaitStatus::Signaled(9));
     let svc = &r.m.services[0];
-    assert_eq!(svc.stats().exits.get("idle"), Some(&1));
-    assert_eq!(svc.stats().exits.get("crashed"), None);
+    assert_eq!(svc.stats().to_json()["exits"]["idle"], 1);
+    assert_eq!(svc.stats().to_json()["exits"]["crashed"], 0);
     assert_eq!(r.pids().len(), 2, "one left, no replacement needed");
 }
 
@@ -278,9 +278,9 @@ fn a_crash_is_replaced_and_reports_are_counted() {
     .unwrap();
     let id = r.id_of(pid);
     r.m.read_reports(id);
-    assert_eq!(r.m.services[0].stats().requests, 2);
+    assert_eq!(r.m.services[0].stats().to_json()["requests"], 2);
     r.exit(pid, WaitStatus::Signaled(11));
-    assert_eq!(r.m.services[0].stats().exits.get("crashed"), Some(&1));
+    assert_eq!(r.m.services[0].stats().to_json()["exits"]["crashed"], 1);
     assert_eq!(r.pids().len(), 2, "replaced");
 }
 
@@ -307,7 +307,7 @@ fn sigkill_from_outside_makes_a_crash_loop_only_before_ready() {
             }
         }
         let svc = &r.m.services[0];
-        assert_eq!(svc.stats().exits.get("crashed"), Some(&5));
+        assert_eq!(svc.stats().to_json()["exits"]["crashed"], 5);
         assert_eq!(svc.mode().is_backoff(), loop_expected, "ready: {ready}");
     }
 }
@@ -338,7 +338,10 @@ fn retiring_starts_the_replacement_and_the_old_one_serves_to_its_limit() {
     // its limit and leaves by itself.
     assert!(r.seen.borrow().signals.is_empty());
     r.exit(old, WaitStatus::Exited(0));
-    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
+    assert_eq!(
+        r.m.services[0].stats().to_json()["exits"]["max_requests"],
+        1
+    );
     assert_eq!(r.pids().len(), 2, "no extra replacement");
 }
 
@@ -370,7 +373,10 @@ fn a_retiree_left_without_a_slot_for_its_replacement_is_stopped_once_idle() {
     r.m.recycle_step(0);
     assert_eq!(r.seen.borrow().signals, [(old, Signal::SIGTERM)]);
     r.exit(old, WaitStatus::Exited(0));
-    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
+    assert_eq!(
+        r.m.services[0].stats().to_json()["exits"]["max_requests"],
+        1
+    );
 }
 
 #[test]
@@ -390,7 +396,10 @@ fn a_retiree_idle_for_a_while_is_stopped_once_its_replacement_is_ready() {
     r.m.recycle_step(0);
     assert_eq!(r.seen.borrow().signals, [(old, Signal::SIGTERM)]);
     r.exit(old, WaitStatus::Exited(0));
-    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
+    assert_eq!(
+        r.m.services[0].stats().to_json()["exits"]["max_requests"],
+        1
+    );
     assert_eq!(r.pids().len(), 2, "no extra replacement");
 }
 
@@ -433,7 +442,10 @@ fn a_retiree_that_reaches_its_limit_before_its_replacement_started_is_replaced_o
         6,
         "one start for the third retiree, not two"
     );
-    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
+    assert_eq!(
+        r.m.services[0].stats().to_json()["exits"]["max_requests"],
+        1
+    );
     assert_eq!(r.m.live_count(0), 3);
 }
 
@@ -453,7 +465,10 @@ fn a_retirement_notice_read_with_the_exit_is_replaced_once() {
     r.exit(old, WaitStatus::Exited(0));
     settle(&mut r);
     assert_eq!(r.pids().len(), 2, "one start for the retiree, not two");
-    assert_eq!(r.m.services[0].stats().exits.get("max_requests"), Some(&1));
+    assert_eq!(
+        r.m.services[0].stats().to_json()["exits"]["max_requests"],
+        1
+    );
     assert_eq!(r.m.live_count(0), 1);
 }
 
@@ -494,7 +509,7 @@ fn shutdown_drains_every_group_removes_the_socket_and_starts_nothing() {
         r.exit(p, WaitStatus::Exited(0));
     }
     assert!(r.m.procs.is_empty());
-    assert_eq!(r.m.services[0].stats().exits.get("shutdown"), Some(&2));
+    assert_eq!(r.m.services[0].stats().to_json()["exits"]["shutdown"], 2);
     assert_eq!(r.pids().len(), 2, "nothing restarted");
     // The queue is empty: the generation is freed, and the loop may end.
     assert!(!r.m.generation_step(0, Instant::now()));
@@ -598,7 +613,10 @@ fn a_request_past_unresponsive_timeout_is_killed_and_a_young_one_gets_a_deadline
             .expect("a deadline for the fresh request");
     assert!(due > now + Duration::from_millis(900) && due < now + Duration::from_millis(1100));
     r.exit(pids[0], WaitStatus::Signaled(9));
-    assert_eq!(r.m.services[0].stats().exits.get("unresponsive"), Some(&1));
+    assert_eq!(
+        r.m.services[0].stats().to_json()["exits"]["unresponsive"],
+        1
+    );
     assert_eq!(r.pids().len(), 3, "replaced up to the minimum");
 }
 
@@ -621,8 +639,12 @@ fn garbage_reports_are_counted_not_trusted() {
     send(fd, &encode_records(&[rec]), MsgFlags::empty()).unwrap();
     let id = r.id_of(pid);
     r.m.read_reports(id);
-    let stats = &r.m.services[0].stats();
-    assert_eq!((stats.requests, stats.faults, stats.retried), (1, 1, 1));
+    let stats = r.m.services[0].stats().to_json();
+    let n = |k: &str| stats[k].as_u64();
+    assert_eq!(
+        (n("requests"), n("faults"), n("retried")),
+        (Some(1), Some(1), Some(1))
+    );
     assert_eq!(r.m.procs.get(id).map(|i| i.bad_reports()), Some(3));
 }
 
@@ -726,9 +748,9 @@ fn a_changed_file_swaps_generations_once_the_new_one_is_up_then_drains_the_old()
         .m
         .generation_step(o, Instant::now() + Duration::from_secs(2)));
     assert!(r.m.services.get(o).is_none());
-    let stats = r.m.services[p].stats();
-    assert_eq!(stats.exits.get("reload"), Some(&1));
-    assert_eq!(stats.launches, 2, "both generations' launches");
+    let stats = r.m.services[p].stats().to_json();
+    assert_eq!(stats["exits"]["reload"], 1);
+    assert_eq!(stats["launches"], 2, "both generations' launches");
 }
 
 #[test]
@@ -843,7 +865,7 @@ fn out_of_fds_is_no_launch_failure_no_backoff_and_retried() {
     r.seen.borrow_mut().fail = Some(libc::EMFILE);
     r.begin();
     let svc = &r.m.services[0];
-    assert_eq!(svc.stats().launch_failures, 0);
+    assert_eq!(svc.stats().launch_failures(), 0);
     assert!(!svc.mode().is_backoff());
     assert!(svc.starved().unwrap().contains("EMFILE"));
     assert_eq!(
@@ -859,7 +881,7 @@ fn out_of_fds_is_no_launch_failure_no_backoff_and_retried() {
     let svc = &r.m.services[0];
     assert!(svc.starved().is_none());
     assert_eq!(svc.watch(), Watch::Off);
-    assert_eq!(svc.stats().backoff_entries, 0);
+    assert_eq!(svc.stats().to_json()["backoffs"], 0);
 }
 
 #[test]
@@ -869,8 +891,8 @@ fn a_child_out_of_fds_before_exec_is_the_managers_problem() {
     let p = r.pids()[0];
     r.exit(p, WaitStatus::Exited(crate::sys::code::RESOURCES));
     let svc = &r.m.services[0];
-    assert_eq!(svc.stats().launch_failures, 0);
-    assert!(!svc.stats().exits.contains_key("launch_failure"));
+    assert_eq!(svc.stats().launch_failures(), 0);
+    assert_eq!(svc.stats().to_json()["exits"]["launch_failed"], 0);
     assert!(!svc.mode().is_backoff());
     assert!(svc.starved().is_some());
     assert_eq!(svc.watch(), Watch::Starved);

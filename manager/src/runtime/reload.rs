@@ -245,8 +245,7 @@ impl Manager {
                 failure: svc.gen_failure().map(str::to_string),
                 backoff: svc.mode().is_backoff().then(|| {
                     svc.stats()
-                        .last_exit
-                        .as_ref()
+                        .last_exit()
                         .map_or_else(|| "no instance came up".to_string(), |e| e.reason())
                 }),
                 ready: self.services.is_ready(s, &self.procs),

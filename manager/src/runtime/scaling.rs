@@ -422,7 +422,7 @@ struct Retirees {
 /// failure (a missing program, a wrong `cd`) is fixed by a person, who
 /// need not wait for the backoff to run out, so the reason says how.
 fn backoff_reason(svc: &Svc) -> String {
-    let last = svc.stats().last_exit.as_ref();
+    let last = svc.stats().last_exit();
     let mut reason = last.map_or_else(|| "service is in backoff".to_string(), |e| e.reason());
     if last.is_some_and(|e| e.class == ExitClass::LaunchFailure(0).name()) {
         reason.push_str(&format!(

@@ -8,33 +8,13 @@
 use std::time::Instant;
 
 use charon_protocol::scoreboard::{now_ns, SlotState};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::Manager;
 use crate::generation::Gen;
 use crate::log::info;
 use crate::service::state::Mode;
 use crate::stats::Stats;
-
-/// The exit classes every service reports (zero when none happened): the
-/// one vocabulary of the log (`counted as ...`), `charon stats`, the JSON,
-/// Prometheus' `reason` label and the docs (`ExitClass::name`,
-/// `KillReason::name`).
-const EXIT_NAMES: [&str; 13] = [
-    "clean",
-    "nonzero",
-    "crashed",
-    "unresponsive",
-    "max_requests",
-    "idle",
-    "excess",
-    "shutdown",
-    "launch_failed",
-    "max_rss",
-    "reload",
-    "restart",
-    "startup_timeout",
-];
 
 /// charond's own figures: its fd headroom (`null`s where `/proc` cannot be
 /// read).
@@ -128,7 +108,12 @@ impl Manager {
             .filter(|(_, v)| v.key() == key)
             .map(|(s, _)| s)
             .collect();
-        let stats = self.stats_across(&gens, live);
+        let stats = Stats::merged(
+            self.services[live].stats(),
+            gens.iter()
+                .filter(|g| **g != live)
+                .map(|&g| self.services[g].stats()),
+        );
         let (running, busy, idle) = self.instance_counts(&gens);
         let mut queue_depth = 0u32;
         for &g in &gens {
@@ -136,7 +121,8 @@ impl Manager {
         }
         let svc = &self.services[live];
         let (state, remaining) = state_name(svc.mode(), running, Instant::now());
-        json!({
+        let mut out = stats.to_json();
+        let own = json!({
             "key": key,
             "state": state,
             "generation": svc.generation(),
@@ -146,35 +132,14 @@ impl Manager {
                 "idle": idle,
                 "max": svc.config().maximum_processes,
             },
-            "requests": stats.requests,
-            "faults": stats.faults,
-            "retried": stats.retried,
-            "errors": stats.errors,
-            "unanswered": stats.unanswered,
             "queue_depth": queue_depth,
-            "overload_seen": stats.overload_seen,
-            "latency_us": latency(&stats),
-            "latency_histogram": stats.latency_buckets.to_json(),
-            "exits": exits(&stats),
-            "launches": stats.launches,
-            "backoffs": stats.backoff_entries,
-            "fast_failed": stats.fast_failed,
             "backoff_remaining_s": (remaining * 1000.0).round() / 1000.0,
             "manager_problem": svc.starved(),
-            "cpu_ms": stats.exited_cpu_us / 1000,
-            "max_rss_kb": stats.exited_maxrss_kib,
-            "last_exit": last_exit(&stats),
-        })
-    }
-
-    /// The counters of generation `live` with those of the service's other
-    /// generations `gens` (still draining) added in.
-    fn stats_across(&self, gens: &[usize], live: usize) -> Stats {
-        let mut stats = self.services[live].stats().clone();
-        for &g in gens.iter().filter(|g| **g != live) {
-            stats.absorb(self.services[g].stats().clone(), false);
+        });
+        if let Value::Object(own) = own {
+            out.extend(own);
         }
-        stats
+        Value::Object(out)
     }
 
     /// How many instances of generations `gens` run, and of those how
@@ -249,21 +214,6 @@ impl Manager {
     }
 }
 
-fn latency(s: &Stats) -> Value {
-    let q = |p: f64| {
-        s.latency_us
-            .as_ref()
-            .filter(|h| !h.is_empty())
-            .map_or(0, |h| h.value_at_quantile(p))
-    };
-    let max = s
-        .latency_us
-        .as_ref()
-        .filter(|h| !h.is_empty())
-        .map_or(0, hdrhistogram::Histogram::max);
-    json!({ "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": max })
-}
-
 /// The service's state as `stats` names it, and the seconds of backoff
 /// left.
 fn state_name(mode: Mode, running: u32, now: Instant) -> (&'static str, f64) {
@@ -274,86 +224,5 @@ fn state_name(mode: Mode, running: u32, now: Instant) -> (&'static str, f64) {
         ),
         _ if running > 0 => ("running", 0.0),
         _ => ("idle", 0.0),
-    }
-}
-
-/// The service's last instance exit, or null before the first.
-fn last_exit(s: &Stats) -> Value {
-    s.last_exit.as_ref().map_or(Value::Null, |e| {
-        json!({
-            "pid": e.pid,
-            "status": e.code,
-            "signal": e.signal,
-            "reason": e.class,
-            "description": e.status,
-            "stderr": e.stderr,
-        })
-    })
-}
-
-fn exits(s: &Stats) -> Value {
-    let mut m = Map::new();
-    for name in EXIT_NAMES {
-        m.insert(name.into(), json!(s.exits.get(name).copied().unwrap_or(0)));
-    }
-    for (class, n) in &s.exits {
-        if !EXIT_NAMES.contains(class) {
-            m.insert((*class).to_string(), json!(n));
-        }
-    }
-    Value::Object(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_exit_class_is_reported_by_its_one_name() {
-        let mut s = Stats::new();
-        s.exit("nonzero");
-        s.exit("crashed");
-        s.exit("crashed");
-        s.exit("launch_failed");
-        s.exit("startup_timeout");
-        let v = exits(&s);
-        assert_eq!(v["nonzero"], 1);
-        assert_eq!(v["crashed"], 2);
-        assert_eq!(v["launch_failed"], 1);
-        for name in [
-            "clean",
-            "unresponsive",
-            "max_requests",
-            "idle",
-            "excess",
-            "shutdown",
-        ] {
-            assert_eq!(v[name], 0, "{name}");
-        }
-        assert_eq!(v["startup_timeout"], 1);
-        assert_eq!(v["reload"], 0);
-    }
-
-    #[test]
-    fn latency_quantiles_come_from_the_histogram() {
-        use charon_protocol::report::{Outcome, Record};
-        let mut s = Stats::new();
-        assert_eq!(latency(&s)["p50"], 0);
-        let recs: Vec<Record> = (1..=1000u32)
-            .map(|us| Record {
-                elapsed_us: us,
-                request_bytes: 0,
-                response_bytes: 0,
-                outcome: Outcome::Ok,
-                attempt: 1,
-            })
-            .collect();
-        s.records(&recs);
-        let l = latency(&s);
-        // The histogram keeps 2 significant digits: within 1%.
-        let p50 = l["p50"].as_u64().unwrap();
-        assert!((495..=505).contains(&p50), "{l}");
-        let max = l["max"].as_u64().unwrap();
-        assert!((1000..=1010).contains(&max), "{l}");
     }
 }
