@@ -146,7 +146,7 @@ impl Manager {
         if self.stopping || svc.mode() != Mode::Running {
             return;
         }
-        let owed = svc.wanted().saturating_sub(self.live_count(s));
+        let owed = svc.wanted().saturating_sub(self.planned_count(s));
         self.replace(s, owed);
     }
 
@@ -502,7 +502,7 @@ impl Manager {
             }
             return;
         }
-        let remaining = self.live_count(s);
+        let remaining = self.planned_count(s);
         self.events.push_back((
             s,
             Event::Exited {
@@ -511,6 +511,22 @@ impl Manager {
                 young,
             },
         ));
+    }
+
+    /// Capacity of service `s`, counting each retiree still waiting for
+    /// its replacement to start: that start is already planned (and the
+    /// retiree serves meanwhile), so a refill of the pool must not start
+    /// one for it too. A replacement that died before taking over made its
+    /// retiree wait for a new one; refilling for the same loss as well
+    /// started two instances for one.
+    fn planned_count(&self, s: usize) -> u32 {
+        let wanted = self
+            .procs
+            .of(s)
+            .filter(|(_, i)| matches!(i.life().retiring(), Some((_, Replacement::Wanted))))
+            .count();
+        self.live_count(s)
+            .saturating_add(u32::try_from(wanted).unwrap_or(u32::MAX))
     }
 
     /// A pending generation that lost an instance it did not stop cannot

@@ -473,6 +473,31 @@ fn a_retirement_notice_read_with_the_exit_is_replaced_once() {
 }
 
 #[test]
+fn a_replacement_lost_before_its_retiree_left_is_started_again_once() {
+    let mut r = rig(|c| c.prestart_processes = true);
+    r.begin();
+    let old = r.pids()[0];
+    let id = r.id_of(old);
+    r.m.retire(id, KillReason::MaxRequests);
+    let spawned = r.seen.borrow().spawned.clone();
+    assert_eq!(spawned.len(), 2, "replacement first");
+    let board = r.m.services[0].board();
+    board.slot(spawned[1].1).unwrap().set_state(SlotState::Idle);
+    r.m.recycle_step(0);
+    // Killed from outside while the retiree serves on to its limit.
+    r.exit(spawned[1].0, WaitStatus::Signaled(Signal::SIGKILL as i32));
+    settle(&mut r);
+    assert_eq!(
+        r.pids().len(),
+        3,
+        "one start for the lost replacement, not two"
+    );
+    r.exit(old, WaitStatus::Exited(0));
+    settle(&mut r);
+    assert_eq!(r.m.live_count(0), 1, "the pool back at its minimum");
+}
+
+#[test]
 fn shutdown_drains_every_group_removes_the_socket_and_starts_nothing() {
     let mut r = rig(|c| {
         c.prestart_processes = true;
