@@ -19,19 +19,56 @@ use crate::latency::Buckets;
 /// The last exit of a service, for Unavailable reasons and stats.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct LastExit {
-    pub pid: i32,
+    pid: i32,
     /// The exit described for people.
-    pub status: String,
+    status: String,
     /// The exit status, if it exited.
-    pub code: Option<i32>,
+    code: Option<i32>,
     /// The signal that killed it, if one did.
-    pub signal: Option<i32>,
+    signal: Option<i32>,
     /// The class it was counted under (`Stats::exits`).
-    pub class: &'static str,
-    pub stderr: String,
+    class: &'static str,
+    stderr: String,
 }
 
+/// The exit class of an instance that could not be started
+/// (`ExitClass::LaunchFailure`'s name).
+const LAUNCH_FAILED: &str = "launch_failed";
+
 impl LastExit {
+    /// Instance `pid` exited, counted as `class` and described for people
+    /// as `status`, with its exit `code` or killing `signal` and its last
+    /// stderr line.
+    pub(crate) fn new(
+        (pid, stderr): (i32, &str),
+        class: &'static str,
+        status: String,
+        (code, signal): (Option<i32>, Option<i32>),
+    ) -> LastExit {
+        LastExit {
+            pid,
+            status,
+            code,
+            signal,
+            class,
+            stderr: stderr.to_string(),
+        }
+    }
+
+    /// An instance could not be started: `why`.
+    fn could_not_start(why: &str) -> LastExit {
+        LastExit {
+            status: format!("could not be started: {why}"),
+            class: LAUNCH_FAILED,
+            ..LastExit::default()
+        }
+    }
+
+    /// The instance could not be started (a person has to fix something).
+    pub(crate) fn is_launch_failure(&self) -> bool {
+        self.class == LAUNCH_FAILED
+    }
+
     /// The Unavailable reason text.
     pub(crate) fn reason(&self) -> String {
         if self.stderr.is_empty() {
@@ -160,9 +197,16 @@ impl Stats {
         self.launches += 1;
     }
 
-    /// An instance could not be started (besides its exit class).
+    /// An instance exited as a launch failure (besides its exit class).
     pub(crate) fn launch_failed(&mut self) {
         self.launch_failures += 1;
+    }
+
+    /// An instance could not be started (no process came of it): `why`.
+    pub(crate) fn could_not_start(&mut self, why: &str) {
+        self.launch_failures += 1;
+        self.exit(LAUNCH_FAILED);
+        self.set_last_exit(LastExit::could_not_start(why));
     }
 
     /// Requests an exited instance completed but never reported (no
@@ -464,6 +508,30 @@ mod tests {
         assert!((495..=505).contains(&p50), "{l}");
         let max = l["max"].as_u64().unwrap();
         assert!((1000..=1010).contains(&max), "{l}");
+    }
+
+    #[test]
+    fn an_instance_that_could_not_start_is_a_launch_failure_by_its_class_name() {
+        use crate::service::state::ExitClass;
+        assert_eq!(LAUNCH_FAILED, ExitClass::LaunchFailure(0).name());
+        let mut s = Stats::new();
+        s.could_not_start("no such file");
+        let last = s.last_exit().unwrap();
+        assert!(last.is_launch_failure());
+        assert_eq!(
+            last.reason(),
+            "last instance (pid 0) could not be started: no such file"
+        );
+        assert_eq!(s.to_json()["exits"][LAUNCH_FAILED], 1);
+        assert_eq!(s.launch_failures(), 1);
+        let crashed = LastExit::new(
+            (7, ""),
+            "crashed",
+            "killed by signal 9".into(),
+            (None, Some(9)),
+        );
+        assert!(!crashed.is_launch_failure());
+        assert_eq!(s.to_json()["last_exit"]["pid"], 0);
     }
 
     #[test]

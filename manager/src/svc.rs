@@ -256,14 +256,7 @@ impl Svc {
 
     /// An instance could not be started: `why`.
     pub(crate) fn count_launch_failure(&mut self, why: &str) {
-        self.stats.launch_failed();
-        self.stats.exit("launch_failed");
-        self.stats.set_last_exit(LastExit {
-            pid: 0,
-            status: format!("could not be started: {why}"),
-            class: "launch_failed",
-            ..LastExit::default()
-        });
+        self.stats.could_not_start(why);
     }
 
     /// An instance reported these requests done.
@@ -294,14 +287,12 @@ impl Svc {
             WaitStatus::Exited(c) => (Some(c), None),
             WaitStatus::Signaled(sig) => (None, Some(sig)),
         };
-        stats.set_last_exit(LastExit {
-            pid,
-            status: class.to_string(),
-            code,
-            signal,
-            class: class.name(),
-            stderr: stderr.to_string(),
-        });
+        stats.set_last_exit(LastExit::new(
+            (pid, stderr),
+            class.name(),
+            class.to_string(),
+            (code, signal),
+        ));
     }
 
     /// It went into backoff.

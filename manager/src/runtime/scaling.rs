@@ -15,7 +15,7 @@ use crate::calibrate::{self, Decision, View, Why};
 use crate::instance::{self, Replacement};
 use crate::log::{info, warning};
 use crate::refuse::{refuse, waiting};
-use crate::service::state::{ExitClass, KillReason, Mode};
+use crate::service::state::{KillReason, Mode};
 use crate::service::transition::{Event, StartWhy};
 use crate::services::Watch;
 use crate::svc::Svc;
@@ -424,7 +424,7 @@ struct Retirees {
 fn backoff_reason(svc: &Svc) -> String {
     let last = svc.stats().last_exit();
     let mut reason = last.map_or_else(|| "service is in backoff".to_string(), |e| e.reason());
-    if last.is_some_and(|e| e.class == ExitClass::LaunchFailure(0).name()) {
+    if last.is_some_and(crate::stats::LastExit::is_launch_failure) {
         reason.push_str(&format!(
             "; once fixed, `charon restart {}` retries at once",
             svc.config().key.as_str()
