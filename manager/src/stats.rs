@@ -318,27 +318,26 @@ impl Stats {
     /// The members of a service's `charon stats` answer that are counted
     /// here (doc/control-protocol.md names them).
     pub(crate) fn to_json(&self) -> Map<String, Value> {
-        let v = json!({
-            "requests": self.requests,
-            "faults": self.faults,
-            "retried": self.retried,
-            "errors": self.errors,
-            "unanswered": self.unanswered,
-            "overload_seen": self.overload_seen,
-            "latency_us": self.latency_json(),
-            "latency_histogram": self.latency_buckets.to_json(),
-            "exits": self.exits_json(),
-            "launches": self.launches,
-            "backoffs": self.backoff_entries,
-            "fast_failed": self.fast_failed,
-            "cpu_ms": self.exited_cpu_us / 1000,
-            "max_rss_kb": self.exited_maxrss_kib,
-            "last_exit": self.last_exit_json(),
-        });
-        match v {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        }
+        [
+            ("requests", json!(self.requests)),
+            ("faults", json!(self.faults)),
+            ("retried", json!(self.retried)),
+            ("errors", json!(self.errors)),
+            ("unanswered", json!(self.unanswered)),
+            ("overload_seen", json!(self.overload_seen)),
+            ("latency_us", self.latency_json()),
+            ("latency_histogram", self.latency_buckets.to_json()),
+            ("exits", self.exits_json()),
+            ("launches", json!(self.launches)),
+            ("backoffs", json!(self.backoff_entries)),
+            ("fast_failed", json!(self.fast_failed)),
+            ("cpu_ms", json!(self.exited_cpu_us / 1000)),
+            ("max_rss_kb", json!(self.exited_maxrss_kib)),
+            ("last_exit", self.last_exit_json()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     /// Lifetime quantiles from the histogram, zeros before the first

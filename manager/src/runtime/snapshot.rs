@@ -122,23 +122,27 @@ impl Manager {
         let svc = &self.services[live];
         let (state, remaining) = state_name(svc.mode(), running, Instant::now());
         let mut out = stats.to_json();
-        let own = json!({
-            "key": key,
-            "state": state,
-            "generation": svc.generation(),
-            "instances": {
-                "running": running,
-                "busy": busy,
-                "idle": idle,
-                "max": svc.config().maximum_processes,
-            },
-            "queue_depth": queue_depth,
-            "backoff_remaining_s": (remaining * 1000.0).round() / 1000.0,
-            "manager_problem": svc.starved(),
+        let instances = json!({
+            "running": running,
+            "busy": busy,
+            "idle": idle,
+            "max": svc.config().maximum_processes,
         });
-        if let Value::Object(own) = own {
-            out.extend(own);
-        }
+        out.extend(
+            [
+                ("key", json!(key)),
+                ("state", json!(state)),
+                ("generation", json!(svc.generation())),
+                ("instances", instances),
+                ("queue_depth", json!(queue_depth)),
+                (
+                    "backoff_remaining_s",
+                    json!((remaining * 1000.0).round() / 1000.0),
+                ),
+                ("manager_problem", json!(svc.starved())),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
         Value::Object(out)
     }
 
