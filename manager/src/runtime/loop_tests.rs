@@ -143,6 +143,11 @@ impl Rig {
         self.seen.borrow().spawned.iter().map(|&(p, _)| p).collect()
     }
 
+    /// The first service's figures as `charon stats` shows them.
+    fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.m.services[0].stats().to_json()
+    }
+
     fn exit(&mut self, pid: i32, status: WaitStatus) {
         self.m.on_reaped(Reaped {
             pid,
@@ -183,7 +188,7 @@ fn prestart_fills_slots_in_order_with_limits_and_pids() {
         assert_eq!(s.request_limit.load(Ordering::Relaxed), 100);
         assert_eq!(s.state(), Some(SlotState::Starting));
     }
-    assert_eq!(r.m.services[0].stats().to_json()["launches"], 3);
+    assert_eq!(r.stats()["launches"], 3);
 }
 
 #[test]
@@ -230,7 +235,7 @@ fn a_failed_exit_enters_backoff_and_fast_fails_with_the_reason() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert_eq!(r.m.services[0].stats().to_json()["fast_failed"], 1);
+    assert_eq!(r.stats()["fast_failed"], 1);
     assert_eq!(r.pids().len(), 1, "no fork during backoff");
 }
 
@@ -278,9 +283,9 @@ fn a_crash_is_replaced_and_reports_are_counted() {
     .unwrap();
     let id = r.id_of(pid);
     r.m.read_reports(id);
-    assert_eq!(r.m.services[0].stats().to_json()["requests"], 2);
+    assert_eq!(r.stats()["requests"], 2);
     r.exit(pid, WaitStatus::Signaled(11));
-    assert_eq!(r.m.services[0].stats().to_json()["exits"]["crashed"], 1);
+    assert_eq!(r.stats()["exits"]["crashed"], 1);
     assert_eq!(r.pids().len(), 2, "replaced");
 }
 
@@ -338,10 +343,7 @@ fn retiring_starts_the_replacement_and_the_old_one_serves_to_its_limit() {
     // its limit and leaves by itself.
     assert!(r.seen.borrow().signals.is_empty());
     r.exit(old, WaitStatus::Exited(0));
-    assert_eq!(
-        r.m.services[0].stats().to_json()["exits"]["max_requests"],
-        1
-    );
+    assert_eq!(r.stats()["exits"]["max_requests"], 1);
     assert_eq!(r.pids().len(), 2, "no extra replacement");
 }
 
@@ -373,10 +375,7 @@ fn a_retiree_left_without_a_slot_for_its_replacement_is_stopped_once_idle() {
     r.m.recycle_step(0);
     assert_eq!(r.seen.borrow().signals, [(old, Signal::SIGTERM)]);
     r.exit(old, WaitStatus::Exited(0));
-    assert_eq!(
-        r.m.services[0].stats().to_json()["exits"]["max_requests"],
-        1
-    );
+    assert_eq!(r.stats()["exits"]["max_requests"], 1);
 }
 
 #[test]
@@ -396,10 +395,7 @@ fn a_retiree_idle_for_a_while_is_stopped_once_its_replacement_is_ready() {
     r.m.recycle_step(0);
     assert_eq!(r.seen.borrow().signals, [(old, Signal::SIGTERM)]);
     r.exit(old, WaitStatus::Exited(0));
-    assert_eq!(
-        r.m.services[0].stats().to_json()["exits"]["max_requests"],
-        1
-    );
+    assert_eq!(r.stats()["exits"]["max_requests"], 1);
     assert_eq!(r.pids().len(), 2, "no extra replacement");
 }
 
@@ -442,10 +438,7 @@ fn a_retiree_that_reaches_its_limit_before_its_replacement_started_is_replaced_o
         6,
         "one start for the third retiree, not two"
     );
-    assert_eq!(
-        r.m.services[0].stats().to_json()["exits"]["max_requests"],
-        1
-    );
+    assert_eq!(r.stats()["exits"]["max_requests"], 1);
     assert_eq!(r.m.live_count(0), 3);
 }
 
@@ -465,10 +458,7 @@ fn a_retirement_notice_read_with_the_exit_is_replaced_once() {
     r.exit(old, WaitStatus::Exited(0));
     settle(&mut r);
     assert_eq!(r.pids().len(), 2, "one start for the retiree, not two");
-    assert_eq!(
-        r.m.services[0].stats().to_json()["exits"]["max_requests"],
-        1
-    );
+    assert_eq!(r.stats()["exits"]["max_requests"], 1);
     assert_eq!(r.m.live_count(0), 1);
 }
 
@@ -534,7 +524,7 @@ fn shutdown_drains_every_group_removes_the_socket_and_starts_nothing() {
         r.exit(p, WaitStatus::Exited(0));
     }
     assert!(r.m.procs.is_empty());
-    assert_eq!(r.m.services[0].stats().to_json()["exits"]["shutdown"], 2);
+    assert_eq!(r.stats()["exits"]["shutdown"], 2);
     assert_eq!(r.pids().len(), 2, "nothing restarted");
     // The queue is empty: the generation is freed, and the loop may end.
     assert!(!r.m.generation_step(0, Instant::now()));
@@ -638,10 +628,7 @@ fn a_request_past_unresponsive_timeout_is_killed_and_a_young_one_gets_a_deadline
             .expect("a deadline for the fresh request");
     assert!(due > now + Duration::from_millis(900) && due < now + Duration::from_millis(1100));
     r.exit(pids[0], WaitStatus::Signaled(9));
-    assert_eq!(
-        r.m.services[0].stats().to_json()["exits"]["unresponsive"],
-        1
-    );
+    assert_eq!(r.stats()["exits"]["unresponsive"], 1);
     assert_eq!(r.pids().len(), 3, "replaced up to the minimum");
 }
 
@@ -664,7 +651,7 @@ fn garbage_reports_are_counted_not_trusted() {
     send(fd, &encode_records(&[rec]), MsgFlags::empty()).unwrap();
     let id = r.id_of(pid);
     r.m.read_reports(id);
-    let stats = r.m.services[0].stats().to_json();
+    let stats = r.stats();
     let n = |k: &str| stats[k].as_u64();
     assert_eq!(
         (n("requests"), n("faults"), n("retried")),
