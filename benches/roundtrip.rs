@@ -481,28 +481,21 @@ fn alloc_per_request(d: &Daemon, fl: &FloorServers) -> Vec<(String, usize, f64)>
 /// process, and anything holding a bench charond's run dir.
 fn leftovers() -> Vec<i32> {
     let me = std::process::id().to_string();
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let ppid = rest.split_whitespace().nth(1).unwrap_or_default();
-        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
-        let ours = env.split(|&b| b == 0).any(|v| {
-            v.starts_with(b"CHARON_RUN_DIR=/tmp/chb") || v.starts_with(floor::FD_ENV.as_bytes())
-        });
-        if ppid == me || (ours && env_is_from_this_run(&env)) {
-            pids.push(pid);
-        }
-    }
-    pids
+    daemon::reap::processes()
+        .filter(|(_, dir)| {
+            let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+                return false;
+            };
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+            let ppid = rest.split_whitespace().nth(1).unwrap_or_default();
+            let env = std::fs::read(dir.join("environ")).unwrap_or_default();
+            let ours = env.split(|&b| b == 0).any(|v| {
+                v.starts_with(b"CHARON_RUN_DIR=/tmp/chb") || v.starts_with(floor::FD_ENV.as_bytes())
+            });
+            ppid == me || (ours && env_is_from_this_run(&env))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// Floor servers carry our pid nowhere, so only children count for them;

@@ -12,7 +12,7 @@ use charon_client::Client;
 
 // The test harness's: finding and killing what a charond started.
 #[path = "../../tests/util/reap.rs"]
-mod reap;
+pub(crate) mod reap;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

@@ -10,24 +10,29 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// Every process listed in /proc now: its pid and its /proc directory.
+pub fn processes() -> impl Iterator<Item = (i32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            Some((pid, e.path()))
+        })
+}
+
 /// Live processes whose environment names `run` as their run dir, sorted.
 /// A zombie's environ reads empty, so zombies are not counted.
 pub fn instances_of(run: &Path) -> Vec<i32> {
     let needle = format!("CHARON_RUN_DIR={}", run.display());
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(e.path().join("environ")) {
-            if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
-                pids.push(pid);
-            }
-        }
-    }
+    let mut pids: Vec<i32> = processes()
+        .filter(|(_, dir)| {
+            std::fs::read(dir.join("environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .map(|(pid, _)| pid)
+        .collect();
     pids.sort_unstable();
     pids
 }
