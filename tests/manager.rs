@@ -210,6 +210,9 @@ fn a_signal_counts_a_crash_and_is_replaced() {
 
 #[test]
 fn unresponsive_instance_is_killed_and_the_request_retried() {
+    // The test is about unresponsive-timeout: 1 s instead of the default
+    // 10 s, so both kills (the call and its one retry) come inside the
+    // client's timeout; at most 2 instances so the retry finds another.
     let d = Daemon::start(&[(
         KEY,
         &echo_config("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 2\nunresponsive-timeout = \"1s\""),
