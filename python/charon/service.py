@@ -41,7 +41,7 @@ _PEERCRED = struct.Struct("3i")
 _OK_HEAD = struct.Struct(">2sBBIBI")
 _HEADER_UNPACK = struct.Struct(">2sBBI").unpack_from
 _READ_CHUNK = 65_536
-_EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+_LISTEN_EVENTS = select.EPOLLIN | getattr(select, "EPOLLEXCLUSIVE", 0)
 _MSG_DONTWAIT, _MSG_NOSIGNAL = socket.MSG_DONTWAIT, socket.MSG_NOSIGNAL
 _AF_UNIX, _SOCK_STREAM = socket.AF_UNIX, socket.SOCK_STREAM
 
@@ -236,6 +236,8 @@ class Service:
         self._finished = False
         self._ep: Optional["select.epoll"] = None
         self._listen_fd = -1
+        # Whether the listener is in the epoll set now.
+        self._listening = False
         self._report_fd = -1
         self._wake_r = -1
         # Set when a connection woke the instance from its wait: its
@@ -344,11 +346,10 @@ class Service:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         self._wake_r = r
-        # An exclusive wait on the listener: one connection wakes one
-        # waiting instance, not all of them.
+        # The listener is in the set only while the instance waits for a
+        # connection (see _accept).
         ep = select.epoll()
         self._listen_fd = self._listener.fileno()
-        ep.register(self._listen_fd, select.EPOLLIN | _EPOLLEXCLUSIVE)
         ep.register(r, select.EPOLLIN)
         if self._managed is not None:
             self._report_fd = self._managed.report_fd()
@@ -483,7 +484,16 @@ class Service:
         took, costs a wait, not a failed accept, whose exception (with
         its error text) costs several times a wait in Python. Only while
         connections keep coming (the last wait found one queued) does
-        accept() go first."""
+        accept() go first.
+
+        The listener joins the epoll set (exclusive: one connection wakes
+        one instance) when the wait begins and leaves it when a connection
+        wakes the instance. So waiting instances are woken in the order
+        they began to wait, as blocking accept() callers are: a set that
+        kept the listener would wake the same instance every time, and
+        at one client and two instances that doubled each request's
+        latency on a VM (BENCHMARKS.md, Python). A busy instance is not
+        in the listener's queue, so a connection never wakes it."""
         assert self._listener is not None and self._ep is not None
         m = self._managed
         accept = self._listener._accept  # type: ignore[attr-defined]
@@ -505,6 +515,10 @@ class Service:
                 draining = self.draining()
             if not (woken or draining or busy):
                 # What is ready now; only if nothing is, idle and wait.
+                # Adding the listener reports a queued connection at once.
+                if not self._listening:
+                    self._ep.register(listen_fd, _LISTEN_EVENTS)
+                    self._listening = True
                 events = poll(0)
                 self._fresh = not events
                 if not events:
@@ -515,6 +529,9 @@ class Service:
                         woken = True
                     else:
                         self._woke(fd)
+                if woken:
+                    self._ep.unregister(listen_fd)
+                    self._listening = False
                 continue
             # Woken by a connection, busy, or draining what is queued.
             woken = busy = False

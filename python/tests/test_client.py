@@ -125,3 +125,33 @@ def test_affinity_conversation_stays_on_one_instance(daemon):
     assert c.call(key, b"", context={"pid": ""}, need_affinity=True) == pid
     assert not c.has_affinity(key)
     c.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_kept_conversation_waits_without_spinning_while_others_queue(daemon):
+    # One instance (the knob this test is about: nobody else may take the
+    # queued connection), so the connection queues while the instance
+    # waits on a conversation kept for affinity.
+    key = "py.svc.0.raw"
+    d = daemon({key: f"exec = {service_exec('svc.py')}\n{toml_env()}"
+                     "minimum-processes = 1\nmaximum-processes = 1\n"
+                     "prestart-processes = true\n"})
+    c = charon.Client(run_dir=str(d.run), timeout=20)
+    pid = int(c.call(key, b"", context={"pid": ""}, keep_affinity=True))
+    queued = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued.connect(str(d.run / f"{key}.sock"))
+    queued.sendall(frame.encode_request(frame.Request(key, b"later", "test")))
+    before = _cpu_seconds(pid)
+    time.sleep(1.0)  # a span to measure CPU over, not a wait for a condition
+    spent = _cpu_seconds(pid) - before
+    assert spent < 0.2, f"the instance spent {spent:.2f} s of CPU in 1 s of waiting"
+    c.close()  # the conversation ends: the queued request is served
+    queued.settimeout(20)
+    head = queued.recv(8, socket.MSG_WAITALL)
+    assert frame.check_header(head, frame.KIND_RESPONSE, frame.Limits()) > 0
+    queued.close()
