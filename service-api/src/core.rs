@@ -86,17 +86,23 @@ impl Conn {
     }
 }
 
-/// Whether the listener drains (SIGUSR1, or the manager is gone), and
-/// whether it is to stop taking connections: finished, asked to stop, or
-/// drained. A drain that new clients keep feeding (a dead manager's socket
-/// stays in place) ends after the drain timeout.
+/// Whether to serve what is queued, then stop: SIGUSR1 arrived, or the
+/// manager is gone (its death loses nothing a client already wrote).
+fn drain_wanted(managed: Option<&Managed>) -> bool {
+    sys::drain_requested() || managed.is_some_and(Managed::manager_gone)
+}
+
+/// Whether the listener drains ([`drain_wanted`]), and whether it is to
+/// stop taking connections: finished, asked to stop, or drained. A drain
+/// that new clients keep feeding (a dead manager's socket stays in place)
+/// ends after the drain timeout.
 fn stop_wanted(
     managed: Option<&Managed>,
     finished: bool,
     drain_since: &mut Option<Instant>,
     opts: &Options,
 ) -> (bool, bool) {
-    let draining = sys::drain_requested() || managed.is_some_and(Managed::manager_gone);
+    let draining = drain_wanted(managed);
     let drained =
         draining && drain_since.get_or_insert_with(Instant::now).elapsed() >= opts.drain_timeout;
     (draining, finished || sys::stop_requested() || drained)
@@ -177,10 +183,9 @@ impl Core {
         self.finished || sys::stop_requested()
     }
 
-    /// Serve what is queued, then stop: SIGUSR1 arrived, or the manager is
-    /// gone (its death loses nothing a client already wrote).
+    /// Serve what is queued, then stop: see [`drain_wanted`].
     pub(crate) fn draining(&self) -> bool {
-        sys::drain_requested() || self.managed.as_ref().is_some_and(Managed::manager_gone)
+        drain_wanted(self.managed.as_ref())
     }
 
     /// Waits for and accepts one connection. False: time to stop.
