@@ -13,6 +13,7 @@ is answered ERROR NO_ANSWER when the loop moves on.
 
 import _socket
 import errno
+import fcntl
 import os
 import select
 import signal
@@ -87,6 +88,22 @@ def _fd_open(fd: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _take_turn(path: str) -> Optional[int]:
+    """An exclusive flock on ``path``'s directory (closing the fd releases
+    it), or None if the directory cannot be opened or locked: the rename is
+    still atomic for clients then."""
+    try:
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 class _Flags:
@@ -300,40 +317,57 @@ class Service:
     def _setup_accept(self, path: str) -> None:
         if not path:
             raise ServiceError("CHARON_ACCEPT_SOCKET is empty; set it to a socket path")
+        # Services starting on one path take turns (PROTOCOL.md 10.2): a
+        # lock on the directory from the check to the rename.
+        turn = _take_turn(path)
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise ServiceError(f"{path}: a file that is not a socket is in the way")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._check_replaceable(path)
+            # Bound at a temporary name and renamed over the path once it
+            # listens (a stale socket replaced in one step), so a client
+            # finds the stale socket or the new one, never the path empty.
+            tmp = f"{path}.{os.getpid()}.tmp"
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                probe.connect(path)
-                raise ServiceError(f"{path}: another process is listening there")
-            except ConnectionRefusedError:
-                os.unlink(path)
-            finally:
-                probe.close()
-        # Bound at a temporary name and renamed into place once it listens,
-        # so a client never finds a socket that refuses it.
-        tmp = f"{path}.{os.getpid()}.tmp"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            listener.bind(tmp)
-            listener.listen(socket.SOMAXCONN)
-            os.rename(tmp, path)
-        except OSError as e:
-            listener.close()
-            raise ServiceError(f"{path}: cannot listen there: {e}") from None
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                listener.bind(tmp)
+                listener.listen(socket.SOMAXCONN)
+                os.rename(tmp, path)
+            except OSError as e:
+                listener.close()
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise ServiceError(f"{path}: cannot listen there: {e}") from None
+        finally:
+            if turn is not None:
+                os.close(turn)
         listener.setblocking(False)
         st = os.lstat(path)
         self._bound = (path, st.st_dev, st.st_ino)
         self._listener = listener
+
+    @staticmethod
+    def _check_replaceable(path: str) -> None:
+        """Refuses a live socket or a file that is not a socket at ``path``;
+        a free path or a stale socket (nobody listens) is fine."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ServiceError(f"{path}: a file that is not a socket is in the way")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            raise ServiceError(f"{path}: another process is listening there")
+        except ConnectionRefusedError:
+            pass
+        finally:
+            probe.close()
 
     def _install_signals(self) -> None:
         _Flags.stop = False

@@ -181,6 +181,44 @@ def test_a_live_socket_is_not_replaced(procs, tmp_short):
     assert b"another process is listening" in r.stderr
 
 
+def test_a_stale_socket_is_replaced_without_a_moment_of_not_found(procs, tmp_short):
+    # A predecessor died and left its socket: a client trying it in a loop
+    # is refused until the new service's socket is in place, and never
+    # finds the path missing (PROTOCOL.md 10.2).
+    sock = tmp_short / "svc.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock))
+    stale.close()
+    seen: dict = {"refused": 0, "missing": 0, "connected": False}
+    done = threading.Event()
+
+    def client() -> None:
+        while not done.is_set():
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(str(sock))
+                seen["connected"] = True
+                return
+            except ConnectionRefusedError:
+                seen["refused"] += 1
+            except FileNotFoundError:
+                seen["missing"] += 1
+            finally:
+                s.close()
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        wait_for("the client to try the stale socket", lambda: seen["refused"] > 0)
+        start_accept(procs, sock)
+        wait_for("the client to connect", lambda: not t.is_alive())
+    finally:
+        done.set()
+        t.join()
+    assert seen["connected"] and seen["missing"] == 0, seen
+    assert sorted(os.listdir(tmp_short)) == ["svc.sock"], "no temporary file left"
+
+
 def test_standalone_with_charon_test(tmp_short):
     env = service_env()
     cmd = [str(bin_path("charon")), "test", "-K", KEY, "--", sys.executable,

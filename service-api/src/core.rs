@@ -16,11 +16,12 @@ use charon_protocol::scoreboard::SlotState;
 use charon_protocol::{encode_ok_head, encode_response, ErrorCode, Response};
 use nix::poll::{PollFd, PollFlags};
 
+use crate::bind::Bound;
 use crate::error::{Error, ErrorKind};
 use crate::idle::IdleWait;
 use crate::io::{wait, write_all2};
 use crate::managed::Managed;
-use crate::mode::{Bound, Mode, Setup, Source};
+use crate::mode::{Mode, Setup, Source};
 use crate::options::Options;
 use crate::peer::{Allowed, Peer};
 use crate::sys;

@@ -81,7 +81,10 @@
 //! 2. **Accept mode**: `CHARON_ACCEPT_SOCKET=PATH`. The service binds and
 //!    listens on PATH itself, to run one instance by hand. A stale socket
 //!    file there (nobody listening) is replaced; a live one, or a file that
-//!    is not a socket, is an error. The socket file is removed when the
+//!    is not a socket, is an error. The socket listens at a temporary name
+//!    first and is renamed over PATH, so a client never finds PATH missing
+//!    during a restart; services starting on one path at once take turns
+//!    (PROTOCOL.md section 10.2). The socket file is removed when the
 //!    [`Service`] is dropped.
 //! 3. **Standalone**: neither variable is set and fds 3 and 4 are open. One
 //!    request frame is read from fd 3 (up to the end of the frame or of
@@ -179,6 +182,7 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod bind;
 mod core;
 mod error;
 mod idle;

@@ -1,16 +1,14 @@
 //! Choosing how the service runs, from the environment and the inherited
 //! fds, and setting up that mode's endpoints: managed (fds 3, 4 and 5 from
-//! the manager), accept mode (a socket we bind), or standalone (one request
+//! the manager), accept mode (a socket we bind, `bind.rs`), or standalone (one request
 //! on fd 3, its response to fd 4).
 //!
 //! Serving requests over the endpoints is left to `service.rs`.
 
 use std::fs::File;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 
 use charon_protocol::managed::{
     ENV_ACCEPT_SOCKET, ENV_SLOT, LISTEN_FD, REPORT_FD, SCOREBOARD_FD, STANDALONE_REQUEST_FD,
@@ -21,6 +19,7 @@ use nix::sys::socket::{
     getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
 };
 
+use crate::bind::{bind, Bound};
 use crate::error::{Error, ErrorKind};
 use crate::managed::{check_report_fd, Managed};
 use crate::sys;
@@ -49,26 +48,6 @@ pub(crate) enum Source {
         /// fd 4, written once.
         output: File,
     },
-}
-
-/// An accept-mode socket file, removed on drop if it is still ours.
-#[derive(Debug)]
-pub(crate) struct Bound {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl Drop for Bound {
-    fn drop(&mut self) {
-        // Another process may have replaced the file since: remove only the
-        // inode we bound.
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if m.dev() == self.dev && m.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
 }
 
 /// A mode, set up.
@@ -191,50 +170,15 @@ fn check_listener(fd: BorrowedFd<'_>, n: i32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Accept mode: a socket of our own at `path` (`bind.rs`).
 fn accept(path: &Path) -> Result<Setup, Error> {
-    let fail = |reason: String| {
+    let (listener, bound) = bind(path)?;
+    listener.set_nonblocking(true).map_err(|e| {
         Error::new(ErrorKind::Socket {
             path: path.to_path_buf(),
-            reason,
+            reason: format!("cannot make it non-blocking: {e}"),
         })
-    };
-    if path.as_os_str().is_empty() {
-        return Err(fail(
-            "CHARON_ACCEPT_SOCKET is empty; set it to a socket path".into(),
-        ));
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(fail(
-                    "another process is listening there; stop it or choose another path".into(),
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                // Stale: nobody listens.
-                std::fs::remove_file(path)
-                    .map_err(|e| fail(format!("cannot remove the stale socket: {e}")))?;
-            }
-            Err(e) => return Err(fail(format!("cannot tell whether it is in use: {e}"))),
-        },
-        Ok(_) => {
-            return Err(fail(
-                "a file that is not a socket is in the way; refusing to replace it".into(),
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail(e.to_string())),
-    }
-    let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
-    let m = std::fs::symlink_metadata(path).map_err(|e| fail(e.to_string()))?;
-    let bound = Bound {
-        path: path.to_path_buf(),
-        dev: m.dev(),
-        ino: m.ino(),
-    };
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| fail(format!("cannot make it non-blocking: {e}")))?;
+    })?;
     Ok(Setup {
         mode: Mode::Accept,
         source: Source::Listener(listener),
@@ -245,6 +189,8 @@ fn accept(path: &Path) -> Result<Setup, Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::net::UnixStream;
+
     use super::*;
 
     #[test]
