@@ -446,6 +446,44 @@ pub fn encode_request_head<K: AsRef<str>, V: AsRef<[u8]>>(
     limits: &Limits,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
+    check_request_head(head, body_len, limits)?;
+    let ctx_len = check_context(context, limits)?;
+    let payload = 1 + 1 + 2 + head.key.len() + 2 + head.client.len() + 2 + ctx_len + 4 + body_len;
+    // The limits checked bound payload far below u32::MAX; refuse rather
+    // than truncate if a caller configured absurd limits.
+    let payload_len = u32::try_from(payload).map_err(|_| EncodeError::BodyTooLarge {
+        len: body_len,
+        limit: limits.max_request_body,
+    })?;
+    out.reserve(HEADER_LEN + payload - body_len);
+    out.extend_from_slice(
+        &FrameHeader {
+            kind: FrameKind::Request,
+            payload_len,
+        }
+        .pack(),
+    );
+    out.push(head.attempt);
+    out.push(head.attributes.bits());
+    put_str16(out, head.key);
+    put_str16(out, head.client);
+    // Fits: check_context checked it against a u16 limit.
+    out.extend_from_slice(&(context.len() as u16).to_be_bytes());
+    for (name, value) in context {
+        put_str16(out, name.as_ref());
+        put_bytes32(out, value.as_ref());
+    }
+    // Fits: check_request_head checked it against a u32 limit.
+    out.extend_from_slice(&(body_len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Checks a request's head and body length against [`Limits`].
+fn check_request_head(
+    head: &RequestHead<'_>,
+    body_len: usize,
+    limits: &Limits,
+) -> Result<(), EncodeError> {
     key::check_concrete(head.key).map_err(EncodeError::Key)?;
     if !(1..=2).contains(&head.attempt) {
         return Err(EncodeError::BadAttempt(head.attempt));
@@ -461,6 +499,14 @@ pub fn encode_request_head<K: AsRef<str>, V: AsRef<[u8]>>(
             limit: limits.max_request_body,
         });
     }
+    Ok(())
+}
+
+/// Checks context entries against [`Limits`]; their encoded length.
+fn check_context<K: AsRef<str>, V: AsRef<[u8]>>(
+    context: &[(K, V)],
+    limits: &Limits,
+) -> Result<usize, EncodeError> {
     if context.len() > usize::from(limits.max_context_entries) {
         return Err(EncodeError::TooManyContextEntries {
             count: context.len(),
@@ -485,34 +531,7 @@ pub fn encode_request_head<K: AsRef<str>, V: AsRef<[u8]>>(
         }
         ctx_len += 2 + name.len() + 4 + value.len();
     }
-    let payload = 1 + 1 + 2 + head.key.len() + 2 + head.client.len() + 2 + ctx_len + 4 + body_len;
-    // The limits above bound payload far below u32::MAX; refuse rather
-    // than truncate if a caller configured absurd limits.
-    let payload_len = u32::try_from(payload).map_err(|_| EncodeError::BodyTooLarge {
-        len: body_len,
-        limit: limits.max_request_body,
-    })?;
-    out.reserve(HEADER_LEN + payload - body_len);
-    out.extend_from_slice(
-        &FrameHeader {
-            kind: FrameKind::Request,
-            payload_len,
-        }
-        .pack(),
-    );
-    out.push(head.attempt);
-    out.push(head.attributes.bits());
-    put_str16(out, head.key);
-    put_str16(out, head.client);
-    // Fits: checked against a u16 limit above.
-    out.extend_from_slice(&(context.len() as u16).to_be_bytes());
-    for (name, value) in context {
-        put_str16(out, name.as_ref());
-        put_bytes32(out, value.as_ref());
-    }
-    // Fits: checked against a u32 limit above.
-    out.extend_from_slice(&(body_len as u32).to_be_bytes());
-    Ok(())
+    Ok(ctx_len)
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str) {
@@ -639,6 +658,25 @@ pub fn decode_request<'a>(
     key::check_concrete(key).map_err(DecodeError::Key)?;
     let client = r.str16("client name")?;
     check_len("client name", client.len(), u64::from(MAX_CLIENT_NAME))?;
+    let context = read_context(&mut r, limits)?;
+    let body = r.bytes32("body")?;
+    check_len("body", body.len(), u64::from(limits.max_request_body))?;
+    r.finish()?;
+    Ok(RequestView {
+        head: RequestHead {
+            key,
+            client,
+            attempt,
+            attributes,
+        },
+        context,
+        body,
+    })
+}
+
+/// Reads and checks the context entries, leaving them encoded: a
+/// [`Context`] reads them again when asked.
+fn read_context<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<Context<'a>, DecodeError> {
     let count = r.u16("context count")?;
     check_len(
         "context count",
@@ -665,22 +703,9 @@ pub fn decode_request<'a>(
             u64::from(limits.max_context_value),
         )?;
     }
-    let context = Context {
-        raw: &payload[ctx_start..r.pos],
+    Ok(Context {
+        raw: &r.buf[ctx_start..r.pos],
         count,
-    };
-    let body = r.bytes32("body")?;
-    check_len("body", body.len(), u64::from(limits.max_request_body))?;
-    r.finish()?;
-    Ok(RequestView {
-        head: RequestHead {
-            key,
-            client,
-            attempt,
-            attributes,
-        },
-        context,
-        body,
     })
 }
 
