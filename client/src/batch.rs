@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -292,56 +293,49 @@ impl<'c> Batch<'c> {
 
     /// Connects request `idx` (attempt 1 or its retry) and advances it.
     fn start(&mut self, idx: usize) {
-        let entry = &self.entries[idx];
-        let (key, attrs, attempt) = (
-            entry.req.key().to_string(),
-            entry.req.attributes(),
-            entry.attempt,
-        );
-        let opened = self.client.open(&key, attrs, attempt).and_then(|s| {
-            // A connection kept by `Client::call` is in blocking mode; the
-            // poll needs it non-blocking.
-            if attrs.contains(Attributes::KEEP_AFFINITY)
-                || attrs.contains(Attributes::NEED_AFFINITY)
-            {
-                s.set_nonblocking(true).map_err(|e| {
-                    Error::with_key(Error::io("make a kept connection non-blocking", e), &key)
-                })?;
-            }
-            Ok(s)
-        });
-        match opened {
-            Err(e) => self.finish(idx, Err(e)),
-            Ok(stream) => {
-                let ex = Exchange::new(stream, self.client.limits());
-                let fd = ex.fd().as_raw_fd();
-                self.entries[idx].state = State::Live(ex);
-                let registered = self.poll.as_ref().map(|p| {
-                    p.registry().register(
-                        &mut SourceFd(&fd),
-                        Token(idx),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                });
-                match registered {
-                    Some(Ok(())) => self.step(idx),
-                    Some(Err(e)) => self.finish(
-                        idx,
-                        Err(Error::with_key(
-                            Error::io("register with the poll", e),
-                            &key,
-                        )),
-                    ),
-                    None => self.finish(
-                        idx,
-                        Err(Error::with_key(
-                            Error::io("register with the poll", io::ErrorKind::NotFound.into()),
-                            &key,
-                        )),
-                    ),
-                }
-            }
+        let key = self.entries[idx].req.key().to_string();
+        let stream = match self.open(idx, &key) {
+            Ok(stream) => stream,
+            Err(e) => return self.finish(idx, Err(e)),
+        };
+        let ex = Exchange::new(stream, self.client.limits());
+        let fd = ex.fd().as_raw_fd();
+        self.entries[idx].state = State::Live(ex);
+        match self.register(fd, idx) {
+            Ok(()) => self.step(idx),
+            Err(e) => self.finish(
+                idx,
+                Err(Error::with_key(
+                    Error::io("register with the poll", e),
+                    &key,
+                )),
+            ),
         }
+    }
+
+    /// The connection request `idx` goes over, non-blocking for the poll.
+    fn open(&mut self, idx: usize, key: &str) -> Result<UnixStream, Error> {
+        let entry = &self.entries[idx];
+        let (attrs, attempt) = (entry.req.attributes(), entry.attempt);
+        let s = self.client.open(key, attrs, attempt)?;
+        // A connection kept by `Client::call` is in blocking mode; the
+        // poll needs it non-blocking.
+        if attrs.contains(Attributes::KEEP_AFFINITY) || attrs.contains(Attributes::NEED_AFFINITY) {
+            s.set_nonblocking(true).map_err(|e| {
+                Error::with_key(Error::io("make a kept connection non-blocking", e), key)
+            })?;
+        }
+        Ok(s)
+    }
+
+    /// Registers `fd`, request `idx`'s connection, with the poll.
+    fn register(&self, fd: RawFd, idx: usize) -> io::Result<()> {
+        let poll = self.poll.as_ref().ok_or(io::ErrorKind::NotFound)?;
+        poll.registry().register(
+            &mut SourceFd(&fd),
+            Token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        )
     }
 
     /// Advances request `idx` after a readiness event.
@@ -359,33 +353,8 @@ impl<'c> Batch<'c> {
         match ex.advance(&entry.head, entry.req.body(), no_wait, &limits) {
             Step::WantRead | Step::WantWrite => {}
             Step::Sent => self.finish(idx, Ok(Vec::new())),
-            Step::Response(r) => {
-                let State::Live(ex) = std::mem::replace(&mut entry.state, State::Done(None)) else {
-                    return;
-                };
-                let key = entry.req.key().to_string();
-                if attrs.contains(Attributes::KEEP_AFFINITY) {
-                    // The kept connection will be polled by someone else.
-                    if let Some(p) = &self.poll {
-                        let _ = p.registry().deregister(&mut SourceFd(&ex.fd().as_raw_fd()));
-                    }
-                }
-                self.client.keep_if_asked(&key, attrs, &r, ex.into_stream());
-                self.finish(idx, r.map_err(|k| Error::with_key(k, &key)));
-            }
-            Step::SilentClose if may_retry(attrs, entry.attempt) => {
-                entry.attempt = 2;
-                let client_name = self.client.name().to_string();
-                let encoded = entry
-                    .req
-                    .encode_head(&client_name, 2, &limits, &mut entry.head);
-                // Closing the old socket removes it from the poll.
-                entry.state = State::Done(None);
-                match encoded {
-                    Ok(()) => self.start(idx),
-                    Err(e) => self.finish(idx, Err(e)),
-                }
-            }
+            Step::Response(r) => self.answered(idx, r),
+            Step::SilentClose if may_retry(attrs, entry.attempt) => self.retry(idx),
             Step::SilentClose => {
                 let key = entry.req.key().to_string();
                 self.finish(
@@ -396,6 +365,43 @@ impl<'c> Batch<'c> {
                     )),
                 );
             }
+        }
+    }
+
+    /// Request `idx`'s response (or failure) came: its connection is kept
+    /// if asked, and it is done.
+    fn answered(&mut self, idx: usize, r: Result<Vec<u8>, ErrorKind>) {
+        let entry = &mut self.entries[idx];
+        let State::Live(ex) = std::mem::replace(&mut entry.state, State::Done(None)) else {
+            return;
+        };
+        let attrs = entry.req.attributes();
+        let key = entry.req.key().to_string();
+        if attrs.contains(Attributes::KEEP_AFFINITY) {
+            // The kept connection will be polled by someone else.
+            if let Some(p) = &self.poll {
+                let _ = p.registry().deregister(&mut SourceFd(&ex.fd().as_raw_fd()));
+            }
+        }
+        self.client.keep_if_asked(&key, attrs, &r, ex.into_stream());
+        self.finish(idx, r.map_err(|k| Error::with_key(k, &key)));
+    }
+
+    /// Request `idx`'s connection closed silently: it is sent again, once,
+    /// on a fresh connection.
+    fn retry(&mut self, idx: usize) {
+        let limits = *self.client.limits();
+        let entry = &mut self.entries[idx];
+        entry.attempt = 2;
+        let client_name = self.client.name().to_string();
+        let encoded = entry
+            .req
+            .encode_head(&client_name, 2, &limits, &mut entry.head);
+        // Closing the old socket removes it from the poll.
+        entry.state = State::Done(None);
+        match encoded {
+            Ok(()) => self.start(idx),
+            Err(e) => self.finish(idx, Err(e)),
         }
     }
 

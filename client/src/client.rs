@@ -246,7 +246,7 @@ impl Client {
         let mut head = std::mem::take(&mut self.head);
         let mut attempt = 1;
         let result = loop {
-            if let Err(e) = encode_parts(
+            let step = encode_parts(
                 key,
                 &self.name,
                 context,
@@ -255,26 +255,12 @@ impl Client {
                 attempt,
                 &limits,
                 &mut head,
-            ) {
-                break Err(e);
-            }
-            let stream = match self.open(key, attrs, attempt) {
-                Ok(s) => s,
-                Err(e) => break Err(e),
-            };
-            let frame = self.frame.take().unwrap_or_else(|| new_frame(&limits));
-            let mut ex = Exchange::reusing(stream, frame).wait_before_reading();
-            let no_wait = attrs.contains(Attributes::NO_WAIT);
-            let step = self.drive(&mut ex, &head, body, no_wait, deadline);
-            let (stream, frame) = ex.into_parts();
-            self.frame = Some(frame);
+            )
+            .and_then(|()| self.try_once(key, &head, body, attrs, attempt, deadline));
             match step {
-                Err(kind) => break Err(Error::with_key(kind, key)),
+                Err(e) => break Err(e),
                 Ok(Step::Sent) => break Ok(Vec::new()),
-                Ok(Step::Response(r)) => {
-                    self.keep_if_asked(key, attrs, &r, stream);
-                    break r.map_err(|k| Error::with_key(k, key));
-                }
+                Ok(Step::Response(r)) => break r.map_err(|k| Error::with_key(k, key)),
                 Ok(Step::SilentClose) if may_retry(attrs, attempt) => attempt = 2,
                 Ok(_) => {
                     break Err(Error::with_key(
@@ -286,6 +272,32 @@ impl Client {
         };
         self.head = head;
         result
+    }
+
+    /// One attempt of a call: opens its connection, sends `head` and
+    /// `body`, and reads the answer until `deadline`. After a response the
+    /// connection is kept if the request asked for it.
+    fn try_once(
+        &mut self,
+        key: &str,
+        head: &[u8],
+        body: &[u8],
+        attrs: Attributes,
+        attempt: u8,
+        deadline: Instant,
+    ) -> Result<Step, Error> {
+        let stream = self.open(key, attrs, attempt)?;
+        let frame = self.frame.take().unwrap_or_else(|| new_frame(&self.limits));
+        let mut ex = Exchange::reusing(stream, frame).wait_before_reading();
+        let no_wait = attrs.contains(Attributes::NO_WAIT);
+        let step = self.drive(&mut ex, head, body, no_wait, deadline);
+        let (stream, frame) = ex.into_parts();
+        self.frame = Some(frame);
+        let step = step.map_err(|kind| Error::with_key(kind, key))?;
+        if let Step::Response(r) = &step {
+            self.keep_if_asked(key, attrs, r, stream);
+        }
+        Ok(step)
     }
 
     /// The connection a request goes over: the kept one for affinity, or a

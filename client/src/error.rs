@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use charon_protocol::{DecodeError, EncodeError, ErrorCode, KeyError};
@@ -182,31 +182,13 @@ impl fmt::Display for Error {
             ErrorKind::Overloaded => {
                 write!(f, "service {key} is overloaded: its listen backlog is full")
             }
-            ErrorKind::NotFound { run_dir, stale } => match stale {
-                Some(path) => write!(
-                    f,
-                    "no service {key} in {}: socket {} is stale (nobody listens on it)",
-                    run_dir.display(),
-                    path.display()
-                ),
-                None => write!(
-                    f,
-                    "no service {key} in {}: neither the key nor its wildcard has a socket",
-                    run_dir.display()
-                ),
-            },
+            ErrorKind::NotFound { run_dir, stale } => not_found(f, key, run_dir, stale.as_deref()),
             ErrorKind::Timeout { after } => write!(
                 f,
                 "service {key} did not answer within {} ms",
                 after.as_millis()
             ),
-            ErrorKind::Disconnected { received: 0 } => {
-                write!(f, "connection to service {key} closed before any response")
-            }
-            ErrorKind::Disconnected { received } => write!(
-                f,
-                "connection to service {key} closed after {received} bytes of a response"
-            ),
+            ErrorKind::Disconnected { received } => disconnected(f, key, *received),
             ErrorKind::Framework { code, text } => {
                 write!(f, "framework error from service {key}: {code}: {text}")
             }
@@ -230,6 +212,40 @@ impl fmt::Display for Error {
             ),
             ErrorKind::InvalidOption(msg) => f.write_str(msg),
         }
+    }
+}
+
+/// [`ErrorKind::NotFound`]'s sentence: a stale socket, or none at all.
+fn not_found(
+    f: &mut fmt::Formatter<'_>,
+    key: &str,
+    run_dir: &Path,
+    stale: Option<&Path>,
+) -> fmt::Result {
+    let dir = run_dir.display();
+    match stale {
+        Some(path) => write!(
+            f,
+            "no service {key} in {dir}: socket {} is stale (nobody listens on it)",
+            path.display()
+        ),
+        None => write!(
+            f,
+            "no service {key} in {dir}: neither the key nor its wildcard has a socket"
+        ),
+    }
+}
+
+/// [`ErrorKind::Disconnected`]'s sentence: before the response, or how far
+/// into it.
+fn disconnected(f: &mut fmt::Formatter<'_>, key: &str, received: usize) -> fmt::Result {
+    if received == 0 {
+        write!(f, "connection to service {key} closed before any response")
+    } else {
+        write!(
+            f,
+            "connection to service {key} closed after {received} bytes of a response"
+        )
     }
 }
 
