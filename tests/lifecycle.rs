@@ -82,6 +82,36 @@ fn chaos_sigkill_every_200ms_every_request_is_answered() {
     assert_eq!(d.count("backoff: no launch"), 0, "{}", d.log());
 }
 
+/// One poison request while traffic is light: it kills the instance it
+/// lands on, and its retry kills the fresh replacement before that one has
+/// completed any request. Both deaths are the request's (the second one had
+/// the retry in hand): the service does not back off, and the next client
+/// is answered rather than fast-failed.
+#[test]
+fn a_poison_request_at_light_traffic_does_not_back_the_service_off() {
+    // Every knob at its default (on demand, minimum 1, maximum 10).
+    let d = Daemon::start(&[(KEY, &echo_config(""))]);
+    let mut c = client_at(&d.run, Duration::from_secs(20));
+    assert_eq!(c.call(KEY, b"good").expect("answered"), b"good");
+    let poison = Request::new(KEY, b"poison".to_vec()).context("echo.exit", "1");
+    let end = c
+        .call_request(&poison)
+        .map(|_| ())
+        .map_err(|e| e.into_kind());
+    assert!(
+        matches!(end, Err(ErrorKind::Disconnected { .. })),
+        "{end:?}"
+    );
+    wait_for(LONG, "both victims to be reaped", || {
+        d.count("counted as nonzero") == 2
+    });
+    assert_eq!(
+        c.call(KEY, b"next").expect("answered, not fast-failed"),
+        b"next"
+    );
+    assert_eq!(d.count("backoff: no launch"), 0, "{}", d.log());
+}
+
 /// Requests that kill the instance serving them (exit 1, a segfault, a
 /// Rust panic), among three loops of good requests: each poison request
 /// kills the instance it lands on (and, for exit and segfault, the one its

@@ -269,6 +269,10 @@ pub(crate) enum Reached {
     /// Ready (waiting for its first connection, or serving it), but no
     /// request completed.
     Ready,
+    /// Ready, no request completed, and it died with a retried request
+    /// (attempt 2) in hand: that request has already cost another
+    /// instance, so this death is the request's, not the program's.
+    Retry,
     /// Completed at least one request.
     Served,
 }
@@ -277,9 +281,14 @@ pub(crate) enum Reached {
 /// far and lived `age`, is a young one: evidence about the program rather
 /// than about one request or an outside event.
 ///
-/// An instance that completed a request is never young. Before that, every
-/// failure is young, but for two: a clean exit after `QUICK_EXIT` (the
-/// program ran a while and left on its own), and SIGKILL once ready.
+/// An instance that completed a request is never young, nor one that died
+/// serving a retry: a request that killed the instance it first landed on
+/// and then the one its retry landed on is a poison request, and the
+/// second death says no more about the program than the first (when the
+/// pool is small, that second instance is often a fresh replacement).
+/// Before that, every failure is young, but for two: a clean exit after
+/// `QUICK_EXIT` (the program ran a while and left on its own), and SIGKILL
+/// once ready.
 /// SIGKILL is never a program's own fault (its faults raise SEGV, BUS, ILL,
 /// FPE or ABRT); it comes from outside (an operator's `kill -9`, the OOM
 /// killer, a hard CPU limit). Before ready it may still be about the
@@ -289,7 +298,7 @@ pub(crate) enum Reached {
 #[must_use]
 pub(crate) fn young(class: ExitClass, reached: Reached, age: Duration) -> bool {
     match (reached, class) {
-        (Reached::Served, _) => false,
+        (Reached::Served | Reached::Retry, _) => false,
         (_, ExitClass::Clean) => age < QUICK_EXIT,
         (Reached::Ready, ExitClass::Crash(libc::SIGKILL)) => false,
         (Reached::Nothing | Reached::Ready, _) => true,
@@ -511,12 +520,14 @@ mod tests {
                 assert!(young(class, reached, second * 100), "{class:?} {reached:?}");
             }
             assert!(!young(class, Reached::Served, Duration::ZERO), "{class:?}");
+            assert!(!young(class, Reached::Retry, Duration::ZERO), "{class:?}");
         }
         for reached in [Reached::Nothing, Reached::Ready] {
             assert!(young(ExitClass::Clean, reached, second / 2));
             assert!(!young(ExitClass::Clean, reached, second * 2));
         }
         assert!(!young(ExitClass::Clean, Reached::Served, Duration::ZERO));
+        assert!(!young(ExitClass::Clean, Reached::Retry, Duration::ZERO));
     }
 
     #[test]

@@ -475,19 +475,25 @@ impl Manager {
     /// Frees the scoreboard slot of a reaped instance. Returns how many
     /// requests it served and how far it got: served a request (a mature
     /// instance, whose death is about that request or an outside event,
-    /// not about the program), ready (its slot had left *starting*), or
-    /// nothing.
+    /// not about the program), died serving a retried request, ready (its
+    /// slot had left *starting*), or nothing.
     fn free_slot_of(&mut self, inst: &Instance) -> (u64, Reached) {
         let svc = &mut self.services[inst.service()];
         // Read before the slot is freed.
-        let ready = svc
-            .slot_state(inst.slot())
-            .is_some_and(|st| st != SlotState::Starting);
+        let slot = svc.slot_snapshot(inst.slot());
+        let ready = slot
+            .as_ref()
+            .is_some_and(|sl| sl.state.is_some_and(|st| st != SlotState::Starting));
+        // A request in hand (begun, not finished) that is a retry.
+        let retry = slot.as_ref().is_some_and(|sl| {
+            sl.state == Some(SlotState::Busy) && sl.busy_since_ns != 0 && sl.attempt >= 2
+        });
         let served = svc.free_slot(inst.slot(), inst.reported());
-        let reached = match (served > 0, ready) {
-            (true, _) => Reached::Served,
-            (false, true) => Reached::Ready,
-            (false, false) => Reached::Nothing,
+        let reached = match (served > 0, retry, ready) {
+            (true, _, _) => Reached::Served,
+            (false, true, _) => Reached::Retry,
+            (false, false, true) => Reached::Ready,
+            (false, false, false) => Reached::Nothing,
         };
         (served, reached)
     }

@@ -318,6 +318,32 @@ fn sigkill_from_outside_makes_a_crash_loop_only_before_ready() {
 }
 
 #[test]
+fn a_fresh_instance_killed_by_a_retry_is_the_requests_victim_not_the_programs() {
+    // A poison request's retry lands on a fresh replacement and kills it
+    // (exit 1, before it completed any request). With the retry in hand
+    // that death is the request's: no backoff. The same death on a first
+    // attempt still is young, and backs off at once.
+    for (attempt, backoff) in [(2u8, false), (1, true)] {
+        let mut r = rig(|c| c.prestart_processes = true);
+        r.begin();
+        let (pid, slot) = *r.seen.borrow().spawned.last().unwrap();
+        let board = r.m.services[0].board();
+        board.slot(slot).unwrap().accepted();
+        board
+            .slot(slot)
+            .unwrap()
+            .begin(now_ns(), attempt, 10, "poison");
+        r.exit(pid, WaitStatus::Exited(1));
+        let svc = &r.m.services[0];
+        assert_eq!(svc.stats().to_json()["exits"]["nonzero"], 1);
+        assert_eq!(svc.mode().is_backoff(), backoff, "attempt {attempt}");
+        if !backoff {
+            assert_eq!(r.pids().len(), 2, "replaced (attempt {attempt})");
+        }
+    }
+}
+
+#[test]
 fn retiring_starts_the_replacement_and_the_old_one_serves_to_its_limit() {
     let mut r = rig(|c| c.prestart_processes = true);
     r.begin();
