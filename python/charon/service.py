@@ -20,7 +20,9 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import time
+import weakref
 from typing import Iterator, List, Optional, Tuple, Union
 
 from . import frame, managed
@@ -119,6 +121,37 @@ def _on_stop(signum: int, _frame: object) -> None:
 
 def _on_drain(signum: int, _frame: object) -> None:
     _Flags.drain = True
+
+
+# The service whose request in hand an uncaught exception answers, and the
+# hook that was there before ours.
+_answering: "Optional[weakref.ReferenceType[Service]]" = None
+_previous_hook = sys.excepthook
+
+
+def _excepthook(kind: type, value: BaseException, tb: object) -> None:
+    """An exception that ends the program mid-request first answers that
+    request ERROR NO_ANSWER, as a Rust panic unwinding through a request
+    does: the client gets a typed error at once and does not retry the
+    request onto another instance, which it would most likely end too.
+    Then the usual traceback (its last line is what the manager shows as
+    the instance's last stderr line). An exit (SystemExit) never comes here:
+    it stays a silent close, which the client retries."""
+    svc = _answering() if _answering is not None else None
+    if svc is not None:
+        try:
+            svc._unanswered()
+        except Exception:  # the traceback below matters more
+            pass
+    _previous_hook(kind, value, tb)  # type: ignore[arg-type]
+
+
+def _install_excepthook(svc: "Service") -> None:
+    global _answering, _previous_hook
+    _answering = weakref.ref(svc)
+    if sys.excepthook is not _excepthook:
+        _previous_hook = sys.excepthook
+        sys.excepthook = _excepthook
 
 
 class Request:
@@ -280,6 +313,7 @@ class Service:
                 "on fd 4 (service 3<request 4>response)"
             )
         self._install_signals()
+        _install_excepthook(self)
 
     # -- setup
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import charon
+from charon import frame
 from conftest import service_exec, toml_env, wait_for
 
 KEY = "py.svc.0.raw"
@@ -52,6 +53,22 @@ def test_a_python_service_that_exits_mid_request_is_retried_once(daemon):
         d.stats(KEY)["retried"] == 1 and d.stats(KEY)["exits"]["clean"] >= 1))
     with pytest.raises(charon.Disconnected):
         c.call(KEY, b"x", context={"exit": "0"})
+
+
+def test_an_exception_mid_request_answers_no_answer_and_ends_only_its_instance(daemon):
+    # Every knob at its default.
+    d = daemon({KEY: conf()})
+    c = charon.Client(run_dir=str(d.run), timeout=30)
+    assert c.call(KEY, b"warm") == b"warm"
+    with pytest.raises(charon.FrameworkError) as e:
+        c.call(KEY, b"x", context={"raise": "a bug in one request"})
+    assert e.value.code == frame.NO_ANSWER, e.value
+    wait_for("the instance's exit counted", lambda: d.stats(KEY)["exits"]["nonzero"] == 1)
+    s = d.stats(KEY)
+    assert s["retried"] == 0, s
+    assert "a bug in one request" in d.log()
+    assert c.call(KEY, b"after") == b"after"
+    assert d.stats(KEY)["exits"]["nonzero"] == 1, "one instance ended, not two"
 
 
 def test_a_failing_python_service_fast_fails_with_the_reason(daemon):

@@ -1,7 +1,8 @@
 """A test service: echoes the body, steered by context entries.
 
 ``fault=CODE:TEXT`` answers a fault; ``exit=N`` exits with status N before
-answering; ``die-once=PATH`` exits 0 unanswered if PATH does not exist yet
+answering; ``raise=TEXT`` raises an exception with TEXT; ``die-once=PATH``
+exits 0 unanswered if PATH does not exist yet
 (creating it); ``sleep=MS`` sleeps first; ``log=TEXT`` writes a stderr line;
 ``pid`` answers with the instance's pid; ``span`` with the pid and
 the monotonic times the request started and ended; ``noanswer`` drops the request.
@@ -31,6 +32,8 @@ for request in charon.Service():
             sys.exit(0)
     if "exit" in ctx:
         sys.exit(int(ctx["exit"]))
+    if "raise" in ctx:
+        raise RuntimeError(ctx["raise"].decode())
     if "noanswer" in ctx:
         continue
     if "fault" in ctx:
