@@ -147,6 +147,30 @@ class Scoreboard:
         return True
 
 
+_stderr_quiet = False
+
+
+def quiet_stderr() -> None:
+    """The manager is gone: points fd 2 at /dev/null, once. The manager read
+    the instance's stderr pipe, and with it gone a write there fails (EPIPE:
+    `print(..., file=sys.stderr)` raises BrokenPipeError), which would cost
+    the request in hand; its lines had nobody to read them anyway."""
+    global _stderr_quiet
+    if _stderr_quiet:
+        return
+    _stderr_quiet = True
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.dup2(fd, 2)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Managed:
     """The slot and the report channel of this managed instance."""
 
@@ -297,7 +321,7 @@ class Managed:
             self._report.send(msg, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
         except OSError as e:
             if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
-                self.manager_gone = True
+                self._gone()
             # Full (EAGAIN) or other trouble: the batch is lost; a client
             # never waits on the manager.
 
@@ -306,11 +330,15 @@ class Managed:
         so this is its end closing."""
         try:
             if self._report.recv(16, socket.MSG_DONTWAIT) == b"":
-                self.manager_gone = True
+                self._gone()
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
-            self.manager_gone = True
+            self._gone()
+
+    def _gone(self) -> None:
+        self.manager_gone = True
+        quiet_stderr()
 
     def leave(self) -> None:
         self.flush()

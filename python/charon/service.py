@@ -113,6 +113,9 @@ class _Flags:
 
     stop = False
     drain = False
+    # The manager's pid in managed mode (0 otherwise): SIGUSR1 is also the
+    # signal the manager's death sends (PR_SET_PDEATHSIG).
+    manager_pid = 0
 
 
 def _on_stop(signum: int, _frame: object) -> None:
@@ -121,6 +124,8 @@ def _on_stop(signum: int, _frame: object) -> None:
 
 def _on_drain(signum: int, _frame: object) -> None:
     _Flags.drain = True
+    if _Flags.manager_pid and os.getppid() != _Flags.manager_pid:
+        managed.quiet_stderr()
 
 
 # The service whose request in hand an uncaught exception answers, and the
@@ -406,6 +411,7 @@ class Service:
     def _install_signals(self) -> None:
         _Flags.stop = False
         _Flags.drain = False
+        _Flags.manager_pid = os.getppid() if self._managed is not None else 0
         signal.signal(signal.SIGTERM, _on_stop)
         signal.signal(signal.SIGINT, _on_stop)
         signal.signal(signal.SIGUSR1, _on_drain)

@@ -150,3 +150,27 @@ def test_charond_stop_lets_python_instances_finish_what_is_queued(daemon):
     b.wait_all()
     assert [b.result(i) for i in ids] == [b"q%d" % i for i in range(4)]
     assert d.proc.wait(timeout=60) == 0
+
+
+def test_a_killed_charond_loses_nothing_python_instances_hold(daemon):
+    # One instance (the pool's shape, not a lifecycle knob): the requests
+    # queue behind the one in hand, so the instance must serve its queue
+    # after the manager is gone.
+    d = daemon({KEY: conf("minimum-processes = 1\nmaximum-processes = 1\n"
+                          "prestart-processes = true")})
+    c = charon.Client(run_dir=str(d.run), timeout=60)
+    assert c.call(KEY, b"warm") == b"warm"
+    pids = d.instances()
+    assert len(pids) == 1, pids
+    b = c.batch()
+    ids = [b.add(KEY, b"q%d" % i, context={"log": "got %d" % i, "sleep": "300"})
+           for i in range(4)]
+    wait_for("a request in hand", lambda: "svc: got" in d.log())
+    d.proc.kill()  # SIGKILL: nothing of charond's own stop runs
+    d.proc.wait(timeout=30)
+    b.wait_all()
+    assert [b.result(i) for i in ids] == [b"q%d" % i for i in range(4)]
+    # The manager's death means drain: with its queue served, the instance
+    # leaves by itself.
+    wait_for("the instance to leave", lambda: not os.path.exists(f"/proc/{pids[0]}/cmdline")
+             or open(f"/proc/{pids[0]}/cmdline", "rb").read() == b"")
