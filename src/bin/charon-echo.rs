@@ -115,34 +115,15 @@ fn serve(req: Request<'_>) -> Result<(), charon_service::Error> {
         std::thread::sleep(Duration::from_millis(ms));
     }
     if let Some(path) = c.die_once {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-        {
-            Ok(_) => std::process::exit(0),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                let text = format!("echo.die-once cannot create {path:?}: {e}");
-                return req.fault(fault::INTERNAL, &text);
-            }
+        if let Err(text) = die_once(path) {
+            return req.fault(fault::INTERNAL, &text);
         }
     }
     if let Some(status) = c.exit {
         std::process::exit(status);
     }
     if let Some(sig) = c.signal {
-        // A signal that does not kill (SIGTERM is caught by the library and
-        // means "stop after this request") lets the echo go on.
-        if matches!(sig, Signal::SIGSEGV | Signal::SIGBUS) {
-            // Rust's runtime catches these two to report stack overflows and
-            // ignores a raised one (no faulting address), so the crash this
-            // control exists to simulate would not happen.
-            // SAFETY: installing SIG_DFL registers no handler code, so none
-            // of signal(2)'s handler requirements apply.
-            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
-        }
-        let _ = nix::sys::signal::raise(sig);
+        raise(sig);
     }
     if let Some(text) = c.panic {
         panic!("echo.panic: {text}");
@@ -152,6 +133,35 @@ fn serve(req: Request<'_>) -> Result<(), charon_service::Error> {
     }
     let body = req.body();
     req.respond(body)
+}
+
+/// `echo.die-once`: exits 0 if this call creates the file at `path`;
+/// goes on if it exists (an earlier call died).
+fn die_once(path: &str) -> Result<(), String> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => std::process::exit(0),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("echo.die-once cannot create {path:?}: {e}")),
+    }
+}
+
+/// `echo.signal`: raises `sig`. A signal that does not kill (SIGTERM is
+/// caught by the library and means "stop after this request") lets the
+/// echo go on.
+fn raise(sig: Signal) {
+    if matches!(sig, Signal::SIGSEGV | Signal::SIGBUS) {
+        // Rust's runtime catches these two to report stack overflows and
+        // ignores a raised one (no faulting address), so the crash this
+        // control exists to simulate would not happen.
+        // SAFETY: installing SIG_DFL registers no handler code, so none
+        // of signal(2)'s handler requirements apply.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
+    let _ = nix::sys::signal::raise(sig);
 }
 
 fn parse_controls<'a>(req: &Request<'a>) -> Result<Controls<'a>, String> {

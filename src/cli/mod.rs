@@ -151,32 +151,9 @@ pub fn message_of(e: &Error) -> String {
 }
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            // `charon` alone: the help (to stderr), as a usage error.
-            let _ = e.print();
-            return ExitCode::from(status::USAGE);
-        }
-        Err(e) => {
-            // clap's message spans lines (what is wrong, then usage); keep
-            // its first paragraph on one line.
-            let text = e.to_string();
-            let what: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let what = what.join(" ");
-            let what = what.strip_prefix("error: ").unwrap_or(&what);
-            eprintln!("charon: {what} (see charon --help)");
-            return ExitCode::from(status::USAGE);
-        }
+        Err(code) => return code,
     };
     let outcome = match cli.command {
         Command::Send(args) => send::run(args),
@@ -192,16 +169,51 @@ pub fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            let line = f.message.replace('\n', " ");
-            // A fault is the service's own answer: print it bare, as
-            // `fault CODE: TEXT`, so scripts can match it.
-            if f.status == status::FAULT {
-                eprintln!("{line}");
-            } else {
-                eprintln!("charon: {line}");
-            }
-            ExitCode::from(f.status)
+        Err(f) => report(&f),
+    }
+}
+
+/// The command line, or how to exit when it asked for help or the
+/// version (success) or is wrong (a usage error, said on one line).
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `charon` alone: the help (to stderr), as a usage error.
+            let _ = e.print();
+            Err(ExitCode::from(status::USAGE))
+        }
+        Err(e) => {
+            // clap's message spans lines (what is wrong, then usage); keep
+            // its first paragraph on one line.
+            let text = e.to_string();
+            let what: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let what = what.join(" ");
+            let what = what.strip_prefix("error: ").unwrap_or(&what);
+            eprintln!("charon: {what} (see charon --help)");
+            Err(ExitCode::from(status::USAGE))
         }
     }
+}
+
+/// Says why a command failed, on one line, and gives its exit status.
+fn report(f: &Failure) -> ExitCode {
+    let line = f.message.replace('\n', " ");
+    // A fault is the service's own answer: print it bare, as
+    // `fault CODE: TEXT`, so scripts can match it.
+    if f.status == status::FAULT {
+        eprintln!("{line}");
+    } else {
+        eprintln!("charon: {line}");
+    }
+    ExitCode::from(f.status)
 }

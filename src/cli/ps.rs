@@ -35,6 +35,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
+    print!("{}", align(&table(&v)));
+    print_broken(&v);
+    Ok(())
+}
+
+/// The header and one row per instance in the answer.
+fn table(v: &Value) -> Vec<Vec<String>> {
     let mut rows = vec![["PID", "KEY", "GEN", "STATE", "REQUESTS", "AGE", "IN HAND"]
         .iter()
         .map(ToString::to_string)
@@ -60,8 +67,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
             in_hand,
         ]);
     }
-    print!("{}", align(&rows));
-    // Keys that run nothing because their config file is broken.
+    rows
+}
+
+/// Keys that run nothing because their config file is broken, each with
+/// its file's errors.
+fn print_broken(v: &Value) {
+    let empty = Vec::new();
     for b in v["broken"].as_array().unwrap_or(&empty) {
         println!(
             "{}: broken, not running: config file {} has errors:",
@@ -72,5 +84,4 @@ pub fn run(args: Args) -> Result<(), Failure> {
             println!("  {}", e.as_str().unwrap_or_default());
         }
     }
-    Ok(())
 }

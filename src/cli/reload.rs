@@ -27,33 +27,47 @@ const WAIT: Duration = Duration::from_secs(60);
 
 pub fn run(args: Args) -> Result<(), Failure> {
     let v = control(args.run_dir, &serde_json::json!({ "cmd": "reload" }), WAIT)?;
-    let list = |f: &str| -> Vec<String> {
-        v[f].as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        for (label, f) in [
-            ("started", "started"),
-            ("stopped", "stopped"),
-            ("changed", "changed"),
-            ("unchanged", "unchanged"),
-        ] {
-            let keys = list(f);
-            if !keys.is_empty() {
-                println!("{label}: {}", keys.join(" "));
-            }
-        }
-        for e in list("errors") {
-            println!("config error (previous config kept): {e}");
+        print_summary(&v);
+    }
+    outcome(&v)
+}
+
+/// The strings of the answer's array `field`; none if it is missing.
+fn strings(v: &Value, field: &str) -> Vec<String> {
+    v[field]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One line per kind of change that has keys, then one per config error.
+fn print_summary(v: &Value) {
+    for (label, f) in [
+        ("started", "started"),
+        ("stopped", "stopped"),
+        ("changed", "changed"),
+        ("unchanged", "unchanged"),
+    ] {
+        let keys = strings(v, f);
+        if !keys.is_empty() {
+            println!("{label}: {}", keys.join(" "));
         }
     }
+    for e in strings(v, "errors") {
+        println!("config error (previous config kept): {e}");
+    }
+}
+
+/// Success only if every change was applied, no config file had errors
+/// and charond confirmed the reload.
+fn outcome(v: &Value) -> Result<(), Failure> {
     let failed: Vec<String> = v["failed"]
         .as_array()
         .map(|a| {
@@ -68,7 +82,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 .collect()
         })
         .unwrap_or_default();
-    let errors = list("errors").len();
+    let errors = strings(v, "errors").len();
     if !failed.is_empty() {
         return Err(Failure::other(format!(
             "reload could not apply {} change(s), the old config keeps running: {}",

@@ -55,12 +55,7 @@ fn exchange(
     request: &Value,
     timeout: Duration,
 ) -> Result<String, Failure> {
-    let io = |e: std::io::Error| {
-        Failure::other(format!(
-            "unable to talk to charond at {}: {e}",
-            path.display()
-        ))
-    };
+    let io = |e: std::io::Error| talk_failure(path, e);
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = request.to_string();
@@ -70,26 +65,9 @@ fn exchange(
     // it says more than `Broken pipe`.
     let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).map_err(|e| {
-        if let Err(w) = &sent {
-            return io(std::io::Error::new(w.kind(), w.to_string()));
-        }
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            Failure::new(
-                status::TIMEOUT,
-                format!(
-                    "charond at {} did not answer within {}s",
-                    path.display(),
-                    timeout.as_secs()
-                ),
-            )
-        } else {
-            io(e)
-        }
-    })?;
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| read_failure(e, &sent, path, timeout))?;
     if answer.is_empty() {
         return Err(match sent {
             Err(w) => io(w),
@@ -100,6 +78,42 @@ fn exchange(
         });
     }
     Ok(answer)
+}
+
+/// Unable to talk to charond at `path`.
+fn talk_failure(path: &Path, e: std::io::Error) -> Failure {
+    Failure::other(format!(
+        "unable to talk to charond at {}: {e}",
+        path.display()
+    ))
+}
+
+/// Why the answer could not be read: the request's write failing comes
+/// first, then a timeout, then the read's own error.
+fn read_failure(
+    e: std::io::Error,
+    sent: &std::io::Result<()>,
+    path: &Path,
+    timeout: Duration,
+) -> Failure {
+    if let Err(w) = sent {
+        return talk_failure(path, std::io::Error::new(w.kind(), w.to_string()));
+    }
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        Failure::new(
+            status::TIMEOUT,
+            format!(
+                "charond at {} did not answer within {}s",
+                path.display(),
+                timeout.as_secs()
+            ),
+        )
+    } else {
+        talk_failure(path, e)
+    }
 }
 
 /// The manager's answer line as JSON, or its error as a failure (not

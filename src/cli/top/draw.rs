@@ -30,6 +30,37 @@ fn style(row: &Row, column: Option<Column>) -> Style {
     }
 }
 
+/// Each column as wide as its widest cell or header; the last takes the
+/// rest of the line.
+fn widths(header: &[String], cells: &[Vec<String>]) -> Vec<Constraint> {
+    let mut widths: Vec<Constraint> = (0..COLUMNS.len())
+        .map(|i| {
+            let w = cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(0);
+            Constraint::Length(u16::try_from(w).unwrap_or(u16::MAX))
+        })
+        .collect();
+    widths.push(Constraint::Fill(1));
+    widths
+}
+
+/// The header in bold, the sorted column marked.
+fn header_row(header: Vec<String>, sort: Sort) -> TableRow<'static> {
+    let sorted = COLUMNS.iter().position(|c| *c == sort.column);
+    TableRow::new(header.into_iter().enumerate().map(|(i, h)| {
+        let s = Style::new().add_modifier(Modifier::BOLD);
+        Cell::from(h).style(if Some(i) == sorted {
+            s.fg(Color::Cyan).add_modifier(Modifier::UNDERLINED)
+        } else {
+            s
+        })
+    }))
+}
+
 /// Draws `rows` sorted by `sort`; `status`, if any, on the last line.
 pub fn frame(f: &mut Frame, rows: &[Row], sort: Sort, status: Option<&str>) {
     let [top, body, bottom] = Layout::vertical([
@@ -45,27 +76,8 @@ pub fn frame(f: &mut Frame, rows: &[Row], sort: Sort, status: Option<&str>) {
     );
     let header = view::header(sort);
     let cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
-    let mut widths: Vec<Constraint> = (0..COLUMNS.len())
-        .map(|i| {
-            let w = cells
-                .iter()
-                .map(|c| c[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(0);
-            Constraint::Length(u16::try_from(w).unwrap_or(u16::MAX))
-        })
-        .collect();
-    widths.push(Constraint::Fill(1));
-    let sorted = COLUMNS.iter().position(|c| *c == sort.column);
-    let head = TableRow::new(header.into_iter().enumerate().map(|(i, h)| {
-        let s = Style::new().add_modifier(Modifier::BOLD);
-        Cell::from(h).style(if Some(i) == sorted {
-            s.fg(Color::Cyan).add_modifier(Modifier::UNDERLINED)
-        } else {
-            s
-        })
-    }));
+    let widths = widths(&header, &cells);
+    let head = header_row(header, sort);
     let lines = rows.iter().zip(cells).map(|(row, cells)| {
         TableRow::new(
             cells

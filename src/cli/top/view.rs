@@ -282,44 +282,56 @@ fn backoff_reason(e: &Value) -> Option<String> {
     Some(r)
 }
 
-/// One row from a service's object now and `elapsed` ago (`None`: no
-/// earlier figures for it).
-fn row(prev: Option<&Value>, cur: &Value, elapsed: Duration) -> Row {
-    let secs = elapsed.as_secs_f64();
-    let prev = prev.filter(|_| secs > 0.0);
-    let state = match cur["state"].as_str() {
+/// A service's state, from its object.
+fn state(cur: &Value) -> State {
+    match cur["state"].as_str() {
         Some("idle") => State::Idle,
         Some("running") => State::Running,
         Some("backoff") => State::Backoff(cur["backoff_remaining_s"].as_f64().unwrap_or(0.0)),
         other => State::Other(other.unwrap_or("-").to_string()),
-    };
-    let reason = match &state {
+    }
+}
+
+/// Why a service in backoff or broken runs nothing.
+fn reason(state: &State, cur: &Value) -> Option<String> {
+    match state {
         State::Backoff(_) => backoff_reason(&cur["last_exit"]),
         // A broken config file: its first error says why nothing runs.
         State::Other(s) if s == "broken" => cur["config_errors"][0]
             .as_str()
             .map(|e| format!("config error: {e}")),
         _ => None,
-    };
+    }
+}
+
+/// The exits by class between `prev` and `cur`, the classes with none
+/// left out.
+fn exits_since(prev: &Value, cur: &Value) -> Vec<(String, u64)> {
+    cur["exits"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), delta(&prev["exits"][k], v)))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One row from a service's object now and `elapsed` ago (`None`: no
+/// earlier figures for it).
+fn row(prev: Option<&Value>, cur: &Value, elapsed: Duration) -> Row {
+    let secs = elapsed.as_secs_f64();
+    let prev = prev.filter(|_| secs > 0.0);
+    let state = state(cur);
+    let reason = reason(&state, cur);
     let window = prev.map(|p| {
         latency::difference(
             &latency::parse(&p["latency_histogram"]),
             &latency::parse(&cur["latency_histogram"]),
         )
     });
-    let exits = prev
-        .map(|p| {
-            cur["exits"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), delta(&p["exits"][k], v)))
-                        .filter(|(_, n)| *n > 0)
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
+    let exits = prev.map(|p| exits_since(p, cur)).unwrap_or_default();
     Row {
         key: cur["key"].as_str().unwrap_or("-").to_string(),
         state,
