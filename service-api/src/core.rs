@@ -109,6 +109,45 @@ fn stop_wanted(
     (draining, finished || sys::stop_requested() || drained)
 }
 
+/// What the listener does after `accept` failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterError {
+    /// Take no more connections.
+    Stop,
+    /// Nothing queued: wait until something comes.
+    WaitIdle,
+    /// Try `accept` again at once.
+    Again,
+    /// Out of fds or memory: pause, so the loop does not spin meanwhile.
+    Pause,
+    /// Give up on the listener.
+    Fail,
+}
+
+/// The listener's next move after `accept` failed with `errno`, when it
+/// was to `stop` after the connection that woke it, or is `draining`.
+fn after_accept_error(errno: Option<i32>, stop: bool, draining: bool) -> AfterError {
+    match errno {
+        // Another took it, and we were only to take that one.
+        Some(libc::EAGAIN) if stop => AfterError::Stop,
+        // Draining (SIGUSR1, or the manager is gone): the queue is empty,
+        // so we are done.
+        Some(libc::EAGAIN) if draining => AfterError::Stop,
+        Some(libc::EAGAIN) => AfterError::WaitIdle,
+        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => AfterError::Again,
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => AfterError::Pause,
+        _ => AfterError::Fail,
+    }
+}
+
+/// Waits [`ACCEPT_BACKOFF`], or less if a stop signal comes (`stop_fd`).
+fn pause(stop_fd: BorrowedFd<'_>) -> Result<(), Error> {
+    let mut fds = [PollFd::new(stop_fd, PollFlags::POLLIN)];
+    wait(&mut fds, Some(Instant::now() + ACCEPT_BACKOFF))
+        .map_err(|e| Error::io("wait for a connection", e))?;
+    Ok(())
+}
+
 /// Going idle: waits on the listener (and the report channel) until a
 /// connection or a message comes. True if the listener woke it.
 ///
@@ -231,20 +270,12 @@ impl Core {
                 }
                 Err(e) => e,
             };
-            match e.raw_os_error() {
-                // Another took it, and we were only to take that one.
-                Some(libc::EAGAIN) if stop => return Ok(false),
-                // Draining (SIGUSR1, or the manager is gone): the queue is
-                // empty, so we are done.
-                Some(libc::EAGAIN) if draining => return Ok(false),
-                Some(libc::EAGAIN) => woken = wait_idle(managed, idle.as_ref())?,
-                Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => {}
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                    let mut fds = [PollFd::new(*stop_fd, PollFlags::POLLIN)];
-                    wait(&mut fds, Some(Instant::now() + ACCEPT_BACKOFF))
-                        .map_err(|e| Error::io("wait for a connection", e))?;
-                }
-                _ => return Err(Error::io("accept a connection", e)),
+            match after_accept_error(e.raw_os_error(), stop, draining) {
+                AfterError::Stop => return Ok(false),
+                AfterError::WaitIdle => woken = wait_idle(managed, idle.as_ref())?,
+                AfterError::Again => {}
+                AfterError::Pause => pause(*stop_fd)?,
+                AfterError::Fail => return Err(Error::io("accept a connection", e)),
             }
         }
     }
@@ -383,5 +414,45 @@ pub(crate) fn record(
         response_bytes: u32::try_from(response).unwrap_or(u32::MAX),
         outcome,
         attempt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_an_accept_error_every_errno_class_by_stop_and_drain() {
+        use AfterError::*;
+        // Nothing queued: wait, unless this was to be the last connection
+        // or the listener drains.
+        for (stop, draining, want) in [
+            (false, false, WaitIdle),
+            (true, false, Stop),
+            (false, true, Stop),
+            (true, true, Stop),
+        ] {
+            let got = after_accept_error(Some(libc::EAGAIN), stop, draining);
+            assert_eq!(got, want, "EAGAIN stop {stop} draining {draining}");
+        }
+        // The others do not depend on stopping or draining.
+        let others = [
+            (Some(libc::EINTR), Again),
+            (Some(libc::ECONNABORTED), Again),
+            (Some(libc::EPROTO), Again),
+            (Some(libc::EMFILE), Pause),
+            (Some(libc::ENFILE), Pause),
+            (Some(libc::ENOBUFS), Pause),
+            (Some(libc::ENOMEM), Pause),
+            (Some(libc::EBADF), Fail),
+            (Some(libc::EINVAL), Fail),
+            (None, Fail),
+        ];
+        for (errno, want) in others {
+            for (stop, draining) in [(false, false), (true, false), (false, true), (true, true)] {
+                let got = after_accept_error(errno, stop, draining);
+                assert_eq!(got, want, "{errno:?} stop {stop} draining {draining}");
+            }
+        }
     }
 }

@@ -75,34 +75,8 @@ impl Core {
                     return Step::Frame;
                 }
                 Ok(Fill::Pending) => {
-                    if conn.idle_since.is_some() && buf.received() == 0 {
-                        match self.wait_kept() {
-                            Some(step) => return step,
-                            None => continue,
-                        }
-                    }
-                    if conn.idle_since.take().is_some() {
-                        // The next request has begun: its clock starts.
-                        let now = Instant::now();
-                        conn.started = now;
-                        conn.deadline = now + self.opts.read_timeout;
-                    }
-                    let deadline = conn.deadline;
-                    let mut fds = [PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN)];
-                    match wait(&mut fds, Some(deadline)) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            let text = format!(
-                                "no complete request within the read timeout of {} ms",
-                                self.opts.read_timeout.as_millis()
-                            );
-                            self.refuse(ErrorCode::READ_TIMEOUT, &text, buf.received());
-                            return Step::Next;
-                        }
-                        Err(_) => {
-                            self.conn = None;
-                            return Step::Next;
-                        }
+                    if let Some(step) = self.await_bytes(buf.received()) {
+                        return step;
                     }
                 }
                 Ok(Fill::Eof { received: 0 }) => {
@@ -124,6 +98,41 @@ impl Core {
                     self.conn = None;
                     return Step::Next;
                 }
+            }
+        }
+    }
+
+    /// The frame is not complete after `received` bytes: waits for more
+    /// until the read deadline, or on a kept connection with none yet for
+    /// the next request. `None`: read again.
+    fn await_bytes(&mut self, received: usize) -> Option<Step> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Some(Step::Next);
+        };
+        if conn.idle_since.is_some() && received == 0 {
+            return self.wait_kept();
+        }
+        if conn.idle_since.take().is_some() {
+            // The next request has begun: its clock starts.
+            let now = Instant::now();
+            conn.started = now;
+            conn.deadline = now + self.opts.read_timeout;
+        }
+        let deadline = conn.deadline;
+        let mut fds = [PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN)];
+        match wait(&mut fds, Some(deadline)) {
+            Ok(true) => None,
+            Ok(false) => {
+                let text = format!(
+                    "no complete request within the read timeout of {} ms",
+                    self.opts.read_timeout.as_millis()
+                );
+                self.refuse(ErrorCode::READ_TIMEOUT, &text, received);
+                Some(Step::Next)
+            }
+            Err(_) => {
+                self.conn = None;
+                Some(Step::Next)
             }
         }
     }
