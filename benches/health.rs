@@ -32,6 +32,23 @@ const MAX_RATIO: f64 = 2.0;
 const TARGET: Duration = Duration::from_millis(10);
 
 fn main() {
+    let rounds = rounds_arg();
+    let d = Daemon::start(&[("system.echo.0.raw".to_string(), echo_conf(""))])
+        .unwrap_or_else(|e| fail(&e));
+    let (b, h, x) = measure(&d, rounds);
+    println!("charon health, {rounds} rounds (A B A B), microseconds:");
+    println!("  {:<36} {b}", "baseline (charon --version)");
+    println!("  {:<36} {h}", "charon health (start to exit)");
+    println!("  {:<36} {x}", "control exchange alone (in process)");
+    let ok = judge(&b, &h);
+    drop(d);
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+/// `--rounds N` (default 500); cargo bench's own `--bench` is ignored.
+fn rounds_arg() -> usize {
     let mut rounds = 500usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -48,8 +65,12 @@ fn main() {
             other => fail(&format!("unknown argument {other:?}; valid: --rounds N")),
         }
     }
-    let d = Daemon::start(&[("system.echo.0.raw".to_string(), echo_conf(""))])
-        .unwrap_or_else(|e| fail(&e));
+    rounds
+}
+
+/// The baseline, the health command and the exchange alone, timed in
+/// turn `rounds` times after a warm-up.
+fn measure(d: &Daemon, rounds: usize) -> (Quantiles, Quantiles, Quantiles) {
     let charon = env!("CARGO_BIN_EXE_charon");
     let version = || {
         let mut c = Command::new(charon);
@@ -70,15 +91,17 @@ fn main() {
     for _ in 0..rounds {
         base.push(time_command(version()));
         cmd.push(time_command(health()));
-        exchange.push(time_exchange(&d));
+        exchange.push(time_exchange(d));
     }
-    let b = Quantiles::of(&mut base);
-    let h = Quantiles::of(&mut cmd);
-    let x = Quantiles::of(&mut exchange);
-    println!("charon health, {rounds} rounds (A B A B), microseconds:");
-    println!("  {:<36} {b}", "baseline (charon --version)");
-    println!("  {:<36} {h}", "charon health (start to exit)");
-    println!("  {:<36} {x}", "control exchange alone (in process)");
+    (
+        Quantiles::of(&mut base),
+        Quantiles::of(&mut cmd),
+        Quantiles::of(&mut exchange),
+    )
+}
+
+/// Prints the target (a figure) and the guard; true if the guard holds.
+fn judge(b: &Quantiles, h: &Quantiles) -> bool {
     let ratio = h.p50.as_secs_f64() / b.p50.as_secs_f64();
     let under = h.p50 < TARGET;
     println!(
@@ -92,10 +115,7 @@ fn main() {
         "  {} health / baseline p50 = {ratio:.2} (guard: at most {MAX_RATIO})",
         if ok { "PASS" } else { "MISS" }
     );
-    drop(d);
-    if !ok {
-        std::process::exit(1);
-    }
+    ok
 }
 
 fn fail(msg: &str) -> ! {

@@ -174,6 +174,47 @@ fn main() {
 
 fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
     let n = o.instances;
+    let cold: Vec<String> = (1..=COLD).map(|i| format!("bench.cold{i}.0.raw")).collect();
+    let d = Daemon::start(&services(n, &cold))?;
+    let sock_dir = tempfile::Builder::new()
+        .prefix("chf")
+        .tempdir_in("/tmp")
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let fl = FloorServers::start(&sock_dir.path().join("floor.sock"), n, false)
+        .map_err(|e| format!("floor servers: {e}"))?;
+    let pfl = FloorServers::start(&sock_dir.path().join("pfloor.sock"), 1, true)
+        .map_err(|e| format!("persistent floor server: {e}"))?;
+    report.machine(n, o.seconds);
+
+    // Warm both (page cache, instances in accept) before anything counts.
+    let warm = Duration::from_millis(if o.quick { 200 } else { 500 });
+    ab(&d, &fl, 0, n, warm, 1, false);
+
+    let rounds = 2;
+    let per = Duration::from_secs_f64(o.seconds / f64::from(rounds));
+    latency_cells(o, &d, &fl, &pfl, per, rounds, report)?;
+    if o.only.as_ref().is_none_or(|only| only.recycle) {
+        let (off, on) = recycle_cost(&d, per, rounds);
+        report.recycle(RECYCLE_CONC, &off, &on);
+    }
+    if let Some(only) = &o.only {
+        if only.scale_up {
+            scale_up_bursts(&d, report)?;
+        }
+        return Ok(());
+    }
+    manager_figures(o, &d, &fl, &cold, report)?;
+    drop(d);
+    drop(fl);
+    drop(pfl);
+    report.scale(&extras::scale(200)?);
+    Ok(())
+}
+
+/// The services under test: the echo for the cells, one that cannot
+/// start (fast fail), the echo recycled every 100 requests, one to burst,
+/// and the cold-start keys.
+fn services(n: usize, cold: &[String]) -> Vec<(String, String)> {
     let mut services = vec![
         (
             KEY.to_string(),
@@ -197,28 +238,24 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
             echo_conf("prestart-processes = true\nminimum-processes = 1\nmaximum-processes = 8"),
         ),
     ];
-    let cold: Vec<String> = (1..=COLD).map(|i| format!("bench.cold{i}.0.raw")).collect();
     services.extend(
         cold.iter()
             .map(|k| (k.clone(), echo_conf("minimum-processes = 1"))),
     );
-    let d = Daemon::start(&services)?;
-    let sock_dir = tempfile::Builder::new()
-        .prefix("chf")
-        .tempdir_in("/tmp")
-        .map_err(|e| format!("temp dir: {e}"))?;
-    let fl = FloorServers::start(&sock_dir.path().join("floor.sock"), n, false)
-        .map_err(|e| format!("floor servers: {e}"))?;
-    let pfl = FloorServers::start(&sock_dir.path().join("pfloor.sock"), 1, true)
-        .map_err(|e| format!("persistent floor server: {e}"))?;
-    report.machine(n, o.seconds);
+    services
+}
 
-    // Warm both (page cache, instances in accept) before anything counts.
-    let warm = Duration::from_millis(if o.quick { 200 } else { 500 });
-    ab(&d, &fl, 0, n, warm, 1, false);
-
-    let rounds = 2;
-    let per = Duration::from_secs_f64(o.seconds / f64::from(rounds));
+/// The latency table: each (size, concurrency) cell against the floor,
+/// the ping cell, the persistent cells; then prints it.
+fn latency_cells(
+    o: &Opts,
+    d: &Daemon,
+    fl: &FloorServers,
+    pfl: &FloorServers,
+    per: Duration,
+    rounds: u32,
+    report: &mut Report,
+) -> Result<(), String> {
     let cells: Vec<(usize, usize)> = match &o.only {
         Some(only) => only.cells.clone(),
         None => [1, 4]
@@ -229,7 +266,7 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
     for (size, conc) in cells {
         // The minimal client runs beside the 0 B concurrency-1 cell only:
         // it is a diagnostic, not a target.
-        let (f, c, r) = ab(&d, &fl, size, conc, per, rounds, size == 0 && conc == 1);
+        let (f, c, r) = ab(d, fl, size, conc, per, rounds, size == 0 && conc == 1);
         report.cell("connect", size, conc, &f, &c);
         if let Some(r) = r {
             report.raw("connect", size, conc, &r, &c);
@@ -239,55 +276,57 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
         .as_ref()
         .is_none_or(|only| only.cells.contains(&(0, 1)))
     {
-        let (f, c, pings) = ping_cell(&d, &fl, per, rounds)?;
+        let (f, c, pings) = ping_cell(d, fl, per, rounds)?;
         report.ping(&f, &c, &pings);
     }
     if o.only.as_ref().is_none_or(|only| only.persistent) {
         for size in [0, 1024] {
-            let (f, c, r) = persistent(&d, &pfl, size, per, rounds);
+            let (f, c, r) = persistent(d, pfl, size, per, rounds);
             report.cell("persistent", size, 1, &f, &c);
             report.raw("persistent", size, 1, &r, &c);
         }
     }
     report.table();
-    if o.only.as_ref().is_none_or(|only| only.recycle) {
-        let (off, on) = recycle_cost(&d, per, rounds);
-        report.recycle(RECYCLE_CONC, &off, &on);
-    }
-    if let Some(only) = &o.only {
-        if only.scale_up {
-            // The first burst is the one that counts (later ones find the
-            // instances the first started); a slow one prints what the
-            // manager logged meanwhile.
-            for _ in 0..5 {
-                let seen = d.log().len();
-                let took = extras::scale_up(&d, BURST_KEY)?;
-                if took > Duration::from_millis(150) {
-                    eprint!("{}", d.log().get(seen..).unwrap_or_default());
-                }
-                report.scale_up(took);
-            }
-        }
-        return Ok(());
-    }
+    Ok(())
+}
 
+/// `--only scale-up`: five bursts. The first is the one that counts (later
+/// ones find the instances the first started); a slow one prints what the
+/// manager logged meanwhile.
+fn scale_up_bursts(d: &Daemon, report: &mut Report) -> Result<(), String> {
+    for _ in 0..5 {
+        let seen = d.log().len();
+        let took = extras::scale_up(d, BURST_KEY)?;
+        if took > Duration::from_millis(150) {
+            eprint!("{}", d.log().get(seen..).unwrap_or_default());
+        }
+        report.scale_up(took);
+    }
+    Ok(())
+}
+
+/// The manager's own figures: its CPU under load, fast fail, cold starts,
+/// scale-up and allocations per request.
+fn manager_figures(
+    o: &Opts,
+    d: &Daemon,
+    fl: &FloorServers,
+    cold: &[String],
+    report: &mut Report,
+) -> Result<(), String> {
     let cpu_dur = Duration::from_secs(if o.quick { 3 } else { 10 });
-    let cpu = extras::manager_cpu(&d, KEY, cpu_dur, 4)?;
+    let cpu = extras::manager_cpu(d, KEY, cpu_dur, 4)?;
     report.manager_cpu(&cpu, cpu_dur);
     report.fast_fail(&extras::fast_fail(
-        &d,
+        d,
         FALSE_KEY,
         if o.quick { 200 } else { 1000 },
     )?);
     let own = extras::echo_standalone_us(9)?;
-    let cold_us = extras::cold_starts(&d, &cold)?;
+    let cold_us = extras::cold_starts(d, cold)?;
     report.cold_start(&own, &cold_us);
-    report.scale_up(extras::scale_up(&d, BURST_KEY)?);
-    report.allocations(&alloc_per_request(&d, &fl));
-    drop(d);
-    drop(fl);
-    drop(pfl);
-    report.scale(&extras::scale(200)?);
+    report.scale_up(extras::scale_up(d, BURST_KEY)?);
+    report.allocations(&alloc_per_request(d, fl));
     Ok(())
 }
 

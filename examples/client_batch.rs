@@ -13,16 +13,10 @@ use std::time::{Duration, Instant};
 use charon_client::{Client, Request};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [run_dir, key, count] = args.as_slice() else {
-        eprintln!("usage: client_batch RUN_DIR KEY COUNT");
+    let Some((run_dir, key, count)) = args() else {
         return ExitCode::from(2);
     };
-    let Ok(count) = count.parse::<u32>() else {
-        eprintln!("client_batch: COUNT must be a number, not {count:?}");
-        return ExitCode::from(2);
-    };
-    let mut client = match Client::builder().run_dir(run_dir).build() {
+    let mut client = match Client::builder().run_dir(&run_dir).build() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("client_batch: {e}");
@@ -66,4 +60,19 @@ fn main() -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// RUN_DIR, KEY and COUNT from the command line; `None` once the problem
+/// is said.
+fn args() -> Option<(String, String, u32)> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [run_dir, key, count] = args.as_slice() else {
+        eprintln!("usage: client_batch RUN_DIR KEY COUNT");
+        return None;
+    };
+    let Ok(count) = count.parse::<u32>() else {
+        eprintln!("client_batch: COUNT must be a number, not {count:?}");
+        return None;
+    };
+    Some((run_dir.clone(), key.clone(), count))
 }

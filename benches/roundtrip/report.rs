@@ -59,6 +59,85 @@ fn size_name(size: usize) -> String {
     }
 }
 
+/// One row of the table: the floor's line, then charon's with its ratios
+/// to the floor, and the errors if any.
+fn print_row(r: &Row) {
+    for (name, v) in [("floor", r.floor), ("charon", r.charon)] {
+        let ratio = if name == "charon" {
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                r.charon[1] / r.floor[1],
+                r.charon[2] / r.floor[2],
+                r.charon[3] / r.floor[3]
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "| {} | {} | {} | {name} | {:.0} | {:.1} | {:.1} | {:.1} | {ratio} |",
+            r.case,
+            size_name(r.size),
+            r.conc,
+            v[1],
+            v[2],
+            v[3],
+            v[4]
+        );
+    }
+    if !r.errors.is_empty() {
+        println!("|   errors: {} |", r.errors);
+    }
+}
+
+/// The targets a row is judged against: (what, passed, the figure).
+fn judge(r: &Row) -> Vec<(String, bool, f64)> {
+    let mut judged = Vec::new();
+    let (p50, p99, rps) = (
+        r.charon[2] / r.floor[2],
+        r.charon[3] / r.floor[3],
+        r.charon[1] / r.floor[1],
+    );
+    let clean = r.errors.is_empty();
+    match (r.case, r.conc, r.size) {
+        ("connect", 1, 0 | 1024) => {
+            judged.push((
+                format!(
+                    "latency {} c=1: p50 {p50:.2}x floor (<= 1.25)",
+                    size_name(r.size)
+                ),
+                clean && p50 <= 1.25,
+                p50,
+            ));
+            judged.push((
+                format!(
+                    "latency {} c=1: p99 {p99:.2}x floor (<= 2)",
+                    size_name(r.size)
+                ),
+                clean && p99 <= 2.0,
+                p99,
+            ));
+        }
+        ("connect", 4, _) => judged.push((
+            format!(
+                "throughput {} c=4: {rps:.2}x floor (>= 0.8)",
+                size_name(r.size)
+            ),
+            clean && rps >= 0.8,
+            rps,
+        )),
+        ("persistent", _, _) => judged.push((
+            format!(
+                "persistent {}: p50 {p50:.2}x floor (<= 1.2)",
+                size_name(r.size)
+            ),
+            clean && p50 <= 1.2,
+            p50,
+        )),
+        _ => {}
+    }
+    judged
+}
+
 fn verdict(pass: bool) -> &'static str {
     if pass {
         "PASS"
@@ -174,82 +253,13 @@ impl Report {
         println!("| case | body | conc | system | req/s | p50 us | p99 us | p99.9 us | charon/floor (req/s, p50, p99) |");
         println!("|---|---|---|---|---:|---:|---:|---:|---|");
         for r in &self.rows {
-            for (name, v) in [("floor", r.floor), ("charon", r.charon)] {
-                let ratio = if name == "charon" {
-                    format!(
-                        "{:.2} / {:.2} / {:.2}",
-                        r.charon[1] / r.floor[1],
-                        r.charon[2] / r.floor[2],
-                        r.charon[3] / r.floor[3]
-                    )
-                } else {
-                    String::new()
-                };
-                println!(
-                    "| {} | {} | {} | {name} | {:.0} | {:.1} | {:.1} | {:.1} | {ratio} |",
-                    r.case,
-                    size_name(r.size),
-                    r.conc,
-                    v[1],
-                    v[2],
-                    v[3],
-                    v[4]
-                );
-            }
-            if !r.errors.is_empty() {
-                println!("|   errors: {} |", r.errors);
-            }
+            print_row(r);
         }
         println!();
         for n in &self.notes {
             println!("{n}");
         }
-        let mut judged = Vec::new();
-        for r in &self.rows {
-            let (p50, p99, rps) = (
-                r.charon[2] / r.floor[2],
-                r.charon[3] / r.floor[3],
-                r.charon[1] / r.floor[1],
-            );
-            let clean = r.errors.is_empty();
-            match (r.case, r.conc, r.size) {
-                ("connect", 1, 0 | 1024) => {
-                    judged.push((
-                        format!(
-                            "latency {} c=1: p50 {p50:.2}x floor (<= 1.25)",
-                            size_name(r.size)
-                        ),
-                        clean && p50 <= 1.25,
-                        p50,
-                    ));
-                    judged.push((
-                        format!(
-                            "latency {} c=1: p99 {p99:.2}x floor (<= 2)",
-                            size_name(r.size)
-                        ),
-                        clean && p99 <= 2.0,
-                        p99,
-                    ));
-                }
-                ("connect", 4, _) => judged.push((
-                    format!(
-                        "throughput {} c=4: {rps:.2}x floor (>= 0.8)",
-                        size_name(r.size)
-                    ),
-                    clean && rps >= 0.8,
-                    rps,
-                )),
-                ("persistent", _, _) => judged.push((
-                    format!(
-                        "persistent {}: p50 {p50:.2}x floor (<= 1.2)",
-                        size_name(r.size)
-                    ),
-                    clean && p50 <= 1.2,
-                    p50,
-                )),
-                _ => {}
-            }
-        }
+        let judged: Vec<_> = self.rows.iter().flat_map(judge).collect();
         for (text, pass, value) in judged {
             self.target(&text, pass, value);
         }
