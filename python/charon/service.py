@@ -92,6 +92,11 @@ def _fd_open(fd: int) -> bool:
         return False
 
 
+# The longest path a Unix socket address holds (sun_path, 108 bytes with
+# the NUL).
+_MAX_SOCKET_PATH = 107
+
+
 def _take_turn(path: str) -> Optional[int]:
     """An exclusive flock on ``path``'s directory (closing the fd releases
     it), or None if the directory cannot be opened or locked: the rename is
@@ -356,6 +361,11 @@ class Service:
     def _setup_accept(self, path: str) -> None:
         if not path:
             raise ServiceError("CHARON_ACCEPT_SOCKET is empty; set it to a socket path")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        if len(os.fsencode(tmp)) > _MAX_SOCKET_PATH:
+            raise ServiceError(
+                f"{path}: too long: its temporary name {tmp} must fit in a socket"
+                f" address ({_MAX_SOCKET_PATH} bytes)")
         # Services starting on one path take turns (PROTOCOL.md 10.2): a
         # lock on the directory from the check to the rename.
         turn = _take_turn(path)
@@ -364,7 +374,6 @@ class Service:
             # Bound at a temporary name and renamed over the path once it
             # listens (a stale socket replaced in one step), so a client
             # finds the stale socket or the new one, never the path empty.
-            tmp = f"{path}.{os.getpid()}.tmp"
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 try:

@@ -219,6 +219,18 @@ def test_a_stale_socket_is_replaced_without_a_moment_of_not_found(procs, tmp_sho
     assert sorted(os.listdir(tmp_short)) == ["svc.sock"], "no temporary file left"
 
 
+def test_a_path_without_room_for_the_temporary_name_is_refused(tmp_short):
+    # The path itself fits in a socket address; PATH.<pid>.tmp does not.
+    sock = tmp_short / ("x" * (107 - len(str(tmp_short)) - 1))
+    e = service_env()
+    e["CHARON_ACCEPT_SOCKET"] = str(sock)
+    r = subprocess.run([sys.executable, str(SERVICES / "svc.py")], env=e,
+                       capture_output=True, timeout=PATIENCE)
+    assert r.returncode != 0
+    assert b"its temporary name" in r.stderr, r.stderr
+    assert os.listdir(tmp_short) == []
+
+
 def test_standalone_with_charon_test(tmp_short):
     env = service_env()
     cmd = [str(bin_path("charon")), "test", "-K", KEY, "--", sys.executable,

@@ -22,6 +22,10 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, ErrorKind};
 
+/// The longest path a Unix socket address holds (`sun_path`, 108 bytes
+/// with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// An accept-mode socket file, removed on drop if it is still ours.
 #[derive(Debug)]
 pub(crate) struct Bound {
@@ -57,9 +61,17 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, Bound), Error> {
             "CHARON_ACCEPT_SOCKET is empty; set it to a socket path".into(),
         ));
     }
+    let temp_name = temp_path(path);
+    if temp_name.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(fail(format!(
+            "too long: its temporary name {} must fit in a socket address \
+             ({MAX_SOCKET_PATH} bytes)",
+            temp_name.display()
+        )));
+    }
     let _turn = take_turn(path);
     check_replaceable(path).map_err(fail)?;
-    let temp = Temp(temp_path(path));
+    let temp = Temp(temp_name);
     let listener = temp
         .bind()
         .map_err(|e| fail(format!("cannot listen there: {e}")))?;
@@ -185,9 +197,9 @@ mod tests {
 
         // The path fits in sun_path (108 bytes with its NUL) but its
         // temporary name, longer by the pid and ".tmp", does not.
-        let long = d.join("x".repeat(107 - d.as_os_str().len() - 1));
+        let long = d.join("x".repeat(MAX_SOCKET_PATH - d.as_os_str().len() - 1));
         let err = bind(&long).unwrap_err().to_string();
-        assert!(err.contains("cannot listen there"), "{err}");
+        assert!(err.contains("its temporary name"), "{err}");
         let err = bind(&d.join("no-such-dir/s.sock")).unwrap_err().to_string();
         assert!(err.contains("cannot listen there"), "{err}");
         assert_eq!(names(d), ["f.sock"]);
