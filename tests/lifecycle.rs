@@ -1,8 +1,9 @@
 //! The instance lifecycle rules (doc/charond.md, "Instance lifecycle"), end
 //! to end and on the documented defaults: a mature instance's death is
 //! replaced and never fast-fails the service (chaos, poison requests);
-//! `maximum-requests` is a hard bound; an instance that hangs before it is
-//! ready is killed by `startup-timeout`; an instance is busy from
+//! `maximum-requests` is a hard bound, and a recycle whose replacement dies
+//! before taking over starts it again once; an instance that hangs before
+//! it is ready is killed by `startup-timeout`; an instance is busy from
 //! `accept()`, so silent clients grow the pool; a healthy trial resets the
 //! backoff; and a service whose every instance fails young still backs off
 //! and fast-fails with its reason.
@@ -17,6 +18,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use charon_client::{ErrorKind, Request};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::util::daemon::Daemon;
 use crate::util::echo_config;
@@ -240,6 +243,150 @@ fn maximum_requests_is_exact_under_ping_p_2_and_with_a_slow_start() {
             d.log()
         );
     }
+}
+
+/// A recycle's replacement that dies while it starts, before its retiree
+/// has left, is started again once: the retiree still waits for it, so the
+/// exit is not also refilled (which started two processes for one loss and
+/// left the pool one over its minimum). After the first instance, every
+/// start is a recycle, one per retirement plus one for the lost
+/// replacement; the pool settles at its minimum of one; every request is
+/// answered across the change.
+#[test]
+fn a_replacement_lost_before_its_retiree_left_is_started_again_once() {
+    let dir = TestDir::new();
+    let hold = dir.join("hold");
+    let held = dir.join("held-pid");
+    // The one start that finds `hold` takes it, writes its pid and hangs
+    // before it is ready (as a program stuck loading its data would): the
+    // replacement the test kills. Every other start runs charon-echo.
+    let script = format!(
+        "if mv {hold} {hold}.taken 2>/dev/null; then echo $$ > {held}.tmp && mv {held}.tmp {held}; \
+         exec sleep 600; fi; exec {echo}",
+        hold = hold.display(),
+        held = held.display(),
+        echo = bin("charon-echo").display()
+    );
+    // The pool's shape: one instance at most. A fast sequential client's
+    // next connection can arrive while the only instance still finishes
+    // the last request, which rightly grows the pool; a second instance
+    // would share the requests and could take the hold file. Every other
+    // knob at its default (on demand, minimum 1, maximum-requests 10000
+    // with 10% jitter: the limit is read from the log).
+    let d = Daemon::start(&[(
+        KEY,
+        &format!("exec = [\"/bin/sh\", \"-c\", {script:?}]\nmaximum-processes = 1\n"),
+    )]);
+    let mut c = d.client();
+    assert_eq!(c.call(KEY, b"first").expect("answered"), b"first");
+    let retiree = d.one_instance(LONG, "the first instance");
+    let head = format!("pid={retiree}: started (");
+    d.wait_log("the first start logged", |l| l.contains(&head));
+    let limit = request_limit(&d.log(), retiree);
+    std::fs::write(&hold, "").expect("write the hold file");
+    // The first instance has no request rate to go by: it says it is
+    // retiring one request ahead of its limit (doc/charond.md,
+    // *Recycling*), and its replacement starts and hangs.
+    for i in 1..limit - 1 {
+        let body = i.to_le_bytes();
+        assert_eq!(c.call(KEY, &body).expect("answered"), body);
+    }
+    wait_for(LONG, "the replacement to start and hang", || held.exists());
+    let replacement: i32 = std::fs::read_to_string(&held)
+        .expect("held pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let old = d.ps().into_iter().find(|i| i["pid"] == retiree);
+    let old = old.unwrap_or_else(|| panic!("the retiree is gone; log:\n{}", d.log()));
+    assert_eq!(old["state"], "retiring", "{old}");
+    assert_eq!(old["requests"], limit - 1, "{old}");
+    // Killed while it starts (the OOM killer, an operator's kill -9),
+    // before the retiree, one request short of its limit, has left.
+    kill(Pid::from_raw(replacement), Signal::SIGKILL).expect("kill the replacement");
+    d.wait_log("the replacement started again", |l| {
+        l.contains("counted as crashed")
+            && starts(l).iter().filter(|w| *w == "recycle").count() >= 2
+    });
+    // Across the change: the retiree's last request, then the new
+    // replacement's first ones. (The new replacement may retire early:
+    // its notice is timed from the first instance's rate, which a client
+    // in a loop makes high; that recycle starts one more, as a retirement
+    // does.)
+    for i in 0..100u32 {
+        let body = i.to_le_bytes();
+        assert_eq!(c.call(KEY, &body).expect("answered"), body);
+    }
+    d.wait_log("the retiree gone", |l| {
+        l.contains(&format!("pid={retiree}: exited"))
+    });
+    let (ps, s) = settled(&d);
+    let log = d.log();
+    let why = starts(&log);
+    assert_eq!(
+        why[..3],
+        ["on demand", "recycle", "recycle"],
+        "one start for the lost replacement, not two; log:\n{log}"
+    );
+    assert!(
+        why[1..].iter().all(|w| w == "recycle"),
+        "only recycles: {why:?}; log:\n{log}"
+    );
+    assert_eq!(ps.len(), 1, "the pool at its minimum: {ps:?}; log:\n{log}");
+    assert_eq!(d.instances().len(), 1, "one process; log:\n{log}");
+    // One start per retirement, and one for the lost replacement.
+    let (retired, crashed) = (&s["exits"]["max_requests"], &s["exits"]["crashed"]);
+    assert_eq!(crashed, 1, "{s}");
+    assert_eq!(s["launches"].as_u64(), Some(why.len() as u64), "{s}");
+    assert_eq!(
+        s["launches"].as_u64(),
+        Some(1 + retired.as_u64().unwrap_or(0) + 1),
+        "{s}; log:\n{log}"
+    );
+    assert_eq!(s["backoffs"], 0, "{s}");
+}
+
+/// `charon ps` and the service's stats once no instance is starting or
+/// leaving, seen twice in a row with the same instances and launches (a
+/// retirement notice sent as the last request ended may still be on its
+/// way at the first look).
+fn settled(d: &Daemon) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let mut last = None;
+    let mut seen = None;
+    wait_for(LONG, "the pool to settle", || {
+        let ps = d.ps();
+        let s = d.stats(KEY);
+        let calm = ps
+            .iter()
+            .all(|i| i["state"] == "idle" || i["state"] == "busy");
+        let look: Vec<_> = ps.iter().map(|i| i["pid"].clone()).collect();
+        let look = (look, s["launches"].clone());
+        let same = calm && last.as_ref() == Some(&look);
+        last = calm.then_some(look);
+        if same {
+            seen = Some((ps, s));
+        }
+        same
+    });
+    seen.expect("settled")
+}
+
+/// The request limit charond gave instance `pid`, from its start line.
+fn request_limit(log: &str, pid: i32) -> u64 {
+    let head = format!("pid={pid}: started (");
+    let line = log.lines().find(|l| l.contains(&head));
+    let limit = line.and_then(|l| l.split_once("request limit ")?.1.strip_suffix(')'));
+    limit
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no start line with a request limit for {pid}; log:\n{log}"))
+}
+
+/// Why each instance was started, in order, from charond's log.
+fn starts(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.split_once(": started (slot ")?.1.split(", ").nth(1))
+        .map(str::to_string)
+        .collect()
 }
 
 // ------------------------------------------------ start-up
