@@ -44,7 +44,11 @@ fn call(run: &Path, i: u8, sleep_ms: &'static str) -> Call {
     let run = run.to_path_buf();
     std::thread::spawn(move || {
         let mut c = client_at(&run, Duration::from_secs(30));
-        let req = Request::new(KEY, vec![i]).context("echo.sleep-ms", sleep_ms);
+        // Each request logs a line, as services do: after the manager's
+        // death nobody reads the stderr pipe any more.
+        let req = Request::new(KEY, vec![i])
+            .context("echo.sleep-ms", sleep_ms)
+            .context("echo.log", format!("request {i}"));
         let t0 = Instant::now();
         let res = c.call_request(&req);
         (i, res, t0.elapsed())

@@ -77,7 +77,9 @@
 //!    end of the report channel closes, or its death signal, SIGUSR1,
 //!    arrives), the instance drains: it finishes the request in hand,
 //!    serves the connections already queued on its socket, and stops once
-//!    the queue is empty.
+//!    the queue is empty. It also points its stderr at /dev/null then:
+//!    nobody reads the pipe any more, and `eprintln!` would panic on the
+//!    failed write, costing the request in hand.
 //! 2. **Accept mode**: `CHARON_ACCEPT_SOCKET=PATH`. The service binds and
 //!    listens on PATH itself, to run one instance by hand. A stale socket
 //!    file there (nobody listening) is replaced; a live one, or a file that

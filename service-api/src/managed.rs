@@ -263,7 +263,7 @@ impl Managed {
             match send(self.report.as_raw_fd(), msg, flags) {
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN | Errno::EBADF) => {
-                    self.manager_gone = true;
+                    self.gone();
                 }
                 // Full (EAGAIN) or any other trouble: the batch is lost, the
                 // request path never waits on the manager.
@@ -278,10 +278,16 @@ impl Managed {
     pub(crate) fn check_channel(&mut self) {
         let mut byte = [0u8; 16];
         match recv(self.report.as_raw_fd(), &mut byte, MsgFlags::MSG_DONTWAIT) {
-            Ok(0) => self.manager_gone = true,
+            Ok(0) => self.gone(),
             Err(Errno::EAGAIN | Errno::EINTR) | Ok(_) => {}
-            Err(_) => self.manager_gone = true,
+            Err(_) => self.gone(),
         }
+    }
+
+    /// The manager is gone: drain, and stop writing to its stderr pipe.
+    fn gone(&mut self) {
+        self.manager_gone = true;
+        crate::sys::quiet_stderr();
     }
 }
 

@@ -128,6 +128,7 @@ fn managed(slot_text: &str) -> Result<Setup, Error> {
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("make the rendezvous socket non-blocking", e))?;
+    sys::watch_manager().map_err(|e| Error::io("open /dev/null for after the manager", e))?;
     let managed = Managed::new(scoreboard, sb_fd, slot, report);
     managed
         .flush_at_exit()

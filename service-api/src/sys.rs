@@ -1,5 +1,6 @@
 //! The one home of `unsafe` in this crate: the SIGTERM/SIGINT/SIGUSR1 handler and
-//! its wake-up eventfd, adopting the file descriptors a launcher arranged (fds 3,
+//! its wake-up eventfd, stderr pointed at /dev/null once the manager is gone,
+//! adopting the file descriptors a launcher arranged (fds 3,
 //! 4 and 5), mapping the scoreboard, a non-blocking `accept4`, and an exit hook.
 //!
 //! Everything here is a thin, checked wrapper returning `io::Result`; the
@@ -32,6 +33,13 @@ static WAKE: OnceLock<OwnedFd> = OnceLock::new();
 /// Set by the first successful [`claim_process`]: the fds and handlers are
 /// adopted once per process.
 static CLAIMED: AtomicBool = AtomicBool::new(false);
+/// The manager's pid in managed mode (0 otherwise), for the handler to tell
+/// the manager's death (`PR_SET_PDEATHSIG` sends SIGUSR1) from a drain.
+static MANAGER_PID: AtomicI32 = AtomicI32::new(0);
+/// An fd open on /dev/null for [`quiet_stderr`], -1 until
+/// [`watch_manager`]; never closed (the handler may use it at any moment).
+static DEVNULL_FD: AtomicI32 = AtomicI32::new(-1);
+static DEVNULL: OnceLock<OwnedFd> = OnceLock::new();
 
 /// Claims the process-wide resources (inherited fds, signal handlers) for
 /// the one `Service` a process may have. False if already claimed.
@@ -50,26 +58,63 @@ pub(crate) fn drain_requested() -> bool {
 }
 
 extern "C" fn on_stop_signal(sig: libc::c_int) {
-    // Only async-signal-safe work: an atomic store and write(2). errno is
-    // saved and restored so the interrupted code never sees it change.
+    // Only async-signal-safe work: atomics, getppid(2), dup2(2) and
+    // write(2). errno is saved and restored so the interrupted code never
+    // sees it change.
+    // SAFETY: __errno_location returns this thread's errno slot, valid for
+    // the thread's life; reading and writing it is signal-safe.
+    let saved = unsafe { *libc::__errno_location() };
     if sig == libc::SIGUSR1 {
         DRAIN.store(true, Ordering::Release);
+        let manager = MANAGER_PID.load(Ordering::Acquire);
+        // SAFETY: getppid has no preconditions and is async-signal-safe.
+        if manager > 0 && unsafe { libc::getppid() } != manager {
+            quiet_stderr();
+        }
     } else {
         STOP.store(true, Ordering::Release);
     }
     let fd = WAKE_FD.load(Ordering::Acquire);
     if fd >= 0 {
-        // SAFETY: __errno_location returns this thread's errno slot, valid
-        // for the thread's life; reading and writing it is signal-safe.
-        let saved = unsafe { *libc::__errno_location() };
         let one = 1u64;
         // SAFETY: `fd` is an eventfd that is never closed (it lives in a
         // static); `one` is a valid 8-byte buffer on our stack, the size an
         // eventfd write takes. A saturated counter (EAGAIN, the fd is
         // non-blocking) is fine: it is already readable, all a waiter needs.
         let _ = unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
-        // SAFETY: as above.
-        unsafe { *libc::__errno_location() = saved };
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+}
+
+/// Managed mode: remembers the manager (this process's parent now) and
+/// opens /dev/null, so that [`quiet_stderr`] and the SIGUSR1 handler can
+/// act once it is gone.
+pub(crate) fn watch_manager() -> io::Result<()> {
+    let null = match DEVNULL.get() {
+        Some(fd) => fd,
+        None => {
+            let fd = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+            DEVNULL.get_or_init(|| OwnedFd::from(fd))
+        }
+    };
+    DEVNULL_FD.store(null.as_raw_fd(), Ordering::Release);
+    // SAFETY: getppid has no preconditions.
+    MANAGER_PID.store(unsafe { libc::getppid() }, Ordering::Release);
+    Ok(())
+}
+
+/// The manager is gone: points fd 2 at /dev/null. The manager read the
+/// instance's stderr pipe; with it gone a write there fails with EPIPE,
+/// which makes `eprintln!` panic and would cost the request in hand. Its
+/// lines had nobody to read them anyway. Async-signal-safe, idempotent.
+pub(crate) fn quiet_stderr() {
+    let null = DEVNULL_FD.load(Ordering::Acquire);
+    if null >= 0 {
+        // SAFETY: `null` is an fd on /dev/null that is never closed (it
+        // lives in a static); dup2 onto 2 only replaces what fd 2 refers
+        // to, and is async-signal-safe.
+        let _ = unsafe { libc::dup2(null, 2) };
     }
 }
 

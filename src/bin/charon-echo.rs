@@ -23,7 +23,6 @@
 //! stop; 2 if it cannot start (one line on stderr says why); 1 if serving
 //! fails; otherwise what `echo.exit` asked for.
 
-use std::io::Write;
 use std::time::Duration;
 
 use charon_service::{fault, Request, Service};
@@ -108,8 +107,8 @@ fn serve(req: Request<'_>) -> Result<(), charon_service::Error> {
         Err(text) => return req.fault(fault::BAD_CONTEXT, &text),
     };
     if let Some(line) = c.log {
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "charon-echo: {line}");
+        // As a service usually logs: eprintln! panics if the write fails.
+        eprintln!("charon-echo: {line}");
     }
     if let Some(ms) = c.sleep_ms {
         std::thread::sleep(Duration::from_millis(ms));
