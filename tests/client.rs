@@ -240,6 +240,56 @@ fn die_once_with_no_retry_is_disconnected() {
     assert!(flag.exists());
 }
 
+/// Accepts one connection on `path` and reads its request, then closes the
+/// listening socket (the path stays, with nobody listening on it) and the
+/// connection, without answering: an instance that died mid-request with
+/// nobody left behind it.
+fn vanishing_server(path: &Path) -> JoinHandle<()> {
+    use std::io::Read;
+    let listener = UnixListener::bind(path).expect("bind");
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut head = [0u8; 8];
+        conn.read_exact(&mut head).expect("the request's header");
+        let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        let mut payload = vec![0u8; len as usize];
+        conn.read_exact(&mut payload)
+            .expect("the request's payload");
+        drop(listener);
+        drop(conn);
+    })
+}
+
+/// The first attempt is written, its instance dies without answering, and
+/// nobody listens when the retry comes: the request was written to a
+/// service that existed, so the caller hears Disconnected, never NotFound,
+/// from a call and from a batch alike.
+#[test]
+fn a_retry_that_finds_nobody_listening_is_disconnected_not_not_found() {
+    let dir = TestDir::new();
+    for batch in [false, true] {
+        let key = "test.gone.0.raw";
+        let path = dir.join(format!("{key}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let server = vanishing_server(&path);
+        let mut c = client(dir.path(), LONG);
+        let req = Request::new(key, b"x".to_vec());
+        let err = if batch {
+            let mut b = c.batch();
+            let id = b.add(req).expect("added");
+            b.wait_all();
+            b.take(id).expect("a result").expect_err("nobody answers")
+        } else {
+            c.call_request(&req).expect_err("nobody answers")
+        };
+        assert!(
+            matches!(err.kind(), ErrorKind::Disconnected { received: 0 }),
+            "batch {batch}: {err}"
+        );
+        server.join().expect("server thread");
+    }
+}
+
 #[test]
 fn faults_pass_through_with_code_and_text() {
     let dir = TestDir::new();

@@ -319,7 +319,16 @@ impl Client {
         if attrs.contains(Attributes::NEED_AFFINITY) {
             return Err(Error::with_key(ErrorKind::NoAffinity, key));
         }
-        connect_key(&self.run_dir, key)
+        match connect_key(&self.run_dir, key) {
+            // A retry that finds nobody listening (the service's instances
+            // and its manager gone): the request was written to a service
+            // that existed and its connection closed before any response.
+            // That, not "no such service", is what happened to it.
+            Err(e) if attempt == 2 && matches!(e.kind(), ErrorKind::NotFound { .. }) => Err(
+                Error::with_key(ErrorKind::Disconnected { received: 0 }, key),
+            ),
+            other => other,
+        }
     }
 
     /// After a response, keeps the connection if the request asked for it

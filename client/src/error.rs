@@ -47,7 +47,9 @@ pub enum ErrorKind {
     },
     /// The service's listen backlog is full: the connect was refused at once.
     Overloaded,
-    /// No socket for the key, nor for its wildcard, in the run dir.
+    /// No socket for the key, nor for its wildcard, in the run dir. Never
+    /// the answer to a request already written: a retry that finds nobody
+    /// is [`ErrorKind::Disconnected`].
     NotFound {
         /// The run dir that was searched.
         run_dir: PathBuf,
@@ -62,7 +64,7 @@ pub enum ErrorKind {
     },
     /// The connection closed after part of a response arrived, or closed
     /// silently on a request that may not be retried (or was already
-    /// retried).
+    /// retried, or whose retry found nobody listening).
     Disconnected {
         /// Response bytes received before the close.
         received: usize,

@@ -254,7 +254,19 @@ class Client:
                 return s
         if attrs & frame.NEED_AFFINITY:
             raise NoAffinity(f"{key}: no connection kept by an earlier keep-affinity request")
-        return _connect(self.run_dir, key, self._paths.get(key))
+        return self._connect(key, attempt)
+
+    def _connect(self, key: str, attempt: int) -> _socket.socket:
+        try:
+            return _connect(self.run_dir, key, self._paths.get(key))
+        except NotFound:
+            if attempt == 1:
+                raise
+        # A retry that finds nobody listening (the service's instances and
+        # its manager gone): the request was written to a service that
+        # existed and its connection closed before any response. That, not
+        # "no such service", is what happened to it.
+        raise Disconnected(f"{key}: the connection closed before any byte of a response")
 
     def _keep(self, key: str, attrs: int, resp: frame.Response, s: _socket.socket) -> bool:
         if attrs & frame.KEEP_AFFINITY and resp.status in (frame.OK, frame.FAULT):
@@ -299,7 +311,7 @@ class Client:
                 if attrs & (frame.NEED_AFFINITY | frame.KEEP_AFFINITY):
                     s = self._open(key, attrs, attempt)
                 else:
-                    s = _connect(self.run_dir, key, self._paths.get(key))
+                    s = self._connect(key, attempt)
             except InvalidRequest as e:
                 if key not in self._fields_cache:
                     check_key(key)  # an InvalidKey says which rule

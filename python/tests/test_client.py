@@ -4,6 +4,7 @@ and batches under one clock."""
 
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -155,3 +156,44 @@ def test_a_kept_conversation_waits_without_spinning_while_others_queue(daemon):
     head = queued.recv(8, socket.MSG_WAITALL)
     assert frame.check_header(head, frame.KIND_RESPONSE, frame.Limits()) > 0
     queued.close()
+
+
+def _vanishing_server(path: str) -> threading.Thread:
+    """Accepts one connection and reads its request, then closes the
+    listening socket (the path stays, with nobody listening on it) and the
+    connection, without answering."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        head = conn.recv(8, socket.MSG_WAITALL)
+        n = int.from_bytes(head[4:8], "big")
+        conn.recv(n, socket.MSG_WAITALL)
+        listener.close()
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_retry_that_finds_nobody_listening_is_disconnected_not_not_found(tmp_short, batch):
+    # The request was written to a service that existed: Disconnected.
+    key = "test.gone.0.raw"
+    t = _vanishing_server(str(tmp_short / f"{key}.sock"))
+    c = charon.Client(run_dir=str(tmp_short), timeout=20)
+    try:
+        if batch:
+            b = c.batch()
+            i = b.add(key, b"x")
+            b.wait_all()
+            with pytest.raises(charon.Disconnected):
+                b.result(i)
+        else:
+            with pytest.raises(charon.Disconnected):
+                c.call(key, b"x")
+    finally:
+        t.join(timeout=20)
