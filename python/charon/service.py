@@ -99,18 +99,26 @@ _MAX_SOCKET_PATH = 107
 
 def _take_turn(path: str) -> Optional[int]:
     """An exclusive flock on ``path``'s directory (closing the fd releases
-    it), or None if the directory cannot be opened or locked: the rename is
-    still atomic for clients then."""
+    it), or None if the directory cannot be opened, or locked within a
+    second (another service holds it well under a millisecond; something
+    else may hold it longer): the rename is still atomic for clients then."""
     try:
         fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.001)
+                continue
+        except OSError:
+            pass
         os.close(fd)
         return None
-    return fd
 
 
 class _Flags:

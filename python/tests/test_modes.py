@@ -2,6 +2,7 @@
 the read timeout and the limits, with the same framework errors as the
 Rust library."""
 
+import fcntl
 import os
 import signal
 import socket
@@ -229,6 +230,21 @@ def test_a_path_without_room_for_the_temporary_name_is_refused(tmp_short):
     assert r.returncode != 0
     assert b"its temporary name" in r.stderr, r.stderr
     assert os.listdir(tmp_short) == []
+
+
+def test_a_foreign_lock_on_the_directory_does_not_hold_a_start_forever(procs, tmp_short):
+    # Something else holds a lock on the directory for longer than the
+    # service waits for its turn (a second): it starts without the lock.
+    sock = tmp_short / "svc.sock"
+    fd = os.open(tmp_short, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        start_accept(procs, sock)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(sock))
+        s.close()
+    finally:
+        os.close(fd)
 
 
 def test_standalone_with_charon_test(tmp_short):

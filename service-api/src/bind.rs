@@ -16,6 +16,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -103,22 +104,32 @@ fn check_replaceable(path: &Path) -> Result<(), String> {
     }
 }
 
+/// How long a service waits for its turn on the directory. Another service
+/// holds it for a check, a bind and a rename, well under a millisecond;
+/// this bounds the wait if something else holds a lock on the directory.
+const TURN_WAIT: Duration = Duration::from_secs(1);
+
 /// An exclusive lock on `path`'s directory, held until dropped, so that
 /// services starting on the same path check and replace one at a time.
-/// None if the directory cannot be opened or locked (no read permission,
-/// say): the rename is still atomic for clients; only two services
-/// starting at the same instant over the same stale socket could then both
-/// think they replaced it.
+/// None if the directory cannot be opened (no read permission, say) or
+/// locked within [`TURN_WAIT`]: the rename is still atomic for clients;
+/// only two services starting at the same instant over the same stale
+/// socket could then both think they replaced it.
 fn take_turn(path: &Path) -> Option<Flock<File>> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let mut file = File::open(dir).ok()?;
+    let deadline = Instant::now() + TURN_WAIT;
     loop {
-        match Flock::lock(file, FlockArg::LockExclusive) {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Some(lock),
             Err((f, Errno::EINTR)) => file = f,
+            Err((f, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(1));
+            }
             Err(_) => return None,
         }
     }
@@ -157,12 +168,10 @@ impl Drop for Temp {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Barrier};
     use std::thread;
-    use std::time::{Duration, Instant};
-
-    use super::*;
 
     /// The names in `dir`, sorted.
     fn names(dir: &Path) -> Vec<String> {
@@ -233,6 +242,19 @@ mod tests {
         // The racers share a pid, so a temporary name too: the lock keeps
         // them apart there as well.
         assert_eq!(names(dir.path()), ["s.sock"]);
+    }
+
+    /// Something else holding a lock on the directory delays a start by
+    /// at most the turn's wait, not for as long as it holds it.
+    #[test]
+    fn a_foreign_lock_on_the_directory_does_not_hold_a_start_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Flock::lock(File::open(dir.path()).unwrap(), FlockArg::LockExclusive).unwrap();
+        let started = Instant::now();
+        let bound = bind(&dir.path().join("s.sock")).unwrap();
+        assert!(started.elapsed() >= TURN_WAIT, "it waited for its turn");
+        assert!(UnixStream::connect(dir.path().join("s.sock")).is_ok());
+        drop((bound, held));
     }
 
     /// A service restarting over its predecessor's stale socket, again and
