@@ -14,7 +14,8 @@
 //! so a large body is copied once, by the kernel. The roundtrip benchmark
 //! measured the copy out of the frame as the largest user-space cost of a
 //! 64 KiB exchange (a quarter of all CPU time at concurrency 4). That read
-//! into the `Vec`'s spare capacity is this crate's one `unsafe` block.
+//! into the `Vec`'s spare capacity is `sys::recv_into_spare`, this crate's
+//! only `unsafe` code.
 
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -28,6 +29,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{sendmsg, MsgFlags, UnixAddr};
 
 use crate::error::{Error, ErrorKind};
+use crate::sys::recv_into_spare;
 
 /// The most a response's first read takes into the frame buffer. A body
 /// that does not fit goes into its own `Vec` (see the module doc).
@@ -284,26 +286,6 @@ impl Read for Capped<'_> {
         self.left -= n;
         Ok(n)
     }
-}
-
-/// One recv(2) into `body`'s spare capacity, never past `len` bytes in all.
-#[allow(unsafe_code)]
-fn recv_into_spare(stream: &UnixStream, body: &mut Vec<u8>, len: usize) -> Result<usize, Errno> {
-    let want = len.saturating_sub(body.len());
-    let spare = body.spare_capacity_mut();
-    let want = want.min(spare.len());
-    // SAFETY: recv(2) writes at most `want` bytes starting at `spare`'s
-    // first element; `want <= spare.len()`, so every byte written lies in
-    // the Vec's own spare capacity, which nothing else references while
-    // `spare` borrows it mutably (MaybeUninit<u8> has u8's layout). The fd
-    // is open: `stream` owns it and outlives the call.
-    let n = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), want, 0) };
-    let n = usize::try_from(n).map_err(|_| Errno::last())?;
-    // SAFETY: recv reported `n <= want` bytes written at the start of the
-    // spare capacity, so the first `body.len() + n` bytes are initialized,
-    // and `body.len() + n <= len <= capacity` by the bound on `want`.
-    unsafe { body.set_len(body.len() + n) };
-    Ok(n)
 }
 
 /// A response buffer sized by `limits`.
