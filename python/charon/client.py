@@ -83,8 +83,12 @@ def _connect(run_dir: str, key: str, path: Optional[str] = None) -> _socket.sock
     known), else its wildcard's (ENOENT and ECONNREFUSED fall through;
     EAGAIN is overloaded). The C socket type: socket.socket's
     Python-level __init__ and close would add their calls to every
-    request."""
-    s = _socket.socket(_AF_UNIX, _SOCK_TYPE)
+    request. Out of fds (EMFILE), the socket cannot be made: a CharonError,
+    as the Rust client's Io error, never a bare OSError."""
+    try:
+        s = _socket.socket(_AF_UNIX, _SOCK_TYPE)
+    except OSError as e:
+        raise CharonError(f"{key}: create a socket: {e}") from None
     stale = None
     try:
         for k in (key, None):
@@ -521,7 +525,10 @@ class Batch:
             raise InvalidRequest("timeout must be greater than zero")
         self._deadline: Optional[float] = None
         self._entries: List[_Entry] = []
-        self._sel = selectors.DefaultSelector()
+        try:
+            self._sel = selectors.DefaultSelector()
+        except OSError as e:
+            raise CharonError(f"create a poll: {e}") from None
         self._completed: List[int] = []
         self._returned = set()  # type: ignore[var-annotated]
         self._live = 0
@@ -631,7 +638,11 @@ class Batch:
         e.out = memoryview(data)
         e.sent = False
         e.acc = _Response(self._client.limits)
-        self._sel.register(s, selectors.EVENT_WRITE, i)
+        try:
+            self._sel.register(s, selectors.EVENT_WRITE, i)
+        except OSError as err:  # the kernel's limit on watched fds
+            self._finish(e, _with_key(CharonError(f"poll the connection: {err}"), e.key))
+            return
         self._write(i)
 
     def _finish(self, e: _Entry, result: Union[bytes, CharonError], keep: bool = False) -> None:

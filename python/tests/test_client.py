@@ -197,3 +197,38 @@ def test_a_retry_that_finds_nobody_listening_is_disconnected_not_not_found(tmp_s
                 c.call(key, b"x")
     finally:
         t.join(timeout=20)
+
+
+def test_a_batch_past_the_fd_limit_fails_those_requests_and_serves_the_rest(daemon):
+    # A batch holds one connection per request in flight: past the open
+    # files limit, the requests that get no socket fail with a
+    # CharonError at once (as the Rust client's Io error), and the rest
+    # are answered without waiting for the batch's timeout.
+    import resource
+
+    d = daemon({KEY: echo_conf()})
+    c = charon.Client(run_dir=str(d.run), timeout=60)
+    assert c.call(KEY, b"warm") == b"warm"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fds = [int(f) for f in os.listdir("/proc/self/fd")]
+    limit = max(max(fds) + 1, len(fds) + 40)
+    room = limit - len(fds)  # the fds free below the limit
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        b = c.batch()
+        ids = [b.add(KEY, b"r%d" % i) for i in range(3 * room)]
+        start = time.monotonic()
+        b.wait_all()
+        took = time.monotonic() - start
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    served = failed = 0
+    for i in ids:
+        try:
+            assert b.result(i) == b"r%d" % i
+            served += 1
+        except charon.CharonError as e:
+            assert "create a socket" in str(e), e
+            failed += 1
+    assert served >= room // 2 and failed >= room, (served, failed)
+    assert took < 30, f"wait_all waited {took:.1f} s for requests that never started"
