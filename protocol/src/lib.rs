@@ -15,6 +15,8 @@
 //! - [`managed`]: the fds and environment a managed instance receives;
 //! - [`scoreboard`]: the shared-memory slots instances update;
 //! - [`report`]: the per-request records instances send the manager.
+//!
+//! `unsafe` lives in `sys` alone (the scoreboard's shared memory mapping).
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -29,6 +31,7 @@ mod limits;
 pub mod managed;
 pub mod report;
 pub mod scoreboard;
+mod sys;
 
 pub use frame::{
     decode_request, decode_response, encode_ok_head, encode_request, encode_request_head,

@@ -19,21 +19,16 @@
 //! offset 64   Slot 0 (128 bytes)
 //! offset 192  Slot 1 ...
 //! ```
-
-#![allow(unsafe_code)]
+//!
+//! This file is safe code: the mapping itself, and [`Scoreboard::map`]
+//! whose caller vouches for the file, are in `sys.rs`.
 
 use std::ffi::CStr;
 use std::io;
-use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-use nix::sys::memfd::{memfd_create, MFdFlags};
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
-use nix::sys::stat::fstat;
-use nix::unistd::ftruncate;
+use crate::sys::Mapping;
 
 /// `"CHRNSB01"`, the first 8 bytes of every scoreboard.
 pub const MAGIC: u64 = u64::from_be_bytes(*b"CHRNSB01");
@@ -276,17 +271,9 @@ pub fn now_ns() -> u64 {
 /// A mapped scoreboard.
 #[derive(Debug)]
 pub struct Scoreboard {
-    base: NonNull<u8>,
-    len: NonZeroUsize,
+    mapping: Mapping,
     slots: u32,
 }
-
-// SAFETY: the mapping is only ever accessed through atomics (`Header` and
-// `Slot` hold nothing else), which are Sync; the pointer is owned by this
-// value and unmapped once, in Drop.
-unsafe impl Send for Scoreboard {}
-// SAFETY: as above: shared access goes through atomics only.
-unsafe impl Sync for Scoreboard {}
 
 fn size_for(slots: u32) -> usize {
     HEADER_SIZE + slots as usize * SLOT_SIZE
@@ -308,18 +295,8 @@ impl Scoreboard {
                 format!("scoreboard slots must be 1 to {MAX_SLOTS}, not {slots}"),
             ));
         }
-        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
-        let len = size_for(slots);
-        ftruncate(&fd, len as i64)?;
-        fcntl(
-            &fd,
-            FcntlArg::F_ADD_SEALS(
-                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
-            ),
-        )?;
-        // SAFETY: `fd` is a memfd we just created and sealed at exactly
-        // `size_for(slots)` bytes, so the contract of `map_raw` holds.
-        let sb = unsafe { Scoreboard::map_raw(fd.as_fd(), len)? };
+        let (mapping, fd) = Mapping::create_sealed(name, size_for(slots))?;
+        let sb = Scoreboard { mapping, slots };
         let h = sb.header();
         h.version.store(LAYOUT_VERSION, Ordering::Relaxed);
         h.slot_count.store(slots, Ordering::Relaxed);
@@ -328,31 +305,22 @@ impl Scoreboard {
         Ok((sb, fd))
     }
 
-    /// Maps a scoreboard created by [`Scoreboard::create`] in another
-    /// process (an instance maps the fd it inherited).
-    ///
-    /// # Safety
-    ///
-    /// `fd` must refer to a file that no process will shrink while it is
-    /// mapped (shrinking would turn accesses into SIGBUS). A memfd made by
-    /// [`Scoreboard::create`] is sealed against that; this function checks
-    /// the size, magic and version but cannot check the seals of an
-    /// arbitrary file.
-    ///
-    /// # Errors
-    ///
-    /// `InvalidData` if the file is not a scoreboard of this layout.
-    pub unsafe fn map(fd: BorrowedFd<'_>) -> io::Result<Scoreboard> {
-        let st = fstat(fd)?;
-        let len = usize::try_from(st.st_size).unwrap_or(0);
+    /// The length of a file [`Scoreboard::map`] may map, given its size:
+    /// room for the header and at least one slot.
+    pub(crate) fn check_file_size(size: i64) -> io::Result<usize> {
+        let len = usize::try_from(size).unwrap_or(0);
         if len < HEADER_SIZE + SLOT_SIZE {
             return Err(invalid(format!(
                 "scoreboard file of {len} bytes is too small"
             )));
         }
-        // SAFETY: forwarded from the caller's promise.
-        let mut sb = unsafe { Scoreboard::map_raw(fd, len)? };
-        let h = sb.header();
+        Ok(len)
+    }
+
+    /// Checks that a mapping made by [`Scoreboard::map`] is a scoreboard of
+    /// this layout, and takes the slot count from its header.
+    pub(crate) fn adopt(mapping: Mapping) -> io::Result<Scoreboard> {
+        let h = mapping.header();
         let magic = h.magic.load(Ordering::Acquire);
         if magic != MAGIC {
             return Err(invalid(format!("bad scoreboard magic {magic:#x}")));
@@ -364,48 +332,19 @@ impl Scoreboard {
             )));
         }
         let slots = h.slot_count.load(Ordering::Relaxed);
+        let len = mapping.len();
         if slots == 0 || slots > MAX_SLOTS || size_for(slots) > len {
             return Err(invalid(format!(
                 "scoreboard of {len} bytes cannot hold {slots} slots"
             )));
         }
-        sb.slots = slots;
-        Ok(sb)
-    }
-
-    /// # Safety
-    ///
-    /// `fd` must be at least `len` bytes long and stay so while mapped.
-    unsafe fn map_raw(fd: BorrowedFd<'_>, len: usize) -> io::Result<Scoreboard> {
-        let nz = NonZeroUsize::new(len).ok_or_else(|| invalid("empty scoreboard".into()))?;
-        // SAFETY: a fresh shared mapping at an address the kernel chooses
-        // aliases no Rust object; the caller guarantees the file's length.
-        let ptr = unsafe {
-            mmap(
-                None,
-                nz,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                fd,
-                0,
-            )?
-        };
-        let slots = ((len - HEADER_SIZE.min(len)) / SLOT_SIZE) as u32;
-        Ok(Scoreboard {
-            base: ptr.cast(),
-            len: nz,
-            slots,
-        })
+        Ok(Scoreboard { mapping, slots })
     }
 
     /// The header.
     #[must_use]
     pub fn header(&self) -> &Header {
-        // SAFETY: the mapping is page-aligned and at least HEADER_SIZE bytes
-        // long; Header is repr(C) of atomics only, valid for every bit
-        // pattern, and shared access to atomics is sound even when other
-        // processes write them.
-        unsafe { &*self.base.as_ptr().cast::<Header>() }
+        self.mapping.header()
     }
 
     /// Number of slots.
@@ -420,12 +359,13 @@ impl Scoreboard {
         if i >= self.slots {
             return None;
         }
-        let off = HEADER_SIZE + i as usize * SLOT_SIZE;
-        debug_assert!(off + SLOT_SIZE <= self.len.get());
-        // SAFETY: `i < slots` and slots were checked to fit in the mapping;
-        // the offset is a multiple of 64 from a page-aligned base, so
-        // aligned for Slot (align 8); Slot is atomics only (see header()).
-        Some(unsafe { &*self.base.as_ptr().add(off).cast::<Slot>() })
+        let slot = self.mapping.slot(i);
+        debug_assert!(
+            slot.is_some(),
+            "slot {i} of {} outside the mapping",
+            self.slots
+        );
+        slot
     }
 
     /// True if any slot below `slots_in_use` is idle. Instances call this
@@ -466,14 +406,6 @@ impl Scoreboard {
     }
 }
 
-impl Drop for Scoreboard {
-    fn drop(&mut self) {
-        // SAFETY: base/len are exactly what mmap returned, and no reference
-        // into the mapping outlives `self` (they all borrow it).
-        let _ = unsafe { munmap(self.base.cast(), self.len.get()) };
-    }
-}
-
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
@@ -483,57 +415,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn create_then_map_shares_memory() {
-        let (a, fd) = Scoreboard::create(c"test", 4).unwrap();
-        // SAFETY: fd is a sealed scoreboard memfd made just above.
-        let b = unsafe { Scoreboard::map(fd.as_fd()).unwrap() };
-        assert_eq!(b.slot_count(), 4);
-        a.slot(2).unwrap().reset(1234, 5);
-        a.header().slots_in_use.store(3, Ordering::Relaxed);
-        let s = b.slot(2).unwrap();
-        assert_eq!(s.state(), Some(SlotState::Starting));
-        s.begin(1_000, 2, 77, "a-client-with-a-rather-long-name-indeed");
-        let snap = a.slot(2).unwrap().snapshot();
-        assert_eq!(snap.pid, 1234);
-        assert_eq!(snap.state, Some(SlotState::Busy));
-        assert_eq!(snap.attempt, 2);
-        assert_eq!(snap.request_bytes, 77);
-        assert_eq!(snap.client, "a-client-with-a-rather-long-name");
-        assert!(!a.any_idle());
-        assert_eq!(s.finish(4_000), 1);
-        s.set_state(SlotState::Idle);
-        assert!(a.any_idle());
-        assert_eq!(a.slot(2).unwrap().snapshot().busy_total_ns, 3_000);
-        assert!(a.slot(4).is_none());
-    }
-
-    #[test]
     fn hints_are_rate_limited() {
         let (sb, _fd) = Scoreboard::create(c"t", 1).unwrap();
         assert!(sb.claim_hint(10_000_000, 5_000_000));
         assert!(!sb.claim_hint(12_000_000, 5_000_000));
         assert!(sb.claim_hint(16_000_000, 5_000_000));
-    }
-
-    #[test]
-    fn seals_refuse_resizing() {
-        let (_sb, fd) = Scoreboard::create(c"t", 2).unwrap();
-        assert!(ftruncate(&fd, 1).is_err());
-        assert!(ftruncate(&fd, 1 << 20).is_err());
-    }
-
-    #[test]
-    fn map_refuses_foreign_files() {
-        let f = tempfile_like();
-        // SAFETY: the file is ours and nobody resizes it during the test.
-        let err = unsafe { Scoreboard::map(f.as_fd()) }.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-    }
-
-    fn tempfile_like() -> OwnedFd {
-        let fd = memfd_create(c"x", MFdFlags::MFD_CLOEXEC).unwrap();
-        ftruncate(&fd, 4096).unwrap();
-        fd
     }
 
     #[test]
