@@ -274,6 +274,27 @@ fn accept_mode_answers_many_connections() {
 }
 
 #[test]
+fn a_program_that_closes_its_stdio_never_prints_into_a_client() {
+    // The next connection would take the lowest free fd, the one the
+    // program closed, and its log lines would go into that client's answer.
+    let e = Echo::start(&[]);
+    for fd in ["2", "1", "0"] {
+        let closing = frame(&[("echo.close-stdio", fd)], b"closing", Attributes::NONE);
+        assert_eq!(
+            exchange(&e.sock, closing),
+            Some(Resp::Ok(b"closing".to_vec()))
+        );
+        for _ in 0..3 {
+            let logging = frame(&[("echo.log", "a line")], b"after", Attributes::NONE);
+            assert_eq!(
+                exchange(&e.sock, logging),
+                Some(Resp::Ok(b"after".to_vec()))
+            );
+        }
+    }
+}
+
+#[test]
 fn keep_affinity_conversation_uses_one_connection() {
     let e = Echo::start(&[]);
     let mut s = connect(&e.sock);

@@ -121,6 +121,28 @@ def _take_turn(path: str) -> Optional[int]:
         return None
 
 
+def _above_stdio(fd: int) -> int:
+    """A connection accepted onto fd 0, 1 or 2 (the program closed its own
+    stdin, stdout or stderr) moved above them, the hole filled with
+    /dev/null: the program's prints never reach a client, and later
+    connections land above 2 again. OSError (the connection closed) if
+    it cannot be moved."""
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    except OSError:
+        os.close(fd)
+        raise
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        os.close(fd)
+        return high
+    os.dup2(null, fd)
+    if null > 2:  # one at 0-2 fills another hole
+        os.close(null)
+    return high
+
+
 class _Flags:
     """Set from signal handlers; read by the loop."""
 
@@ -629,6 +651,8 @@ class Service:
             try:
                 # socket.accept() without its enum conversions.
                 fd = accept()[0]
+                if fd <= 2:
+                    fd = _above_stdio(fd)
             except BlockingIOError:
                 if stop or draining:
                     return False

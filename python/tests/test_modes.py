@@ -308,3 +308,18 @@ def test_allowed_uids_refuse_other_peers(procs, tmp_short):
     sock2 = tmp_short / "svc2.sock"
     start_accept(procs, sock2, CHARON_ALLOWED_UIDS=f"{other},{os.getuid()}")
     assert raw_exchange(sock2, good) == frame.Response(frame.OK, body=b"me?")
+
+
+def test_a_program_that_closes_its_stdout_or_stderr_never_prints_into_a_client(procs,
+                                                                                tmp_short):
+    # The next connection would take the lowest free fd, the one the
+    # program closed, and its prints would go into that client's answer.
+    sock = tmp_short / f"{KEY}.sock"
+    start_accept(procs, sock)
+    c = charon.Client(run_dir=str(tmp_short), timeout=PATIENCE)
+    printing = {"log": "to stderr", "out": "to stdout"}
+    for fd in ("2", "1", "0"):
+        assert c.call(KEY, b"closing " + fd.encode(), context={"close-fd": fd}) == (
+            b"closing " + fd.encode())
+        for i in range(3):
+            assert c.call(KEY, b"after %d" % i, context=printing) == b"after %d" % i

@@ -9,7 +9,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::OnceLock;
@@ -210,7 +210,39 @@ pub(crate) fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<UnixStr
     }
     // SAFETY: accept4 succeeded, so `fd` is a new descriptor nobody else
     // owns.
-    Ok(UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    if fd <= libc::STDERR_FILENO {
+        return above_stdio(conn).map(UnixStream::from);
+    }
+    Ok(UnixStream::from(conn))
+}
+
+/// A connection accepted onto fd 0, 1 or 2 (the program closed its own
+/// stdin, stdout or stderr), moved above them and the hole filled with
+/// `/dev/null`: the program's prints never reach a client, and later
+/// connections land above 2 again.
+fn above_stdio(low: OwnedFd) -> io::Result<OwnedFd> {
+    let high = fcntl(&low, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: fcntl succeeded, so `high` is a new descriptor nobody else
+    // owns.
+    let high = unsafe { OwnedFd::from_raw_fd(high) };
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return Ok(high); // `low` closes: a hole the next accept lifts again
+    };
+    let null = OwnedFd::from(null);
+    // SAFETY: both are valid open fds; dup2 atomically puts /dev/null
+    // where the connection's low copy was (the program's stdio slot).
+    if unsafe { libc::dup2(null.as_raw_fd(), low.as_raw_fd()) } >= 0 {
+        let _stdio: RawFd = low.into_raw_fd();
+    }
+    if null.as_raw_fd() <= libc::STDERR_FILENO {
+        let _another_hole_filled: RawFd = null.into_raw_fd();
+    }
+    Ok(high)
 }
 
 /// Registers `hook` to run when the process calls `exit()` (as

@@ -12,6 +12,7 @@
 //! | `echo.signal=N` | raise signal N (a standard signal number), then go on if still alive |
 //! | `echo.panic=TEXT` | panic with TEXT (a Rust service's bug: the process exits 101) |
 //! | `echo.fault=CODE:TEXT` | answer with fault CODE (1 and up) and TEXT instead of the body |
+//! | `echo.close-stdio=N` | close fd N (0, 1 or 2: stdin, stdout or stderr) first, then go on (before `echo.log`) |
 //!
 //! They act in that order. All values are checked before any acts: a bad
 //! one (or an unknown `echo.` name) is answered with fault 5, bad context,
@@ -45,6 +46,7 @@ Context controls (in the order they act; a bad value gives fault 5):
   echo.signal=N          raise signal N (a standard signal, e.g. 11)
   echo.panic=TEXT        panic with TEXT (the process exits 101)
   echo.fault=CODE:TEXT   answer with fault CODE (>= 1) and TEXT
+  echo.close-stdio=N     close fd N (0, 1 or 2) first, then go on
 
 Exit status: 0 when told to stop (SIGTERM), 1 if serving fails,
 2 if it cannot start, or the status echo.exit asked for.
@@ -63,6 +65,7 @@ struct Controls<'a> {
     signal: Option<Signal>,
     panic: Option<&'a str>,
     fault: Option<(u32, &'a str)>,
+    close_stdio: Option<i32>,
 }
 
 fn main() {
@@ -106,6 +109,9 @@ fn serve(req: Request<'_>) -> Result<(), charon_service::Error> {
         Ok(c) => c,
         Err(text) => return req.fault(fault::BAD_CONTEXT, &text),
     };
+    if let Some(fd) = c.close_stdio {
+        let _ = nix::unistd::close(fd);
+    }
     if let Some(line) = c.log {
         // As a service usually logs: eprintln! panics if the write fails.
         eprintln!("charon-echo: {line}");
@@ -183,6 +189,7 @@ fn parse_controls<'a>(req: &Request<'a>) -> Result<Controls<'a>, String> {
                 c.signal = Some(sig);
             }
             "panic" => c.panic = Some(value),
+            "close-stdio" => c.close_stdio = Some(number(name, value, 0, 2)? as i32),
             "fault" => {
                 let (code, text) = value.split_once(':').ok_or_else(|| {
                     format!("{name} must be CODE:TEXT (e.g. 100:out of stock), not {value:?}")
@@ -192,7 +199,7 @@ fn parse_controls<'a>(req: &Request<'a>) -> Result<Controls<'a>, String> {
             _ => {
                 return Err(format!(
                     "unknown control {name:?}; valid: echo.log, echo.sleep-ms, echo.die-once, \
-                     echo.exit, echo.signal, echo.panic, echo.fault"
+                     echo.exit, echo.signal, echo.panic, echo.fault, echo.close-stdio"
                 ))
             }
         }

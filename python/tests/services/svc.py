@@ -1,6 +1,7 @@
 """A test service: echoes the body, steered by context entries.
 
-``fault=CODE:TEXT`` answers a fault; ``exit=N`` exits with status N before
+``fault=CODE:TEXT`` answers a fault; ``close-fd=N`` closes fd N;
+``out=TEXT`` writes a stdout line; ``exit=N`` exits with status N before
 answering; ``raise=TEXT`` raises an exception with TEXT; ``die-once=PATH``
 exits 0 unanswered if PATH does not exist yet
 (creating it); ``sleep=MS`` sleeps first; ``log=TEXT`` writes a stderr line;
@@ -20,8 +21,12 @@ if os.environ.get("SVC_FAIL_AT_START"):
 
 for request in charon.Service():
     ctx = dict(request.context)
+    if "close-fd" in ctx:
+        os.close(int(ctx["close-fd"]))
     if "log" in ctx:
         print("svc: " + ctx["log"].decode(), file=sys.stderr, flush=True)
+    if "out" in ctx:
+        print("svc: " + ctx["out"].decode(), flush=True)
     start = time.monotonic_ns()
     if "sleep" in ctx:
         time.sleep(int(ctx["sleep"]) / 1000)
