@@ -174,7 +174,13 @@ def _may_retry(attrs: int, attempt: int) -> bool:
 
 class Client:
     """Options (run dir, timeout, limits, client name) and the connections
-    kept by keep-affinity requests. One client per thread."""
+    kept by keep-affinity requests.
+
+    Threads may share a client for calls without affinity (each call has
+    its own connection and poll). A keep-affinity conversation is the
+    client's, per key: two threads conversing with one key on one client
+    would take each other's connection, so give each such thread its own
+    client. A batch belongs to the thread that drives it."""
 
     def __init__(
         self,
@@ -195,8 +201,6 @@ class Client:
         self._kept: Dict[str, _socket.socket] = {}
         self._fields_cache: Dict[str, bytes] = {}
         self._paths: Dict[str, str] = {}
-        # One poll object for this client's blocking calls (one per thread).
-        self._poll = select.poll()
 
     def close(self) -> None:
         """Closes every kept connection."""
@@ -341,7 +345,9 @@ class Client:
             _send(s, data, deadline)
             if attrs & frame.NO_WAIT:
                 return b""
-            raw = _receive(s, deadline, self.limits, self._poll)
+            # A poll of its own (a few tens of ns): a poll object shared
+            # by threads raises RuntimeError on concurrent use.
+            raw = _receive(s, deadline, self.limits, select.poll())
             # The common case, an OK answer, needs no Response.
             body = frame.ok_body(raw, self.limits)
             if body is not None and not attrs & frame.KEEP_AFFINITY:

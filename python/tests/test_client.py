@@ -11,7 +11,7 @@ import pytest
 
 import charon
 from charon import frame
-from conftest import bin_path, service_exec, toml_env, wait_for
+from conftest import PATIENCE, bin_path, service_exec, toml_env, wait_for
 
 KEY = "system.echo.0.raw"
 
@@ -234,3 +234,29 @@ def test_a_batch_past_the_fd_limit_fails_those_requests_and_serves_the_rest(daem
             failed += 1
     assert served >= 1 and failed >= 1, (served, failed, room)
     assert took < 30, f"wait_all waited {took:.1f} s for requests that never started"
+
+
+def test_threads_may_share_a_client_for_calls_without_affinity(daemon):
+    # A web application's one client, used by its worker threads.
+    d = daemon({KEY: echo_conf()})
+    c = charon.Client(run_dir=str(d.run), timeout=PATIENCE)
+    assert c.call(KEY, b"warm") == b"warm"
+    failures: list = []
+
+    def worker(n: int) -> None:
+        for i in range(40):
+            body = b"%d-%d" % (n, i)
+            try:
+                # A short sleep keeps the four threads' calls overlapping.
+                got = c.call(KEY, body, context={"echo.sleep-ms": "2"})
+                if got != body:
+                    failures.append((body, got))
+            except Exception as e:  # noqa: BLE001 (every failure is counted)
+                failures.append((body, repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:5]
