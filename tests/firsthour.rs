@@ -160,7 +160,7 @@ fn a_panic_is_the_last_stderr_line_shown_by_stats() {
     });
     let line = last["stderr"].as_str().unwrap_or_default();
     assert!(
-        line.starts_with("system.echo.0.raw: panicked at src/bin/charon-echo.rs:")
+        line.starts_with("system.echo.0.raw: panicked at src/bin/charon-echo/main.rs:")
             && line.ends_with(": out of cheese"),
         "{last}"
     );

@@ -3,6 +3,7 @@
 //!
 //! This file is only the entry point; each subcommand is a module under
 //! `src/cli/`, and `src/cli/mod.rs` turns outcomes into exit statuses.
+#![forbid(unsafe_code)]
 
 #[path = "../cli/mod.rs"]
 mod cli;

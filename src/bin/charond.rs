@@ -3,6 +3,7 @@
 //! doc/charond.md: 0 graceful stop or valid config, 1 config errors found
 //! by `--check`, 2 usage, 3 a stop that had to SIGKILL, 100 fatal start-up
 //! problem).
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

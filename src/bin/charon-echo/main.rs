@@ -23,6 +23,12 @@
 //! with `charon-echo 3<request 4>response`). Exit status: 0 when told to
 //! stop; 2 if it cannot start (one line on stderr says why); 1 if serving
 //! fails; otherwise what `echo.exit` asked for.
+//!
+//! `unsafe` lives in `sys.rs` alone (resetting a signal to its default).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod sys;
 
 use std::time::Duration;
 
@@ -162,9 +168,7 @@ fn raise(sig: Signal) {
         // Rust's runtime catches these two to report stack overflows and
         // ignores a raised one (no faulting address), so the crash this
         // control exists to simulate would not happen.
-        // SAFETY: installing SIG_DFL registers no handler code, so none
-        // of signal(2)'s handler requirements apply.
-        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        sys::default_disposition(sig);
     }
     let _ = nix::sys::signal::raise(sig);
 }
