@@ -13,6 +13,7 @@
 //! is at most [`MAX_RATIO`] times the baseline's (the exchange must stay
 //! small beside a process start), exit 1 if not. The 10 ms target is
 //! printed as a figure, not enforced: it depends on the machine.
+#![forbid(unsafe_code)]
 
 #[allow(dead_code)]
 #[path = "roundtrip/daemon.rs"]

@@ -6,9 +6,12 @@
 //! [--seconds S] [--json PATH|-] [--only CELLS]`. The floor servers, charond and the
 //! measurements live in the modules under `benches/roundtrip/`; this file
 //! parses options, orders the runs and reports. BENCHMARKS.md has figures.
+//!
+//! `unsafe` lives in `roundtrip/sys.rs` (the counting allocator) and in the
+//! tests' `fds.rs` it shares (placing a child's fds before exec).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-#[path = "roundtrip/alloc.rs"]
-mod alloc;
 #[path = "roundtrip/daemon.rs"]
 mod daemon;
 #[path = "roundtrip/extras.rs"]
@@ -22,6 +25,8 @@ mod floor;
 mod measure;
 #[path = "roundtrip/report.rs"]
 mod report;
+#[path = "roundtrip/sys.rs"]
+mod sys;
 
 use std::time::Duration;
 
@@ -33,7 +38,7 @@ use measure::{run_load, Sample};
 use report::Report;
 
 #[global_allocator]
-static ALLOC: alloc::Counting = alloc::Counting;
+static ALLOC: sys::Counting = sys::Counting;
 
 const KEY: &str = "system.echo.0.raw";
 const FALSE_KEY: &str = "bench.false.0.raw";
@@ -352,14 +357,14 @@ fn client_loop_if_asked() -> Option<i32> {
         }
     };
     let body = vec![0x5au8; size];
-    let a0 = alloc::count();
+    let a0 = sys::allocations();
     for _ in 0..count {
         if let Err(e) = check(c.call(KEY, &body), size) {
             eprintln!("roundtrip: {e}");
             return Some(1);
         }
     }
-    let per = (alloc::count() - a0) as f64 / count.max(1) as f64;
+    let per = (sys::allocations() - a0) as f64 / count.max(1) as f64;
     println!("{count} calls of {size} bytes, {per:.1} allocations per call");
     Some(0)
 }
@@ -492,25 +497,25 @@ fn alloc_per_request(d: &Daemon, fl: &FloorServers) -> Vec<(String, usize, f64)>
         let mut c = d.client();
         let _ = c.call(KEY, &body);
         let n = 1000;
-        let a0 = alloc::count();
+        let a0 = sys::allocations();
         for _ in 0..n {
             let _ = c.call(KEY, &body);
         }
         out.push((
             "charon".to_string(),
             size,
-            (alloc::count() - a0) as f64 / n as f64,
+            (sys::allocations() - a0) as f64 / n as f64,
         ));
         let mut f = FloorClient::new(fl.path(), &body);
         let _ = f.call();
-        let a0 = alloc::count();
+        let a0 = sys::allocations();
         for _ in 0..n {
             let _ = f.call();
         }
         out.push((
             "floor".to_string(),
             size,
-            (alloc::count() - a0) as f64 / n as f64,
+            (sys::allocations() - a0) as f64 / n as f64,
         ));
     }
     out
@@ -529,7 +534,8 @@ fn leftovers() -> Vec<i32> {
             let ppid = rest.split_whitespace().nth(1).unwrap_or_default();
             let env = std::fs::read(dir.join("environ")).unwrap_or_default();
             let ours = env.split(|&b| b == 0).any(|v| {
-                v.starts_with(b"CHARON_RUN_DIR=/tmp/chb") || v.starts_with(floor::FD_ENV.as_bytes())
+                v.starts_with(b"CHARON_RUN_DIR=/tmp/chb")
+                    || v.starts_with(floor::SERVE_ENV.as_bytes())
             });
             ppid == me || (ours && env_is_from_this_run(&env))
         })

@@ -6,37 +6,37 @@
 //! length, then the body), writes it back with the same prefix and closes
 //! (or, in persistent mode, keeps reading on the connection until the
 //! client closes). The servers are this bench binary re-executed with
-//! [`FD_ENV`] naming the inherited listening fd, so no fork is needed.
+//! [`SERVE_ENV`] set and the listening socket as their stdin, so no fork
+//! (and no fd juggling before exec) is needed.
 //! Measuring and reporting are left to the runner.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use charon_protocol::{encode_ok_head, encode_request, Attributes, Limits, RequestHead};
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 
-/// Names the inherited listening fd in a floor server process.
-pub const FD_ENV: &str = "CHARON_BENCH_FLOOR_FD";
-/// `persistent` makes a floor server answer many requests per connection.
-pub const MODE_ENV: &str = "CHARON_BENCH_FLOOR_MODE";
+/// Set in a floor server process (its stdin is the listening socket):
+/// `persistent` to answer many requests per connection, `oneshot` for one.
+pub const SERVE_ENV: &str = "CHARON_BENCH_FLOOR";
 
 /// Runs as a floor server if the environment says so; returns false when
 /// this process is the bench itself.
 pub fn serve_if_asked() -> bool {
-    let Some(fd) = std::env::var(FD_ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
+    let Ok(mode) = std::env::var(SERVE_ENV) else {
         return false;
     };
-    let persistent = std::env::var(MODE_ENV).is_ok_and(|m| m == "persistent");
-    // SAFETY: the parent cleared close-on-exec on exactly this fd, a
-    // listening Unix socket, and named it in FD_ENV just for this exec;
-    // nothing else in this fresh process owns or closes it.
-    let listener = UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let persistent = mode == "persistent";
+    // The parent made the listening socket this process's stdin.
+    let listener = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => UnixListener::from(fd),
+        Err(e) => {
+            eprintln!("floor server: cannot take the listening socket from stdin: {e}");
+            std::process::exit(1);
+        }
+    };
     let mut buf = Vec::new();
     loop {
         let Ok((mut conn, _)) = listener.accept() else {
@@ -79,27 +79,22 @@ impl FloorServers {
     /// Binds `path` and starts `n` servers on it.
     pub fn start(path: &Path, n: usize, persistent: bool) -> io::Result<FloorServers> {
         let listener = UnixListener::bind(path)?;
-        let fd = listener.as_raw_fd();
         let exe = std::env::current_exe()?;
         let mut servers = FloorServers {
             children: Vec::new(),
             path: path.to_path_buf(),
         };
-        // The fd is inheritable only while the servers are spawned: the bench
-        // is single-threaded here, so no other spawn can leak it.
-        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
-        let spawned = (0..n).try_for_each(|_| {
+        for _ in 0..n {
+            // Each server gets the socket as its stdin: a duplicate that
+            // only the child keeps (the Command closes ours once spawned).
+            let socket = OwnedFd::from(listener.try_clone()?);
             let child = Command::new(&exe)
-                .env(FD_ENV, fd.to_string())
-                .env(MODE_ENV, if persistent { "persistent" } else { "oneshot" })
-                .stdin(Stdio::null())
+                .env(SERVE_ENV, if persistent { "persistent" } else { "oneshot" })
+                .stdin(Stdio::from(socket))
                 .stdout(Stdio::null())
                 .spawn()?;
             servers.children.push(child);
-            Ok::<(), io::Error>(())
-        });
-        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
-        spawned?;
+        }
         Ok(servers)
     }
 

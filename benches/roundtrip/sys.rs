@@ -1,13 +1,18 @@
-//! A global allocator that counts allocations, so the bench can report
-//! heap allocations per request on the client side. Allocation itself is
-//! left to the system allocator.
+//! The one home of `unsafe` in the roundtrip bench (besides the tests'
+//! fd placement it shares, `tests/util/fds.rs`): a global allocator that
+//! counts allocations, so the bench can report heap allocations per
+//! request on the client side. Allocation itself is left to the system
+//! allocator.
+
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
-/// The system allocator, counting `alloc` and `realloc` calls.
+/// The system allocator, counting `alloc`, `alloc_zeroed` and `realloc`
+/// calls.
 pub struct Counting;
 
 // SAFETY: every method forwards to `System` with the caller's own
@@ -40,6 +45,6 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 /// Allocations (and reallocations) so far, in every thread.
-pub fn count() -> u64 {
+pub fn allocations() -> u64 {
     ALLOCATIONS.load(Ordering::Relaxed)
 }
