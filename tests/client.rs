@@ -97,6 +97,23 @@ fn echo_bodies_of_0_1k_and_8mib() {
 }
 
 #[test]
+fn a_timeout_past_the_clock_waits_as_long_as_the_service_takes() {
+    // Duration::MAX, for "no limit": a call and a batch under it are
+    // answered (adding it to the clock used to panic).
+    let dir = TestDir::new();
+    let _echo = echo(dir.path(), "system.echo.0.raw");
+    let mut c = client(dir.path(), Duration::MAX);
+    assert_eq!(c.call("system.echo.0.raw", b"call").expect("call"), b"call");
+    let mut batch = c.batch();
+    let id = batch
+        .add(Request::new("system.echo.0.raw", b"batch".to_vec()))
+        .expect("add");
+    batch.wait_all();
+    assert_eq!(batch.take(id).expect("finished").expect("echo"), b"batch");
+    batch.set_timeout(Duration::MAX);
+}
+
+#[test]
 fn batch_of_64_across_4_echoes_runs_in_parallel() {
     let dir = TestDir::new();
     let keys: Vec<String> = (0..4).map(|i| format!("test.e{i}.0.raw")).collect();

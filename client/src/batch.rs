@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::client::{may_retry, Client};
+use crate::client::{deadline_after, may_retry, Client};
 use crate::error::{Error, ErrorKind};
 use crate::exchange::{Exchange, Step};
 use crate::request::Request;
@@ -110,7 +110,7 @@ impl<'c> Batch<'c> {
     /// Sets the batch's timeout and restarts its clock from now.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
-        self.deadline = Some(Instant::now() + timeout);
+        self.deadline = Some(deadline_after(timeout));
     }
 
     /// Number of requests added.
@@ -149,7 +149,7 @@ impl<'c> Batch<'c> {
                 .map_err(|e| Error::with_key(Error::io("create a poll", e), req.key()))?;
             self.poll = Some(poll);
         }
-        let deadline = Instant::now() + self.timeout;
+        let deadline = deadline_after(self.timeout);
         self.deadline.get_or_insert(deadline);
         let idx = self.entries.len();
         self.entries.push(Entry {

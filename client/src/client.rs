@@ -26,6 +26,19 @@ use crate::request::{encode_parts, Request};
 /// The default timeout of a call or a batch: 4 seconds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// What a timeout too long to add to the clock (such as `Duration::MAX`,
+/// for "no limit") stands for.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The instant `timeout` from now, or a century from now if `timeout` goes
+/// past what the clock holds.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
 /// Options for a [`Client`], validated by [`ClientBuilder::build`].
 ///
 /// ```no_run
@@ -54,7 +67,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The timeout of each call and of each batch's clock. Default 4 s.
+    /// The timeout of each call and of each batch's clock. Default 4 s;
+    /// `Duration::MAX` waits as long as the service takes.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
         self.timeout = Some(timeout);
@@ -241,7 +255,7 @@ impl Client {
         body: &[u8],
         attrs: Attributes,
     ) -> Result<Vec<u8>, Error> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = deadline_after(self.timeout);
         let limits = self.limits;
         let mut head = std::mem::take(&mut self.head);
         let mut attempt = 1;

@@ -42,6 +42,9 @@ RESERVED_PREFIX = "charon."
 _READ_CHUNK = 65_536
 _SILENT_ERRNOS = (errno.ECONNRESET,)
 _WRITE_CLOSED = (errno.EPIPE, errno.ECONNRESET)
+# The longest single wait (s): poll takes at most 2**31-1 ms, and a
+# timeout may be longer (even infinite); the loop checks the deadline.
+_MAX_WAIT = 86_400.0
 
 Context = Union[Mapping[str, Union[bytes, str]], Sequence[Tuple[str, Union[bytes, str]]], None]
 
@@ -190,8 +193,7 @@ class Client:
         name: Optional[str] = None,
         limits: frame.Limits = frame.DEFAULT_LIMITS,
     ) -> None:
-        if not timeout > 0:
-            raise InvalidRequest("timeout must be greater than zero")
+        _check_timeout(timeout)
         self.run_dir = run_dir if run_dir is not None else default_run_dir()
         self.timeout = timeout
         self.name = _program_name() if name is None else name
@@ -306,7 +308,11 @@ class Client:
         InvalidKey or InvalidRequest. A no-wait request returns b"" once
         sent.
         """
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        if timeout is None:
+            timeout = self.timeout
+        else:
+            _check_timeout(timeout)
+        deadline = time.monotonic() + timeout
         attrs = (0 if retry and not (no_wait or keep_affinity or need_affinity)
                  else _attributes(retry, no_wait, keep_affinity, need_affinity))
         ctx = _context_list(context) if context else []
@@ -360,13 +366,23 @@ class Client:
                 s.close()
 
 
+def _check_timeout(timeout: float) -> None:
+    if not timeout > 0:
+        raise InvalidRequest("timeout must be greater than zero")
+
+
+def _poll_ms(left: float) -> int:
+    """A poll timeout in ms for ``left`` seconds (at most a day)."""
+    return int(min(left, _MAX_WAIT) * 1000) + 1
+
+
 def _wait(p: "select.poll", deadline: float, what: str) -> None:
     """Polls until ready; Timeout once the deadline passes."""
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise Timeout(f"{what} in time")
-        if p.poll(int(left * 1000) + 1):
+        if p.poll(_poll_ms(left)):
             return
 
 
@@ -413,7 +429,7 @@ def _receive(s: _socket.socket, deadline: float, limits: frame.Limits,
             left = deadline - monotonic()
             if left <= 0:
                 raise Timeout("no response in time")
-            if not p.poll(int(left * 1000) + 1):
+            if not p.poll(_poll_ms(left)):
                 continue
             try:
                 chunk = s.recv(_READ_CHUNK if not need else max(need - len(data), 1))
@@ -527,8 +543,7 @@ class Batch:
     def __init__(self, client: Client, timeout: Optional[float] = None) -> None:
         self._client = client
         self._timeout = client.timeout if timeout is None else timeout
-        if not self._timeout > 0:
-            raise InvalidRequest("timeout must be greater than zero")
+        _check_timeout(self._timeout)
         self._deadline: Optional[float] = None
         self._entries: List[_Entry] = []
         try:
@@ -554,6 +569,7 @@ class Batch:
 
     def set_timeout(self, timeout: float) -> None:
         """Sets the timeout and restarts the clock from now."""
+        _check_timeout(timeout)
         self._timeout = timeout
         self._deadline = time.monotonic() + timeout
 
@@ -733,7 +749,7 @@ class Batch:
                         self._finish(e, _with_key(Timeout(
                             f"{e.key}: no response within {self._timeout} s"), e.key))
                 return
-            for skey, events in self._sel.select(left):
+            for skey, events in self._sel.select(min(left, _MAX_WAIT)):
                 i = skey.data
                 if self._entries[i].done:
                     continue

@@ -304,6 +304,12 @@ class Service:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         self.limits = limits
+        for name, value in (("read_timeout", read_timeout), ("affinity_timeout", affinity_timeout),
+                            ("write_timeout", write_timeout), ("drain_timeout", drain_timeout)):
+            # The bounds of the CHARON_*_MS variables.
+            if not 0.001 <= value <= _MAX_ENV_MS / 1000:
+                raise ServiceError(f"{name} must be from 0.001 to {_MAX_ENV_MS // 1000} "
+                                   f"seconds, not {value!r}")
         self.read_timeout = _env_ms("CHARON_READ_TIMEOUT_MS", read_timeout)
         self.affinity_timeout = _env_ms("CHARON_AFFINITY_TIMEOUT_MS", affinity_timeout)
         self.write_timeout = write_timeout

@@ -260,3 +260,28 @@ def test_threads_may_share_a_client_for_calls_without_affinity(daemon):
     for t in threads:
         t.join()
     assert not failures, failures[:5]
+
+
+def test_a_timeout_past_what_poll_takes_waits_and_a_non_positive_one_is_refused(daemon):
+    # math.inf, or a month, for "no limit": answered (poll took the
+    # milliseconds as an int and raised OverflowError, after the request
+    # was written). Zero, negative and NaN are refused before anything is
+    # sent, in a call as in a batch or a client.
+    import math
+
+    d = daemon({KEY: echo_conf()})
+    c = charon.Client(run_dir=str(d.run), timeout=PATIENCE)
+    for t in (math.inf, 30 * 86400.0):
+        assert c.call(KEY, b"call", timeout=t) == b"call"
+        b = c.batch(timeout=t)
+        i = b.add(KEY, b"batch")
+        b.wait_all()
+        assert b.result(i) == b"batch"
+        assert charon.Client(run_dir=str(d.run), timeout=t).call(KEY, b"client") == b"client"
+    for t in (0, -1.0, math.nan):
+        with pytest.raises(charon.InvalidRequest):
+            c.call(KEY, b"x", timeout=t)
+        with pytest.raises(charon.InvalidRequest):
+            c.batch(timeout=t)
+        with pytest.raises(charon.InvalidRequest):
+            c.batch().set_timeout(t)

@@ -323,3 +323,19 @@ def test_a_program_that_closes_its_stdout_or_stderr_never_prints_into_a_client(p
             b"closing " + fd.encode())
         for i in range(3):
             assert c.call(KEY, b"after %d" % i, context=printing) == b"after %d" % i
+
+
+def test_a_timeout_out_of_the_variables_bounds_is_refused_at_start(tmp_short):
+    # Service(read_timeout=math.inf) started, then failed on its first
+    # connection (OverflowError turning the timeout into milliseconds).
+    import math
+
+    os.environ["CHARON_ACCEPT_SOCKET"] = str(tmp_short / f"{KEY}.sock")
+    try:
+        for name in ("read_timeout", "affinity_timeout", "write_timeout", "drain_timeout"):
+            for bad in (math.inf, 0.0, -1.0, math.nan, 86_401.0):
+                with pytest.raises(charon.ServiceError, match=name):
+                    charon.Service(**{name: bad})
+        assert not (tmp_short / f"{KEY}.sock").exists()
+    finally:
+        del os.environ["CHARON_ACCEPT_SOCKET"]
