@@ -194,6 +194,20 @@ def _install_excepthook(svc: "Service") -> None:
         sys.excepthook = _excepthook
 
 
+def _body_bytes(body: object) -> Union[bytes, bytearray, memoryview]:
+    """A response body that is not bytes, as bytes (a str as UTF-8, a
+    memoryview of wider items or with gaps as its bytes); TypeError for
+    another type."""
+    if isinstance(body, str):
+        return body.encode()
+    if isinstance(body, bytearray):
+        return body
+    if isinstance(body, memoryview):
+        return body if body.itemsize == 1 and body.c_contiguous else body.tobytes()
+    raise TypeError(f"a response body is bytes, bytearray, memoryview or str, "
+                    f"not {type(body).__name__}")
+
+
 class Request:
     """One request in hand: its key, client, attempt, context and body.
     Answer it once with ``respond`` or ``fault``."""
@@ -256,19 +270,31 @@ class Request:
     def respond(self, body: Union[bytes, bytearray, memoryview, str]) -> None:
         """Answers OK with ``body`` (a str is sent as UTF-8). A body over
         the response limit is answered ERROR RESPONSE_TOO_LARGE and raises
-        InvalidRequest."""
+        InvalidRequest. A body of another type raises TypeError and leaves
+        the request unanswered (NO_ANSWER when the loop moves on)."""
+        if not isinstance(body, bytes):
+            body = _body_bytes(body)
         service = self._service
         if self.answered or service._current is not self:
             self._claim()  # raises
         self.answered = True
-        service._answer_ok(body.encode() if isinstance(body, str) else body)
+        service._answer_ok(body)
 
     def fault(self, code: int, text: str) -> None:
         """Answers FAULT: the request cannot be served (never retried).
-        Codes 1-99 are reserved (PROTOCOL.md 4.1); use 100 and up."""
+        Codes 1-99 are reserved (PROTOCOL.md 4.1); use 100 and up. A code
+        that is not 1 to 2**32-1 is answered ERROR INTERNAL, as the Rust
+        library answers code 0, and raises InvalidRequest; a text that is
+        not a str raises TypeError and leaves the request unanswered."""
+        if not isinstance(text, str):
+            raise TypeError(f"a fault's text is a str, not {type(text).__name__}")
         self._claim()
-        if not 1 <= code <= 0xFFFFFFFF:
-            raise InvalidRequest(f"fault code {code} is not 1 to 4294967295")
+        if not (isinstance(code, int) and 1 <= code <= 0xFFFFFFFF):
+            self._service._answer(frame.Response(
+                frame.ERROR, code=frame.INTERNAL,
+                text=f"the service answered with fault code {code!r}, which is not a fault "
+                     "code (1 to 4294967295)"[: frame.MAX_TEXT]), managed.OUTCOME_ERROR)
+            raise InvalidRequest(f"fault code {code!r} is not 1 to 4294967295")
         text = text.encode()[: frame.MAX_TEXT].decode(errors="ignore")
         self._service._answer(frame.Response(frame.FAULT, code=code, text=text),
                               managed.OUTCOME_FAULT)

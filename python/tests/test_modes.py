@@ -339,3 +339,20 @@ def test_a_timeout_out_of_the_variables_bounds_is_refused_at_start(tmp_short):
         assert not (tmp_short / f"{KEY}.sock").exists()
     finally:
         del os.environ["CHARON_ACCEPT_SOCKET"]
+
+
+def test_a_wrong_answer_the_program_catches_still_answers_the_request(procs, tmp_short):
+    # respond(None) and fault(100, None) marked the request answered
+    # before failing: the instance then waited on the connection for a
+    # second request and the client got READ_TIMEOUT after 10 s. They now
+    # leave it unanswered (NO_ANSWER when the loop moves on); fault code 0
+    # is answered ERROR INTERNAL, as the Rust library does.
+    sock = tmp_short / f"{KEY}.sock"
+    start_accept(procs, sock)
+    c = charon.Client(run_dir=str(tmp_short), timeout=PATIENCE)
+    for bad, code in (("body", frame.NO_ANSWER), ("code", frame.INTERNAL),
+                      ("text", frame.NO_ANSWER)):
+        with pytest.raises(charon.FrameworkError) as e:
+            c.call(KEY, b"x", context={"bad": bad})
+        assert e.value.code == code, (bad, e.value)
+        assert c.call(KEY, b"after") == b"after"

@@ -6,7 +6,9 @@ answering; ``raise=TEXT`` raises an exception with TEXT; ``die-once=PATH``
 exits 0 unanswered if PATH does not exist yet
 (creating it); ``sleep=MS`` sleeps first; ``log=TEXT`` writes a stderr line;
 ``pid`` answers with the instance's pid; ``span`` with the pid and
-the monotonic times the request started and ended; ``noanswer`` drops the request.
+the monotonic times the request started and ended; ``noanswer`` drops the request;
+``bad=body|code|text`` answers with a wrong argument (None for the body, 0
+for the fault code, None for its text) and catches what that raises.
 """
 
 import os
@@ -40,6 +42,18 @@ for request in charon.Service():
     if "raise" in ctx:
         raise RuntimeError(ctx["raise"].decode())
     if "noanswer" in ctx:
+        continue
+    if "bad" in ctx:
+        # A wrong answer that the program catches, then goes on.
+        try:
+            if ctx["bad"] == b"body":
+                request.respond(None)  # type: ignore[arg-type]
+            elif ctx["bad"] == b"code":
+                request.fault(0, "zero")
+            else:
+                request.fault(100, None)  # type: ignore[arg-type]
+        except (TypeError, charon.CharonError) as e:
+            print(f"svc: caught {e!r}", file=sys.stderr, flush=True)
         continue
     if "fault" in ctx:
         code, _, text = ctx["fault"].decode().partition(":")
