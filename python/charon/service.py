@@ -353,6 +353,9 @@ class Service:
         self._started_ns = 0
         self._attempt = 1
         self._keep = False
+        # Bytes a client sent after a keep-affinity request on the same
+        # connection (pipelined): the start of its next request.
+        self._pending = b""
         self._current: Optional[Request] = None
         self._request_bytes = 0
         self._finished = False
@@ -618,6 +621,7 @@ class Service:
             self._conn.close()
             self._conn = None
         self._keep = False
+        self._pending = b""
 
     def _accept(self) -> bool:
         """Takes the next connection, waiting for one (idle) first; False
@@ -704,6 +708,7 @@ class Service:
             # close would add their calls to every request.
             self._conn = _socket.socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
             self._keep = False
+            self._pending = b""
             if m is not None:
                 m.accepted()
             return True
@@ -724,6 +729,14 @@ class Service:
         conn = self._conn
         assert conn is not None
         if self._keep:
+            pending = self._pending
+            if pending:
+                # Already read, as the request in hand was: served even
+                # if a stop came meanwhile.
+                self._pending = b""
+                self._started_ns = time.monotonic_ns()
+                self._fresh = False
+                return self._read_rest(pending)
             if not self._wait_kept():
                 self._close_conn()
                 return None
@@ -806,7 +819,8 @@ class Service:
                     if isinstance(data, bytes):
                         data = bytearray(data)
                     data += chunk
-            got = frame.decode_request_frame(bytes(data), self.limits)
+            rest = bytes(data[need:])
+            got = frame.decode_request_frame(bytes(data[:need]), self.limits)
         except TimeoutError:
             self._refuse(frame.READ_TIMEOUT,
                          f"no complete request within the read timeout of "
@@ -823,7 +837,10 @@ class Service:
             if refused is not None:
                 self._refuse(frame.NOT_PERMITTED, refused, len(data))
                 return None
-        return self._begin(got, len(data))
+        begun = self._begin(got, need)
+        if rest and self._keep:
+            self._pending = rest
+        return begun
 
     def _watch(self, fd: int) -> None:
         """Makes ``fd`` (a connection) the one the request wait polls."""

@@ -356,3 +356,35 @@ def test_a_wrong_answer_the_program_catches_still_answers_the_request(procs, tmp
             c.call(KEY, b"x", context={"bad": bad})
         assert e.value.code == code, (bad, e.value)
         assert c.call(KEY, b"after") == b"after"
+
+
+def test_requests_pipelined_on_a_kept_connection_are_each_answered_in_order(procs, tmp_short):
+    # As the Rust library does (PROTOCOL.md 8.4): bytes that came after a
+    # keep-affinity request are the next request's, not garbage.
+    sock = tmp_short / f"{KEY}.sock"
+    start_accept(procs, sock)
+    fields = frame.encode_request_fields(KEY, "pipeline", (), frame.DEFAULT_LIMITS)
+    sent = (frame.request_frame(fields, 1, frame.KEEP_AFFINITY, b"one")
+            + frame.request_frame(fields, 1, frame.KEEP_AFFINITY, b"two" * 30_000)
+            + frame.request_frame(fields, 1, 0, b"three"))
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(PATIENCE)
+    try:
+        s.connect(str(sock))
+        s.sendall(sent)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        s.close()
+    bodies = []
+    while got:
+        size = 8 + int.from_bytes(got[4:8], "big")
+        resp = frame.decode_frame(got[:size], frame.KIND_RESPONSE)
+        assert resp.status == frame.OK, resp
+        bodies.append(resp.body)
+        got = got[size:]
+    assert bodies == [b"one", b"two" * 30_000, b"three"]
