@@ -46,6 +46,7 @@ _WRITE_CLOSED = (errno.EPIPE, errno.ECONNRESET)
 # timeout may be longer (even infinite); the loop checks the deadline.
 _MAX_WAIT = 86_400.0
 
+Body = Union[bytes, bytearray, memoryview, str]
 Context = Union[Mapping[str, Union[bytes, str]], Sequence[Tuple[str, Union[bytes, str]]], None]
 
 
@@ -53,6 +54,20 @@ def _program_name() -> str:
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     b = name.encode()[: frame.MAX_CLIENT_NAME]
     return b.decode(errors="ignore")
+
+
+def _as_bytes(value: object, what: str) -> bytes:
+    """A body or context value as bytes: bytes-like as they are, a str as
+    UTF-8; TypeError for anything else (bytes(5) would be five zero bytes,
+    and bytes(None) a less clear TypeError)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes, bytearray, memoryview or str, "
+                    f"not {type(value).__name__}")
 
 
 def _context_list(context: Context) -> List[Tuple[str, bytes]]:
@@ -65,7 +80,7 @@ def _context_list(context: Context) -> List[Tuple[str, bytes]]:
             raise InvalidRequest(
                 f"context name {name!r} starts with the reserved prefix {RESERVED_PREFIX!r}"
             )
-        out.append((name, value.encode() if isinstance(value, str) else bytes(value)))
+        out.append((name, _as_bytes(value, f"context value {name!r}")))
     return out
 
 
@@ -292,7 +307,7 @@ class Client:
     def call(
         self,
         key: str,
-        body: bytes,
+        body: Body,
         *,
         context: Context = None,
         timeout: Optional[float] = None,
@@ -317,7 +332,7 @@ class Client:
                  else _attributes(retry, no_wait, keep_affinity, need_affinity))
         ctx = _context_list(context) if context else []
         if not isinstance(body, bytes):
-            body = bytes(body)
+            body = _as_bytes(body, "a request body")
         attempt = 1
         while True:
             try:
@@ -482,7 +497,7 @@ _local = threading.local()
 
 def call(
     key: str,
-    body: bytes,
+    body: Body,
     *,
     context: Context = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -583,7 +598,7 @@ class Batch:
     def add(
         self,
         key: str,
-        body: bytes,
+        body: Body,
         *,
         context: Context = None,
         retry: bool = True,
@@ -597,7 +612,7 @@ class Batch:
         check_key(key)
         ctx = _context_list(context)
         attrs = _attributes(retry, no_wait, keep_affinity, need_affinity)
-        body = bytes(body)
+        body = _as_bytes(body, "a request body")
         self._client._encode(key, body, ctx, attrs, 1)
         if self._deadline is None:
             self._deadline = time.monotonic() + self._timeout

@@ -285,3 +285,26 @@ def test_a_timeout_past_what_poll_takes_waits_and_a_non_positive_one_is_refused(
             c.batch(timeout=t)
         with pytest.raises(charon.InvalidRequest):
             c.batch().set_timeout(t)
+
+
+def test_a_body_or_context_value_is_bytes_like_or_str_and_nothing_else(daemon):
+    # bytes(5) is five zero bytes: an int body or context value was sent
+    # as that (charon.call(key, 10**9) allocated a gigabyte); a str body
+    # raised "string argument without an encoding". A str is now UTF-8,
+    # like a service's respond(str), and another type a TypeError.
+    d = daemon({KEY: echo_conf()})
+    c = charon.Client(run_dir=str(d.run), timeout=PATIENCE)
+    assert c.call(KEY, "héllo") == "héllo".encode()
+    assert c.call(KEY, bytearray(b"ba")) == b"ba"
+    assert c.call(KEY, memoryview(b"mv")) == b"mv"
+    b = c.batch()
+    i = b.add(KEY, "in a batch")
+    b.wait_all()
+    assert b.result(i) == b"in a batch"
+    for bad in (5, None, 1.5, [1, 2]):
+        with pytest.raises(TypeError):
+            c.call(KEY, bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            c.batch().add(KEY, bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            c.call(KEY, b"x", context={"echo.log": bad})  # type: ignore[dict-item]
