@@ -176,9 +176,10 @@ def _excepthook(kind: type, value: BaseException, tb: object) -> None:
     request onto another instance, which it would most likely end too.
     Then the usual traceback (its last line is what the manager shows as
     the instance's last stderr line). An exit (SystemExit) never comes here:
-    it stays a silent close, which the client retries."""
+    it stays a silent close, which the client retries. A child the program
+    forked has a copy of the connection: its exceptions answer nothing."""
     svc = _answering() if _answering is not None else None
-    if svc is not None:
+    if svc is not None and not svc._forked():
         try:
             svc._unanswered()
         except Exception:  # the traceback below matters more
@@ -387,6 +388,7 @@ class Service:
                 "CHARON_ACCEPT_SOCKET=PATH, or give a request on fd 3 and a response file "
                 "on fd 4 (service 3<request 4>response)"
             )
+        self._pid = os.getpid()
         self._install_signals()
         _install_excepthook(self)
 
@@ -563,6 +565,11 @@ class Service:
             self._unanswered()
         self.close()
 
+    def _forked(self) -> bool:
+        """This is a child the program forked, with copies of the
+        service's connection, socket and slot, which are its parent's."""
+        return os.getpid() != self._pid
+
     def stopping(self) -> bool:
         """SIGTERM or SIGINT arrived (or the one standalone request is done)."""
         return self._finished or _Flags.stop
@@ -591,7 +598,11 @@ class Service:
 
     def close(self) -> None:
         """Ends the service: answers an unanswered request, closes the
-        connection, flushes the reports, removes an accept-mode socket."""
+        connection, flushes the reports, removes an accept-mode socket.
+        In a child the program forked, does nothing: all that is the
+        parent's."""
+        if self._forked():
+            return
         self._unanswered()
         self._close_conn()
         if self._managed is not None:

@@ -388,3 +388,15 @@ def test_requests_pipelined_on_a_kept_connection_are_each_answered_in_order(proc
         bodies.append(resp.body)
         got = got[size:]
     assert bodies == [b"one", b"two" * 30_000, b"three"]
+
+
+def test_an_exception_in_a_forked_child_does_not_answer_the_parents_request(procs, tmp_short):
+    # The child has a copy of the connection: its uncaught exception
+    # answered NO_ANSWER there, and the client never saw the parent's
+    # answer.
+    sock = tmp_short / f"{KEY}.sock"
+    p = start_accept(procs, sock)
+    c = charon.Client(run_dir=str(tmp_short), timeout=PATIENCE)
+    for i in range(2):
+        assert c.call(KEY, b"parent %d" % i, context={"fork-raise": ""}) == b"parent %d" % i
+    assert sock.exists() and p.poll() is None

@@ -2,7 +2,8 @@
 
 ``fault=CODE:TEXT`` answers a fault; ``close-fd=N`` closes fd N;
 ``out=TEXT`` writes a stdout line; ``exit=N`` exits with status N before
-answering; ``raise=TEXT`` raises an exception with TEXT; ``die-once=PATH``
+answering; ``raise=TEXT`` raises an exception with TEXT; ``fork-raise``
+forks a child that raises an exception, waits for it, then answers; ``die-once=PATH``
 exits 0 unanswered if PATH does not exist yet
 (creating it); ``sleep=MS`` sleeps first; ``log=TEXT`` writes a stderr line;
 ``pid`` answers with the instance's pid; ``span`` with the pid and
@@ -41,6 +42,11 @@ for request in charon.Service():
         sys.exit(int(ctx["exit"]))
     if "raise" in ctx:
         raise RuntimeError(ctx["raise"].decode())
+    if "fork-raise" in ctx:
+        child = os.fork()
+        if child == 0:
+            raise RuntimeError("svc: the forked child's own error")
+        os.waitpid(child, 0)
     if "noanswer" in ctx:
         continue
     if "bad" in ctx:
