@@ -3,17 +3,16 @@
 //! charond sends there (sd_notify(3)): readiness, reload, stop, status,
 //! watchdog pings, and the sockets it hands to the fd store.
 
-use std::io::IoSliceMut;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use crate::util::daemon::{Daemon, PATIENCE};
+use crate::util::fds::recv_with_fds;
 use crate::util::load::Load;
 use crate::util::pass_fds;
 use crate::util::{bin, wait_for, Proc, TestDir};
@@ -63,27 +62,11 @@ impl Systemd {
     fn read(&mut self) {
         loop {
             let mut buf = [0u8; 4096];
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 16]);
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&self.sock);
-            let (n, fds) =
-                match recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
-                    Ok(m) => {
-                        let mut fds = Vec::new();
-                        for c in m.cmsgs().expect("cmsgs") {
-                            if let ControlMessageOwned::ScmRights(raw) = c {
-                                // SAFETY: SCM_RIGHTS just installed these fds in
-                                // this process; nothing else owns them.
-                                fds.extend(
-                                    raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }),
-                                );
-                            }
-                        }
-                        (m.bytes, fds)
-                    }
-                    Err(nix::errno::Errno::EAGAIN) => return,
-                    Err(e) => panic!("recvmsg on the notify socket: {e}"),
-                };
+            let (n, fds) = match recv_with_fds(&self.sock, &mut buf) {
+                Ok(received) => received,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(e) => panic!("recvmsg on the notify socket: {e}"),
+            };
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             self.notes.push(Note {
                 lines: text.lines().map(str::to_string).collect(),

@@ -1,5 +1,9 @@
 //! Integration tests: one binary, one module per area, each starting real
 //! processes (services, clients, the manager) in a unique temp dir.
+//!
+//! `unsafe` lives in `util/fds.rs` alone (passing fds between processes).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod util;
 

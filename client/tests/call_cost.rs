@@ -4,54 +4,74 @@
 //!
 //! The budget: the socket path, the response frame buffer, and the returned
 //! body (the request head buffer is reused between calls).
+//!
+//! `unsafe` lives in the `sys` module alone (the counting allocator).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::Write;
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use charon_client::Client;
 use charon_protocol::{
     decode_request, encode_response, Fill, FrameBuf, FrameKind, Limits, Response,
 };
 
-struct Counting;
+/// The system allocator, counting this thread's allocations while asked.
+mod sys {
+    #![allow(unsafe_code)]
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
+    struct Counting;
 
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// counter only reads a thread-local flag, which does not allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+    thread_local! {
+        static COUNTING: Cell<bool> = const { Cell::new(false) };
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; the
+    // counter only reads a thread-local flag, which does not allocate.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if COUNTING.with(Cell::get) {
+                ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            }
+            // SAFETY: the caller's layout contract is passed on as is.
+            unsafe { System.alloc(layout) }
         }
-        // SAFETY: the caller's layout contract is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
 
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System.alloc` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
         }
-        // SAFETY: as for `dealloc`, and the caller guarantees `new_size`.
-        unsafe { System.realloc(ptr, layout, new_size) }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if COUNTING.with(Cell::get) {
+                ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            }
+            // SAFETY: as for `dealloc`, and the caller guarantees `new_size`.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Runs `f` and returns its result with the number of allocations
+    /// (and reallocations) this thread made meanwhile.
+    pub fn allocations_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        ALLOCATIONS.store(0, Ordering::Relaxed);
+        COUNTING.with(|c| c.set(true));
+        let out = f();
+        COUNTING.with(|c| c.set(false));
+        (out, ALLOCATIONS.load(Ordering::Relaxed))
     }
 }
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 #[test]
 fn one_call_allocates_at_most_three_times() {
@@ -80,12 +100,9 @@ fn one_call_allocates_at_most_three_times() {
     assert_eq!(client.call("cost.f.0.raw", b"warm").unwrap(), b"warm");
     let mut counts = Vec::new();
     for _ in 0..2 {
-        ALLOCATIONS.store(0, Ordering::Relaxed);
-        COUNTING.with(|c| c.set(true));
-        let body = client.call("cost.f.0.raw", b"ping").unwrap();
-        COUNTING.with(|c| c.set(false));
-        assert_eq!(body, b"ping");
-        counts.push(ALLOCATIONS.load(Ordering::Relaxed));
+        let (body, n) = sys::allocations_during(|| client.call("cost.f.0.raw", b"ping"));
+        assert_eq!(body.unwrap(), b"ping");
+        counts.push(n);
     }
     server.join().unwrap();
     eprintln!("allocations per call: {counts:?}");
