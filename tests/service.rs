@@ -295,6 +295,24 @@ fn a_program_that_closes_its_stdio_never_prints_into_a_client() {
 }
 
 #[test]
+fn a_forked_child_that_panics_leaves_the_parents_request_and_socket_alone() {
+    // The child's panic unwound through copies of the request and the
+    // service: it answered NO_ANSWER on the parent's connection and
+    // unlinked the parent's socket file.
+    let e = Echo::start(&[]);
+    for _ in 0..2 {
+        let req = frame(
+            &[("echo.fork-panic", "a worker's bug")],
+            b"parent",
+            Attributes::NONE,
+        );
+        assert_eq!(exchange(&e.sock, req), Some(Resp::Ok(b"parent".to_vec())));
+        assert!(e.sock.exists(), "the socket file is the parent's");
+    }
+    e.wait_for_line("echo.fork-panic: a worker's bug");
+}
+
+#[test]
 fn keep_affinity_conversation_uses_one_connection() {
     let e = Echo::start(&[]);
     let mut s = connect(&e.sock);

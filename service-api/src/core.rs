@@ -53,6 +53,23 @@ pub(crate) struct Core {
     /// When a drain was first seen: it takes connections until
     /// `opts.drain_timeout` after.
     drain_since: Option<Instant>,
+    /// The process that made this core: a child the program forks
+    /// (without exec) has copies of what the parent's core owns.
+    pid: u32,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // In a forked child (its panic unwinding through main, say), the
+        // slot, the unsent records and the accept-mode socket file are
+        // the parent's: dropping them would mark the parent's slot
+        // exiting, send its records twice and unlink its socket. The
+        // child's copies of their fds are left to its exit.
+        if self.forked() {
+            std::mem::forget(self.managed.take());
+            std::mem::forget(self._bound.take());
+        }
+    }
 }
 
 /// A connection we are reading a request from, or keeping for affinity.
@@ -211,7 +228,14 @@ impl Core {
             finished: false,
             drain_since: None,
             idle,
+            pid: std::process::id(),
         }
+    }
+
+    /// True in a child the program forked (without exec): the connection,
+    /// slot and socket it has copies of are its parent's.
+    pub(crate) fn forked(&self) -> bool {
+        std::process::id() != self.pid
     }
 
     /// The name given to `Service::init`.

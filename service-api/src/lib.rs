@@ -149,7 +149,10 @@
 //! client `ERROR NO_ANSWER` at once. A program that exits mid-request
 //! (`std::process::exit`) sends nothing: the client sees a silent close,
 //! which it retries once on a new connection, as the framework intends for
-//! an instance that leaves.
+//! an instance that leaves. A child the program forks (without exec)
+//! answers nothing and leaves the parent's slot and socket file alone,
+//! even if its panic unwinds through its copies of the request and the
+//! service.
 //!
 //! # Reserved fault codes
 //!

@@ -182,7 +182,8 @@ impl<'s> Request<'s> {
 
 impl Drop for Request<'_> {
     fn drop(&mut self) {
-        if !self.answered {
+        // A forked child's copy of the connection is not its to answer on.
+        if !self.answered && !self.core.forked() {
             let resp = Response::Error {
                 code: ErrorCode::NO_ANSWER,
                 text: "the service dropped the request without answering it",

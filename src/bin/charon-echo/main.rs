@@ -10,6 +10,7 @@
 //! | `echo.die-once=PATH` | if PATH does not exist, create it and exit 0 without answering; otherwise go on |
 //! | `echo.exit=N` | exit with status N (0-255) without answering |
 //! | `echo.signal=N` | raise signal N (a standard signal number), then go on if still alive |
+//! | `echo.fork-panic=TEXT` | fork a child that panics with TEXT (a bug in a worker the service forked), wait for it, then go on |
 //! | `echo.panic=TEXT` | panic with TEXT (a Rust service's bug: the process exits 101) |
 //! | `echo.fault=CODE:TEXT` | answer with fault CODE (1 and up) and TEXT instead of the body |
 //! | `echo.close-stdio=N` | close fd N (0, 1 or 2: stdin, stdout or stderr) first, then go on (before `echo.log`) |
@@ -24,7 +25,8 @@
 //! stop; 2 if it cannot start (one line on stderr says why); 1 if serving
 //! fails; otherwise what `echo.exit` asked for.
 //!
-//! `unsafe` lives in `sys.rs` alone (resetting a signal to its default).
+//! `unsafe` lives in `sys.rs` alone (resetting a signal to its default,
+//! forking).
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -50,6 +52,7 @@ Context controls (in the order they act; a bad value gives fault 5):
   echo.die-once=PATH     if PATH does not exist: create it, exit 0 unanswered
   echo.exit=N            exit with status N (0-255) without answering
   echo.signal=N          raise signal N (a standard signal, e.g. 11)
+  echo.fork-panic=TEXT   fork a child that panics with TEXT, wait, go on
   echo.panic=TEXT        panic with TEXT (the process exits 101)
   echo.fault=CODE:TEXT   answer with fault CODE (>= 1) and TEXT
   echo.close-stdio=N     close fd N (0, 1 or 2) first, then go on
@@ -69,6 +72,7 @@ struct Controls<'a> {
     die_once: Option<&'a str>,
     exit: Option<i32>,
     signal: Option<Signal>,
+    fork_panic: Option<&'a str>,
     panic: Option<&'a str>,
     fault: Option<(u32, &'a str)>,
     close_stdio: Option<i32>,
@@ -136,6 +140,13 @@ fn serve(req: Request<'_>) -> Result<(), charon_service::Error> {
     if let Some(sig) = c.signal {
         raise(sig);
     }
+    if let Some(text) = c.fork_panic {
+        match sys::fork_and_wait() {
+            Ok(true) => panic!("echo.fork-panic: {text}"),
+            Ok(false) => {}
+            Err(e) => return req.fault(fault::INTERNAL, &format!("echo.fork-panic: {e}")),
+        }
+    }
     if let Some(text) = c.panic {
         panic!("echo.panic: {text}");
     }
@@ -193,6 +204,7 @@ fn parse_controls<'a>(req: &Request<'a>) -> Result<Controls<'a>, String> {
                 c.signal = Some(sig);
             }
             "panic" => c.panic = Some(value),
+            "fork-panic" => c.fork_panic = Some(value),
             "close-stdio" => c.close_stdio = Some(number(name, value, 0, 2)? as i32),
             "fault" => {
                 let (code, text) = value.split_once(':').ok_or_else(|| {
@@ -203,7 +215,8 @@ fn parse_controls<'a>(req: &Request<'a>) -> Result<Controls<'a>, String> {
             _ => {
                 return Err(format!(
                     "unknown control {name:?}; valid: echo.log, echo.sleep-ms, echo.die-once, \
-                     echo.exit, echo.signal, echo.panic, echo.fault, echo.close-stdio"
+                     echo.exit, echo.signal, echo.fork-panic, echo.panic, echo.fault, \
+                     echo.close-stdio"
                 ))
             }
         }
