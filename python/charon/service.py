@@ -21,6 +21,7 @@ import socket
 import stat
 import struct
 import sys
+import threading
 import time
 import weakref
 from typing import Iterator, List, Optional, Tuple, Union
@@ -330,6 +331,11 @@ class Service:
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            # Checked before anything is bound or mapped.
+            raise ServiceError(
+                "a Service runs in the main thread: it handles SIGTERM, SIGINT and SIGUSR1, "
+                "which Python runs handlers for in the main thread only")
         self.limits = limits
         for name, value in (("read_timeout", read_timeout), ("affinity_timeout", affinity_timeout),
                             ("write_timeout", write_timeout), ("drain_timeout", drain_timeout)):

@@ -400,3 +400,27 @@ def test_an_exception_in_a_forked_child_does_not_answer_the_parents_request(proc
     for i in range(2):
         assert c.call(KEY, b"parent %d" % i, context={"fork-raise": ""}) == b"parent %d" % i
     assert sock.exists() and p.poll() is None
+
+
+def test_a_service_outside_the_main_thread_is_refused_before_it_binds(tmp_short):
+    # signal.signal raised a bare ValueError after the accept-mode socket
+    # was bound, and the socket file stayed behind.
+    sock = tmp_short / f"{KEY}.sock"
+    os.environ["CHARON_ACCEPT_SOCKET"] = str(sock)
+    raised: list = []
+
+    def start() -> None:
+        try:
+            charon.Service()
+        except Exception as e:  # noqa: BLE001 (what it raised is the point)
+            raised.append(e)
+
+    try:
+        t = threading.Thread(target=start)
+        t.start()
+        t.join()
+    finally:
+        del os.environ["CHARON_ACCEPT_SOCKET"]
+    assert len(raised) == 1 and isinstance(raised[0], charon.ServiceError), raised
+    assert "main thread" in str(raised[0])
+    assert not sock.exists()
