@@ -153,6 +153,29 @@ fn reload_of_an_on_demand_service_under_load_loses_nothing() {
     }
 }
 
+/// A reload to a program that cannot run, on the defaults (on demand):
+/// the new generation proves itself with one instance before it takes
+/// over, so the reload fails with the reason and the running generation
+/// keeps serving; no client is fast-failed.
+#[test]
+fn a_reload_to_a_broken_program_keeps_an_on_demand_service_serving() {
+    let d = Daemon::start_args(&[(KEY, &echo_conf(&bin("charon-echo"), ""))], &[]);
+    let load = Load::echo(&d.run, KEY, 2, CALL_TIMEOUT);
+    load.wait_more(20, "requests flowing before the reload");
+    d.write_conf(KEY, "exec = \"/bin/false\"\n");
+    let (code, out, err) = d.charon(&["reload"]);
+    assert_ne!(code, 0, "the reload must fail: {out}{err}");
+    assert!(
+        format!("{out}{err}").contains("exit 1"),
+        "the reason: {out}{err}"
+    );
+    load.wait_more(20, "requests after the failed reload");
+    let t = load.finish();
+    assert_eq!(t.ok, t.total(), "{:?}; log:\n{}", t.errors, d.log());
+    let s = d.stats(KEY);
+    assert_eq!(s["generation"], 1, "the first generation serves: {s}");
+}
+
 #[test]
 fn a_reload_during_a_reload_supersedes_the_pending_generation() {
     let echo = bin("charon-echo");

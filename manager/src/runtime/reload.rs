@@ -224,6 +224,7 @@ impl Manager {
             generation,
             now,
         );
+        let on_demand = !svc.config().prestart_processes;
         let s = self.services.insert(svc);
         self.timers.set(Timer::Generation(s), Some(now + RECHECK));
         self.events.push_back((s, Event::Begin));
@@ -231,7 +232,25 @@ impl Manager {
             Some(&key),
             None, "reload: config changed: starting generation {generation}"
         );
+        if on_demand && self.serving(&key) {
+            // An on-demand generation has nothing to start, so it would
+            // take over at once, and a program that cannot run would then
+            // fail every client while the generation that serves drains.
+            // One instance proves it first: the reload fails, and the
+            // running generation keeps serving, if it cannot come up.
+            self.events.push_back((s, Event::Demand));
+            info!(
+                Some(&key),
+                None, "reload: generation {generation} starts one instance before it takes over"
+            );
+        }
         Ok(())
+    }
+
+    /// The live generation of `key` has an instance (one not leaving).
+    fn serving(&self, key: &str) -> bool {
+        self.live_of(key)
+            .is_some_and(|l| self.procs.of(l).any(|(_, i)| !i.is_leaving()))
     }
 
     /// Advances a pending or draining generation. False if it was freed.
