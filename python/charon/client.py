@@ -495,6 +495,17 @@ def _attributes(retry: bool, no_wait: bool, keep: bool, need: bool) -> int:
 _local = threading.local()
 
 
+def _forget_clients_in_child() -> None:
+    """After fork(), the child must not share the parent's per-thread
+    clients: a connection kept for affinity would then carry both
+    processes' requests in one conversation. The child starts afresh."""
+    global _local
+    _local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_clients_in_child)
+
+
 def call(
     key: str,
     body: Body,

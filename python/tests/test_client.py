@@ -308,3 +308,30 @@ def test_a_body_or_context_value_is_bytes_like_or_str_and_nothing_else(daemon):
             c.batch().add(KEY, bad)  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             c.call(KEY, b"x", context={"echo.log": bad})  # type: ignore[dict-item]
+
+
+def test_a_forked_child_does_not_share_the_parents_kept_conversation(daemon):
+    # charon.call's per-thread client keeps the connection; a child forked
+    # afterwards starts with no client of its own.
+    key = "py.svc.0.raw"
+    d = daemon({key: f"exec = {service_exec('svc.py')}\n{toml_env()}"
+                     "minimum-processes = 2\nprestart-processes = true\n"})
+    rd = str(d.run)
+    pid = charon.call(key, b"", context={"pid": ""}, keep_affinity=True, run_dir=rd)
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            os.close(r)
+            try:
+                charon.call(key, b"", need_affinity=True, run_dir=rd)
+            except charon.NoAffinity:
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.close(r)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child used the parent's connection"
+    assert charon.call(key, b"", context={"pid": ""}, need_affinity=True, run_dir=rd) == pid
