@@ -162,6 +162,13 @@ impl Rig {
         self.m.procs.id_of(pid).unwrap()
     }
 
+    /// Sends `msg` on fake instance `i`'s report channel, as its library
+    /// would.
+    fn report(&self, i: usize, msg: &[u8]) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.seen.borrow().report[i]);
+        send(fd, msg, MsgFlags::empty()).unwrap();
+    }
+
     fn connect(&self) -> UnixStream {
         UnixStream::connect(self.dir.path().join("run/system.echo.0.raw.sock")).unwrap()
     }
@@ -275,12 +282,7 @@ fn a_crash_is_replaced_and_reports_are_counted() {
         outcome: Outcome::Ok,
         attempt: 1,
     };
-    send(
-        std::os::fd::AsRawFd::as_raw_fd(&r.seen.borrow().report[0]),
-        &encode_records(&[rec, rec]),
-        MsgFlags::empty(),
-    )
-    .unwrap();
+    r.report(0, &encode_records(&[rec, rec]));
     let id = r.id_of(pid);
     r.m.read_reports(id);
     assert_eq!(r.stats()["requests"], 2);
@@ -348,12 +350,7 @@ fn retiring_starts_the_replacement_and_the_old_one_serves_to_its_limit() {
     let mut r = rig(|c| c.prestart_processes = true);
     r.begin();
     let old = r.pids()[0];
-    send(
-        std::os::fd::AsRawFd::as_raw_fd(&r.seen.borrow().report[0]),
-        &encode_signal(&Message::Retiring),
-        MsgFlags::empty(),
-    )
-    .unwrap();
+    r.report(0, &encode_signal(&Message::Retiring));
     let id = r.id_of(old);
     r.m.read_reports(id);
     let spawned = r.seen.borrow().spawned.clone();
@@ -475,12 +472,7 @@ fn a_retirement_notice_read_with_the_exit_is_replaced_once() {
     let mut r = rig(|c| c.prestart_processes = true);
     r.begin();
     let old = r.pids()[0];
-    send(
-        std::os::fd::AsRawFd::as_raw_fd(&r.seen.borrow().report[0]),
-        &encode_signal(&Message::Retiring),
-        MsgFlags::empty(),
-    )
-    .unwrap();
+    r.report(0, &encode_signal(&Message::Retiring));
     r.exit(old, WaitStatus::Exited(0));
     settle(&mut r);
     assert_eq!(r.pids().len(), 2, "one start for the retiree, not two");
@@ -663,9 +655,8 @@ fn garbage_reports_are_counted_not_trusted() {
     let mut r = rig(|c| c.prestart_processes = true);
     r.begin();
     let pid = r.pids()[0];
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&r.seen.borrow().report[0]);
     for junk in [&b"\x01\x01\x00\x05"[..], b"\x09", b"\x01\x07\x00\x00"] {
-        send(fd, junk, MsgFlags::empty()).unwrap();
+        r.report(0, junk);
     }
     let rec = Record {
         elapsed_us: 1,
@@ -674,7 +665,7 @@ fn garbage_reports_are_counted_not_trusted() {
         outcome: Outcome::Fault,
         attempt: 2,
     };
-    send(fd, &encode_records(&[rec]), MsgFlags::empty()).unwrap();
+    r.report(0, &encode_records(&[rec]));
     let id = r.id_of(pid);
     r.m.read_reports(id);
     let stats = r.stats();
