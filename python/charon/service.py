@@ -368,8 +368,6 @@ class Service:
         self._finished = False
         self._ep: Optional["select.epoll"] = None
         self._listen_fd = -1
-        # Whether the listener is in the epoll set now.
-        self._listening = False
         self._report_fd = -1
         self._wake_r = -1
         # Set when a connection woke the instance from its wait: its
@@ -502,10 +500,12 @@ class Service:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         self._wake_r = r
-        # The listener is in the set only while the instance waits for a
-        # connection (see _accept).
+        # An exclusive wait on the listener: one connection wakes one
+        # waiting instance, not all of them. (A wait on a kept connection
+        # takes it out of the set: see _wait_kept.)
         ep = select.epoll()
         self._listen_fd = self._listener.fileno()
+        ep.register(self._listen_fd, _LISTEN_EVENTS)
         ep.register(r, select.EPOLLIN)
         if self._managed is not None:
             self._report_fd = self._managed.report_fd()
@@ -650,16 +650,7 @@ class Service:
         took, costs a wait, not a failed accept, whose exception (with
         its error text) costs several times a wait in Python. Only while
         connections keep coming (the last wait found one queued) does
-        accept() go first.
-
-        The listener joins the epoll set (exclusive: one connection wakes
-        one instance) when the wait begins and leaves it when a connection
-        wakes the instance. So waiting instances are woken in the order
-        they began to wait, as blocking accept() callers are: a set that
-        kept the listener would wake the same instance every time, and
-        at one client and two instances that doubled each request's
-        latency on a VM (BENCHMARKS.md, Python). A busy instance is not
-        in the listener's queue, so a connection never wakes it."""
+        accept() go first."""
         assert self._listener is not None and self._ep is not None
         m = self._managed
         accept = self._listener._accept  # type: ignore[attr-defined]
@@ -681,10 +672,6 @@ class Service:
                 draining = self.draining()
             if not (woken or draining or busy):
                 # What is ready now; only if nothing is, idle and wait.
-                # Adding the listener reports a queued connection at once.
-                if not self._listening:
-                    self._ep.register(listen_fd, _LISTEN_EVENTS)
-                    self._listening = True
                 events = poll(0)
                 self._fresh = not events
                 if not events:
@@ -695,9 +682,6 @@ class Service:
                         woken = True
                     else:
                         self._woke(fd)
-                if woken:
-                    self._ep.unregister(listen_fd)
-                    self._listening = False
                 continue
             # Woken by a connection, busy, or draining what is queued.
             woken = busy = False
@@ -881,6 +865,11 @@ class Service:
         assert self._conn is not None and self._ep is not None
         expires = time.monotonic() + self.affinity_timeout
         fd = self._conn.fileno()
+        # A connection queued on the listener is for another instance: the
+        # listener (level-triggered) leaves the set while this one waits on
+        # its conversation, or it would wake the wait at once, over and
+        # over, while the connection stays queued.
+        self._ep.unregister(self._listen_fd)
         self._ep.register(fd, select.EPOLLIN)
         try:
             while True:
@@ -899,6 +888,7 @@ class Service:
                     self._managed.flush()
         finally:
             self._ep.unregister(fd)
+            self._ep.register(self._listen_fd, _LISTEN_EVENTS)
 
     def _standalone_frame(self) -> Optional[frame.RequestFields]:
         buf = bytearray()
