@@ -92,13 +92,11 @@ fn chaos_sigkill_every_200ms_every_request_is_answered() {
 /// is answered rather than fast-failed.
 #[test]
 fn a_poison_request_at_light_traffic_does_not_back_the_service_off() {
-    // Every lifecycle knob at its default (on demand, minimum 1); the
-    // pool's shape is set to one instance: the poison's first attempt must
-    // land on the instance that has served. A fresh spare (the pool grows
-    // by one under a sequential client) would make that first death young,
-    // which the rules count (doc/charond.md); this test is about the
-    // retry's death on the fresh replacement.
-    let d = Daemon::start(&[(KEY, &echo_config("maximum-processes = 1"))]);
+    // Every knob at its default (on demand, minimum 1, maximum 10). The
+    // poison's first attempt lands on the instance that served, or on a
+    // spare the pool grew under the sequential client: either death is the
+    // request's once the program has served.
+    let d = Daemon::start(&[(KEY, &echo_config(""))]);
     let mut c = client_at(&d.run, Duration::from_secs(20));
     assert_eq!(c.call(KEY, b"good").expect("answered"), b"good");
     let poison = Request::new(KEY, b"poison".to_vec()).context("echo.exit", "1");
@@ -118,6 +116,42 @@ fn a_poison_request_at_light_traffic_does_not_back_the_service_off() {
         b"next"
     );
     assert_eq!(d.count("backoff: no launch"), 0, "{}", d.log());
+}
+
+/// A poison request whose first attempt lands on an instance that has not
+/// completed a request yet (here a spare the pool grew while the only
+/// instance that served is held in an affinity conversation), once the
+/// program has served: both deaths are the request's, not the program's.
+/// The service is not backed off and the next request is answered.
+#[test]
+fn a_poison_request_on_a_fresh_spare_does_not_back_the_service_off() {
+    // Every knob at its default (on demand, minimum 1, maximum 10).
+    let d = Daemon::start(&[(KEY, &echo_config(""))]);
+    // The instance that serves this keeps the conversation, so it takes no
+    // other connection until the client lets it go.
+    let mut held = client_at(&d.run, Duration::from_secs(20));
+    let keep = Request::new(KEY, b"good".to_vec()).keep_affinity();
+    assert_eq!(held.call_request(&keep).expect("answered"), b"good");
+    let mut c = client_at(&d.run, Duration::from_secs(20));
+    let poison = Request::new(KEY, b"poison".to_vec()).context("echo.exit", "1");
+    let end = c
+        .call_request(&poison)
+        .map(|_| ())
+        .map_err(|e| e.into_kind());
+    assert!(
+        matches!(end, Err(ErrorKind::Disconnected { .. })),
+        "{end:?} {}",
+        d.log()
+    );
+    wait_for(LONG, "both victims to be reaped", || {
+        d.count("counted as nonzero") == 2
+    });
+    assert_eq!(
+        c.call(KEY, b"next").expect("answered, not fast-failed"),
+        b"next"
+    );
+    assert_eq!(d.count("backoff: no launch"), 0, "{}", d.log());
+    drop(held);
 }
 
 /// Requests that kill the instance serving them (exit 1, a segfault, a

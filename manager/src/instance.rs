@@ -269,6 +269,9 @@ pub(crate) enum Reached {
     /// Ready (waiting for its first connection, or serving it), but no
     /// request completed.
     Ready,
+    /// Ready, no request completed, and it died with a first attempt in
+    /// hand.
+    InHand,
     /// Ready, no request completed, and it died with a retried request
     /// (attempt 2) in hand: that request has already cost another
     /// instance, so this death is the request's, not the program's.
@@ -279,13 +282,18 @@ pub(crate) enum Reached {
 
 /// True if an exit of class `class`, by an instance that `reached` this
 /// far and lived `age`, is a young one: evidence about the program rather
-/// than about one request or an outside event.
+/// than about one request or an outside event. `proven`: an instance of
+/// the same generation (program and config) has completed a request.
 ///
 /// An instance that completed a request is never young, nor one that died
 /// serving a retry: a request that killed the instance it first landed on
 /// and then the one its retry landed on is a poison request, and the
 /// second death says no more about the program than the first (when the
 /// pool is small, that second instance is often a fresh replacement).
+/// Nor is one that died with a first attempt in hand once the generation
+/// is proven: the program has shown it can serve, so the death is that
+/// request's (a spare the pool grew, or a recycled instance's replacement,
+/// is as able to serve as an instance that has served).
 /// Before that, every failure is young, but for two: a clean exit after
 /// `QUICK_EXIT` (the program ran a while and left on its own), and SIGKILL
 /// once ready.
@@ -296,12 +304,13 @@ pub(crate) enum Reached {
 /// ready, the program has shown that it starts, and an outside kill says
 /// nothing about whether it can run.
 #[must_use]
-pub(crate) fn young(class: ExitClass, reached: Reached, age: Duration) -> bool {
+pub(crate) fn young(class: ExitClass, reached: Reached, age: Duration, proven: bool) -> bool {
     match (reached, class) {
         (Reached::Served | Reached::Retry, _) => false,
+        (Reached::InHand, _) if proven => false,
         (_, ExitClass::Clean) => age < QUICK_EXIT,
-        (Reached::Ready, ExitClass::Crash(libc::SIGKILL)) => false,
-        (Reached::Nothing | Reached::Ready, _) => true,
+        (Reached::Ready | Reached::InHand, ExitClass::Crash(libc::SIGKILL)) => false,
+        (Reached::Nothing | Reached::Ready | Reached::InHand, _) => true,
     }
 }
 
@@ -506,6 +515,16 @@ mod tests {
         assert_eq!(life.deadline(), None);
     }
 
+    const ALL_REACHED: [Reached; 5] = [
+        Reached::Nothing,
+        Reached::Ready,
+        Reached::InHand,
+        Reached::Retry,
+        Reached::Served,
+    ];
+
+    /// Every (reached, class, proven) triple, against the table in
+    /// doc/charond.md ("Instance lifecycle").
     #[test]
     fn young_is_no_request_completed_and_for_a_clean_exit_a_quick_one() {
         let second = Duration::from_secs(1);
@@ -516,26 +535,48 @@ mod tests {
             ExitClass::Crash(libc::SIGABRT),
             ExitClass::Killed(KillReason::StartupTimeout),
         ] {
-            for reached in [Reached::Nothing, Reached::Ready] {
-                assert!(young(class, reached, second * 100), "{class:?} {reached:?}");
+            for proven in [false, true] {
+                for reached in ALL_REACHED {
+                    let expect = match reached {
+                        Reached::Nothing | Reached::Ready => true,
+                        Reached::InHand => !proven,
+                        Reached::Retry | Reached::Served => false,
+                    };
+                    assert_eq!(
+                        young(class, reached, second * 100, proven),
+                        expect,
+                        "{class:?} {reached:?} proven={proven}"
+                    );
+                }
             }
-            assert!(!young(class, Reached::Served, Duration::ZERO), "{class:?}");
-            assert!(!young(class, Reached::Retry, Duration::ZERO), "{class:?}");
         }
-        for reached in [Reached::Nothing, Reached::Ready] {
-            assert!(young(ExitClass::Clean, reached, second / 2));
-            assert!(!young(ExitClass::Clean, reached, second * 2));
+        for proven in [false, true] {
+            for reached in ALL_REACHED {
+                let counts = match reached {
+                    Reached::Nothing | Reached::Ready => true,
+                    Reached::InHand => !proven,
+                    Reached::Retry | Reached::Served => false,
+                };
+                let quick = young(ExitClass::Clean, reached, second / 2, proven);
+                assert_eq!(quick, counts, "{reached:?} proven={proven}");
+                assert!(!young(ExitClass::Clean, reached, second * 2, proven));
+            }
         }
-        assert!(!young(ExitClass::Clean, Reached::Served, Duration::ZERO));
-        assert!(!young(ExitClass::Clean, Reached::Retry, Duration::ZERO));
     }
 
     #[test]
     fn sigkill_is_young_only_before_ready() {
         let kill = ExitClass::Crash(libc::SIGKILL);
-        assert!(young(kill, Reached::Nothing, Duration::ZERO));
-        assert!(young(kill, Reached::Nothing, Duration::from_secs(100)));
-        assert!(!young(kill, Reached::Ready, Duration::ZERO));
-        assert!(!young(kill, Reached::Served, Duration::ZERO));
+        for proven in [false, true] {
+            for reached in ALL_REACHED {
+                for age in [Duration::ZERO, Duration::from_secs(100)] {
+                    assert_eq!(
+                        young(kill, reached, age, proven),
+                        reached == Reached::Nothing,
+                        "{reached:?} proven={proven} {age:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -78,6 +78,9 @@ pub(crate) struct Svc {
     /// The manager's own resource failure that kept an instance of it from
     /// starting, as its clients are told (`starved.rs`).
     starved: Option<String>,
+    /// An instance of this generation was reaped after completing a
+    /// request (`proven` also looks at the live ones' slots).
+    served_once: bool,
 }
 
 impl Svc {
@@ -212,7 +215,29 @@ impl Svc {
             *u = false;
         }
         self.publish_slots_in_use();
-        counted.max(reported)
+        let served = counted.max(reported);
+        self.served_once |= served > 0;
+        served
+    }
+
+    /// An instance of this generation has completed a request: the program
+    /// has shown it can serve (`instance::young`).
+    pub(crate) fn proven(&self) -> bool {
+        self.served_once
+            || (0..self.used_slots.len() as u32).any(|slot| {
+                self.used_slots[slot as usize]
+                    && self
+                        .board
+                        .slot(slot)
+                        .is_some_and(|sl| sl.snapshot().requests > 0)
+            })
+    }
+
+    /// The program may have changed under the same config (`charon
+    /// restart` after the binary was replaced): it must show again that it
+    /// can serve.
+    pub(crate) fn unprove(&mut self) {
+        self.served_once = false;
     }
 
     fn publish_slots_in_use(&self) {
@@ -467,6 +492,7 @@ impl Svc {
             drain_spawns: 0,
             gen_failure: None,
             starved: None,
+            served_once: false,
         }
     }
 }

@@ -29,6 +29,10 @@ impl Manager {
     /// Launches one instance of service `s`. Returns its id, or None (the
     /// failure is logged and counted, and fed back as a launch failure).
     pub(crate) fn spawn_one(&mut self, s: usize, why: StartWhy) -> Option<usize> {
+        // Before the fork: the new instance may accept a connection before
+        // this loop runs again (charond preempted after the fork), and a
+        // saturation hint it would send must not be lost to a stale flag.
+        self.publish_hints(s, self.live_count(s) + 1);
         let limit = self.request_limit(s);
         let svc = &mut self.services[s];
         let key = svc.config().key.as_str().to_string();
@@ -55,6 +59,7 @@ impl Manager {
             Err(e) => {
                 svc.slot_unused(slot);
                 self.launch_failed(s, &key, &e);
+                self.update_hints(s);
                 return None;
             }
         };
@@ -190,9 +195,13 @@ impl Manager {
 
     /// Sets `want_hints` while more instances may be started.
     pub(crate) fn update_hints(&self, s: usize) {
+        self.publish_hints(s, self.live_count(s));
+    }
+
+    /// Sets `want_hints` while more than `live` instances may run.
+    fn publish_hints(&self, s: usize, live: u32) {
         let svc = &self.services[s];
-        let want = matches!(svc.mode(), Mode::Running)
-            && self.live_count(s) < svc.config().maximum_processes;
+        let want = matches!(svc.mode(), Mode::Running) && live < svc.config().maximum_processes;
         svc.set_want_hints(want);
     }
 
@@ -440,6 +449,7 @@ impl Manager {
             class,
             reached,
             now.saturating_duration_since(inst.started()),
+            self.services[s].proven(),
         );
         self.services[s].count_exit((inst.pid(), inst.last_stderr()), &r, class, starved);
         self.tell_generation(s, &inst, class, now);
@@ -475,8 +485,9 @@ impl Manager {
     /// Frees the scoreboard slot of a reaped instance. Returns how many
     /// requests it served and how far it got: served a request (a mature
     /// instance, whose death is about that request or an outside event,
-    /// not about the program), died serving a retried request, ready (its
-    /// slot had left *starting*), or nothing.
+    /// not about the program), died serving a retried request, died with a
+    /// first attempt in hand, ready (its slot had left *starting*), or
+    /// nothing.
     fn free_slot_of(&mut self, inst: &Instance) -> (u64, Reached) {
         let svc = &mut self.services[inst.service()];
         // Read before the slot is freed.
@@ -484,16 +495,18 @@ impl Manager {
         let ready = slot
             .as_ref()
             .is_some_and(|sl| sl.state.is_some_and(|st| st != SlotState::Starting));
-        // A request in hand (begun, not finished) that is a retry.
-        let retry = slot.as_ref().is_some_and(|sl| {
-            sl.state == Some(SlotState::Busy) && sl.busy_since_ns != 0 && sl.attempt >= 2
-        });
+        // The attempt of the request in hand (begun, not finished), if any.
+        let in_hand = slot
+            .as_ref()
+            .filter(|sl| sl.state == Some(SlotState::Busy) && sl.busy_since_ns != 0)
+            .map(|sl| sl.attempt);
         let served = svc.free_slot(inst.slot(), inst.reported());
-        let reached = match (served > 0, retry, ready) {
+        let reached = match (served > 0, in_hand, ready) {
             (true, _, _) => Reached::Served,
-            (false, true, _) => Reached::Retry,
-            (false, false, true) => Reached::Ready,
-            (false, false, false) => Reached::Nothing,
+            (false, Some(attempt), _) if attempt >= 2 => Reached::Retry,
+            (false, Some(_), true) => Reached::InHand,
+            (false, _, true) => Reached::Ready,
+            (false, _, false) => Reached::Nothing,
         };
         (served, reached)
     }

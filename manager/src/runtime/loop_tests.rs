@@ -346,6 +346,65 @@ fn a_fresh_instance_killed_by_a_retry_is_the_requests_victim_not_the_programs() 
 }
 
 #[test]
+fn a_first_attempt_death_once_another_instance_has_served_is_the_requests() {
+    // Two instances (the pool's shape); one has completed a request, so
+    // the program is proven. A poison request's first attempt kills the
+    // other, which has served nothing: the request's victim, replaced, no
+    // backoff. Without the served request, the same death backs off.
+    for proven in [true, false] {
+        let mut r = rig(|c| {
+            c.prestart_processes = true;
+            c.minimum_processes = 2;
+        });
+        r.begin();
+        let spawned = r.seen.borrow().spawned.clone();
+        let [(_, served_slot), (victim, victim_slot)] = spawned[..] else {
+            panic!("two instances: {spawned:?}");
+        };
+        let board = r.m.services[0].board();
+        if proven {
+            let sl = board.slot(served_slot).unwrap();
+            sl.accepted();
+            sl.begin(now_ns(), 1, 10, "good");
+            sl.finish(now_ns());
+        }
+        board.slot(victim_slot).unwrap().accepted();
+        board
+            .slot(victim_slot)
+            .unwrap()
+            .begin(now_ns(), 1, 10, "poison");
+        r.exit(victim, WaitStatus::Exited(1));
+        let svc = &r.m.services[0];
+        assert_eq!(svc.stats().to_json()["exits"]["nonzero"], 1);
+        assert_eq!(svc.mode().is_backoff(), !proven, "proven={proven}");
+        if proven {
+            assert_eq!(r.pids().len(), 3, "replaced");
+        }
+    }
+}
+
+#[test]
+fn a_client_waiting_while_every_instance_is_busy_grows_the_pool_at_the_tick() {
+    // The instance's saturation hint is lost (sent before the flag said
+    // hints were wanted, or rate-limited) and nothing watches the socket:
+    // the tick sees the client waiting with no instance idle and grows.
+    let mut r = rig(|_| {});
+    r.begin();
+    let _first = r.connect();
+    r.m.on_listener(0);
+    r.m.process_events();
+    assert_eq!(r.pids().len(), 1);
+    assert_eq!(r.m.services[0].watch(), Watch::Off);
+    // The instance is busy (on another connection, say a kept
+    // conversation), and this client still waits.
+    let (_, slot) = r.seen.borrow().spawned[0];
+    r.m.services[0].board().slot(slot).unwrap().accepted();
+    r.m.tick(Instant::now());
+    r.m.process_events();
+    assert_eq!(r.pids().len(), 2, "grew at the tick");
+}
+
+#[test]
 fn retiring_starts_the_replacement_and_the_old_one_serves_to_its_limit() {
     let mut r = rig(|c| c.prestart_processes = true);
     r.begin();

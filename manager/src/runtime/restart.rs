@@ -21,6 +21,9 @@ impl Manager {
         // The automaton resets the tallies and ends a backoff; the loop
         // performs its actions (a trial) once this turn's work is done.
         self.events.push_back((s, Event::Restart));
+        // The program may have been replaced on disk: once the instances
+        // recycled here have left, it must serve again to be proven.
+        self.services[s].unprove();
         let ids = self.procs.ids_of(s, false);
         let recycled = ids.len();
         for id in ids {

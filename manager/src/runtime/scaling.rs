@@ -201,8 +201,17 @@ impl Manager {
                 continue;
             }
             // At the maximum nothing else looks at the queue: notice a full
-            // backlog (clients refused as overloaded) here.
-            let _ = self.queue_depth(s);
+            // backlog (clients refused as overloaded) here. Below it, clients
+            // waiting while no instance is idle and nothing watches are a
+            // lost saturation hint (rate-limited, or sent before the flag
+            // said hints were wanted): grow now rather than never.
+            let (waiting, _) = self.queue_depth(s);
+            if waiting > 0
+                && self.services[s].watch() != Watch::Saturated
+                && !self.services[s].any_idle()
+            {
+                self.check_saturation(s);
+            }
             let views = self.views(s);
             if let Decision::Stop(id, reason) =
                 calibrate::decide(&self.limits(s), &views, Why::Tick)
