@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use charon_client::{ErrorKind, Request};
+use charon_client::{Client, ErrorKind, Request};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -326,7 +326,27 @@ fn control_socket_answers_garbage_with_an_error_and_goes_on() {
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
         0o600
     );
-    let s = UnixStream::connect(&sock).unwrap();
+    garbage_gets_an_error_and_the_connection_goes_on(&sock);
+    a_burst_gets_one_answer_each_in_order(&d, &sock);
+
+    // An endless line: an error answer, the connection closed, and the
+    // manager still serves others.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let big = vec![b'x'; 100 * 1024];
+    let _ = s.write_all(&big);
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.contains("longer than"), "{answer:?}");
+    let (code, out, _) = d.charon(&["stats"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(KEY), "{out}");
+}
+
+/// On one connection: each kind of garbage gets an error answer, and
+/// good requests after it are answered.
+fn garbage_gets_an_error_and_the_connection_goes_on(sock: &Path) {
+    let s = UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(LONG)).unwrap();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
@@ -351,10 +371,12 @@ fn control_socket_answers_garbage_with_an_error_and_goes_on() {
     assert_eq!(a["services"][0]["key"], KEY);
     let a = ask(b"{\"cmd\":\"version\"}\n");
     assert!(a["version"].is_string(), "{a}");
+}
 
-    // Many requests in one burst: one answer each, in order, while other
-    // clients are still served.
-    let burst = UnixStream::connect(&sock).unwrap();
+/// Many requests in one burst: one answer each, in order, while other
+/// clients are still served.
+fn a_burst_gets_one_answer_each_in_order(d: &Daemon, sock: &Path) {
+    let burst = UnixStream::connect(sock).unwrap();
     burst.set_read_timeout(Some(LONG)).unwrap();
     let mut bw = burst.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
@@ -383,19 +405,6 @@ fn control_socket_answers_garbage_with_an_error_and_goes_on() {
             "answer {i} in order: {a}"
         );
     }
-
-    // An endless line: an error answer, the connection closed, and the
-    // manager still serves others.
-    let mut s = UnixStream::connect(&sock).unwrap();
-    s.set_read_timeout(Some(LONG)).unwrap();
-    let big = vec![b'x'; 100 * 1024];
-    let _ = s.write_all(&big);
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    assert!(answer.contains("longer than"), "{answer:?}");
-    let (code, out, _) = d.charon(&["stats"]);
-    assert_eq!(code, 0);
-    assert!(out.contains(KEY), "{out}");
 }
 
 /// Checks Prometheus text: every sample line is `name{labels} value` with a
@@ -421,39 +430,7 @@ fn parse_prometheus(text: &str) -> BTreeSet<String> {
             typed.insert(name.to_string());
             continue;
         }
-        assert!(
-            !line.starts_with('#') && !line.is_empty(),
-            "stray line {line:?}"
-        );
-        let (series, value) = line.rsplit_once(' ').expect("name and value");
-        value
-            .parse::<f64>()
-            .unwrap_or_else(|_| panic!("value of {line:?}"));
-        let name = series.split('{').next().unwrap();
-        assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-                && !name.starts_with(|c: char| c.is_ascii_digit()),
-            "metric name {name:?}"
-        );
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                let inner = labels
-                    .strip_prefix('{')
-                    .and_then(|l| l.strip_suffix('}'))
-                    .unwrap_or_else(|| panic!("labels of {line:?}"));
-                for pair in inner.split("\",") {
-                    let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
-                    assert!(
-                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                        "{line}"
-                    );
-                    assert!(!v.trim_end_matches('"').contains('"'), "{line}");
-                }
-            }
-        }
+        let (series, name) = check_sample(line);
         // A histogram's samples are its name with a suffix.
         let family = ["_bucket", "_sum", "_count"]
             .iter()
@@ -467,6 +444,46 @@ fn parse_prometheus(text: &str) -> BTreeSet<String> {
         samples.insert(series.to_string());
     }
     samples
+}
+
+/// Checks one Prometheus sample line, `name{labels} value`: a number, a
+/// valid metric name, valid label names and quoted values. Returns the
+/// series (name and labels) and the name.
+fn check_sample(line: &str) -> (&str, &str) {
+    assert!(
+        !line.starts_with('#') && !line.is_empty(),
+        "stray line {line:?}"
+    );
+    let (series, value) = line.rsplit_once(' ').expect("name and value");
+    value
+        .parse::<f64>()
+        .unwrap_or_else(|_| panic!("value of {line:?}"));
+    let name = series.split('{').next().unwrap();
+    assert!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !name.starts_with(|c: char| c.is_ascii_digit()),
+        "metric name {name:?}"
+    );
+    if let Some(labels) = series.strip_prefix(name) {
+        if !labels.is_empty() {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("labels of {line:?}"));
+            for pair in inner.split("\",") {
+                let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                assert!(!v.trim_end_matches('"').contains('"'), "{line}");
+            }
+        }
+    }
+    (series, name)
 }
 
 /// Runs `promtool check metrics` (Prometheus' own linter) on `text` and
@@ -507,13 +524,46 @@ fn promtool_accepts(text: &str) {
     );
 }
 
+/// What `stats_match_what_happened_in_every_format` did to `KEY`: requests
+/// served, faulted on purpose and crashed.
+struct Happened {
+    served: u64,
+    faulted: u64,
+    crashed: u64,
+}
+
+/// The service sent into a long backoff by the stats test.
+const BAD: &str = "app.bad.0.raw";
+
 #[test]
 fn stats_match_what_happened_in_every_format() {
-    let echo = bin("charon-echo");
-    let bad = "app.bad.0.raw";
     let port = free_port();
+    let d = start_for_stats(port);
+    let mut c = d.client();
+    let h = Happened {
+        served: 10,
+        faulted: 3,
+        crashed: 2,
+    };
+    serve_fault_and_crash(&d, &mut c, &h);
+    send_bad_into_backoff(&mut c);
+    wait_for(LONG, "the figures", || {
+        let s = d.stats(KEY);
+        s["requests"] == h.served + h.faulted && s["exits"]["crashed"] == h.crashed
+    });
+    json_has_every_field_and_the_figures(&d.stats(KEY), &h);
+    json_reports_the_backoff(&d);
+    table_shows_the_backoff(&d);
+    prometheus_matches_from_the_command_and_over_http(&d, port, &h);
+    restart_ends_the_backoff(&d, &mut c);
+    ps_lists_one_line_per_instance(&d);
+}
+
+/// charond with `KEY` and `BAD`, both prestarted, and metrics on `port`.
+fn start_for_stats(port: u16) -> Daemon {
+    let echo = bin("charon-echo");
     let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start_args(
+    Daemon::start_args(
         &[
             (
                 KEY,
@@ -523,7 +573,7 @@ fn stats_match_what_happened_in_every_format() {
                 ),
             ),
             (
-                bad,
+                BAD,
                 // A backoff longer than the test, so the figures read
                 // below cannot move under a trial.
                 &echo_conf(
@@ -533,14 +583,17 @@ fn stats_match_what_happened_in_every_format() {
             ),
         ],
         &["--metrics-listen", &addr],
-    );
-    let mut c = d.client();
-    let (n, m, k) = (10u64, 3u64, 2u64);
-    for i in 0..n {
+    )
+}
+
+/// Serves, faults and crashes requests on `KEY` as `h` says, the crashes
+/// once every earlier request has been reported.
+fn serve_fault_and_crash(d: &Daemon, c: &mut Client, h: &Happened) {
+    for i in 0..h.served {
         let body = format!("ok {i}");
         assert_eq!(c.call(KEY, body.as_bytes()).unwrap(), body.as_bytes());
     }
-    for _ in 0..m {
+    for _ in 0..h.faulted {
         let r = Request::new(KEY, b"f".to_vec()).context("echo.fault", "7:on purpose");
         let e = c.call_request(&r).expect_err("a fault");
         assert!(
@@ -555,28 +608,31 @@ fn stats_match_what_happened_in_every_format() {
     // client's next connection can come while the only instance finishes
     // the last request, and the pool grows. So the faults alone arriving
     // (from one instance) do not say the other's batch has.
+    let reported = h.served + h.faulted;
     wait_for(LONG, "every request reported", || {
         let s = d.stats(KEY);
-        s["requests"] == n + m && s["latency_histogram"]["count"] == n + m
+        s["requests"] == reported && s["latency_histogram"]["count"] == reported
     });
-    for _ in 0..k {
+    for _ in 0..h.crashed {
         let r = Request::new(KEY, b"c".to_vec())
             .context("echo.signal", "11")
             .no_retry();
         assert!(c.call_request(&r).is_err());
     }
-    // A backoff with its reason: the instance exits 3 on a request.
-    let r = Request::new(bad, b"x".to_vec())
+}
+
+/// A backoff with its reason: `BAD`'s instance exits 3 on a request.
+fn send_bad_into_backoff(c: &mut Client) {
+    let r = Request::new(BAD, b"x".to_vec())
         .context("echo.log", "about to fail")
         .context("echo.exit", "3")
         .no_retry();
     assert!(c.call_request(&r).is_err());
+}
 
-    wait_for(LONG, "the figures", || {
-        let s = d.stats(KEY);
-        s["requests"] == n + m && s["exits"]["crashed"] == k
-    });
-    let s = d.stats(KEY);
+/// The JSON stats of `KEY`: every documented field, and the figures of
+/// what happened.
+fn json_has_every_field_and_the_figures(s: &Value, h: &Happened) {
     for f in [
         "key",
         "state",
@@ -597,38 +653,45 @@ fn stats_match_what_happened_in_every_format() {
     ] {
         assert!(s.get(f).is_some(), "field {f} missing: {s}");
     }
-    for f in ["running", "busy", "idle", "max"] {
-        assert!(s["instances"][f].is_u64(), "instances.{f}: {s}");
-    }
-    for f in ["p50", "p90", "p99", "p999", "max"] {
-        assert!(s["latency_us"][f].is_u64(), "latency_us.{f}: {s}");
-    }
-    for f in [
-        "clean",
-        "nonzero",
-        "crashed",
-        "unresponsive",
-        "max_requests",
-        "idle",
-        "excess",
-        "shutdown",
-        "launch_failed",
-    ] {
-        assert!(s["exits"][f].is_u64(), "exits.{f}: {s}");
+    let numbers = [
+        ("instances", &["running", "busy", "idle", "max"][..]),
+        ("latency_us", &["p50", "p90", "p99", "p999", "max"]),
+        (
+            "exits",
+            &[
+                "clean",
+                "nonzero",
+                "crashed",
+                "unresponsive",
+                "max_requests",
+                "idle",
+                "excess",
+                "shutdown",
+                "launch_failed",
+            ],
+        ),
+    ];
+    for (group, fields) in numbers {
+        for f in fields {
+            assert!(s[group][f].is_u64(), "{group}.{f}: {s}");
+        }
     }
     for f in ["pid", "status", "signal", "reason", "stderr"] {
         assert!(s["last_exit"].get(f).is_some(), "last_exit.{f}: {s}");
     }
-    assert_eq!(s["faults"], m, "{s}");
+    assert_eq!(s["faults"], h.faulted, "{s}");
     assert_eq!(s["retried"], 0, "{s}");
     assert_eq!(s["last_exit"]["signal"], 11, "{s}");
     assert_eq!(s["last_exit"]["reason"], "crashed", "{s}");
     assert!(s["latency_us"]["max"].as_u64().unwrap() > 0, "{s}");
-    assert!(s["launches"].as_u64().unwrap() > k, "{s}");
+    assert!(s["launches"].as_u64().unwrap() > h.crashed, "{s}");
     assert_eq!(s["state"], "running", "{s}");
+}
 
-    wait_for(LONG, "the backoff", || d.stats(bad)["state"] == "backoff");
-    let b = d.stats(bad);
+/// The JSON stats of `BAD`: in backoff, with the exit that caused it.
+fn json_reports_the_backoff(d: &Daemon) {
+    wait_for(LONG, "the backoff", || d.stats(BAD)["state"] == "backoff");
+    let b = d.stats(BAD);
     assert!(b["backoffs"].as_u64().unwrap() >= 1, "{b}");
     assert_eq!(b["exits"]["nonzero"], 1, "{b}");
     assert_eq!(b["last_exit"]["status"], 3, "{b}");
@@ -638,9 +701,11 @@ fn stats_match_what_happened_in_every_format() {
         "{b}"
     );
     assert!(b["backoff_remaining_s"].as_f64().unwrap() > 60.0, "{b}");
+}
 
-    // The table: a header, one aligned line per service, and charond's fd
-    // headroom.
+/// The table: a header, one aligned line per service, and charond's fd
+/// headroom.
+fn table_shows_the_backoff(d: &Daemon) {
     let (code, table, _) = d.charon(&["stats"]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = table.lines().collect();
@@ -658,18 +723,25 @@ fn stats_match_what_happened_in_every_format() {
         lines[1][col..].starts_with("backoff") || lines[2][col..].starts_with("backoff"),
         "{table}"
     );
+}
 
-    // Prometheus, from the command and over HTTP.
+/// Prometheus, from the command and over HTTP: the same valid series,
+/// with the figures, and latency as a histogram.
+fn prometheus_matches_from_the_command_and_over_http(d: &Daemon, port: u16, h: &Happened) {
+    let reported = h.served + h.faulted;
     let (code, prom, err) = d.charon(&["stats", "--prometheus"]);
     assert_eq!(code, 0, "{err}");
     let from_cli = parse_prometheus(&prom);
     assert!(
-        prom.contains(&format!("charon_requests_total{{key=\"{KEY}\"}} {}", n + m)),
+        prom.contains(&format!(
+            "charon_requests_total{{key=\"{KEY}\"}} {reported}"
+        )),
         "{prom}"
     );
     assert!(
         prom.contains(&format!(
-            "charon_exits_total{{key=\"{KEY}\",reason=\"crashed\"}} {k}"
+            "charon_exits_total{{key=\"{KEY}\",reason=\"crashed\"}} {}",
+            h.crashed
         )),
         "{prom}"
     );
@@ -681,42 +753,53 @@ fn stats_match_what_happened_in_every_format() {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         resp.split(' ').nth(1) == Some("200")
-            && body.contains(&format!("charon_requests_total{{key=\"{KEY}\"}} {}", n + m))
+            && body.contains(&format!(
+                "charon_requests_total{{key=\"{KEY}\"}} {reported}"
+            ))
     });
     assert_eq!(parse_prometheus(&body), from_cli, "same series over HTTP");
     promtool_accepts(&prom);
     promtool_accepts(&body);
-    // Latency as a histogram in seconds, one count per reported request:
-    // all n + m were reported before the crashes, whose requests report
-    // nothing, so the figure no longer moves.
+    latency_is_a_histogram_of_every_reported_request(d, &prom, reported);
+    assert_eq!(http_get(port, "/other").split(' ').nth(1), Some("404"));
+}
+
+/// Latency as a histogram in seconds, one count per reported request:
+/// all `reported` were reported before the crashes, whose requests report
+/// nothing, so the figure no longer moves.
+fn latency_is_a_histogram_of_every_reported_request(d: &Daemon, prom: &str, reported: u64) {
     let count = format!("charon_request_duration_seconds_count{{key=\"{KEY}\"}} ");
     let count_line = prom.lines().find(|l| l.starts_with(&count)).expect(&count);
     assert_eq!(
         count_line[count.len()..].parse::<u64>(),
-        Ok(n + m),
+        Ok(reported),
         "{prom}"
     );
     let s = d.stats(KEY);
-    assert_eq!(s["latency_histogram"]["count"], n + m, "{s}");
+    assert_eq!(s["latency_histogram"]["count"], reported, "{s}");
     let inf = format!("charon_request_duration_seconds_bucket{{key=\"{KEY}\",le=\"+Inf\"}} ");
     assert!(prom.contains(&inf), "{prom}");
     assert!(!prom.contains("quantile="), "{prom}");
-    assert_eq!(http_get(port, "/other").split(' ').nth(1), Some("404"));
+}
 
-    // `charon restart` ends the (10 minute) backoff at once.
-    let (code, out, err) = d.charon(&["restart", bad]);
+/// `charon restart` ends `BAD`'s (10 minute) backoff at once, and names
+/// an unknown service as such.
+fn restart_ends_the_backoff(d: &Daemon, c: &mut Client) {
+    let (code, out, err) = d.charon(&["restart", BAD]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("backoff ended"), "{out}");
     wait_for(LONG, "the service out of backoff", || {
-        let b = d.stats(bad);
+        let b = d.stats(BAD);
         b["state"] != "backoff" && b["instances"]["running"] == 1
     });
-    assert_eq!(c.call(bad, b"fixed").unwrap(), b"fixed");
+    assert_eq!(c.call(BAD, b"fixed").unwrap(), b"fixed");
     let (code, _, err) = d.charon(&["restart", "app.none.0.raw"]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("no service"), "{err}");
+}
 
-    // ps: one line per instance, with its state and served count.
+/// ps: one line per instance, with its state and served count.
+fn ps_lists_one_line_per_instance(d: &Daemon) {
     let (code, ps, _) = d.charon(&["ps", KEY]);
     assert_eq!(code, 0);
     assert!(ps.lines().next().unwrap().starts_with("PID"), "{ps}");
