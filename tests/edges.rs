@@ -196,9 +196,35 @@ fn out_of_fds_is_the_managers_problem_not_the_services() {
     let limit = base + 9;
     let nofile = format!("--nofile={limit}:{limit}");
     let d = Daemon::start_under(dir, conf, run, &[], &["prlimit", &nofile, "--"]);
+    let (served, starved, slowest_refusal) = served_or_refused_for_fds(&d, &keys);
+    println!(
+        "fd limit {limit} (charond needs {base} with no instance): {} served, {} refused as the manager's problem, slowest refusal {slowest_refusal:?}",
+        served.len(),
+        starved.len()
+    );
+    assert!(
+        !served.is_empty() && !starved.is_empty(),
+        "{served:?} {starved:?}"
+    );
+    // Those with instances keep serving, again and again.
+    for _ in 0..3 {
+        for k in &served {
+            assert_eq!(client_of_key(&d, k), Ok(b"again".to_vec()), "{k}");
+        }
+    }
+    nobody_was_charged(&d, limit);
+    d.wait_log("the manager's problem logged", |l| {
+        l.contains("the manager's problem, not the service's")
+    });
+}
+
+/// Calls each of `keys` once: each is served or refused as Unavailable for
+/// the manager's file descriptors, nothing else. Returns the served keys,
+/// the refused ones and the slowest refusal.
+fn served_or_refused_for_fds(d: &Daemon, keys: &[String]) -> (Vec<String>, Vec<String>, Duration) {
     let (mut served, mut starved) = (Vec::new(), Vec::new());
     let mut slowest_refusal = Duration::ZERO;
-    for k in &keys {
+    for k in keys {
         let mut c = client_at(&d.run, Duration::from_secs(10));
         let t0 = Instant::now();
         match c.call(k, b"hi") {
@@ -220,22 +246,11 @@ fn out_of_fds_is_the_managers_problem_not_the_services() {
             },
         }
     }
-    println!(
-        "fd limit {limit} (charond needs {base} with no instance): {} served, {} refused as the manager's problem, slowest refusal {slowest_refusal:?}",
-        served.len(),
-        starved.len()
-    );
-    assert!(
-        !served.is_empty() && !starved.is_empty(),
-        "{served:?} {starved:?}"
-    );
-    // Those with instances keep serving, again and again.
-    for _ in 0..3 {
-        for k in &served {
-            assert_eq!(client_of_key(&d, k), Ok(b"again".to_vec()), "{k}");
-        }
-    }
-    // Nobody was charged: no backoff, no launch failure.
+    (served, starved, slowest_refusal)
+}
+
+/// Nobody was charged for the manager's fds: no backoff, no launch failure.
+fn nobody_was_charged(d: &Daemon, limit: u64) {
     let (code, out, _) = d.charon(&["stats", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
@@ -245,9 +260,6 @@ fn out_of_fds_is_the_managers_problem_not_the_services() {
         assert_eq!(s["backoffs"], 0, "{s}");
         assert_eq!(s["exits"]["launch_failed"], 0, "{s}");
     }
-    d.wait_log("the manager's problem logged", |l| {
-        l.contains("the manager's problem, not the service's")
-    });
 }
 
 fn client_of_key(d: &Daemon, key: &str) -> Result<Vec<u8>, String> {
@@ -357,14 +369,7 @@ fn ns_pid(pid: i32) -> Option<i32> {
 #[test]
 fn as_pid_1_of_a_pid_namespace_charond_reaps_every_orphan_and_stops_everything() {
     let unshare = ["unshare", "--pid", "--fork", "--mount-proc"];
-    let probe = std::process::Command::new(unshare[0])
-        .args(&unshare[1..])
-        .arg("true")
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        println!(
-            "skipped: unshare --pid --fork --mount-proc is refused here (needs root): {probe:?}"
-        );
+    if !unshare_is_allowed(&unshare) {
         return;
     }
     let dir = TestDir::new();
@@ -378,8 +383,53 @@ fn as_pid_1_of_a_pid_namespace_charond_reaps_every_orphan_and_stops_everything()
         Some(1),
         "charond is PID 1 of its namespace"
     );
-    // An orphan that is nobody's instance: a process entered into the
-    // namespace whose parent exits at once is re-parented to PID 1.
+    let stray = orphan_entered_into_the_namespace(charond);
+    let mut first = Vec::new();
+    wait_for(PATIENCE, "the instance's sleeper", || {
+        first = sleepers(&d.run);
+        first.len() == 1
+    });
+    let (code, _, err) = d.charon(&["restart", KEY]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(PATIENCE, "the recycled instance's sleeper reaped", || {
+        gone(first[0])
+    });
+    wait_for(
+        PATIENCE,
+        "the stray orphan reaped by PID 1 (no zombie)",
+        || gone(stray),
+    );
+    d.signal_pid(charond, Signal::SIGTERM);
+    let status = d.proc.as_mut().expect("unshare").wait_timeout(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(gone(charond));
+    assert!(
+        instances_of(&d.run).is_empty(),
+        "SIGTERM stopped everything"
+    );
+    println!("as PID 1: the instance's and a stray orphan reaped, exit 0 after SIGTERM");
+}
+
+/// Whether `unshare` may make a pid namespace here (it needs root); says
+/// the test is skipped if not.
+fn unshare_is_allowed(unshare: &[&str]) -> bool {
+    let probe = std::process::Command::new(unshare[0])
+        .args(&unshare[1..])
+        .arg("true")
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        println!(
+            "skipped: unshare --pid --fork --mount-proc is refused here (needs root): {probe:?}"
+        );
+        return false;
+    }
+    true
+}
+
+/// An orphan that is nobody's instance: a process entered into the
+/// namespace of `charond` whose parent exits at once is re-parented to
+/// PID 1. Returns its pid once it is charond's child.
+fn orphan_entered_into_the_namespace(charond: i32) -> i32 {
     // Not through the harness's `run`, which kills the command's process
     // group when it returns: the orphan may not have left it yet.
     // No pipes either: the orphan would hold them open.
@@ -403,31 +453,7 @@ fn as_pid_1_of_a_pid_namespace_charond_reaps_every_orphan_and_stops_everything()
             });
         stray.is_some()
     });
-    let mut first = Vec::new();
-    wait_for(PATIENCE, "the instance's sleeper", || {
-        first = sleepers(&d.run);
-        first.len() == 1
-    });
-    let (code, _, err) = d.charon(&["restart", KEY]);
-    assert_eq!(code, 0, "{err}");
-    wait_for(PATIENCE, "the recycled instance's sleeper reaped", || {
-        gone(first[0])
-    });
-    let stray = stray.expect("found above");
-    wait_for(
-        PATIENCE,
-        "the stray orphan reaped by PID 1 (no zombie)",
-        || gone(stray),
-    );
-    d.signal_pid(charond, Signal::SIGTERM);
-    let status = d.proc.as_mut().expect("unshare").wait_timeout(PATIENCE);
-    assert_eq!(status.code(), Some(0), "{}", d.log());
-    assert!(gone(charond));
-    assert!(
-        instances_of(&d.run).is_empty(),
-        "SIGTERM stopped everything"
-    );
-    println!("as PID 1: the instance's and a stray orphan reaped, exit 0 after SIGTERM");
+    stray.expect("found above")
 }
 
 // ------------------------------------------------------ stderr, unread
@@ -506,10 +532,11 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// When a control connection was opened and when charond closed it.
+type Span = (Instant, Instant);
+
 #[test]
 fn idle_and_pipelining_control_connections_cannot_lock_operators_out() {
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -520,18 +547,54 @@ fn idle_and_pipelining_control_connections_cannot_lock_operators_out() {
     let ctl = d.run.join("charond.sock");
     let rss_before = rss_kib(d.pid());
     let stop = Arc::new(AtomicBool::new(false));
-    // 31 connections that pipeline stats and ps and never read an answer;
-    // each notes when charond closed it (its next write fails).
-    let writers: Vec<_> = (0..31)
+    let writers = pipelining_writers(&ctl, &stop);
+    let idle = idle_readers(&ctl);
+    let (took, refused_at, rss_peak) = operator_waits_for_stats(&d, rss_before);
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut closes) = (0, Vec::new());
+    for w in writers {
+        let (n, closed) = w.join().expect("writer");
+        sent += n;
+        closes.extend(closed);
+    }
+    let mut idle_told = Vec::new();
+    for i in idle {
+        let (closed, told) = i.join().expect("idle reader");
+        if told.contains("idle for") {
+            closes.push(closed);
+            idle_told.push(told);
+        }
+    }
+    println!(
+        "control socket: 64 idle + 31 pipelining ({} KiB of requests written): `charon stats` answered after {took:?} ({} refusals); charond RSS {rss_before} KiB -> peak {rss_peak} KiB",
+        sent / 1024,
+        refused_at.len()
+    );
+    let_in_by_the_idle_rule(&idle_told, &closes, &refused_at);
+    assert!(
+        rss_peak < rss_before + 16 * 1024,
+        "RSS {rss_before} KiB -> {rss_peak} KiB"
+    );
+}
+
+/// 31 connections that pipeline stats and ps and never read an answer;
+/// each returns what it wrote and when charond closed it (its next write
+/// fails), if it did before `stop`.
+fn pipelining_writers(
+    ctl: &Path,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(usize, Option<Span>)>> {
+    use std::io::Write;
+    (0..31)
         .map(|_| {
-            let s = UnixStream::connect(&ctl).expect("connect");
+            let s = std::os::unix::net::UnixStream::connect(ctl).expect("connect");
             let connected = Instant::now();
             s.set_nonblocking(true).expect("nonblocking");
-            let stop = Arc::clone(&stop);
+            let stop = std::sync::Arc::clone(stop);
             std::thread::spawn(move || {
                 let burst = b"{\"cmd\":\"stats\"}\n{\"cmd\":\"ps\"}\n".repeat(64);
                 let mut sent = 0usize;
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     match (&s).write(&burst) {
                         Ok(n) => sent += n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -543,13 +606,17 @@ fn idle_and_pipelining_control_connections_cannot_lock_operators_out() {
                 (sent, None)
             })
         })
-        .collect();
-    // 64 that connect and say nothing: charond keeps one (its 32nd) and
-    // refuses the rest at once. Each notes when it was closed and what it
-    // was told.
-    let idle: Vec<_> = (0..64)
+        .collect()
+}
+
+/// 64 connections that connect and say nothing: charond keeps one (its
+/// 32nd) and refuses the rest at once. Each returns when it was closed and
+/// what it was told.
+fn idle_readers(ctl: &Path) -> Vec<std::thread::JoinHandle<(Span, String)>> {
+    use std::io::Read;
+    (0..64)
         .map(|_| {
-            let mut s = UnixStream::connect(&ctl).expect("connect");
+            let mut s = std::os::unix::net::UnixStream::connect(ctl).expect("connect");
             let connected = Instant::now();
             s.set_read_timeout(Some(PATIENCE)).expect("timeout");
             std::thread::spawn(move || {
@@ -558,9 +625,13 @@ fn idle_and_pipelining_control_connections_cannot_lock_operators_out() {
                 ((connected, Instant::now()), told)
             })
         })
-        .collect();
-    // An operator tries `charon stats` until it answers: refused meanwhile
-    // with charond's own message.
+        .collect()
+}
+
+/// An operator tries `charon stats` until it answers: refused meanwhile
+/// with charond's own message. Returns how long it took, when each refused
+/// try began, and charond's peak RSS meanwhile.
+fn operator_waits_for_stats(d: &Daemon, rss_before: u64) -> (Duration, Vec<Instant>, u64) {
     let t0 = Instant::now();
     let mut refused_at = Vec::new();
     let mut rss_peak = rss_before;
@@ -585,30 +656,14 @@ fn idle_and_pipelining_control_connections_cannot_lock_operators_out() {
     }
     let took = t0.elapsed();
     rss_peak = rss_peak.max(rss_kib(d.pid()));
-    stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut closes) = (0, Vec::new());
-    for w in writers {
-        let (n, closed) = w.join().expect("writer");
-        sent += n;
-        closes.extend(closed);
-    }
-    let mut idle_told = Vec::new();
-    for i in idle {
-        let (closed, told) = i.join().expect("idle reader");
-        if told.contains("idle for") {
-            closes.push(closed);
-            idle_told.push(told);
-        }
-    }
-    println!(
-        "control socket: 64 idle + 31 pipelining ({} KiB of requests written): `charon stats` answered after {took:?} ({} refusals); charond RSS {rss_before} KiB -> peak {rss_peak} KiB",
-        sent / 1024,
-        refused_at.len()
-    );
-    // What let the operator in is the idle rule (doc/control-protocol.md):
-    // the idle connection charond kept was told so, and once the first stuck
-    // connection was closed, the operator's next try was answered. (Not a
-    // wall-clock bound: under load, spawning `charon` alone takes seconds.)
+    (took, refused_at, rss_peak)
+}
+
+/// What let the operator in is the idle rule (doc/control-protocol.md):
+/// the idle connection charond kept was told so, and once the first stuck
+/// connection was closed, the operator's next try was answered. (Not a
+/// wall-clock bound: under load, spawning `charon` alone takes seconds.)
+fn let_in_by_the_idle_rule(idle_told: &[String], closes: &[Span], refused_at: &[Instant]) {
     assert!(
         !idle_told.is_empty() && idle_told.iter().all(|t| t.contains("idle for 10s")),
         "the idle timeout: {idle_told:?}"
@@ -625,10 +680,6 @@ fn idle_and_pipelining_control_connections_cannot_lock_operators_out() {
     assert!(
         refused_at.iter().all(|t| t < first_close),
         "refused after a stuck connection was closed"
-    );
-    assert!(
-        rss_peak < rss_before + 16 * 1024,
-        "RSS {rss_before} KiB -> {rss_peak} KiB"
     );
 }
 
