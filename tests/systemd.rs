@@ -181,9 +181,37 @@ fn notify_start_reload_stop_and_watchdog() {
         &sd,
         &[("WATCHDOG_USEC", watchdog.as_micros().to_string())],
     );
+    ready_once_with_its_status_and_the_socket_stored(&mut sd, &d);
+    a_good_reload_says_reloading_then_ready(&mut sd, &d, &conf);
+    a_broken_reload_is_refused_and_says_ready_again(&mut sd, &d, &conf);
+
+    // Pings keep coming, no further apart than the interval.
+    let pings = sd.notes.iter().filter(|n| n.has("WATCHDOG=1")).count();
+    wait_for(PATIENCE, "two more watchdog pings", || {
+        sd.read();
+        sd.notes.iter().filter(|n| n.has("WATCHDOG=1")).count() >= pings + 2
+    });
+
+    a_stop_says_stopping_and_nothing_after(&mut sd, d);
+    let at: Vec<Instant> = sd
+        .notes
+        .iter()
+        .filter(|n| n.has("WATCHDOG=1"))
+        .map(|n| n.at)
+        .collect();
+    let gap = at.windows(2).map(|w| w[1] - w[0]).max().expect("pings");
+    assert!(
+        gap < watchdog,
+        "watchdog pings {gap:?} apart, over {watchdog:?}"
+    );
+}
+
+/// READY=1 once, after the prestarted instance is ready, with the status
+/// line; and the socket handed to the fd store.
+fn ready_once_with_its_status_and_the_socket_stored(sd: &mut Systemd, d: &Daemon) {
     let ready = sd.wait_line("READY=1");
     assert!(
-        is_ready_in_ps(&d),
+        is_ready_in_ps(d),
         "READY=1 came before the prestarted instance was ready: {:?}",
         d.ps()
     );
@@ -199,8 +227,11 @@ fn notify_start_reload_stop_and_watchdog() {
         .notes
         .iter()
         .any(|n| n.has(&format!("FDNAME={KEY}")) && n.fds.len() == 1));
+}
 
-    // A good reload: a changed file, a new generation.
+/// A good reload (a changed file, a new generation): RELOADING=1 with the
+/// time of the reload, then READY=1.
+fn a_good_reload_says_reloading_then_ready(sd: &mut Systemd, d: &Daemon, conf: &Path) {
     std::fs::write(
         conf.join(format!("{KEY}.toml")),
         echo_prestarted() + "env = { CHANGED = \"1\" }\n",
@@ -225,8 +256,10 @@ fn notify_start_reload_stop_and_watchdog() {
     assert!(d
         .log()
         .contains("reload done: 0 started, 0 stopped, 1 changed"));
+}
 
-    // A broken file: refused, the old config kept, READY=1 again.
+/// A broken file: refused, the old config kept, RELOADING=1 then READY=1.
+fn a_broken_reload_is_refused_and_says_ready_again(sd: &mut Systemd, d: &Daemon, conf: &Path) {
     std::fs::write(conf.join(format!("{KEY}.toml")), "exec = [[[\n").expect("write");
     let n = sd.notes.len();
     d.signal(Signal::SIGHUP);
@@ -241,16 +274,11 @@ fn notify_start_reload_stop_and_watchdog() {
     });
     assert!(d.log().contains("1 config error(s)"));
     assert_eq!(d.client().call(KEY, b"still").expect("served"), b"still");
+}
 
-    // Pings keep coming, no further apart than the interval.
-    let pings = sd.notes.iter().filter(|n| n.has("WATCHDOG=1")).count();
-    wait_for(PATIENCE, "two more watchdog pings", || {
-        sd.read();
-        sd.notes.iter().filter(|n| n.has("WATCHDOG=1")).count() >= pings + 2
-    });
-
-    // Stop.
-    let mut d = d;
+/// SIGTERM: STOPPING=1, a clean exit, and neither READY=1 nor RELOADING=1
+/// after it.
+fn a_stop_says_stopping_and_nothing_after(sd: &mut Systemd, mut d: Daemon) {
     d.signal(Signal::SIGTERM);
     sd.wait_line("STOPPING=1");
     let status = d.proc.as_mut().expect("charond").wait_timeout(PATIENCE);
@@ -266,17 +294,6 @@ fn notify_start_reload_stop_and_watchdog() {
             .iter()
             .any(|l| l == "READY=1" || l == "RELOADING=1"),
         "{lines:?}"
-    );
-    let at: Vec<Instant> = sd
-        .notes
-        .iter()
-        .filter(|n| n.has("WATCHDOG=1"))
-        .map(|n| n.at)
-        .collect();
-    let gap = at.windows(2).map(|w| w[1] - w[0]).max().expect("pings");
-    assert!(
-        gap < watchdog,
-        "watchdog pings {gap:?} apart, over {watchdog:?}"
     );
 }
 
@@ -344,13 +361,7 @@ fn fd_store_keeps_the_socket_across_a_sigkill_and_restart_under_load() {
     // that clients wait on the socket alone.
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut cmd = with_listen_pid(charond(&conf, &run));
-    cmd.env("NOTIFY_SOCKET", &sd.path)
-        .env("FDSTORE", "8")
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", KEY);
-    pass_fds(&mut cmd, vec![std::os::fd::AsRawFd::as_raw_fd(&stored)]);
-    let d2 = Daemon::spawn(TestDir::new(), conf.clone(), run.clone(), cmd);
+    let d2 = restarted_with_the_stored_socket(&conf, &run, &sd, &stored);
     let restarted = killed_at.elapsed();
     wait_for(PATIENCE, "requests served by the new charond", || {
         d2.stats(KEY)["requests"].as_u64() > Some(50)
@@ -375,6 +386,23 @@ fn fd_store_keeps_the_socket_across_a_sigkill_and_restart_under_load() {
         .iter()
         .any(|n| n.has("FDSTORE=1") && n.fds.len() == 1));
     drop(d1);
+}
+
+/// A new charond started as systemd restarts a unit with an fd store:
+/// `stored` passed in `LISTEN_FDS`, named by the key.
+fn restarted_with_the_stored_socket(
+    conf: &Path,
+    run: &Path,
+    sd: &Systemd,
+    stored: &OwnedFd,
+) -> Daemon {
+    let mut cmd = with_listen_pid(charond(conf, run));
+    cmd.env("NOTIFY_SOCKET", &sd.path)
+        .env("FDSTORE", "8")
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", KEY);
+    pass_fds(&mut cmd, vec![std::os::fd::AsRawFd::as_raw_fd(stored)]);
+    Daemon::spawn(TestDir::new(), conf.to_path_buf(), run.to_path_buf(), cmd)
 }
 
 /// Socket activation: a `.socket` unit made the socket (the test binds it
@@ -523,6 +551,29 @@ impl RealSystemd {
         all.extend_from_slice(args);
         self.run(&all)
     }
+
+    /// `charon ping` inside the namespaces: 100000 requests, 4 in flight,
+    /// 30 s timeout, its output piped.
+    fn ping_under_load(&self) -> Proc {
+        let ping = bin("charon").display().to_string();
+        let mut load = Command::new("nsenter");
+        load.args(["-t", &self.pid.to_string(), "-m", "-p", "-n", &ping])
+            .args([
+                "ping",
+                "-c",
+                "100000",
+                "-p",
+                "4",
+                "-t",
+                "30",
+                "--run-dir",
+                "/run/charon",
+                KEY,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Proc::spawn("charon ping", load)
+    }
 }
 
 /// The shipped unit under a real systemd (252 on Debian 12): start waits
@@ -545,11 +596,56 @@ fn the_unit_under_a_real_systemd_loses_nothing_across_restart_crash_and_reload()
         .prefix("sd")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("temp dir");
-    let conf = dir.path().join("conf");
-    let units = dir.path().join("units");
+    let units = write_the_shipped_unit(dir.path());
+    let sd = RealSystemd::boot(&units);
+    wait_for(PATIENCE, "charond active", || {
+        sd.systemctl(&["is-active", "charond"]).1 == "active"
+    });
+    let (_, status) = sd.systemctl(&["show", "-p", "StatusText", "charond"]);
+    assert!(status.contains("1 service, 0/1 instances busy"), "{status}");
+    let sock = format!("/run/charon/{KEY}.sock");
+    let (_, inode) = sd.run(&["stat", "-c", "%i", &sock]);
+
+    let mut load = sd.ping_under_load();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sd.systemctl(&["restart", "charond"]).0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sd.systemctl(&["kill", "-s", "KILL", "--kill-whom=main", "charond"])
+            .0
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    wait_for(PATIENCE, "charond active again", || {
+        sd.systemctl(&["is-active", "charond"]).1 == "active"
+    });
+    assert!(sd.systemctl(&["reload", "charond"]).0);
+    let st = load.wait_timeout(Duration::from_secs(300));
+    let out = output_of(&mut load);
+    println!("real systemd, restart + SIGKILL + reload under charon ping -p 4: {out}");
+    assert!(st.success(), "{out}");
+    assert!(out.contains("100000 requests, 0 errors"), "{out}");
+    assert_eq!(
+        sd.run(&["stat", "-c", "%i", &sock]).1,
+        inode,
+        "the same socket"
+    );
+
+    assert!(sd.systemctl(&["stop", "charond"]).0);
+    assert_eq!(sd.systemctl(&["is-active", "charond"]).1, "inactive");
+    let (_, result) = sd.systemctl(&["show", "-p", "Result", "charond"]);
+    assert_eq!(result, "Result=success");
+    drop(sd.proc);
+}
+
+/// Writes, under `dir`, a config dir serving `KEY` (prestarted, so that
+/// readiness waits for an instance) and a units dir: the shipped
+/// `charond.service` pointed at the built binaries and that config dir,
+/// and a target that wants it. Returns the units dir.
+fn write_the_shipped_unit(dir: &Path) -> PathBuf {
+    let conf = dir.join("conf");
+    let units = dir.join("units");
     std::fs::create_dir_all(&conf).expect("mkdir");
     std::fs::create_dir_all(&units).expect("mkdir");
-    // Prestarted, so that readiness waits for an instance.
     std::fs::write(conf.join(format!("{KEY}.toml")), echo_prestarted()).expect("write");
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/charond.service"),
@@ -580,65 +676,17 @@ fn the_unit_under_a_real_systemd_loses_nothing_across_restart_crash_and_reload()
         "[Unit]\nDefaultDependencies=no\nWants=charond.service\n",
     )
     .expect("write");
-    let sd = RealSystemd::boot(&units);
-    wait_for(PATIENCE, "charond active", || {
-        sd.systemctl(&["is-active", "charond"]).1 == "active"
-    });
-    let (_, status) = sd.systemctl(&["show", "-p", "StatusText", "charond"]);
-    assert!(status.contains("1 service, 0/1 instances busy"), "{status}");
-    let sock = format!("/run/charon/{KEY}.sock");
-    let (_, inode) = sd.run(&["stat", "-c", "%i", &sock]);
+    units
+}
 
-    let ping = bin("charon").display().to_string();
-    let mut load = Command::new("nsenter");
-    load.args(["-t", &sd.pid.to_string(), "-m", "-p", "-n", &ping])
-        .args([
-            "ping",
-            "-c",
-            "100000",
-            "-p",
-            "4",
-            "-t",
-            "30",
-            "--run-dir",
-            "/run/charon",
-            KEY,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut load = Proc::spawn("charon ping", load);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(sd.systemctl(&["restart", "charond"]).0);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        sd.systemctl(&["kill", "-s", "KILL", "--kill-whom=main", "charond"])
-            .0
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    wait_for(PATIENCE, "charond active again", || {
-        sd.systemctl(&["is-active", "charond"]).1 == "active"
-    });
-    assert!(sd.systemctl(&["reload", "charond"]).0);
-    let st = load.wait_timeout(Duration::from_secs(300));
+/// What a finished process wrote, stdout then stderr.
+fn output_of(p: &mut Proc) -> String {
     let mut out = String::new();
-    std::io::Read::read_to_string(load.child_mut().stdout.as_mut().expect("stdout"), &mut out)
+    std::io::Read::read_to_string(p.child_mut().stdout.as_mut().expect("stdout"), &mut out)
         .expect("read");
     let mut err = String::new();
-    std::io::Read::read_to_string(load.child_mut().stderr.as_mut().expect("stderr"), &mut err)
+    std::io::Read::read_to_string(p.child_mut().stderr.as_mut().expect("stderr"), &mut err)
         .expect("read");
     out.push_str(&err);
-    println!("real systemd, restart + SIGKILL + reload under charon ping -p 4: {out}");
-    assert!(st.success(), "{out}");
-    assert!(out.contains("100000 requests, 0 errors"), "{out}");
-    assert_eq!(
-        sd.run(&["stat", "-c", "%i", &sock]).1,
-        inode,
-        "the same socket"
-    );
-
-    assert!(sd.systemctl(&["stop", "charond"]).0);
-    assert_eq!(sd.systemctl(&["is-active", "charond"]).1, "inactive");
-    let (_, result) = sd.systemctl(&["show", "-p", "Result", "charond"]);
-    assert_eq!(result, "Result=success");
-    drop(sd.proc);
+    out
 }
