@@ -469,7 +469,72 @@ fn cli_send_exit_statuses() {
         &d.join("test.junk.0.raw.sock"),
         b"SSH-2.0-hello\r\n".to_vec(),
     );
+    send_answers_on_stdout_and_a_fault_exits_1(d);
+    // Usage errors: status 2 and a one-line message.
+    for args in [
+        &["send", "--bogus", "system.echo.0.raw"][..],
+        &["send", "bad.key.01.raw", "x"],
+        &["send", "-C", "charon.attempt=2", "system.echo.0.raw", "x"],
+        &["send", "-t", "0", "system.echo.0.raw", "x"],
+    ] {
+        let (code, _, err) = charon(d, args, None);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    each_failure_exits_with_its_own_status(d);
+}
 
+/// Each failure exits with its own status, and stderr says what it was.
+fn each_failure_exits_with_its_own_status(d: &Path) {
+    let failures: [(&[&str], i32, &[&str]); 5] = [
+        (
+            &["send", "test.down.0.raw", "x"],
+            3,
+            &["unavailable", "retry after 5", "status 3"],
+        ),
+        (&["send", "test.none.0.raw", "x"], 4, &[]),
+        (
+            &[
+                "send",
+                "-t",
+                "0.3",
+                "-C",
+                "echo.sleep-ms=5000",
+                "system.echo.0.raw",
+            ],
+            5,
+            &["300 ms"],
+        ),
+        (
+            &[
+                "send",
+                "--no-retry",
+                "-C",
+                "echo.exit=0",
+                "test.gone.0.raw",
+                "x",
+            ],
+            6,
+            &[],
+        ),
+        (
+            &["send", "test.junk.0.raw", "x"],
+            7,
+            &["not a charon frame"],
+        ),
+    ];
+    for (args, status, says) in failures {
+        let (code, _, err) = charon(d, args, None);
+        assert_eq!(code, status, "{err}");
+        for s in says {
+            assert!(err.contains(s), "{err}");
+        }
+    }
+}
+
+/// `charon send` prints the answer alone on stdout (from an argument or
+/// stdin) and exits 0; a service fault exits 1 with the fault on stderr.
+fn send_answers_on_stdout_and_a_fault_exits_1(d: &Path) {
     let (code, out, err) = charon(d, &["send", "system.echo.0.raw", "hello"], None);
     assert_eq!((code, out.as_slice()), (0, &b"hello"[..]), "{err}");
     assert!(err.is_empty(), "{err}");
@@ -490,60 +555,6 @@ fn cli_send_exit_statuses() {
     );
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.trim_end(), "fault 42: bad input");
-
-    for args in [
-        &["send", "--bogus", "system.echo.0.raw"][..],
-        &["send", "bad.key.01.raw", "x"],
-        &["send", "-C", "charon.attempt=2", "system.echo.0.raw", "x"],
-        &["send", "-t", "0", "system.echo.0.raw", "x"],
-    ] {
-        let (code, _, err) = charon(d, args, None);
-        assert_eq!(code, 2, "{args:?}: {err}");
-        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-    }
-
-    let (code, _, err) = charon(d, &["send", "test.down.0.raw", "x"], None);
-    assert_eq!(code, 3, "{err}");
-    assert!(
-        err.contains("unavailable") && err.contains("retry after 5") && err.contains("status 3"),
-        "{err}"
-    );
-
-    let (code, _, err) = charon(d, &["send", "test.none.0.raw", "x"], None);
-    assert_eq!(code, 4, "{err}");
-
-    let (code, _, err) = charon(
-        d,
-        &[
-            "send",
-            "-t",
-            "0.3",
-            "-C",
-            "echo.sleep-ms=5000",
-            "system.echo.0.raw",
-        ],
-        None,
-    );
-    assert_eq!(code, 5, "{err}");
-    assert!(err.contains("300 ms"), "{err}");
-
-    let (code, _, err) = charon(
-        d,
-        &[
-            "send",
-            "--no-retry",
-            "-C",
-            "echo.exit=0",
-            "test.gone.0.raw",
-            "x",
-        ],
-        None,
-    );
-    assert_eq!(code, 6, "{err}");
-
-    let (code, _, err) = charon(d, &["send", "test.junk.0.raw", "x"], None);
-    assert_eq!(code, 7, "{err}");
-    assert!(err.contains("not a charon frame"), "{err}");
 }
 
 #[test]

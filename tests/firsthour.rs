@@ -297,13 +297,12 @@ fn a_failed_metrics_bind_leaves_no_control_socket() {
 /// reload that finds it fixed starts the service.
 #[test]
 fn a_broken_config_file_is_listed_and_its_clients_told() {
-    const BAD: &str = "app.bad.0.raw";
     let good = echo_conf("");
     let bad = format!("{good}maximum-processes = \"many\"\n");
     let dir = TestDir::new();
     let conf = dir.mkdir("conf");
     dir.write(&format!("conf/{KEY}.toml"), &good);
-    let bad_file = dir.write(&format!("conf/{BAD}.toml"), &bad);
+    let bad_file = dir.write(&format!("conf/{BROKEN}.toml"), &bad);
     let run_dir = dir.join("run");
     let d = Daemon::start_in(dir, conf, run_dir);
     d.wait_log("the start line", |l| {
@@ -318,9 +317,36 @@ fn a_broken_config_file_is_listed_and_its_clients_told() {
         load_line.contains(" warn: unable to load config: "),
         "{log}"
     );
+    stats_and_ps_list_it_with_file_line_and_message(&d, &bad_file);
+    let mut c = clients_are_told_with_the_file_named(&d, &bad_file);
 
-    // stats and ps list it, with the file, the line and the message.
-    let s = d.stats(BAD);
+    // Fixed and reloaded: it runs.
+    d.write_conf(BROKEN, &good);
+    let (code, out, err) = d.charon(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("started: {BROKEN}")), "{out}");
+    assert_eq!(c.call(BROKEN, b"fixed").expect("runs now"), b"fixed");
+    assert_ne!(d.stats(BROKEN)["state"], "broken");
+
+    // Broken again by a reload while it runs: it keeps its config.
+    d.write_conf(BROKEN, &bad);
+    let (code, _, _) = d.charon(&["reload"]);
+    assert_eq!(code, 7);
+    assert_eq!(c.call(BROKEN, b"still").expect("old config"), b"still");
+    assert_ne!(d.stats(BROKEN)["state"], "broken", "it runs");
+    d.write_conf(BROKEN, &good);
+
+    a_new_broken_file_is_listed_until_removed(&d, &bad);
+}
+
+/// The service whose config file is broken in
+/// `a_broken_config_file_is_listed_and_its_clients_told`.
+const BROKEN: &str = "app.bad.0.raw";
+
+/// stats (JSON, table, Prometheus) and ps list `BROKEN` as broken, with the
+/// file, the line and the message.
+fn stats_and_ps_list_it_with_file_line_and_message(d: &Daemon, bad_file: &std::path::Path) {
+    let s = d.stats(BROKEN);
     assert_eq!(s["state"], "broken", "{s}");
     let first = s["config_errors"][0].as_str().unwrap_or_default();
     assert!(
@@ -331,7 +357,7 @@ fn a_broken_config_file_is_listed_and_its_clients_told() {
     assert_eq!(code, 0);
     let row = table
         .lines()
-        .find(|l| l.starts_with(BAD))
+        .find(|l| l.starts_with(BROKEN))
         .unwrap_or_default();
     assert!(
         row.contains("broken") && row.contains("config error: "),
@@ -340,51 +366,46 @@ fn a_broken_config_file_is_listed_and_its_clients_told() {
     let (code, prom, _) = d.charon(&["stats", "--prometheus"]);
     assert_eq!(code, 0);
     assert!(
-        prom.contains(&format!("charon_state{{key=\"{BAD}\",state=\"broken\"}} 1")),
+        prom.contains(&format!(
+            "charon_state{{key=\"{BROKEN}\",state=\"broken\"}} 1"
+        )),
         "{prom}"
     );
     let (code, ps, err) = d.charon(&["ps"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         ps.contains(&format!(
-            "{BAD}: broken, not running: config file {}",
+            "{BROKEN}: broken, not running: config file {}",
             bad_file.display()
         )),
         "{ps}"
     );
+}
 
-    // Its clients are told at once, with the file named.
+/// `BROKEN`'s clients are told at once, with the file named; `charon send`
+/// exits 3. Returns the client.
+fn clients_are_told_with_the_file_named(
+    d: &Daemon,
+    bad_file: &std::path::Path,
+) -> charon_client::Client {
     let mut c = d.client();
-    match c.call(BAD, b"x").expect_err("broken").into_kind() {
+    match c.call(BROKEN, b"x").expect_err("broken").into_kind() {
         ErrorKind::Unavailable { reason, .. } => {
             assert!(reason.contains(&bad_file.display().to_string()), "{reason}");
             assert!(reason.contains("charon reload"), "{reason}");
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    let (code, _, err) = d.charon(&["send", BAD, "x"]);
+    let (code, _, err) = d.charon(&["send", BROKEN, "x"]);
     assert_eq!(code, 3, "{err}");
+    c
+}
 
-    // Fixed and reloaded: it runs.
-    d.write_conf(BAD, &good);
-    let (code, out, err) = d.charon(&["reload"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&format!("started: {BAD}")), "{out}");
-    assert_eq!(c.call(BAD, b"fixed").expect("runs now"), b"fixed");
-    assert_ne!(d.stats(BAD)["state"], "broken");
-
-    // Broken again by a reload while it runs: it keeps its config.
-    d.write_conf(BAD, &bad);
-    let (code, _, _) = d.charon(&["reload"]);
-    assert_eq!(code, 7);
-    assert_eq!(c.call(BAD, b"still").expect("old config"), b"still");
-    assert_ne!(d.stats(BAD)["state"], "broken", "it runs");
-    d.write_conf(BAD, &good);
-
-    // A new broken file at a reload is listed too; removing it unlists it
-    // and removes its socket.
+/// A new broken file (`bad`) at a reload is listed too; removing it
+/// unlists it and removes its socket.
+fn a_new_broken_file_is_listed_until_removed(d: &Daemon, bad: &str) {
     const NEW: &str = "app.new.0.raw";
-    d.write_conf(NEW, &bad);
+    d.write_conf(NEW, bad);
     let (code, _, _) = d.charon(&["reload"]);
     assert_eq!(code, 7);
     assert_eq!(d.stats(NEW)["state"], "broken");
