@@ -367,6 +367,12 @@ _MAX_PREFIXES = 256
 # last one is checked with one comparison, before any slice or hash. (A
 # prefix starts with the attempt, 1 or 2, so the empty entry never matches.)
 _LAST: List[Any] = [b"\xff", None]
+# The last request in full but for its body: its length, the bytes from the
+# payload's start through the body's length field, where the body starts,
+# the limits it was checked against, and what it decodes to. A request
+# that repeats all of it (a client calling one service with bodies of one
+# size) is checked with one length comparison and one byte comparison.
+_SAME: Tuple[int, bytes, int, Optional[Limits], Tuple[Any, ...]] = (-1, b"", 0, None, ())
 
 # A request's fields as decode_request_frame gives them: (attempt,
 # attributes, key, client, context, body).
@@ -386,13 +392,18 @@ def decode_request_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Reques
     header the caller has checked; as decode_request, without making a
     Request: a request like an earlier one costs a dictionary lookup and
     two slices."""
+    global _SAME
     n = len(data)
+    same = _SAME
+    if n == same[0] and data.startswith(same[1], HEADER_LEN) and limits is same[3]:
+        return same[4] + (data[same[2]:],)
     prefix, known = _LAST
     if data.startswith(prefix, HEADER_LEN):
         end = HEADER_LEN + len(prefix)
         if end + 4 <= n:
             size = _U32_AT(data, end)[0]
             if end + 4 + size == n and size <= limits.max_request_body:
+                _SAME = (n, data[HEADER_LEN:end + 4], end + 4, limits, known)
                 return known + (data[end + 4:],)  # type: ignore[no-any-return]
     if n >= 16:
         end = 12 + ((data[10] << 8) | data[11])
@@ -405,6 +416,7 @@ def decode_request_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Reques
                     size = _U32_AT(data, end)[0]
                     if end + 4 + size == n and size <= limits.max_request_body:
                         _LAST[0], _LAST[1] = prefix, known
+                        _SAME = (n, data[HEADER_LEN:end + 4], end + 4, limits, known)
                         return known + (data[end + 4:],)
     r = _decode_and_remember(memoryview(data)[HEADER_LEN:], limits)
     return r.attempt, r.attributes, r.key, r.client, tuple(r.context), r.body

@@ -44,6 +44,7 @@ _RECORD = struct.Struct(">IIIBBH")
 _MSG_HEAD = struct.Struct(">BBH")
 _CLIENT_WORDS = struct.Struct("@4Q")
 _U32_MAX = 0xFFFFFFFF
+_monotonic_ns = time.monotonic_ns
 
 # Word indexes (u32 and u64 views) of the header and slot fields.
 _H_VERSION, _H_SLOT_COUNT, _H_SLOT_SIZE, _H_WANT_HINTS = 2, 3, 4, 5   # u32
@@ -75,10 +76,11 @@ class Records:
         self.oldest_ns = 0
 
     def add(self, elapsed_us: int, request_bytes: int, response_bytes: int, outcome: int,
-            attempt: int, now_ns: int) -> int:
+            attempt: int, now_ns: int) -> bool:
         """Adds one record (sizes and times saturate at u32's maximum);
-        the count batched."""
-        if elapsed_us > _U32_MAX or request_bytes > _U32_MAX or response_bytes > _U32_MAX:
+        True when the batch is due: full, or its oldest record a second
+        old."""
+        if (elapsed_us | request_bytes | response_bytes) > _U32_MAX:
             elapsed_us, request_bytes, response_bytes = (
                 min(elapsed_us, _U32_MAX), min(request_bytes, _U32_MAX),
                 min(response_bytes, _U32_MAX))
@@ -87,8 +89,9 @@ class Records:
             self.oldest_ns = now_ns
         self._pack(self._buf, 4 + 16 * n, elapsed_us, request_bytes, response_bytes, outcome,
                    attempt, 0)
-        self.count = n + 1
-        return n + 1
+        n += 1
+        self.count = n
+        return n >= MAX_RECORDS or now_ns - self.oldest_ns >= _FLUSH_AGE_NS
 
     def take(self) -> bytes:
         """The message holding the batched records; the batch is then empty."""
@@ -216,20 +219,21 @@ class Managed:
             self._state_now = state
             self._u32[self._state] = state
 
-    def idle(self) -> Optional[float]:
-        """The instance waits for a connection: its state says idle. When
-        (time.monotonic) the unsent batch is due, if any (sent now if it
-        is due already)."""
+    def idle(self) -> float:
+        """The instance waits for a connection: its state says idle. How
+        long it may wait, in seconds, before the unsent batch is due (-1:
+        no batch; one already due is sent now)."""
         if self._state_now != IDLE:
             self._state_now = IDLE
             self._u32[self._state] = IDLE
         oldest = self._records.oldest_ns
         if not oldest:
-            return None
-        if time.monotonic_ns() - oldest >= _FLUSH_AGE_NS:
-            self.flush()
-            return None
-        return oldest / 1e9 + FLUSH_AGE
+            return -1
+        left = oldest + _FLUSH_AGE_NS - _monotonic_ns()
+        if left > 0:
+            return left / 1e9
+        self.flush()
+        return -1
 
     def accepted(self) -> None:
         """A connection has been accepted: the instance is busy until it is
@@ -257,8 +261,7 @@ class Managed:
             self._last_attempt = attempt
             self._u32[self._attempt] = attempt
         u64[self._bytes] = request_bytes
-        now = time.monotonic_ns()
-        self._since_now = now
+        now = self._since_now = _monotonic_ns()
         u64[self._since] = now or 1
 
     def finish(self, accepted_ns: int, request_bytes: int, response_bytes: int, outcome: int,
@@ -267,21 +270,18 @@ class Managed:
         is done: count it, batch its record, say "retiring" once the notice
         point is reached, and stop accepting at the request limit (a hard
         bound)."""
-        now = time.monotonic_ns()
+        now = _monotonic_ns()
         u64 = self._u64
         since = self._since_now
         if since:
             self._since_now = 0
             u64[self._since] = 0
-            self._busy_total += now - since
-            u64[self._total] = self._busy_total
-        served = self._served + 1
-        self._served = served
+            total = self._busy_total = self._busy_total + now - since
+            u64[self._total] = total
+        served = self._served = self._served + 1
         u64[self._requests] = served
-        records = self._records
-        if (records.add((now - accepted_ns) // 1000, request_bytes, response_bytes, outcome,
-                        attempt, now) >= MAX_RECORDS
-                or now - records.oldest_ns >= _FLUSH_AGE_NS):
+        if self._records.add((now - accepted_ns) // 1000, request_bytes, response_bytes,
+                             outcome, attempt, now):
             self.flush()
         limit = self._request_limit
         if not limit:
@@ -299,10 +299,8 @@ class Managed:
         """Batches the record of a connection that was not a request
         (not counted in the slot); sends the batch when full or old."""
         now = time.monotonic_ns()
-        records = self._records
-        if (records.add((now - accepted_ns) // 1000, request_bytes, response_bytes, outcome,
-                        attempt, now) >= MAX_RECORDS
-                or now - records.oldest_ns >= _FLUSH_AGE_NS):
+        if self._records.add((now - accepted_ns) // 1000, request_bytes, response_bytes,
+                             outcome, attempt, now):
             self.flush()
 
     def flush_due(self) -> Optional[float]:

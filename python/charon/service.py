@@ -42,8 +42,18 @@ DEFAULT_DRAIN_TIMEOUT = 10.0
 _MAX_ENV_MS = 86_400_000
 _TIMEVAL = struct.Struct("@ll")
 _PEERCRED = struct.Struct("3i")
-_OK_HEAD = struct.Struct(">2sBBIBI")
+# An OK frame's head after its first four bytes: the payload's size, the
+# status byte (0) and the body's length.
+_OK_START = b"CH\x01\x02"
+_OK_PACK = struct.Struct(">4sIxI").pack
 _HEADER_UNPACK = struct.Struct(">2sBBI").unpack_from
+# A request frame's first four bytes, and its header read as those and the
+# payload's size.
+_REQUEST_START = b"CH\x01\x01"
+_REQUEST_HEAD = struct.Struct(">4sI").unpack_from
+_KEEP_AFFINITY = frame.KEEP_AFFINITY
+_OUTCOME_OK = managed.OUTCOME_OK
+_monotonic_ns = time.monotonic_ns
 _READ_CHUNK = 65_536
 _LISTEN_EVENTS = select.EPOLLIN | getattr(select, "EPOLLEXCLUSIVE", 0)
 _MSG_DONTWAIT, _MSG_NOSIGNAL = socket.MSG_DONTWAIT, socket.MSG_NOSIGNAL
@@ -280,7 +290,27 @@ class Request:
         if self.answered or service._current is not self:
             self._claim()  # raises
         self.answered = True
-        service._answer_ok(body)
+        n = len(body)
+        conn = service._conn
+        if n > service._small_answer or conn is None:
+            service._answer_ok(body)
+            return
+        # The common case, inline (one call less a request): a small answer
+        # on a connection, in one write, then Service._complete's work.
+        try:
+            conn.sendall(_OK_PACK(_OK_START, 5 + n, n) + body, _MSG_NOSIGNAL)
+        except OSError:
+            service._complete(_OUTCOME_OK, 13 + n, False)
+            return
+        m = service._managed
+        if m is not None:
+            m.finish(service._started_ns, service._request_bytes, 13 + n, _OUTCOME_OK,
+                     service._attempt)
+            if m.at_limit:
+                service._keep = False
+        if not service._keep:
+            conn.close()
+            service._conn = None
 
     def fault(self, code: int, text: str) -> None:
         """Answers FAULT: the request cannot be served (never retried).
@@ -346,13 +376,18 @@ class Service:
         self.read_timeout = _env_ms("CHARON_READ_TIMEOUT_MS", read_timeout)
         self.affinity_timeout = _env_ms("CHARON_AFFINITY_TIMEOUT_MS", affinity_timeout)
         self.write_timeout = write_timeout
+        # For poll(), rounded up.
+        self._read_timeout_ms = int(self.read_timeout * 1000) + 1
         # A drain that new clients keep feeding (a dead manager leaves its
         # socket in place) ends after this long.
         self.drain_timeout = _env_ms("CHARON_DRAIN_TIMEOUT_MS", drain_timeout)
         self._drain_since: Optional[float] = None
         self._allowed_uids = _id_set("CHARON_ALLOWED_UIDS")
         self._allowed_gids = _id_set("CHARON_ALLOWED_GIDS")
+        self._check_peer = self._allowed_uids is not None or self._allowed_gids is not None
         self._max_payload = limits.max_request_payload()
+        # A smaller answer goes out in one write with no further check.
+        self._small_answer = min(_READ_CHUNK - 1, limits.max_response_body)
         self._listener: Optional[socket.socket] = None
         self._bound: Optional[Tuple[str, int, int]] = None
         self._managed: Optional[Managed] = None
@@ -545,6 +580,11 @@ class Service:
             if not cur.answered:
                 self._unanswered()
             self._current = None
+        if self._conn is None and not self._fresh and self._listener is not None:
+            got = self._take_queued()
+            if got is not None:
+                req = self._current = Request(self, got)
+                return req
         while True:
             if self.mode == STANDALONE:
                 if self._finished:
@@ -640,6 +680,33 @@ class Service:
         self._keep = False
         self._pending = b""
 
+    def _take_queued(self) -> Optional[frame.RequestFields]:
+        """While connections keep coming (the last wait found one queued),
+        accept() goes first: takes the next connection and, when its
+        request comes whole in the first read (the usual case then), that
+        request, with no other call. None when nothing was queued (the
+        loop then waits, as after a wake-up) or a flag is up, and after a
+        refusal."""
+        m = self._managed
+        if _Flags.stop or _Flags.drain or (m is not None and (m.at_limit or m.manager_gone)):
+            return None
+        try:
+            # socket.accept() without its enum conversions.
+            fd = self._listener._accept()[0]  # type: ignore[union-attr]
+            if fd <= 2:
+                fd = _above_stdio(fd)
+        except OSError:
+            # Nothing queued (or trouble the wait sees again): wait first.
+            self._fresh = True
+            return None
+        self._started_ns = _monotonic_ns()
+        conn = self._conn = _socket.socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
+        self._keep = False
+        self._pending = b""
+        if m is not None:
+            m.accepted()
+        return self._read_first(conn)
+
     def _accept(self) -> bool:
         """Takes the next connection, waiting for one (idle) first; False
         when the loop should end instead.
@@ -648,16 +715,13 @@ class Service:
         the slot says idle only when the instance is): an instance that
         finds nothing queued, or is woken for a connection another one
         took, costs a wait, not a failed accept, whose exception (with
-        its error text) costs several times a wait in Python. Only while
-        connections keep coming (the last wait found one queued) does
-        accept() go first."""
+        its error text) costs several times a wait in Python."""
         assert self._listener is not None and self._ep is not None
         m = self._managed
         accept = self._listener._accept  # type: ignore[attr-defined]
         poll = self._ep.poll
         listen_fd = self._listen_fd
         woken = False
-        busy = not self._fresh
         while True:
             # The request limit is a hard bound: not one connection more.
             if m is not None and m.at_limit:
@@ -670,21 +734,24 @@ class Service:
                 if stop and not woken:
                     return False
                 draining = self.draining()
-            if not (woken or draining or busy):
+            if not (woken or draining):
                 # What is ready now; only if nothing is, idle and wait.
                 events = poll(0)
                 self._fresh = not events
                 if not events:
-                    due = m.idle() if m is not None else None
-                    events = poll(-1 if due is None else max(due - time.monotonic(), 0))
+                    events = poll(m.idle() if m is not None else -1)
                 for fd, _ in events:
                     if fd == listen_fd:
                         woken = True
                     else:
                         self._woke(fd)
-                continue
-            # Woken by a connection, busy, or draining what is queued.
-            woken = busy = False
+                # The usual wake-up (a connection, no flag up) goes on to
+                # accept() at once; anything else is looked at first.
+                if not woken or _Flags.stop or _Flags.drain or (
+                        m is not None and m.manager_gone):
+                    continue
+            # Woken by a connection, or draining what is queued.
+            woken = False
             try:
                 # socket.accept() without its enum conversions.
                 fd = accept()[0]
@@ -704,7 +771,7 @@ class Service:
                     time.sleep(0.05)
                     continue
                 raise ServiceError(f"accept a connection: {e}") from None
-            self._started_ns = time.monotonic_ns()
+            self._started_ns = _monotonic_ns()
             # The C socket type: socket.socket's Python-level __init__ and
             # close would add their calls to every request.
             self._conn = _socket.socket(_AF_UNIX, _SOCK_STREAM, 0, fd)
@@ -750,8 +817,13 @@ class Service:
             fd = conn.fileno()
             if fd != self._conn_poll_fd:
                 self._watch(fd)
-            if not self._conn_poll.poll(int(self.read_timeout * 1000) + 1):
+            if not self._conn_poll.poll(self._read_timeout_ms):
                 return self._read_rest(b"")
+        return self._read_first(conn)
+
+    def _read_first(self, conn: _socket.socket) -> Optional[frame.RequestFields]:
+        """The first read on a connection: a request that it brings whole
+        is decoded from its bytes at once; anything else is _read_rest's."""
         try:
             data = conn.recv(_READ_CHUNK, _MSG_DONTWAIT)
         except BlockingIOError:
@@ -760,11 +832,9 @@ class Service:
             self._close_conn()
             return None
         n = len(data)
-        if n >= 8:
-            magic, version, kind, size = _HEADER_UNPACK(data)
-            if (n == 8 + size and magic == b"CH" and version == 1 and kind == 1
-                    and size <= self._max_payload and self._allowed_uids is None
-                    and self._allowed_gids is None):
+        if n >= 8 and not self._check_peer:
+            start, size = _REQUEST_HEAD(data)
+            if start == _REQUEST_START and n == 8 + size and size <= self._max_payload:
                 try:
                     got = frame.decode_request_frame(data, self.limits)
                 except ProtocolError as e:
@@ -853,10 +923,11 @@ class Service:
     def _begin(self, got: frame.RequestFields, size: int) -> frame.RequestFields:
         """A request of ``size`` bytes has been read: it is the one in hand."""
         self._request_bytes = size
-        self._keep = bool(got[1] & frame.KEEP_AFFINITY)
-        self._attempt = got[0]
-        if self._managed is not None:
-            self._managed.begin(got[0], size, got[3])
+        self._keep = (got[1] & _KEEP_AFFINITY) != 0
+        attempt = self._attempt = got[0]
+        m = self._managed
+        if m is not None:
+            m.begin(attempt, size, got[3])
         return got
 
     def _wait_kept(self) -> bool:
@@ -940,26 +1011,9 @@ class Service:
             return False
 
     def _answer_ok(self, body: Union[bytes, bytearray, memoryview]) -> None:
+        """An OK answer that Request.respond's common case does not cover:
+        a large body (or over the limit), or no connection (standalone)."""
         n = len(body)
-        conn = self._conn
-        if n < _READ_CHUNK and conn is not None and n <= self.limits.max_response_body:
-            # The common case: a small answer on a connection, in one
-            # write; _complete's work inline.
-            try:
-                conn.sendall(_OK_HEAD.pack(b"CH", 1, 2, 5 + n, 0, n) + body, _MSG_NOSIGNAL)
-            except OSError:
-                self._complete(managed.OUTCOME_OK, 13 + n, False)
-                return
-            m = self._managed
-            if m is not None:
-                m.finish(self._started_ns, self._request_bytes, 13 + n, managed.OUTCOME_OK,
-                         self._attempt)
-                if m.at_limit:
-                    self._keep = False
-            if not self._keep:
-                conn.close()
-                self._conn = None
-            return
         try:
             head = frame.encode_ok_head(n, self.limits)
         except InvalidRequest as e:

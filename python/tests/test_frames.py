@@ -58,7 +58,8 @@ def test_response_examples_decode_and_reencode(name, expected):
 
 def test_report_example_encodes():
     r = Records()
-    assert r.add(250, 54, 15, 0, 1, now_ns=7) == 1
+    assert not r.add(250, 54, 15, 0, 1, now_ns=7)
+    assert r.count == 1
     assert r.oldest_ns == 7
     assert r.take() == example("report")
     assert r.count == 0 and r.oldest_ns == 0
@@ -67,7 +68,9 @@ def test_report_example_encodes():
 def test_a_full_records_message_reuses_its_buffer_and_saturates():
     r = Records()
     for i in range(MAX_RECORDS):
-        assert r.add(i, 2**40, 3, 2, 2, now_ns=100 + i) == i + 1
+        # Due when full.
+        assert r.add(i, 2**40, 3, 2, 2, now_ns=100 + i) == (i + 1 == MAX_RECORDS)
+        assert r.count == i + 1
     assert r.oldest_ns == 100
     msg = r.take()
     assert len(msg) == 4 + 16 * MAX_RECORDS
@@ -193,6 +196,12 @@ def test_remembered_prefixes_decode_like_the_field_by_field_path():
         assert frame.decode_request_frame(a) == (1, 0, "app.one.1.raw", "alpha", (), b"first")
         assert frame.decode_request_frame(b) == (2, frame.NO_RETRY, "app.two.2.JSON", "beta",
                                                  (), b"{}")
+    # A request like the last in all but its body's bytes (the last request
+    # remembered whole but for its body) gets its own body.
+    b2 = frame.encode_request(frame.Request("app.two.2.JSON", b"[]", "beta", [], 2,
+                                            frame.NO_RETRY))
+    assert frame.decode_request_frame(b2) == (2, frame.NO_RETRY, "app.two.2.JSON", "beta",
+                                              (), b"[]")
     # The last prefix again, its body length a byte short or a byte long.
     head, rest = b[:8], b[8:]
     short = head + rest[:-6] + (len(b"{}") + 1).to_bytes(4, "big") + b"{}"
