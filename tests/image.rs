@@ -99,6 +99,23 @@ struct Mapping {
 }
 
 impl Mapping {
+    /// The image's config dir as `demo`, its /run/charon volume as a new
+    /// dir in `dir`, and its metrics port as `port` on localhost.
+    fn of_the_image(dir: &TestDir, demo: &Path, port: u16) -> Mapping {
+        // The /run/charon volume, as an emptyDir comes: root's style 0777.
+        // charond makes its run dir below it, its own and 0755.
+        let volume = dir.mkdir("volume");
+        std::fs::set_permissions(&volume, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod the volume");
+        Mapping {
+            pairs: vec![
+                ("/etc/charon".into(), demo.display().to_string()),
+                ("/run/charon".into(), volume.display().to_string()),
+                ("0.0.0.0:9464".into(), format!("127.0.0.1:{port}")),
+            ],
+        }
+    }
+
     fn apply(&self, s: &str) -> String {
         let mut s = s.to_string();
         for (from, to) in &self.pairs {
@@ -134,20 +151,9 @@ fn the_image_entrypoint_serves_the_demo_and_passes_its_health_check() {
     assert_eq!(img.entrypoint[0], "charond", "charond is PID 1");
     assert_eq!(img.stop_signal, "SIGTERM");
     let dir = TestDir::new();
-    // The /run/charon volume, as an emptyDir comes: root's style 0777.
-    // charond makes its run dir below it, its own and 0755.
-    let volume = dir.mkdir("volume");
-    std::fs::set_permissions(&volume, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-        .expect("chmod the volume");
     let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo");
     let port = free_port();
-    let map = Mapping {
-        pairs: vec![
-            ("/etc/charon".into(), demo.display().to_string()),
-            ("/run/charon".into(), volume.display().to_string()),
-            ("0.0.0.0:9464".into(), format!("127.0.0.1:{port}")),
-        ],
-    };
+    let map = Mapping::of_the_image(&dir, &demo, port);
     let run_dir = map.apply("/run/charon/sockets");
     let run_env = img
         .env
@@ -170,31 +176,7 @@ fn the_image_entrypoint_serves_the_demo_and_passes_its_health_check() {
     wait_for(PATIENCE, "the request in /metrics", || {
         http_get(port, "/metrics").contains("charon_requests_total{key=\"system.echo.0.raw\"} 1")
     });
-    let (st, out, err) = run(map.command(&img.health, &img), PATIENCE);
-    assert!(
-        st.success(),
-        "HEALTHCHECK {:?}: {st} {} {}",
-        img.health,
-        String::from_utf8_lossy(&out),
-        String::from_utf8_lossy(&err)
-    );
-
-    // The Kubernetes probes (deploy/kubernetes/) run the same way, in the
-    // charond container with the image's environment.
-    let probes = probe_commands();
-    assert!(
-        probes.iter().any(|p| p.contains(&"--live".to_string())) && probes.len() >= 2,
-        "readiness and liveness commands: {probes:?}"
-    );
-    for probe in &probes {
-        let (st, out, err) = run(map.command(probe, &img), PATIENCE);
-        assert!(
-            st.success(),
-            "probe {probe:?}: {st} {} {}",
-            String::from_utf8_lossy(&out),
-            String::from_utf8_lossy(&err)
-        );
-    }
+    the_health_check_and_the_probes_pass(&map, &img);
 
     d.signal(Signal::SIGTERM);
     // The documented stop timeout (docker run --stop-timeout 30).
@@ -204,6 +186,34 @@ fn the_image_entrypoint_serves_the_demo_and_passes_its_health_check() {
         .expect("charond")
         .wait_timeout(Duration::from_secs(30));
     assert_eq!(st.code(), Some(0), "a clean stop; log:\n{}", d.log());
+}
+
+/// The image's HEALTHCHECK command passes, and so do the Kubernetes probes
+/// (deploy/kubernetes/), run the same way: in the charond container with
+/// the image's environment.
+fn the_health_check_and_the_probes_pass(map: &Mapping, img: &Image) {
+    let (st, out, err) = run(map.command(&img.health, img), PATIENCE);
+    assert!(
+        st.success(),
+        "HEALTHCHECK {:?}: {st} {} {}",
+        img.health,
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
+    let probes = probe_commands();
+    assert!(
+        probes.iter().any(|p| p.contains(&"--live".to_string())) && probes.len() >= 2,
+        "readiness and liveness commands: {probes:?}"
+    );
+    for probe in &probes {
+        let (st, out, err) = run(map.command(probe, img), PATIENCE);
+        assert!(
+            st.success(),
+            "probe {probe:?}: {st} {} {}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        );
+    }
 }
 
 /// The distinct exec probe commands of the manifests in deploy/kubernetes/,
