@@ -207,20 +207,7 @@ fn chaos_sigkill_every_100ms_every_call_ends_ok_or_disconnected() {
          charond fds {fds0}->{fds1} rss {rss0}->{rss1} KiB",
         t.ok, t.disconnected, t.other, t.slowest
     );
-    // The manager counts the retries (attempt 2) its instances served.
-    d.wait_log("a stats line after the run", |l| {
-        l.matches("stats:").count() > run_for.as_secs() as usize + 2
-    });
-    let log = d.log();
-    let stats = log.lines().rfind(|l| l.contains("stats:")).unwrap_or("");
-    println!(
-        "chaos charond {}",
-        &stats[stats.find("stats:").unwrap_or(0)..]
-    );
-    assert!(
-        !stats.contains(" retried=0 "),
-        "kills hit requests in hand: {stats}"
-    );
+    the_retries_are_counted(&d, run_for);
     assert!(
         t.ok > 100,
         "only {} calls answered; log:\n{}",
@@ -244,6 +231,24 @@ fn chaos_sigkill_every_100ms_every_call_ends_ok_or_disconnected() {
         0,
         "charond must not panic; log:\n{}",
         d.log()
+    );
+}
+
+/// The manager counts the retries (attempt 2) its instances served: its
+/// stats line after a chaos run of `run_for` has some.
+fn the_retries_are_counted(d: &Daemon, run_for: Duration) {
+    d.wait_log("a stats line after the run", |l| {
+        l.matches("stats:").count() > run_for.as_secs() as usize + 2
+    });
+    let log = d.log();
+    let stats = log.lines().rfind(|l| l.contains("stats:")).unwrap_or("");
+    println!(
+        "chaos charond {}",
+        &stats[stats.find("stats:").unwrap_or(0)..]
+    );
+    assert!(
+        !stats.contains(" retried=0 "),
+        "kills hit requests in hand: {stats}"
     );
 }
 
@@ -306,28 +311,7 @@ fn requests_and_recycles_leave_charonds_fds_and_rss_at_baseline() {
         &[],
     );
     wait_for(LONG, "2 instances", || d.instances().len() == 2);
-    let load = |n: u64| {
-        let per = n / 2;
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let run = d.run.clone();
-                std::thread::spawn(move || {
-                    let mut c = client_at(&run, Duration::from_secs(15));
-                    let mut failed = 0u64;
-                    for _ in 0..per {
-                        if c.call(KEY, b"leak?").is_err() {
-                            failed += 1;
-                        }
-                    }
-                    failed
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("thread"))
-            .sum::<u64>()
-    };
+    let load = |n: u64| two_client_loops(&d.run, n);
     assert_eq!(load(1000), 0, "warm-up; log:\n{}", d.log());
     let (fds0, rss0) = settle(&d, 2);
     let launches = || service_stats(&d.run)["launches"].as_u64().unwrap_or(0);
@@ -337,18 +321,7 @@ fn requests_and_recycles_leave_charonds_fds_and_rss_at_baseline() {
     let took = t0.elapsed();
     let (fds1, rss1) = settle(&d, 2);
     let recycles = launches() - launches0;
-    // The manager's own count, over the control socket: every request
-    // (warm-up included) reached its stats, though recycled instances
-    // reported them from processes that are gone.
-    let stats = service_stats(&d.run);
-    let counted = stats["requests"].as_u64().unwrap_or(0);
-    println!(
-        "leaks: charond stats requests={counted} launches={} exits={}",
-        stats["launches"], stats["exits"]
-    );
-    wait_for(LONG, "charond to count every request", || {
-        service_stats(&d.run)["requests"].as_u64().unwrap_or(0) >= requests + 1000
-    });
+    charond_counts_every_request(&d, requests + 1000);
     println!(
         "leaks: {requests} requests ({failed} failed) in {took:?}, {recycles} recycles; \
          charond fds {fds0}->{fds1} rss {rss0}->{rss1} KiB"
@@ -364,6 +337,46 @@ fn requests_and_recycles_leave_charonds_fds_and_rss_at_baseline() {
     );
     assert!(fds1 <= fds0, "charond's fds {fds0} -> {fds1}");
     assert!(rss1 <= rss0 + RSS_SLACK_KIB, "rss {rss0} -> {rss1} KiB");
+}
+
+/// Sends `n` requests from 2 client threads, `n / 2` each in a loop;
+/// returns how many failed.
+fn two_client_loops(run: &Path, n: u64) -> u64 {
+    let per = n / 2;
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let run = run.to_path_buf();
+            std::thread::spawn(move || {
+                let mut c = client_at(&run, Duration::from_secs(15));
+                let mut failed = 0u64;
+                for _ in 0..per {
+                    if c.call(KEY, b"leak?").is_err() {
+                        failed += 1;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .sum::<u64>()
+}
+
+/// The manager's own count, over the control socket: every one of `sent`
+/// requests reached its stats, though recycled instances reported them
+/// from processes that are gone.
+fn charond_counts_every_request(d: &Daemon, sent: u64) {
+    let stats = service_stats(&d.run);
+    let counted = stats["requests"].as_u64().unwrap_or(0);
+    println!(
+        "leaks: charond stats requests={counted} launches={} exits={}",
+        stats["launches"], stats["exits"]
+    );
+    wait_for(LONG, "charond to count every request", || {
+        service_stats(&d.run)["requests"].as_u64().unwrap_or(0) >= sent
+    });
 }
 
 /// The child half of the client leak test: runs only when the parent test
@@ -664,8 +677,29 @@ enum Fate {
 /// last request was written. Returns the fates and how long opening and
 /// writing took.
 fn connect_many(sock: &Path, n: usize, wait: Duration) -> (Vec<Fate>, Duration) {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let addr = UnixAddr::new(sock).expect("socket path");
+    let frame = a_slow_request();
+    let mut fates = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    let open = connect_nonblocking(sock, n, &mut fates);
+    for s in &open {
+        s.set_nonblocking(false).expect("blocking");
+        (&*s)
+            .write_all(&frame)
+            .expect("a small request fits the socket buffer");
+    }
+    // The wait starts once every request is written: opening 10,000
+    // sockets takes seconds on a busy machine, and a deadline counted from
+    // before that could run out before the first read.
+    let deadline = Instant::now() + wait;
+    let opening = t0.elapsed();
+    fates.extend(open.into_iter().map(|s| fate_by(s, deadline)));
+    (fates, opening)
+}
+
+/// A request frame for `KEY` that takes 50 ms to serve: 2 instances
+/// serve 40 a second, so of a full backlog some are served and some time
+/// out.
+fn a_slow_request() -> Vec<u8> {
     let mut frame = Vec::new();
     let head = charon_protocol::RequestHead {
         key: KEY,
@@ -673,14 +707,18 @@ fn connect_many(sock: &Path, n: usize, wait: Duration) -> (Vec<Fate>, Duration) 
         attempt: 1,
         attributes: charon_protocol::Attributes::NONE,
     };
-    // 50 ms each: 2 instances serve 40 a second, so of a full backlog
-    // some are served and some time out.
     let ctx = [("echo.sleep-ms", "50")];
     charon_protocol::encode_request(&head, &ctx, b"hi", &Limits::default(), &mut frame)
         .expect("encode");
+    frame
+}
+
+/// Opens `n` non-blocking connections to `sock`; those refused at once
+/// (EAGAIN) go into `fates`, the connected ones are returned.
+fn connect_nonblocking(sock: &Path, n: usize, fates: &mut Vec<Fate>) -> Vec<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let addr = UnixAddr::new(sock).expect("socket path");
     let mut open = Vec::new();
-    let mut fates = Vec::with_capacity(n);
-    let t0 = Instant::now();
     for _ in 0..n {
         let fd = socket(
             AddressFamily::Unix,
@@ -695,34 +733,24 @@ fn connect_many(sock: &Path, n: usize, wait: Duration) -> (Vec<Fate>, Duration) 
             Err(e) => panic!("connect failed with {e}, not EAGAIN"),
         }
     }
-    for s in &open {
-        s.set_nonblocking(false).expect("blocking");
-        (&*s)
-            .write_all(&frame)
-            .expect("a small request fits the socket buffer");
+    open
+}
+
+/// Reads the answer on `s` until `deadline`. Past the deadline, only what
+/// has already arrived counts: a non-blocking read, so a starved client
+/// does not wait out one timer per connection.
+fn fate_by(mut s: UnixStream, deadline: Instant) -> Fate {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => s.set_read_timeout(Some(left)),
+        _ => s.set_nonblocking(true),
     }
-    // The wait starts once every request is written: opening 10,000
-    // sockets takes seconds on a busy machine, and a deadline counted from
-    // before that could run out before the first read.
-    let deadline = Instant::now() + wait;
-    let opening = t0.elapsed();
-    for mut s in open {
-        // Past the deadline, only what has already arrived counts: a
-        // non-blocking read, so a starved client does not wait out one
-        // timer per connection.
-        match deadline.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => s.set_read_timeout(Some(left)),
-            _ => s.set_nonblocking(true),
-        }
-        .expect("timeout");
-        let mut reply = Vec::new();
-        fates.push(match s.read_to_end(&mut reply) {
-            Ok(_) if reply.len() > 8 && reply.ends_with(b"hi") => Fate::Answered,
-            Ok(_) => panic!("a queued connection got {reply:?}, not its answer"),
-            Err(_) => Fate::TimedOut,
-        });
+    .expect("timeout");
+    let mut reply = Vec::new();
+    match s.read_to_end(&mut reply) {
+        Ok(_) if reply.len() > 8 && reply.ends_with(b"hi") => Fate::Answered,
+        Ok(_) => panic!("a queued connection got {reply:?}, not its answer"),
+        Err(_) => Fate::TimedOut,
     }
-    (fates, opening)
 }
 
 #[test]
