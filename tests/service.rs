@@ -360,7 +360,13 @@ fn a_kept_connection_expires_after_the_affinity_timeout() {
 #[test]
 fn hostile_input_gets_framework_errors_and_the_instance_carries_on() {
     let e = Echo::start(&[("CHARON_READ_TIMEOUT_MS", "300")]);
+    malformed_frames_get_their_error_and_the_instance_carries_on(&e);
+    a_silent_client_times_out_and_an_empty_one_is_closed(&e);
+}
 
+/// Garbage, a truncated frame, a 4 GiB length claim and a bad field each
+/// get their framework error; the instance serves the next request.
+fn malformed_frames_get_their_error_and_the_instance_carries_on(e: &Echo) {
     let mut s = connect(&e.sock);
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
     let r = read_resp(&mut s);
@@ -402,7 +408,12 @@ fn hostile_input_gets_framework_errors_and_the_instance_carries_on() {
         matches!(r, Some(Resp::Error(ErrorCode::MALFORMED_REQUEST, _))),
         "{r:?}"
     );
+}
 
+/// A silent client gets READ_TIMEOUT after the configured 300 ms; a
+/// connection closed before sending anything is just closed. The instance
+/// serves on.
+fn a_silent_client_times_out_and_an_empty_one_is_closed(e: &Echo) {
     let t = Instant::now();
     let mut s = connect(&e.sock);
     let r = read_resp(&mut s);

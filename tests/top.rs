@@ -66,6 +66,33 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A tmux server of its own in `d`'s dir, with a 160x24 pane running
+    /// `charon top` on `d`, which writes its exit status to `done`.
+    fn run_top(d: &Daemon, done: &Path) -> Tmux {
+        let tmux = Tmux {
+            socket: d.dir.join("tmux.sock"),
+        };
+        let line = format!(
+            "{} top --run-dir {}; echo exit=$? > {}",
+            bin("charon").display(),
+            d.run.display(),
+            done.display()
+        );
+        let (ok, out) = tmux.cmd(&[
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-x",
+            "160",
+            "-y",
+            "24",
+            &line,
+        ]);
+        assert!(ok, "tmux new-session: {out}");
+        tmux
+    }
+
     fn cmd(&self, args: &[&str]) -> (bool, String) {
         let mut c = Command::new("tmux");
         c.arg("-S").arg(&self.socket).args(args);
@@ -135,51 +162,14 @@ fn top_under_a_terminal_shows_the_service_sorts_on_keys_and_quits_on_q() {
         return;
     }
     let d = demo();
-    let tmux = Tmux {
-        socket: d.dir.join("tmux.sock"),
-    };
     let done = d.dir.join("top.exit");
-    let line = format!(
-        "{} top --run-dir {}; echo exit=$? > {}",
-        bin("charon").display(),
-        d.run.display(),
-        done.display()
-    );
-    let (ok, out) = tmux.cmd(&[
-        "-f",
-        "/dev/null",
-        "new-session",
-        "-d",
-        "-x",
-        "160",
-        "-y",
-        "24",
-        &line,
-    ]);
-    assert!(ok, "tmux new-session: {out}");
+    let tmux = Tmux::run_top(&d, &done);
     let screen = tmux.wait_screen("the first frame", |s| s.contains(KEY));
     assert!(screen.starts_with("charon top: 1 service(s)"), "{screen}");
     assert!(screen.contains("sorted by KEY"), "{screen}");
     assert!(screen.contains("KEY^"), "{screen}");
     assert!(screen.contains("q quit"), "{screen}");
-
-    // Requests show as a rate and interval percentiles, refreshed without
-    // a key pressed.
-    let load = Load::start(&d);
-    let screen = tmux.wait_screen("a rate and a p50 for the service", |s| {
-        cell(s, "REQ/S", KEY).and_then(|r| r.parse::<f64>().ok()) > Some(0.0)
-            && cell(s, "P50", KEY).is_some_and(|p| p.ends_with("us") || p.ends_with("ms"))
-    });
-    drop(load);
-    assert_eq!(cell(&screen, "STATE", KEY), Some("running"), "{screen}");
-    assert_eq!(cell(&screen, "MAX", KEY), Some("4"), "{screen}");
-    let coloured = tmux.screen(true);
-    let at = coloured.find("running").expect("the state");
-    let before = &coloured[at.saturating_sub(12)..at];
-    assert!(
-        before.contains("\u{1b}[32m") || before.contains("\u{1b}[38;5;2m"),
-        "running is green: {before:?}"
-    );
+    requests_show_as_a_rate_and_percentiles_unprompted(&d, &tmux);
 
     // `>` five times from KEY: sorted by REQ/S, largest first; `r`
     // reverses.
@@ -198,6 +188,26 @@ fn top_under_a_terminal_shows_the_service_sorts_on_keys_and_quits_on_q() {
     wait_for(LONG, "charon top to exit 0 on q", || {
         std::fs::read_to_string(&done).is_ok_and(|s| s.trim() == "exit=0")
     });
+}
+
+/// Requests show as a rate and interval percentiles, refreshed without a
+/// key pressed; the service's state is green.
+fn requests_show_as_a_rate_and_percentiles_unprompted(d: &Daemon, tmux: &Tmux) {
+    let load = Load::start(d);
+    let screen = tmux.wait_screen("a rate and a p50 for the service", |s| {
+        cell(s, "REQ/S", KEY).and_then(|r| r.parse::<f64>().ok()) > Some(0.0)
+            && cell(s, "P50", KEY).is_some_and(|p| p.ends_with("us") || p.ends_with("ms"))
+    });
+    drop(load);
+    assert_eq!(cell(&screen, "STATE", KEY), Some("running"), "{screen}");
+    assert_eq!(cell(&screen, "MAX", KEY), Some("4"), "{screen}");
+    let coloured = tmux.screen(true);
+    let at = coloured.find("running").expect("the state");
+    let before = &coloured[at.saturating_sub(12)..at];
+    assert!(
+        before.contains("\u{1b}[32m") || before.contains("\u{1b}[38;5;2m"),
+        "running is green: {before:?}"
+    );
 }
 
 #[test]
