@@ -52,9 +52,8 @@ fn exec_alone_gives_every_default() {
     assert_eq!(config, defaults(&["/usr/bin/echo-service", "--fast"]));
 }
 
-#[test]
-fn every_key_is_read_with_its_unit() {
-    let text = r#"
+/// A file that sets every key, each in its own unit.
+const EVERY_KEY: &str = r#"
         exec = ["/opt/svc/bin/svc", "--name", "two words"]
         cd = "/var/lib/svc"
         user = "svc"
@@ -88,7 +87,10 @@ fn every_key_is_read_with_its_unit() {
         [env]
         LANG = "C.UTF-8"
         PORT = "8080"
-    "#;
+"#;
+
+/// The config `EVERY_KEY` says.
+fn every_key_wanted() -> ServiceConfig {
     let mut want = defaults(&["/opt/svc/bin/svc", "--name", "two words"]);
     want.cd = Some(PathBuf::from("/var/lib/svc"));
     want.env = BTreeMap::from([
@@ -122,7 +124,12 @@ fn every_key_is_read_with_its_unit() {
     want.socket_group = Some("clients".into());
     want.allowed_uids = Some(vec![1000, 1001]);
     want.allowed_gids = Some(vec![100]);
-    assert_eq!(load(text).unwrap(), want);
+    want
+}
+
+#[test]
+fn every_key_is_read_with_its_unit() {
+    assert_eq!(load(EVERY_KEY).unwrap(), every_key_wanted());
 }
 
 #[test]
@@ -197,86 +204,89 @@ fn paths_resolve_against_the_config_dir() {
 /// One case per kind of error message: the file's text (after a valid
 /// `exec` line, so line numbers start at 2), then the line, key and a
 /// part of the message that says what would be valid.
+#[rustfmt::skip]
+const ERROR_CASES: &[(&str, usize, &str, &str)] = &[
+    // Unknown keys.
+    ("maximum_processes = 3", 2, "maximum_processes", "did you mean `maximum-processes`?"),
+    ("max-processes = 3", 2, "max-processes", "did you mean `maximum-processes`?"),
+    ("colour = 1", 2, "colour", "valid keys are exec, cd, env, user"),
+    ("\n[service]\nexec = \"x\"", 3, "service", "valid keys are"),
+    // Wrong TOML types.
+    ("minimum-processes = \"two\"", 2, "minimum-processes", "expected an integer, found a string"),
+    ("maximum-processes = 2.5", 2, "maximum-processes", "expected an integer, found a float"),
+    ("prestart-processes = 1", 2, "prestart-processes", "expected true or false, found an integer"),
+    ("idle-timeout = true", 2, "idle-timeout", "expected a duration (an integer of seconds"),
+    ("idle-timeout = 10:00:00", 2, "idle-timeout", "found a date-time"),
+    ("maximum-rss = [1]", 2, "maximum-rss", "expected a size (an integer of bytes"),
+    ("socket-mode = true", 2, "socket-mode", "expected a mode (a string of octal digits"),
+    ("cd = 5", 2, "cd", "expected a string, found an integer"),
+    ("user = [\"a\"]", 2, "user", "expected a string, found an array"),
+    ("env = \"A=1\"", 2, "env", "expected a table of names to string values"),
+    ("allowed-uids = 1000", 2, "allowed-uids", "expected an array of integer ids"),
+    ("allowed-gids = [\"wheel\"]", 2, "allowed-gids", "element 0 must be an integer id"),
+    ("\n\n[env]\nA = \"1\"\nPORT = 8080", 6, "env.PORT", "must be a string, but this is an integer"),
+    // Environment names and values.
+    ("env = { \"\" = \"x\" }", 2, "env.\"\"", "must not be empty"),
+    ("env = { \"A=B\" = \"x\" }", 2, "env.\"A=B\"", "must not contain '='"),
+    ("env = { \"A\\u0000\" = \"x\" }", 2, "env.\"A\\0\"", "NUL"),
+    ("env = { A = \"x\\u0000y\" }", 2, "env.A", "NUL"),
+    ("env.CHARON_RUN_DIR = \"/x\"", 2, "env.CHARON_RUN_DIR", "reserved"),
+    ("[env]\nA = \"1\"\nuser = \"svc\"", 4, "env.user", "move it above the [env] line"),
+    ("[env]\nmaximum-processes = 3", 3, "env.maximum-processes", "move it above the [env] line"),
+    // Ranges.
+    ("minimum-processes = -1", 2, "minimum-processes", "between 0 and 10000, but it is -1"),
+    ("maximum-processes = 0", 2, "maximum-processes", "between 1 and 10000, but it is 0"),
+    ("maximum-processes = 10001", 2, "maximum-processes", "between 1 and 10000, but it is 10001"),
+    ("occupancy-percent = 0", 2, "occupancy-percent", "between 1 and 100"),
+    ("occupancy-percent = 101", 2, "occupancy-percent", "between 1 and 100"),
+    ("maximum-requests = -5", 2, "maximum-requests", "at least 0, but it is -5"),
+    ("maximum-requests-jitter = 51", 2, "maximum-requests-jitter", "between 0 and 50"),
+    ("crash-loop-count = 0", 2, "crash-loop-count", "between 1 and 10000"),
+    ("listen-backlog = 0", 2, "listen-backlog", "between 1 and 65535"),
+    ("listen-backlog = 65536", 2, "listen-backlog", "between 1 and 65535"),
+    ("ulimit-cpu-milliseconds = 0", 2, "ulimit-cpu-milliseconds", "at least 1"),
+    ("ulimit-open-files = 8", 2, "ulimit-open-files", "between 16 and 1048576"),
+    ("allowed-uids = [0, -1]", 2, "allowed-uids", "between 0 and 4294967294, but it is -1"),
+    ("allowed-uids = []", 2, "allowed-uids", "leave the key out to allow every uid"),
+    // Durations.
+    ("idle-timeout = \"10 sec\"", 2, "idle-timeout", "one of ms, s, m, h, d"),
+    ("read-timeout = \"fast\"", 2, "read-timeout", "a whole number and a unit"),
+    ("stop-grace = \"1.5s\"", 2, "stop-grace", "\"1500ms\""),
+    ("idle-timeout = -3", 2, "idle-timeout", "must not be negative"),
+    ("idle-timeout = 0", 2, "idle-timeout", "must be more than 0"),
+    ("affinity-timeout = \"0s\"", 2, "affinity-timeout", "must be more than 0"),
+    ("crash-loop-interval = \"400d\"", 2, "crash-loop-interval", "at most 365d"),
+    ("unresponsive-timeout = \"10x\"", 2, "unresponsive-timeout", "ms, s, m, h, d"),
+    // Sizes.
+    ("ulimit-data-memory = \"512MB\"", 2, "ulimit-data-memory", "write 512M or 512MiB"),
+    ("maximum-rss = \"lots\"", 2, "maximum-rss", "B, K, M, G, T"),
+    ("maximum-rss = 0", 2, "maximum-rss", "more than 0 bytes"),
+    ("maximum-rss = -1", 2, "maximum-rss", "must not be negative"),
+    // Modes.
+    ("socket-mode = 660", 2, "socket-mode", "at most 0o777, but this is 0o1224 (a plain integer is decimal"),
+    ("socket-mode = \"4755\"", 2, "socket-mode", "only permission bits are allowed, at most 0o777"),
+    ("socket-mode = \"rw-rw----\"", 2, "socket-mode", "octal permission digits"),
+    ("socket-mode = -1", 2, "socket-mode", "octal permission digits"),
+    // Names.
+    ("user = \"\"", 2, "user", "not a user or group name"),
+    ("group = \"a b\"", 2, "group", "without spaces"),
+    ("socket-group = \"a:b\"", 2, "socket-group", "':'"),
+    ("cd = \"\"", 2, "cd", "leave cd out to run in the config dir"),
+    ("cd = \"a\\u0000\"", 2, "cd", "NUL"),
+    // Relations between keys.
+    ("minimum-processes = 5\nmaximum-processes = 3", 2, "minimum-processes", "minimum-processes (5) must not be more than maximum-processes (3)"),
+    ("\nmaximum-processes = 3\nminimum-processes = 4", 4, "minimum-processes", "must not be more than maximum-processes (3)"),
+    ("minimum-processes = 11", 2, "minimum-processes", "maximum-processes (10, the default)"),
+    ("maximum-processes = 0\nminimum-processes = 0", 2, "maximum-processes", "between 1"),
+    ("backoff-initial = \"2m\"", 2, "backoff-initial", "backoff-initial (2m) must not be more than exec-failure-backoff (1m, the default)"),
+    ("exec-failure-backoff = \"500ms\"", 2, "exec-failure-backoff", "backoff-initial (1s) must not be more than exec-failure-backoff (500ms)"),
+];
+
+/// Each of `ERROR_CASES` fails with one error, at its line and key, whose
+/// lowercase message says what would be valid.
 #[test]
 fn each_error_names_line_key_and_what_is_valid() {
-    #[rustfmt::skip]
-    let cases: &[(&str, usize, &str, &str)] = &[
-        // Unknown keys.
-        ("maximum_processes = 3", 2, "maximum_processes", "did you mean `maximum-processes`?"),
-        ("max-processes = 3", 2, "max-processes", "did you mean `maximum-processes`?"),
-        ("colour = 1", 2, "colour", "valid keys are exec, cd, env, user"),
-        ("\n[service]\nexec = \"x\"", 3, "service", "valid keys are"),
-        // Wrong TOML types.
-        ("minimum-processes = \"two\"", 2, "minimum-processes", "expected an integer, found a string"),
-        ("maximum-processes = 2.5", 2, "maximum-processes", "expected an integer, found a float"),
-        ("prestart-processes = 1", 2, "prestart-processes", "expected true or false, found an integer"),
-        ("idle-timeout = true", 2, "idle-timeout", "expected a duration (an integer of seconds"),
-        ("idle-timeout = 10:00:00", 2, "idle-timeout", "found a date-time"),
-        ("maximum-rss = [1]", 2, "maximum-rss", "expected a size (an integer of bytes"),
-        ("socket-mode = true", 2, "socket-mode", "expected a mode (a string of octal digits"),
-        ("cd = 5", 2, "cd", "expected a string, found an integer"),
-        ("user = [\"a\"]", 2, "user", "expected a string, found an array"),
-        ("env = \"A=1\"", 2, "env", "expected a table of names to string values"),
-        ("allowed-uids = 1000", 2, "allowed-uids", "expected an array of integer ids"),
-        ("allowed-gids = [\"wheel\"]", 2, "allowed-gids", "element 0 must be an integer id"),
-        ("\n\n[env]\nA = \"1\"\nPORT = 8080", 6, "env.PORT", "must be a string, but this is an integer"),
-        // Environment names and values.
-        ("env = { \"\" = \"x\" }", 2, "env.\"\"", "must not be empty"),
-        ("env = { \"A=B\" = \"x\" }", 2, "env.\"A=B\"", "must not contain '='"),
-        ("env = { \"A\\u0000\" = \"x\" }", 2, "env.\"A\\0\"", "NUL"),
-        ("env = { A = \"x\\u0000y\" }", 2, "env.A", "NUL"),
-        ("env.CHARON_RUN_DIR = \"/x\"", 2, "env.CHARON_RUN_DIR", "reserved"),
-        ("[env]\nA = \"1\"\nuser = \"svc\"", 4, "env.user", "move it above the [env] line"),
-        ("[env]\nmaximum-processes = 3", 3, "env.maximum-processes", "move it above the [env] line"),
-        // Ranges.
-        ("minimum-processes = -1", 2, "minimum-processes", "between 0 and 10000, but it is -1"),
-        ("maximum-processes = 0", 2, "maximum-processes", "between 1 and 10000, but it is 0"),
-        ("maximum-processes = 10001", 2, "maximum-processes", "between 1 and 10000, but it is 10001"),
-        ("occupancy-percent = 0", 2, "occupancy-percent", "between 1 and 100"),
-        ("occupancy-percent = 101", 2, "occupancy-percent", "between 1 and 100"),
-        ("maximum-requests = -5", 2, "maximum-requests", "at least 0, but it is -5"),
-        ("maximum-requests-jitter = 51", 2, "maximum-requests-jitter", "between 0 and 50"),
-        ("crash-loop-count = 0", 2, "crash-loop-count", "between 1 and 10000"),
-        ("listen-backlog = 0", 2, "listen-backlog", "between 1 and 65535"),
-        ("listen-backlog = 65536", 2, "listen-backlog", "between 1 and 65535"),
-        ("ulimit-cpu-milliseconds = 0", 2, "ulimit-cpu-milliseconds", "at least 1"),
-        ("ulimit-open-files = 8", 2, "ulimit-open-files", "between 16 and 1048576"),
-        ("allowed-uids = [0, -1]", 2, "allowed-uids", "between 0 and 4294967294, but it is -1"),
-        ("allowed-uids = []", 2, "allowed-uids", "leave the key out to allow every uid"),
-        // Durations.
-        ("idle-timeout = \"10 sec\"", 2, "idle-timeout", "one of ms, s, m, h, d"),
-        ("read-timeout = \"fast\"", 2, "read-timeout", "a whole number and a unit"),
-        ("stop-grace = \"1.5s\"", 2, "stop-grace", "\"1500ms\""),
-        ("idle-timeout = -3", 2, "idle-timeout", "must not be negative"),
-        ("idle-timeout = 0", 2, "idle-timeout", "must be more than 0"),
-        ("affinity-timeout = \"0s\"", 2, "affinity-timeout", "must be more than 0"),
-        ("crash-loop-interval = \"400d\"", 2, "crash-loop-interval", "at most 365d"),
-        ("unresponsive-timeout = \"10x\"", 2, "unresponsive-timeout", "ms, s, m, h, d"),
-        // Sizes.
-        ("ulimit-data-memory = \"512MB\"", 2, "ulimit-data-memory", "write 512M or 512MiB"),
-        ("maximum-rss = \"lots\"", 2, "maximum-rss", "B, K, M, G, T"),
-        ("maximum-rss = 0", 2, "maximum-rss", "more than 0 bytes"),
-        ("maximum-rss = -1", 2, "maximum-rss", "must not be negative"),
-        // Modes.
-        ("socket-mode = 660", 2, "socket-mode", "at most 0o777, but this is 0o1224 (a plain integer is decimal"),
-        ("socket-mode = \"4755\"", 2, "socket-mode", "only permission bits are allowed, at most 0o777"),
-        ("socket-mode = \"rw-rw----\"", 2, "socket-mode", "octal permission digits"),
-        ("socket-mode = -1", 2, "socket-mode", "octal permission digits"),
-        // Names.
-        ("user = \"\"", 2, "user", "not a user or group name"),
-        ("group = \"a b\"", 2, "group", "without spaces"),
-        ("socket-group = \"a:b\"", 2, "socket-group", "':'"),
-        ("cd = \"\"", 2, "cd", "leave cd out to run in the config dir"),
-        ("cd = \"a\\u0000\"", 2, "cd", "NUL"),
-        // Relations between keys.
-        ("minimum-processes = 5\nmaximum-processes = 3", 2, "minimum-processes", "minimum-processes (5) must not be more than maximum-processes (3)"),
-        ("\nmaximum-processes = 3\nminimum-processes = 4", 4, "minimum-processes", "must not be more than maximum-processes (3)"),
-        ("minimum-processes = 11", 2, "minimum-processes", "maximum-processes (10, the default)"),
-        ("maximum-processes = 0\nminimum-processes = 0", 2, "maximum-processes", "between 1"),
-        ("backoff-initial = \"2m\"", 2, "backoff-initial", "backoff-initial (2m) must not be more than exec-failure-backoff (1m, the default)"),
-        ("exec-failure-backoff = \"500ms\"", 2, "exec-failure-backoff", "backoff-initial (1s) must not be more than exec-failure-backoff (500ms)"),
-    ];
-    for (body, line, key, message) in cases {
+    for (body, line, key, message) in ERROR_CASES {
         let text = format!("exec = \"svc\"\n{body}\n");
         let errors = errors_of(&text);
         assert_eq!(errors.len(), 1, "{body}: {errors:?}");
@@ -398,8 +408,9 @@ fn config_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-#[test]
-fn scan_sorts_services_errors_and_ignored_files() {
+/// A config dir with two services, two broken files, and files the scan
+/// ignores (bad names, a subdir) or skips silently (hidden, editor files).
+fn a_dir_of_every_kind() -> tempfile::TempDir {
     let dir = config_dir(&[
         ("system.echo.0.raw.toml", "exec = \"charon-echo\"\n"),
         (
@@ -418,6 +429,12 @@ fn scan_sorts_services_errors_and_ignored_files() {
         ("#system.echo.0.raw.toml#", "junk"),
     ]);
     std::fs::create_dir(dir.path().join("subdir")).unwrap();
+    dir
+}
+
+#[test]
+fn scan_sorts_services_errors_and_ignored_files() {
+    let dir = a_dir_of_every_kind();
     let scan = scan_dir(dir.path()).unwrap();
 
     let keys: Vec<&str> = scan.services.iter().map(|s| s.key.as_str()).collect();
@@ -442,7 +459,12 @@ fn scan_sorts_services_errors_and_ignored_files() {
     );
     let failed: Vec<String> = scan.failed_keys().iter().map(|k| k.to_string()).collect();
     assert_eq!(failed, ["app.broken.2.XML", "app.fn.2.XML"]);
+    ignored_files_are_listed_with_why(&scan);
+}
 
+/// The scan of `a_dir_of_every_kind` lists the files it ignored, sorted,
+/// each with why (hidden and editor files are not listed).
+fn ignored_files_are_listed_with_why(scan: &Scan) {
     let ignored: Vec<(String, &str)> = scan
         .ignored
         .iter()
