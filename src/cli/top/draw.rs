@@ -7,7 +7,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::widgets::{Cell, Paragraph, Row as TableRow, Table};
 use ratatui::Frame;
 
-use super::view::{self, Column, Row, Sort, State, COLUMNS};
+use super::sort::{Column, Sort, COLUMNS};
+use super::view::{self, Row, State};
 
 /// The keys, on the last line.
 const KEYS: &str = "keys: < > (or arrows) sort by the previous/next column, r reverse, q quit";

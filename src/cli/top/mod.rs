@@ -4,9 +4,11 @@
 //! terminal it runs full screen (ratatui over crossterm) until `q`; when
 //! stdout is not a terminal it prints one frame, taken over one interval,
 //! and exits. This module asks the manager and runs the terminal; the
-//! rows, sorting and keys are `view.rs`'s, the drawing `draw.rs`'s.
+//! rows are `view.rs`'s, the sort and keys `sort.rs`'s, the drawing
+//! `draw.rs`'s.
 
 mod draw;
+mod sort;
 mod view;
 
 use std::io::IsTerminal;
@@ -20,7 +22,7 @@ use serde_json::{json, Value};
 use super::common::parse_seconds;
 use super::stats::{control, QUICK};
 use super::Failure;
-use view::{Action, Column, Input, Sort};
+use sort::{Action, Column, Input, Sort};
 
 /// Show a live view of the services.
 #[derive(Debug, clap::Args)]
@@ -95,7 +97,7 @@ fn live(
         if event::poll(wait).map_err(io)? {
             if let Event::Key(k) = event::read().map_err(io)? {
                 if k.kind == KeyEventKind::Press {
-                    let (s, action) = view::on_key(sort, input(k.code, k.modifiers));
+                    let (s, action) = sort::on_key(sort, input(k.code, k.modifiers));
                     sort = s;
                     if action == Action::Quit {
                         return Ok(());

@@ -1,8 +1,9 @@
 //! What `charon top` shows, as pure functions: the rows of one frame from
 //! two `stats` answers taken an interval apart (rates, interval
-//! percentiles, faults and exits come from their difference), the sort
-//! state and how keys change it, and the frame as plain text. Asking the
-//! manager and drawing on a terminal are `mod.rs`'s and `draw.rs`'s.
+//! percentiles, faults and exits come from their difference), in the
+//! order of a [`Sort`], and the frame as plain text. The sort and how keys
+//! change it are `sort.rs`'s; asking the manager and drawing on a
+//! terminal are `mod.rs`'s and `draw.rs`'s.
 
 use std::cmp::Ordering;
 use std::time::Duration;
@@ -10,148 +11,8 @@ use std::time::Duration;
 use charon_manager::latency;
 use serde_json::Value;
 
+use super::sort::{Column, Sort, COLUMNS};
 use crate::cli::stats::align;
-
-/// A column of the table, in the order shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Column {
-    Key,
-    State,
-    Busy,
-    Idle,
-    Max,
-    #[value(name = "rps")]
-    Rps,
-    P50,
-    P99,
-    Faults,
-    Exits,
-    Queue,
-}
-
-/// Every column, in the order shown; the reason column follows, unsorted.
-pub const COLUMNS: [Column; 11] = [
-    Column::Key,
-    Column::State,
-    Column::Busy,
-    Column::Idle,
-    Column::Max,
-    Column::Rps,
-    Column::P50,
-    Column::P99,
-    Column::Faults,
-    Column::Exits,
-    Column::Queue,
-];
-
-impl Column {
-    /// The header cell.
-    #[must_use]
-    pub fn title(self) -> &'static str {
-        match self {
-            Column::Key => "KEY",
-            Column::State => "STATE",
-            Column::Busy => "BUSY",
-            Column::Idle => "IDLE",
-            Column::Max => "MAX",
-            Column::Rps => "REQ/S",
-            Column::P50 => "P50",
-            Column::P99 => "P99",
-            Column::Faults => "FAULTS",
-            Column::Exits => "EXITS",
-            Column::Queue => "QUEUE",
-        }
-    }
-
-    fn index(self) -> usize {
-        COLUMNS.iter().position(|c| *c == self).unwrap_or(0)
-    }
-}
-
-/// The sort: a column, and whether its natural order (names A to Z,
-/// figures largest first) is reversed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sort {
-    pub column: Column,
-    pub reversed: bool,
-}
-
-impl Default for Sort {
-    fn default() -> Sort {
-        Sort {
-            column: Column::Key,
-            reversed: false,
-        }
-    }
-}
-
-/// A key the operator pressed, as far as `top` cares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Input {
-    /// `>` or the right arrow: sort by the next column.
-    Next,
-    /// `<` or the left arrow: sort by the previous column.
-    Prev,
-    /// `r`: reverse the order.
-    Reverse,
-    /// `q`, Esc or Ctrl-C.
-    Quit,
-    /// Anything else.
-    Other,
-}
-
-impl Input {
-    /// The input a character stands for.
-    #[must_use]
-    pub fn from_char(c: char) -> Input {
-        match c {
-            '>' | '.' => Input::Next,
-            '<' | ',' => Input::Prev,
-            'r' | 'R' => Input::Reverse,
-            'q' | 'Q' => Input::Quit,
-            _ => Input::Other,
-        }
-    }
-}
-
-/// What the shell does after a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Redraw,
-    Quit,
-    Nothing,
-}
-
-/// `sort x input -> (sort, action)`.
-#[must_use]
-pub fn on_key(sort: Sort, input: Input) -> (Sort, Action) {
-    let step = |by: usize| COLUMNS[(sort.column.index() + by) % COLUMNS.len()];
-    match input {
-        Input::Next => (
-            Sort {
-                column: step(1),
-                reversed: false,
-            },
-            Action::Redraw,
-        ),
-        Input::Prev => (
-            Sort {
-                column: step(COLUMNS.len() - 1),
-                reversed: false,
-            },
-            Action::Redraw,
-        ),
-        Input::Reverse => (
-            Sort {
-                reversed: !sort.reversed,
-                ..sort
-            },
-            Action::Redraw,
-        ),
-        Input::Quit => (sort, Action::Quit),
-        Input::Other => (sort, Action::Nothing),
-    }
-}
 
 /// A service's state as `top` colours it.
 #[derive(Clone, Debug, PartialEq)]
@@ -408,6 +269,7 @@ pub fn plain(rows: &[Row], sort: Sort) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sort::{on_key, Input};
     use super::*;
     use serde_json::json;
 
@@ -504,40 +366,6 @@ mod tests {
         assert_eq!(r[1].state, State::Other("broken".into()));
         assert_eq!(r[1].reason, None, "a broken entry without errors has none");
         assert_eq!(r[1].cells()[11], "-");
-    }
-
-    #[test]
-    fn every_key_in_every_sort_state() {
-        let s = Sort::default();
-        for (column, reversed) in COLUMNS.iter().flat_map(|c| [(*c, false), (*c, true)]) {
-            let s = Sort { column, reversed };
-            let i = column.index();
-            let (n, a) = on_key(s, Input::Next);
-            assert_eq!(
-                (n.column, n.reversed, a),
-                (COLUMNS[(i + 1) % 11], false, Action::Redraw)
-            );
-            let (p, a) = on_key(s, Input::Prev);
-            assert_eq!(
-                (p.column, p.reversed, a),
-                (COLUMNS[(i + 10) % 11], false, Action::Redraw)
-            );
-            assert_eq!(
-                on_key(s, Input::Reverse),
-                (
-                    Sort {
-                        column,
-                        reversed: !reversed
-                    },
-                    Action::Redraw
-                )
-            );
-            assert_eq!(on_key(s, Input::Quit), (s, Action::Quit));
-            assert_eq!(on_key(s, Input::Other), (s, Action::Nothing));
-        }
-        assert_eq!(on_key(s, Input::from_char('<')).0.column, Column::Queue);
-        assert_eq!(Input::from_char('q'), Input::Quit);
-        assert_eq!(Input::from_char('x'), Input::Other);
     }
 
     #[test]
