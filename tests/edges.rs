@@ -464,31 +464,8 @@ fn a_stopped_manager_does_not_stall_instances_that_log() {
         KEY,
         &format!("exec = \"{}\"\n", bin("charon-echo").display()),
     )]);
-    // 2 KB of stderr per request.
-    let line = "x".repeat(2000);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let loops: Vec<_> = (0..2)
-        .map(|i| {
-            let (run, line, stop) = (d.run.clone(), line.clone(), std::sync::Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut c = client_at(&run, charon_client::DEFAULT_TIMEOUT);
-                let req = Request::new(KEY, vec![i]).context("echo.log", line.as_str());
-                let (mut n, mut slowest, mut failed) = (0u32, Duration::ZERO, Vec::new());
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let t0 = Instant::now();
-                    match c.call_request(&req) {
-                        Ok(_) => n += 1,
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                    slowest = slowest.max(t0.elapsed());
-                    // The load: about 50 requests a second per loop, 200 KB
-                    // of stderr a second in all.
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                (n, slowest, failed)
-            })
-        })
-        .collect();
+    let loops = two_logging_loops(&d.run, &stop);
     std::thread::sleep(Duration::from_millis(500));
     d.signal(Signal::SIGSTOP);
     std::thread::sleep(Duration::from_secs(3));
@@ -513,6 +490,41 @@ fn a_stopped_manager_does_not_stall_instances_that_log() {
             .expect("served"),
         b"after"
     );
+}
+
+/// What a client loop did: requests answered, the slowest call, and the
+/// errors.
+type LoopTally = (u32, Duration, Vec<String>);
+
+/// 2 client loops until `stop`, each request asking the instance to log
+/// 2 KB of stderr.
+fn two_logging_loops(
+    run: &Path,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<LoopTally>> {
+    let line = "x".repeat(2000);
+    (0..2)
+        .map(|i| {
+            let (run, line, stop) = (run.to_path_buf(), line.clone(), std::sync::Arc::clone(stop));
+            std::thread::spawn(move || {
+                let mut c = client_at(&run, charon_client::DEFAULT_TIMEOUT);
+                let req = Request::new(KEY, vec![i]).context("echo.log", line.as_str());
+                let (mut n, mut slowest, mut failed) = (0u32, Duration::ZERO, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    match c.call_request(&req) {
+                        Ok(_) => n += 1,
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    slowest = slowest.max(t0.elapsed());
+                    // The load: about 50 requests a second per loop, 200 KB
+                    // of stderr a second in all.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (n, slowest, failed)
+            })
+        })
+        .collect()
 }
 
 // ------------------------------------------------------ the control socket

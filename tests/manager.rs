@@ -293,10 +293,7 @@ fn check_reports_each_kind_of_config_error() {
         "bad/g.h.0.raw.toml",
         "exec = \"x\"\nminimum-processes = 5\nmaximum-processes = 2\n",
     );
-    let mut cmd = Command::new(bin("charond"));
-    cmd.arg("--check").arg("--config-dir").arg(dir.join("bad"));
-    let (status, out, _) = run(cmd, LONG);
-    let out = String::from_utf8_lossy(&out);
+    let (status, out, _) = charond_check(&dir.join("bad"));
     assert_eq!(status.code(), Some(1), "{out}");
     for (file, key) in [
         ("a.b.0.raw.toml:2: no-such-key: ", "unknown key"),
@@ -316,10 +313,7 @@ fn check_reports_each_kind_of_config_error() {
     );
     dir.write("good/a.b.0.raw.toml", "exec = \"x\"\n");
     dir.write("good/README.toml", "not a service\n");
-    let mut cmd = Command::new(bin("charond"));
-    cmd.arg("--check").arg("--config-dir").arg(dir.join("good"));
-    let (status, out, err) = run(cmd, LONG);
-    let out = String::from_utf8_lossy(&out);
+    let (status, out, err) = charond_check(&dir.join("good"));
     assert_eq!(status.code(), Some(0), "{out}");
     // Success says so, in one line.
     assert_eq!(
@@ -329,11 +323,22 @@ fn check_reports_each_kind_of_config_error() {
             dir.join("good").display()
         )
     );
-    let err = String::from_utf8_lossy(&err);
     assert!(
         err.contains("charond: ignored ") && err.contains("README.toml: "),
         "{err}"
     );
+}
+
+/// Runs `charond --check` on `conf`: its status, stdout and stderr.
+fn charond_check(conf: &Path) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = Command::new(bin("charond"));
+    cmd.arg("--check").arg("--config-dir").arg(conf);
+    let (status, out, err) = run(cmd, LONG);
+    (
+        status,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }
 
 #[test]

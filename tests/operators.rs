@@ -242,16 +242,7 @@ fn reload_keeps_broken_and_unchanged_services_and_removes_deleted_ones() {
     );
     wait_for(LONG, "4 instances", || d.instances().len() == 4);
     let mut c = d.client();
-    let pids_of = |key: &str| -> Vec<i64> {
-        let mut p: Vec<i64> = d
-            .ps()
-            .iter()
-            .filter(|i| i["key"] == key)
-            .filter_map(|i| i["pid"].as_i64())
-            .collect();
-        p.sort_unstable();
-        p
-    };
+    let pids_of = |key: &str| pids_of(&d, key);
     wait_for(LONG, "instances up", || {
         d.ps().iter().all(|i| i["state"] == "idle") && d.ps().len() == 4
     });
@@ -272,20 +263,46 @@ fn reload_keeps_broken_and_unchanged_services_and_removes_deleted_ones() {
     );
     assert_eq!(pids_of(a), a_pids, "an unchanged file keeps its instances");
 
-    // A removed file: its socket goes, clients get NotFound, its instances
-    // drain and exit.
-    std::fs::remove_file(d.conf.join(format!("{b}.toml"))).unwrap();
+    a_removed_file_stops_only_its_service(&d, &mut c, b, (a, &a_pids));
+}
+
+/// The pids of `key`'s instances, sorted (`charon ps`).
+fn pids_of(d: &Daemon, key: &str) -> Vec<i64> {
+    let mut p: Vec<i64> = d
+        .ps()
+        .iter()
+        .filter(|i| i["key"] == key)
+        .filter_map(|i| i["pid"].as_i64())
+        .collect();
+    p.sort_unstable();
+    p
+}
+
+/// `removed`'s file deleted and a reload: its socket goes, clients get
+/// NotFound, its instances drain and exit; `other` keeps its instances
+/// (`other_pids`) and serves.
+fn a_removed_file_stops_only_its_service(
+    d: &Daemon,
+    c: &mut Client,
+    removed: &str,
+    (other, other_pids): (&str, &[i64]),
+) {
+    std::fs::remove_file(d.conf.join(format!("{removed}.toml"))).unwrap();
     let (code, out, err) = d.charon(&["reload"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&format!("stopped: {b}")), "{out}");
-    let e = c.call(b, b"x").expect_err("removed service");
+    assert!(out.contains(&format!("stopped: {removed}")), "{out}");
+    let e = c.call(removed, b"x").expect_err("removed service");
     assert!(matches!(e.kind(), ErrorKind::NotFound { .. }), "{e}");
     wait_for(LONG, "the removed service's instances gone", || {
         d.instances().len() == 2
     });
-    assert_eq!(pids_of(a), a_pids, "the other service is untouched");
-    assert_eq!(c.call(a, b"ok").unwrap(), b"ok");
-    let (code, _, err) = d.charon(&["stats", b]);
+    assert_eq!(
+        pids_of(d, other),
+        other_pids,
+        "the other service is untouched"
+    );
+    assert_eq!(c.call(other, b"ok").unwrap(), b"ok");
+    let (code, _, err) = d.charon(&["stats", removed]);
     assert_eq!(code, 4, "a removed key is not found: {err}");
 }
 
@@ -630,8 +647,8 @@ fn send_bad_into_backoff(c: &mut Client) {
     assert!(c.call_request(&r).is_err());
 }
 
-/// The JSON stats of `KEY`: every documented field, and the figures of
-/// what happened.
+/// The JSON stats of `KEY`: every documented field, with numbers where
+/// numbers belong, and the figures of what happened.
 fn json_has_every_field_and_the_figures(s: &Value, h: &Happened) {
     for f in [
         "key",
@@ -679,6 +696,11 @@ fn json_has_every_field_and_the_figures(s: &Value, h: &Happened) {
     for f in ["pid", "status", "signal", "reason", "stderr"] {
         assert!(s["last_exit"].get(f).is_some(), "last_exit.{f}: {s}");
     }
+    json_has_the_figures(s, h);
+}
+
+/// The figures of `KEY`'s JSON stats: what `h` says happened.
+fn json_has_the_figures(s: &Value, h: &Happened) {
     assert_eq!(s["faults"], h.faulted, "{s}");
     assert_eq!(s["retried"], 0, "{s}");
     assert_eq!(s["last_exit"]["signal"], 11, "{s}");

@@ -469,17 +469,7 @@ fn a_manager_killed_under_load_leaves_no_orphan_past_its_request() {
             instances_of(&d.run)
         };
         // 4 clients, each with a 500 ms request in hand when charond dies.
-        let calls: Vec<_> = (0..4)
-            .map(|i| {
-                let run = d.run.clone();
-                std::thread::spawn(move || {
-                    let mut c = client_at(&run, Duration::from_secs(10));
-                    let req = Request::new(KEY, vec![i]).context("echo.sleep-ms", "500");
-                    let t0 = Instant::now();
-                    (c.call_request(&req), t0.elapsed())
-                })
-            })
-            .collect();
+        let calls = four_half_second_calls(&d.run);
         wait_for(LONG, "4 requests in hand", || {
             instances.iter().filter(|&&p| sleeping(p)).count() == 4
         });
@@ -499,13 +489,36 @@ fn a_manager_killed_under_load_leaves_no_orphan_past_its_request() {
             killed_at.elapsed()
         );
         // A new manager serves again on the same run dir.
-        let dir = std::mem::replace(&mut d.dir, TestDir::new());
-        let (conf, run) = (d.conf.clone(), d.run.clone());
-        drop(d);
-        d = Daemon::start_in(dir, conf, run);
+        d = started_again_in_its_dir(d);
         assert_eq!(d.client().call(KEY, b"again").expect("answered"), b"again");
         wait_for(LONG, "4 instances", || d.instances().len() == 4);
     }
+}
+
+/// A client call in its own thread: its result and how long it took.
+type TimedCall = std::thread::JoinHandle<(Result<Vec<u8>, charon_client::Error>, Duration)>;
+
+/// 4 client threads, each sending a request that takes 500 ms to serve.
+fn four_half_second_calls(run: &Path) -> Vec<TimedCall> {
+    (0..4)
+        .map(|i| {
+            let run = run.to_path_buf();
+            std::thread::spawn(move || {
+                let mut c = client_at(&run, Duration::from_secs(10));
+                let req = Request::new(KEY, vec![i]).context("echo.sleep-ms", "500");
+                let t0 = Instant::now();
+                (c.call_request(&req), t0.elapsed())
+            })
+        })
+        .collect()
+}
+
+/// A new charond on the dead one's dir, config and run dir.
+fn started_again_in_its_dir(mut d: Daemon) -> Daemon {
+    let dir = std::mem::replace(&mut d.dir, TestDir::new());
+    let (conf, run) = (d.conf.clone(), d.run.clone());
+    drop(d);
+    Daemon::start_in(dir, conf, run)
 }
 
 /// An instance sleeping in `echo.sleep-ms`.
