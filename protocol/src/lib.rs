@@ -14,7 +14,9 @@
 //! - [`fault`]: reserved service fault codes;
 //! - [`managed`]: the fds and environment a managed instance receives;
 //! - [`scoreboard`]: the shared-memory slots instances update;
-//! - [`report`]: the per-request records instances send the manager.
+//! - [`report`]: the per-request records instances send the manager;
+//! - [`template`]: the control messages between the manager and a
+//!   service's template (a fork server).
 //!
 //! `unsafe` lives in `sys` alone (the scoreboard's shared memory mapping).
 #![deny(missing_docs)]
@@ -32,6 +34,7 @@ pub mod managed;
 pub mod report;
 pub mod scoreboard;
 mod sys;
+pub mod template;
 
 pub use frame::{
     decode_request, decode_response, encode_ok_head, encode_request, encode_request_head,

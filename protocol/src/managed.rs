@@ -28,6 +28,12 @@
 //! | `SIGTERM`, `SIGINT` | [`STOP_SIGNAL`]: finish the request in hand, then exit 0 |
 //! | `SIGUSR1` | [`DRAIN_SIGNAL`]: finish the request in hand, serve the connections already queued on the socket, then exit 0 (a reload's old generation, a stopping manager's instances, and the death signal the manager arms, so its death loses no queued request) |
 //!
+//! A service configured with `template = true` has one more process per
+//! generation, its *template*, started like an instance but with
+//! [`ENV_TEMPLATE`] set instead of [`ENV_SLOT`] and, at fd 5,
+//! [`CONTROL_FD`]: a `SOCK_SEQPACKET` control channel over which the
+//! manager asks it to fork instances (see [`crate::template`]).
+//!
 //! Standalone and accept mode use other variables, listed here so that all
 //! names live in one place.
 
@@ -39,6 +45,8 @@ pub const LISTEN_FD: RawFd = 3;
 pub const SCOREBOARD_FD: RawFd = 4;
 /// The report channel in managed mode.
 pub const REPORT_FD: RawFd = 5;
+/// A template's control channel (in place of the report channel).
+pub const CONTROL_FD: RawFd = 5;
 
 /// Standalone mode: the request packet is read from this fd.
 pub const STANDALONE_REQUEST_FD: RawFd = 3;
@@ -47,6 +55,10 @@ pub const STANDALONE_RESPONSE_FD: RawFd = 4;
 
 /// Managed mode: the instance's scoreboard slot. Set only by the manager.
 pub const ENV_SLOT: &str = "CHARON_SLOT";
+/// Set (to `1`) in a template, which has no slot: the process initialises,
+/// then forks instances on the manager's command (see [`crate::template`]).
+/// Set only by the manager.
+pub const ENV_TEMPLATE: &str = "CHARON_TEMPLATE";
 /// Managed mode: the configured service key.
 pub const ENV_SERVICE_KEY: &str = "CHARON_SERVICE_KEY";
 /// The run dir holding the rendezvous sockets (also read by clients).

@@ -413,6 +413,15 @@ class Service:
         self._conn_poll_fd = -1
         slot = os.environ.get("CHARON_SLOT")
         accept_path = os.environ.get("CHARON_ACCEPT_SOCKET")
+        if slot is None and os.environ.get("CHARON_TEMPLATE") is not None:
+            # A template forks instances without exec (PROTOCOL.md 10.4),
+            # which a Python process cannot do soundly; charond falls back
+            # to exec'ing each instance when the template exits unready.
+            raise ServiceError(
+                "this service is configured with template = true, which the Python "
+                "library does not support (templates need the Rust charon-service "
+                "library): remove the key; charond starts every instance by exec meanwhile"
+            )
         if slot is not None:
             self.mode = MANAGED
             self._setup_managed(slot)

@@ -297,6 +297,16 @@ def test_no_mode_is_a_clear_error():
     assert b"no way to receive requests" in r.stderr
 
 
+def test_a_template_is_refused_with_a_clear_error():
+    env = {**service_env(), "CHARON_TEMPLATE": "1"}
+    r = subprocess.run([sys.executable, str(SERVICES / "svc.py")], env=env,
+                       capture_output=True, timeout=PATIENCE, stdin=subprocess.DEVNULL,
+                       close_fds=True)
+    assert r.returncode != 0
+    assert b"template = true" in r.stderr
+    assert b"does not support" in r.stderr
+
+
 def test_allowed_uids_refuse_other_peers(procs, tmp_short):
     sock = tmp_short / "svc.sock"
     # Neither our uid nor our gid is listed: refused with NOT_PERMITTED.

@@ -25,6 +25,7 @@ use crate::mode::{Mode, Setup, Source};
 use crate::options::Options;
 use crate::peer::{Allowed, Peer};
 use crate::sys;
+use crate::template::Template;
 
 /// Pause after `accept` fails for lack of fds or memory, so the loop does
 /// not spin while the shortage lasts.
@@ -56,6 +57,8 @@ pub(crate) struct Core {
     /// The process that made this core: a child the program forks
     /// (without exec) has copies of what the parent's core owns.
     pid: u32,
+    /// A template's endpoints until its first `next_request`.
+    template: Option<Template>,
 }
 
 impl Drop for Core {
@@ -229,7 +232,47 @@ impl Core {
             drain_since: None,
             idle,
             pid: std::process::id(),
+            template: setup.template,
         }
+    }
+
+    /// A template (see `template.rs`) becomes the fork server here, and
+    /// returns only in each instance it forks, set up as a managed
+    /// instance with the slot the manager gave it. Does nothing in any
+    /// other process.
+    pub(crate) fn become_instance(&mut self) -> Result<(), Error> {
+        let Some(template) = self.template.take() else {
+            return Ok(());
+        };
+        let forked = template
+            .serve(&self.name)
+            .map_err(|e| Error::io("start as an instance forked by the template", e))?;
+        // This process owns what it holds now, as an exec'd instance would.
+        self.pid = std::process::id();
+        if forked.slot >= forked.scoreboard.slot_count() {
+            return Err(Error::new(ErrorKind::BadEnv {
+                var: charon_protocol::managed::ENV_SLOT,
+                value: forked.slot.to_string(),
+                expected: "below the scoreboard's slot count",
+            }));
+        }
+        let managed = crate::mode::managed_part(
+            forked.scoreboard,
+            forked.scoreboard_fd,
+            forked.slot,
+            forked.report,
+        )?;
+        let Source::Listener(listener) = &self.source else {
+            return Err(Error::io(
+                "start as an instance forked by the template",
+                io::Error::other("a template without a listener"),
+            ));
+        };
+        let idle = IdleWait::new(listener.as_fd(), self.stop_fd, Some(managed.report_fd()))
+            .map_err(|e| Error::io("set up waiting for connections", e))?;
+        self.idle = Some(idle);
+        self.managed = Some(managed);
+        Ok(())
     }
 
     /// True in a child the program forked (without exec): the connection,

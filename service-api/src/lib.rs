@@ -80,6 +80,18 @@
 //!    the queue is empty. It also points its stderr at /dev/null then:
 //!    nobody reads the pipe any more, and `eprintln!` would panic on the
 //!    failed write, costing the request in hand.
+//!
+//!    A service configured with `template = true` also has a *template*:
+//!    the program started with `CHARON_TEMPLATE` set (and no slot). Its
+//!    `init` sets up as in managed mode; its first
+//!    [`Service::next_request`] turns it into a fork server that never
+//!    returns there: it forks each new instance on the manager's command,
+//!    and the call returns in each forked child, now an ordinary managed
+//!    instance. The program's own initialisation (before or after `init`)
+//!    is thus done once, not at every instance start. The program must be
+//!    single-threaded when it first calls `next_request` (the template
+//!    checks, and refuses to fork otherwise; the manager then execs
+//!    instances as usual). See PROTOCOL.md section 10.4.
 //! 2. **Accept mode**: `CHARON_ACCEPT_SOCKET=PATH`. The service binds and
 //!    listens on PATH itself, to run one instance by hand. A stale socket
 //!    file there (nobody listening) is replaced; a live one, or a file that
@@ -176,6 +188,7 @@
 //! | variable | meaning |
 //! |----------|---------|
 //! | `CHARON_SLOT` | managed mode: the scoreboard slot (set by the manager) |
+//! | `CHARON_TEMPLATE` | managed mode: this process is the service's template (set by the manager) |
 //! | `CHARON_ACCEPT_SOCKET` | accept mode: the socket path to listen on |
 //! | `CHARON_READ_TIMEOUT_MS` | [`Options::read_timeout`] in ms (default 10000) |
 //! | `CHARON_AFFINITY_TIMEOUT_MS` | [`Options::affinity_timeout`] in ms (default 60000) |
@@ -201,6 +214,7 @@ mod read;
 mod request;
 mod service;
 mod sys;
+mod template;
 
 pub use charon_protocol::fault;
 pub use charon_protocol::{Attributes, ContextIter, Limits, Serialization};

@@ -11,10 +11,10 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use charon_protocol::managed::{
-    ENV_ACCEPT_SOCKET, ENV_SLOT, LISTEN_FD, REPORT_FD, SCOREBOARD_FD, STANDALONE_REQUEST_FD,
-    STANDALONE_RESPONSE_FD,
+    CONTROL_FD, ENV_ACCEPT_SOCKET, ENV_SLOT, ENV_TEMPLATE, LISTEN_FD, REPORT_FD, SCOREBOARD_FD,
+    STANDALONE_REQUEST_FD, STANDALONE_RESPONSE_FD,
 };
-use charon_protocol::scoreboard::SlotState;
+use charon_protocol::scoreboard::{Scoreboard, SlotState};
 use nix::sys::socket::{
     getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
 };
@@ -23,12 +23,16 @@ use crate::bind::{bind, Bound};
 use crate::error::{Error, ErrorKind};
 use crate::managed::{check_report_fd, Managed};
 use crate::sys;
+use crate::template::Template;
 
 /// How this process is being run. The program never needs to know; it is
 /// exposed for logs and diagnostics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Started by the manager with the arranged fds (`CHARON_SLOT` is set).
+    /// Started by the manager with the arranged fds (`CHARON_SLOT` is set),
+    /// or forked by the service's template (`CHARON_TEMPLATE` is set: the
+    /// process is the template until its first `next_request`, which
+    /// returns only in the instances it forks).
     Managed,
     /// Listening on `CHARON_ACCEPT_SOCKET` itself.
     Accept,
@@ -57,6 +61,8 @@ pub(crate) struct Setup {
     pub(crate) source: Source,
     pub(crate) managed: Option<Managed>,
     pub(crate) bound: Option<Bound>,
+    /// A template's endpoints, until its first `next_request` forks.
+    pub(crate) template: Option<Template>,
 }
 
 /// Chooses the mode and sets it up. The caller has claimed the process
@@ -64,6 +70,9 @@ pub(crate) struct Setup {
 pub(crate) fn setup(env: &dyn Fn(&str) -> Option<String>) -> Result<Setup, Error> {
     if let Some(slot) = env(ENV_SLOT) {
         return managed(&slot);
+    }
+    if env(ENV_TEMPLATE).is_some() {
+        return template();
     }
     if let Some(path) = env(ENV_ACCEPT_SOCKET) {
         return accept(Path::new(&path));
@@ -76,6 +85,7 @@ pub(crate) fn setup(env: &dyn Fn(&str) -> Option<String>) -> Result<Setup, Error
             source: Source::Standalone { input, output },
             managed: None,
             bound: None,
+            template: None,
         });
     }
     Err(Error::new(ErrorKind::NoMode))
@@ -91,14 +101,8 @@ fn adopt(fd: i32, expected: &'static str) -> Result<OwnedFd, Error> {
     })
 }
 
-fn managed(slot_text: &str) -> Result<Setup, Error> {
-    let slot: u32 = slot_text.trim().parse().map_err(|_| {
-        Error::new(ErrorKind::BadEnv {
-            var: ENV_SLOT,
-            value: slot_text.to_string(),
-            expected: "a scoreboard slot index (a whole number)",
-        })
-    })?;
+/// The listener (fd 3) and the scoreboard (fd 4), adopted and checked.
+fn listener_and_scoreboard() -> Result<(UnixListener, Scoreboard, OwnedFd), Error> {
     const LISTEN: &str = "a listening AF_UNIX stream socket (the rendezvous socket)";
     let listen = adopt(LISTEN_FD, LISTEN)?;
     check_listener(listen.as_fd(), LISTEN_FD)?;
@@ -110,6 +114,33 @@ fn managed(slot_text: &str) -> Result<Setup, Error> {
             found: format!("not a scoreboard ({e})"),
         })
     })?;
+    let listener = UnixListener::from(listen);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("make the rendezvous socket non-blocking", e))?;
+    Ok((listener, scoreboard, sb_fd))
+}
+
+/// Fd 5: a `SOCK_SEQPACKET` socket, the report (or a template's control)
+/// channel.
+fn seqpacket(fd: i32, what: &'static str) -> Result<OwnedFd, Error> {
+    let owned = adopt(fd, what)?;
+    match check_report_fd(owned.as_fd()) {
+        Ok(true) => Ok(owned),
+        Ok(false) => Err(bad_fd(fd, what, "another kind of socket".into())),
+        Err(e) => Err(bad_fd(fd, what, format!("not a socket ({e})"))),
+    }
+}
+
+fn managed(slot_text: &str) -> Result<Setup, Error> {
+    let slot: u32 = slot_text.trim().parse().map_err(|_| {
+        Error::new(ErrorKind::BadEnv {
+            var: ENV_SLOT,
+            value: slot_text.to_string(),
+            expected: "a scoreboard slot index (a whole number)",
+        })
+    })?;
+    let (listener, scoreboard, sb_fd) = listener_and_scoreboard()?;
     if slot >= scoreboard.slot_count() {
         return Err(Error::new(ErrorKind::BadEnv {
             var: ENV_SLOT,
@@ -117,28 +148,45 @@ fn managed(slot_text: &str) -> Result<Setup, Error> {
             expected: "below the scoreboard's slot count",
         }));
     }
-    const REPORT: &str = "a SOCK_SEQPACKET socket (the report channel)";
-    let report = adopt(REPORT_FD, REPORT)?;
-    match check_report_fd(report.as_fd()) {
-        Ok(true) => {}
-        Ok(false) => return Err(bad_fd(REPORT_FD, REPORT, "another kind of socket".into())),
-        Err(e) => return Err(bad_fd(REPORT_FD, REPORT, format!("not a socket ({e})"))),
-    }
-    let listener = UnixListener::from(listen);
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::io("make the rendezvous socket non-blocking", e))?;
+    let report = seqpacket(REPORT_FD, "a SOCK_SEQPACKET socket (the report channel)")?;
     sys::watch_manager().map_err(|e| Error::io("open /dev/null for after the manager", e))?;
-    let managed = Managed::new(scoreboard, sb_fd, slot, report);
-    managed
-        .flush_at_exit()
-        .map_err(|e| Error::io("register the exit hook for the report channel", e))?;
-    managed.set_state(SlotState::Starting);
+    let managed = managed_part(scoreboard, sb_fd, slot, report)?;
     Ok(Setup {
         mode: Mode::Managed,
         source: Source::Listener(listener),
         managed: Some(managed),
         bound: None,
+        template: None,
+    })
+}
+
+/// An instance's scoreboard slot and report channel, marked starting.
+pub(crate) fn managed_part(
+    scoreboard: Scoreboard,
+    sb_fd: OwnedFd,
+    slot: u32,
+    report: OwnedFd,
+) -> Result<Managed, Error> {
+    let managed = Managed::new(scoreboard, sb_fd, slot, report);
+    managed
+        .flush_at_exit()
+        .map_err(|e| Error::io("register the exit hook for the report channel", e))?;
+    managed.set_state(SlotState::Starting);
+    Ok(managed)
+}
+
+/// A template: the listener and scoreboard as an instance's, a control
+/// channel at fd 5, no slot (`template.rs`).
+fn template() -> Result<Setup, Error> {
+    let (listener, scoreboard, sb_fd) = listener_and_scoreboard()?;
+    let control = seqpacket(CONTROL_FD, "a SOCK_SEQPACKET socket (the control channel)")?;
+    sys::watch_manager().map_err(|e| Error::io("open /dev/null for after the manager", e))?;
+    Ok(Setup {
+        mode: Mode::Managed,
+        source: Source::Listener(listener),
+        managed: None,
+        bound: None,
+        template: Some(Template::new(scoreboard, sb_fd, control)),
     })
 }
 
@@ -185,6 +233,7 @@ fn accept(path: &Path) -> Result<Setup, Error> {
         source: Source::Listener(listener),
         managed: None,
         bound: Some(bound),
+        template: None,
     })
 }
 

@@ -80,6 +80,9 @@ impl Service {
         let stop_fd =
             sys::install_stop_handler().map_err(|e| Error::io("install the SIGTERM handler", e))?;
         let idle = match &setup.source {
+            // A template's instances make their own wait set: an epoll set
+            // made here would be shared by all of them.
+            Source::Listener(_) if setup.template.is_some() => None,
             Source::Listener(l) => Some(
                 IdleWait::new(
                     l.as_fd(),
@@ -118,11 +121,18 @@ impl Service {
     /// sends nothing within the read timeout) is answered with a framework
     /// error and dropped here; it never reaches the program.
     ///
+    /// In a template (`CHARON_TEMPLATE`), the first call never returns in
+    /// the template itself: it forks instances on the manager's command
+    /// and returns in each of them (see the crate docs); the process must
+    /// be single-threaded then.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Io`] if accepting or waiting fails in a way that will
-    /// not heal (the listening socket was closed under us, for instance).
+    /// not heal (the listening socket was closed under us, for instance),
+    /// or if an instance forked by a template cannot take its fds.
     pub fn next_request(&mut self) -> Result<Option<Request<'_>>, Error> {
+        self.core.become_instance()?;
         let limits = self.core.opts.limits;
         self.clear_buf();
         let frame_len = loop {

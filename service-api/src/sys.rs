@@ -256,3 +256,168 @@ pub(crate) fn at_exit(hook: extern "C" fn()) -> io::Result<()> {
     }
     Ok(())
 }
+
+// ---- The template's fork server (`template.rs`) ----
+
+/// The template's fork: a raw `clone(CLONE_PARENT | SIGCHLD)`, so that
+/// the new process is a child of the template's parent (the manager, which
+/// reaps it and sees its exit status), not of the template. `Ok(None)` in
+/// the child, `Ok(Some(pid))` in the template.
+///
+/// The caller must have checked that this process runs one thread
+/// ([`thread_count`]) and must call this from no signal handler and with no
+/// lock held.
+pub(crate) fn clone_parent() -> io::Result<Option<u32>> {
+    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: a clone with no CLONE_VM and a null stack is a fork: the
+    // child gets a copy of this process's memory and continues on its copy
+    // of this stack, returning 0 from this call. glibc's fork(3) does more
+    // than the syscall (atfork handlers, resetting its locks and the
+    // thread-id cache), and skipping that is sound here because:
+    // - the process runs one thread (the caller checked /proc/self/task),
+    //   so no lock (malloc's, stdio's, Rust std's) is held by another
+    //   thread at the fork, and this thread holds none here;
+    // - getpid(2) is not cached by glibc since 2.25, so the child's
+    //   `std::process::id()` is its own;
+    // - glibc's raise/abort signal the calling thread found with gettid(2),
+    //   not the thread-id its TCB still holds from the template;
+    // - Rust's std keys its reentrant locks on its own per-thread ids, kept
+    //   in thread-local memory the child copied with the one thread;
+    // - nothing in this crate registers atfork handlers, and the child
+    //   resets what the library shares with the template (the wake-up
+    //   eventfd, `reset_after_clone`).
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match pid {
+        0 => Ok(None),
+        p if p > 0 => Ok(Some(u32::try_from(p).unwrap_or(0))),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// The number of threads of this process (entries in `/proc/self/task`).
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Receives one message from the `SOCK_SEQPACKET` socket `sock` into `buf`,
+/// waiting for it, with the fds sent along it (`SCM_RIGHTS`, up to 4)
+/// owned and close-on-exec. 0 bytes means the peer hung up.
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let m = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in m.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: recvmsg(2) just installed these fds in this process
+            // for this message (SCM_RIGHTS); each number appears once and
+            // nothing else owns or closes them.
+            fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+        }
+    }
+    Ok((m.bytes, fds))
+}
+
+/// In a new instance forked by the template: puts `stderr` on fd 2 and
+/// `report` on fd 5, where `control` (the template's control channel, which
+/// the child must not keep) was. Returns fd 5, now the report channel,
+/// close-on-exec like an exec'd instance's.
+pub(crate) fn place_child_fds(
+    control: OwnedFd,
+    stderr: OwnedFd,
+    report: OwnedFd,
+) -> io::Result<OwnedFd> {
+    let target = control.as_raw_fd();
+    // SAFETY: both are valid open fds; dup2 atomically replaces what fd 2
+    // refers to (the template's stderr pipe, which this child must not
+    // write to) and clears close-on-exec on it, as stderr should be.
+    if unsafe { libc::dup2(stderr.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `target` is the fd `control` owns; dup2 replaces the control
+    // channel there with the report channel in one step, and `control`
+    // keeps owning the fd number, which now refers to the report channel.
+    if unsafe { libc::dup2(report.as_raw_fd(), target) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    fcntl(&control, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(control)
+}
+
+/// In a new instance forked by the template, before anything else: forgets
+/// the stop and drain requests the template may have seen (they were the
+/// template's), and gives the instance a wake-up eventfd of its own at the
+/// same fd number (the template's is shared with it and every sibling: a
+/// signal to one would wake them all).
+pub(crate) fn reset_after_clone() -> io::Result<()> {
+    STOP.store(false, Ordering::Release);
+    DRAIN.store(false, Ordering::Release);
+    let Some(wake) = WAKE.get() else {
+        return Ok(());
+    };
+    let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+    let fresh = OwnedFd::from(EventFd::from_value_and_flags(0, flags)?);
+    // SAFETY: both are valid open fds; `wake` is never closed (a static),
+    // and dup2 atomically makes its number refer to the fresh eventfd, so
+    // the handler, which writes to that number, wakes this process only.
+    if unsafe { libc::dup2(fresh.as_raw_fd(), wake.as_raw_fd()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    fcntl(wake, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+/// The wake-up eventfd, once [`install_stop_handler`] made it.
+pub(crate) fn wake_fd() -> Option<BorrowedFd<'static>> {
+    WAKE.get().map(AsFd::as_fd)
+}
+
+/// Clears the wake-up eventfd (the template polls it, and a child that
+/// was signalled before it replaced its copy may have written to it).
+pub(crate) fn clear_wake() {
+    if let Some(wake) = WAKE.get() {
+        let mut buf = [0u8; 8];
+        let _ = nix::unistd::read(wake, &mut buf);
+    }
+}
+
+/// In a new instance forked by the template: its own process group, as
+/// an exec'd instance has, and the manager's death signal (SIGUSR1: drain),
+/// which a fork does not inherit. If the manager died before the signal
+/// was armed, the instance drains at once.
+pub(crate) fn join_own_group(manager: i32) -> io::Result<()> {
+    nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches
+    // no memory of ours.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGUSR1 as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != manager {
+        DRAIN.store(true, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// The manager's pid as [`watch_manager`] recorded it (0 if not managed).
+pub(crate) fn manager_pid() -> i32 {
+    MANAGER_PID.load(Ordering::Acquire)
+}
