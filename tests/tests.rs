@@ -32,3 +32,5 @@ mod firsthour;
 mod image;
 // Under systemd: notify, the fd store, socket activation.
 mod systemd;
+// Templates: instances forked from a pre-initialised program.
+mod template;

@@ -88,6 +88,8 @@ mod stats;
 mod stderr;
 mod svc;
 mod sys;
+mod template;
+mod templates;
 mod timers;
 mod tokens;
 

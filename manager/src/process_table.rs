@@ -39,6 +39,9 @@ pub(crate) struct Instance {
     busy: f64,
     /// Report messages that could not be decoded.
     bad_reports: u32,
+    /// The strongest signal asked for while its pid was unknown (a start
+    /// a template has not answered yet), sent once it is known.
+    deferred: Option<nix::sys::signal::Signal>,
 }
 
 /// Which of an instance's two pipes.
@@ -95,11 +98,50 @@ impl Instance {
             idle_since: now,
             busy: 0.0,
             bad_reports: 0,
+            deferred: None,
         }
     }
 
+    /// Its pid; 0 while a template has not said it yet.
     pub(crate) const fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Keeps `sig` for when its pid is known: SIGKILL over SIGTERM over
+    /// SIGUSR1.
+    pub(crate) fn defer(&mut self, sig: nix::sys::signal::Signal) {
+        use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
+        let rank = |s: nix::sys::signal::Signal| match s {
+            SIGKILL => 2,
+            SIGTERM => 1,
+            _ => 0,
+        };
+        if self.deferred.is_none_or(|d| rank(sig) >= rank(d)) {
+            self.deferred = Some(sig);
+        }
+    }
+
+    /// Started again by exec in the same slot after its template could not
+    /// start it: a new process, pipes and start-up deadline. Returns the
+    /// old pipes, to deregister.
+    pub(crate) fn relaunched(
+        &mut self,
+        pid: i32,
+        stderr: OwnedFd,
+        report: OwnedFd,
+        now: Instant,
+        ready_by: Instant,
+    ) -> Vec<OwnedFd> {
+        let old = [self.stderr.take(), self.report.take()];
+        self.pid = pid;
+        self.stderr = Some(stderr);
+        self.report = Some(report);
+        self.started = now;
+        self.idle_since = now;
+        if matches!(self.life, Life::Starting { .. }) {
+            self.life = Life::new(ready_by);
+        }
+        old.into_iter().flatten().collect()
     }
 
     /// The generation (a `services.rs` index) it belongs to.
@@ -249,7 +291,8 @@ pub(crate) struct ProcessTable {
 }
 
 impl ProcessTable {
-    /// Adds an instance, returning its id.
+    /// Adds an instance, returning its id; a pid of 0 (not known yet) is
+    /// indexed once [`ProcessTable::set_pid`] gives it.
     pub(crate) fn insert(&mut self, inst: Instance) -> usize {
         debug_assert!(!self.by_pid.contains_key(&inst.pid), "pid in table twice");
         let pid = inst.pid;
@@ -263,8 +306,23 @@ impl ProcessTable {
                 self.slab.len() - 1
             }
         };
-        self.by_pid.insert(pid, id);
+        if pid != 0 {
+            self.by_pid.insert(pid, id);
+        }
         id
+    }
+
+    /// An instance started by a template has this pid (it was 0). Returns
+    /// the signal deferred until then, if any.
+    pub(crate) fn set_pid(&mut self, id: usize, pid: i32) -> Option<nix::sys::signal::Signal> {
+        let inst = self.slab.get_mut(id)?.as_mut()?;
+        debug_assert!(!self.by_pid.contains_key(&pid), "pid in table twice");
+        if inst.pid != 0 {
+            self.by_pid.remove(&inst.pid);
+        }
+        inst.pid = pid;
+        self.by_pid.insert(pid, id);
+        inst.deferred.take()
     }
 
     /// Removes the instance with this pid (it was reaped).
@@ -273,6 +331,16 @@ impl ProcessTable {
         let inst = self.slab.get_mut(id)?.take()?;
         debug_assert_eq!(inst.pid, pid);
         Some((id, inst))
+    }
+
+    /// Removes instance `id`, whose process never ran (a start its
+    /// template did not answer, and exec could not redo).
+    pub(crate) fn remove_id(&mut self, id: usize) -> Option<Instance> {
+        let inst = self.slab.get_mut(id)?.take()?;
+        if inst.pid != 0 {
+            self.by_pid.remove(&inst.pid);
+        }
+        Some(inst)
     }
 
     /// The id of the instance with this pid.
@@ -316,11 +384,11 @@ impl ProcessTable {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.by_pid.len()
+        self.iter().count()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.by_pid.is_empty()
+        self.iter().next().is_none()
     }
 }
 

@@ -31,6 +31,10 @@ pub(crate) struct Launch<'a> {
     pub listen: &'a OwnedFd,
     pub scoreboard: &'a OwnedFd,
     pub devnull: &'a OwnedFd,
+    /// Start the service's template (PROTOCOL.md section 10.4): no slot,
+    /// `CHARON_TEMPLATE` set, and fd 5 its control channel, which comes
+    /// back as [`Spawned::report`].
+    pub template: bool,
 }
 
 /// A started instance's manager-side fds.
@@ -38,7 +42,8 @@ pub(crate) struct Spawned {
     pub pid: i32,
     /// Read end of the instance's stderr pipe (non-blocking).
     pub stderr: OwnedFd,
-    /// Manager end of the report channel (non-blocking).
+    /// Manager end of the report channel (non-blocking); a template's
+    /// control channel.
     pub report: OwnedFd,
 }
 
@@ -82,9 +87,14 @@ fn cstring(what: &str, bytes: &[u8]) -> io::Result<CString> {
 /// manager's environment is passed on.
 pub(crate) fn environment(l: &Launch<'_>, path_var: &str) -> Vec<(String, String)> {
     let c = l.config;
+    let slot_or_template = if l.template {
+        (managed::ENV_TEMPLATE.to_string(), "1".to_string())
+    } else {
+        (managed::ENV_SLOT.to_string(), l.slot.to_string())
+    };
     let mut env = vec![
         ("PATH".to_string(), path_var.to_string()),
-        (managed::ENV_SLOT.to_string(), l.slot.to_string()),
+        slot_or_template,
         (
             managed::ENV_SERVICE_KEY.to_string(),
             c.key.as_str().to_string(),
@@ -302,18 +312,7 @@ impl Spawner for ForkExec {
 /// pipe, socketpair or clone.
 pub(crate) fn spawn(l: &Launch<'_>) -> io::Result<Spawned> {
     let plan = plan(l)?;
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-    // The child's end must block: only our end is non-blocking. pipe2 sets
-    // O_NONBLOCK on both, so clear it on the write end.
-    nix::fcntl::fcntl(&err_w, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))?;
-    crate::stderr::enlarge_pipe(&err_r);
-    let (rep_m, rep_c) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
-    nix::fcntl::fcntl(&rep_m, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let ((err_r, err_w), (rep_m, rep_c)) = channels()?;
     let fds = ChildFds {
         fds: [
             l.devnull.as_fd(),
@@ -333,6 +332,52 @@ pub(crate) fn spawn(l: &Launch<'_>) -> io::Result<Spawned> {
         stderr: err_r,
         report: rep_m,
     })
+}
+
+/// An instance's stderr pipe and report channel: the manager's ends
+/// (non-blocking) and the instance's (blocking).
+fn channels() -> io::Result<((OwnedFd, OwnedFd), (OwnedFd, OwnedFd))> {
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    // The child's end must block: only our end is non-blocking. pipe2 sets
+    // O_NONBLOCK on both, so clear it on the write end.
+    nix::fcntl::fcntl(&err_w, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))?;
+    crate::stderr::enlarge_pipe(&err_r);
+    let (rep_m, rep_c) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    nix::fcntl::fcntl(&rep_m, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok(((err_r, err_w), (rep_m, rep_c)))
+}
+
+/// Asks a READY template (its control channel, non-blocking) to fork the
+/// instance for `slot`: makes the instance's stderr pipe and report
+/// channel as [`spawn`] does, sends their instance ends with the START,
+/// and returns the manager's ends. Never waits: a full channel is an
+/// error (`EAGAIN`), and the caller starts the instance by exec instead.
+///
+/// # Errors
+///
+/// Creating the pipe or socketpair, or sending.
+pub(crate) fn start_via_template(control: &OwnedFd, slot: u32) -> io::Result<(OwnedFd, OwnedFd)> {
+    use charon_protocol::template::{encode_command, Command};
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let ((err_r, err_w), (rep_m, rep_c)) = channels()?;
+    let msg = encode_command(Command::Start { slot });
+    let fds = [err_w.as_raw_fd(), rep_c.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [io::IoSlice::new(&msg)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    loop {
+        match sendmsg::<()>(control.as_raw_fd(), &iov, &cmsg, flags, None) {
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Ok((err_r, rep_m)),
+        }
+    }
 }
 
 /// charond's children, from its main thread's `children` file (instances

@@ -198,6 +198,14 @@ impl Svc {
         self.publish_slots_in_use();
     }
 
+    /// The instance in `slot` runs as `pid`, which its template (or an
+    /// exec in its place) has just said.
+    pub(crate) fn set_slot_pid(&self, slot: u32, pid: i32) {
+        if let Some(sl) = self.board.slot(slot) {
+            sl.pid.store(pid as u32, Ordering::Relaxed);
+        }
+    }
+
     /// Frees the slot of a reaped instance that `reported` requests.
     /// Returns the requests it completed, reported or still in an unsent
     /// batch (its slot counts them too); those never reported are added

@@ -45,6 +45,8 @@ pub(crate) enum Timer {
     Instance(usize),
     /// An instance's request may pass `unresponsive-timeout`.
     Unresponsive(usize),
+    /// A template's start, ready or kill deadline (`template.rs`).
+    Template(usize),
 }
 
 /// The deadlines, by timer and by time.

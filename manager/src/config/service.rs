@@ -36,6 +36,9 @@ pub struct ServiceConfig {
     /// `prestart-processes` (default false): start the minimum at once
     /// instead of on the first connect.
     pub prestart_processes: bool,
+    /// `template` (default false): start instances by forking a
+    /// pre-initialised template of the program instead of exec'ing it.
+    pub template: bool,
     /// `occupancy-percent` (default 70, 1-100): shrink when busy time over
     /// wall time stays below this (with hysteresis).
     pub occupancy_percent: u8,
@@ -108,6 +111,7 @@ impl ServiceConfig {
             minimum_processes: 1,
             maximum_processes: 10,
             prestart_processes: false,
+            template: false,
             occupancy_percent: 70,
             idle_timeout: Duration::from_secs(120),
             maximum_requests: 10_000,

@@ -61,6 +61,7 @@ const EVERY_KEY: &str = r#"
         minimum-processes = 2
         maximum-processes = 40
         prestart-processes = true
+        template = true
         occupancy-percent = 85
         idle-timeout = "2m"
         maximum-requests = 0
@@ -102,6 +103,7 @@ fn every_key_wanted() -> ServiceConfig {
     want.minimum_processes = 2;
     want.maximum_processes = 40;
     want.prestart_processes = true;
+    want.template = true;
     want.occupancy_percent = 85;
     want.idle_timeout = Duration::from_secs(120);
     want.maximum_requests = 0;

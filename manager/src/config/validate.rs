@@ -251,6 +251,9 @@ impl Validator<'_> {
         if let Some(v) = &raw.prestart_processes {
             cfg.prestart_processes = v.value;
         }
+        if let Some(v) = &raw.template {
+            cfg.template = v.value;
+        }
         put(
             &mut cfg.occupancy_percent,
             raw.occupancy_percent.as_ref().map(|v| self.int(v, 1, 100)),

@@ -44,6 +44,7 @@ impl Manager {
         self.timers.set(Timer::Generation(o), Some(now));
         self.timers.set(Timer::Saturation(o), None);
         self.events.push_back((o, Event::Shutdown));
+        self.stop_template(o);
         if self.services[o].watch() != Watch::Off {
             self.set_watch(o, Watch::Off);
         }
@@ -191,6 +192,7 @@ impl Manager {
         }
         self.events.retain(|(s, _)| *s != o);
         self.cancel_service_timers(o);
+        self.detach_template(o);
         let Some(mut old) = self.services.remove(o) else {
             return;
         };

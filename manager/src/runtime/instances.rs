@@ -33,6 +33,10 @@ impl Manager {
         // this loop runs again (charond preempted after the fork), and a
         // saturation hint it would send must not be lost to a stale flag.
         self.publish_hints(s, self.live_count(s) + 1);
+        if let Some(id) = self.start_via_template(s, why) {
+            self.update_hints(s);
+            return Some(id);
+        }
         let limit = self.request_limit(s);
         let svc = &mut self.services[s];
         let key = svc.config().key.as_str().to_string();
@@ -53,6 +57,7 @@ impl Manager {
             listen: svc.listen(),
             scoreboard: svc.board_fd(),
             devnull: &self.devnull,
+            template: false,
         };
         let spawned = match self.spawner.spawn(&launch) {
             Ok(sp) => sp,
@@ -78,7 +83,7 @@ impl Manager {
     /// A launch of service `s` failed: a starved resource stops launches
     /// for a while; anything else is logged, counted and fed back to the
     /// service as a young exit.
-    fn launch_failed(&mut self, s: usize, key: &str, e: &std::io::Error) {
+    pub(super) fn launch_failed(&mut self, s: usize, key: &str, e: &std::io::Error) {
         if let Some(problem) = crate::starved::resource_failure(e) {
             self.starved(s, problem);
             return;
@@ -103,7 +108,7 @@ impl Manager {
     /// Records a launched instance of service `s` in `slot`: its process
     /// table entry, its start-up deadline and its pipes in the poll.
     /// Returns its id.
-    fn track_launched(&mut self, s: usize, slot: u32, spawned: Spawned) -> usize {
+    pub(super) fn track_launched(&mut self, s: usize, slot: u32, spawned: Spawned) -> usize {
         let svc = &mut self.services[s];
         svc.launched(slot, spawned.pid);
         let now = Instant::now();
@@ -155,7 +160,7 @@ impl Manager {
         self.replace(s, owed);
     }
 
-    fn register_instance(&mut self, id: usize) {
+    pub(super) fn register_instance(&mut self, id: usize) {
         let Some(inst) = self.procs.get(id) else {
             return;
         };
@@ -173,7 +178,7 @@ impl Manager {
         }
     }
 
-    fn unregister(&self, fd: &OwnedFd) {
+    pub(super) fn unregister(&self, fd: &OwnedFd) {
         let _ = self
             .poll
             .registry()
@@ -182,7 +187,7 @@ impl Manager {
 
     /// `maximum-requests` minus a random share of up to the jitter percent,
     /// so that instances started together do not retire together.
-    fn request_limit(&mut self, s: usize) -> u64 {
+    pub(super) fn request_limit(&mut self, s: usize) -> u64 {
         let c = self.services[s].config();
         self.jitter
             .limit(c.maximum_requests, u64::from(c.maximum_requests_jitter))
@@ -209,8 +214,14 @@ impl Manager {
     /// table, i.e. not yet reaped, can be named, so the pid cannot have been
     /// reused.
     pub(crate) fn signal(&mut self, id: usize, sig: Signal) {
-        if let Some(pid) = self.procs.get(id).map(|i| i.pid()) {
-            self.spawner.signal(pid, sig);
+        match self.procs.get_mut(id) {
+            // Its template has not said its pid yet: sent once it has.
+            Some(inst) if inst.pid() == 0 => inst.defer(sig),
+            Some(inst) => {
+                let pid = inst.pid();
+                self.spawner.signal(pid, sig);
+            }
+            None => {}
         }
     }
 
@@ -289,7 +300,12 @@ impl Manager {
         }
         match inst.life() {
             Life::Starting { .. } => {
-                if !self.note_ready(id, now) {
+                let unanswered = inst.pid() == 0;
+                // Ready, or its template did not answer its start in time
+                // (the template is killed and the start redone by exec).
+                let handled =
+                    self.note_ready(id, now) || (unanswered && self.start_unanswered(id, now));
+                if !handled {
                     self.life_event(id, instance::Event::StartupOver);
                 }
             }
@@ -428,8 +444,10 @@ impl Manager {
     /// to the service automaton (young or mature: `instance::young`).
     pub(crate) fn on_reaped(&mut self, r: sys::Reaped) {
         let Some(id) = self.procs.id_of(r.pid) else {
-            // A process an instance left behind, or (as PID 1) anyone's.
-            self.orphan_reaped(&r);
+            // A template, an instance whose template has not said its pid
+            // yet, a process an instance left behind, or (as PID 1)
+            // anyone's.
+            self.reaped_not_instance(r);
             return;
         };
         self.read_stderr(id, true);
@@ -605,7 +623,7 @@ impl Manager {
 
     /// A retiree whose replacement (instance `id`) died waits for a new
     /// one (the id may be reused by an unrelated instance).
-    fn replacement_gone(&mut self, id: usize) {
+    pub(super) fn replacement_gone(&mut self, id: usize) {
         let retirees: Vec<usize> = self
             .procs
             .iter()

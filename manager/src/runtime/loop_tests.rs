@@ -44,6 +44,9 @@ struct Seen {
     children: Vec<i32>,
     /// Make each spawn fail with this errno.
     fail: Option<i32>,
+    /// Templates started (`template = true`): pid and the far end of the
+    /// control channel, which the test plays.
+    templates: Vec<(i32, OwnedFd)>,
 }
 
 struct Recorder {
@@ -67,6 +70,15 @@ impl Spawner for Recorder {
         self.next_pid += 1;
         let pid = 40_000_000 + self.next_pid;
         let mut seen = self.seen.borrow_mut();
+        if l.template {
+            seen.templates.push((pid, theirs));
+            drop(w);
+            return Ok(Spawned {
+                pid,
+                stderr: r,
+                report: ours,
+            });
+        }
         seen.spawned.push((pid, l.slot));
         seen.stderr.push(w);
         seen.report.push(theirs);
@@ -1026,4 +1038,177 @@ fn the_loop_runs_only_the_timers_that_are_due_and_they_drive_retry_tick_and_orph
     // The tick, overdue at the first of those turns, ran there only and
     // is due again one period after it.
     assert_eq!(r.m.timers.get(Timer::Tick), Some(due - ms(1) + super::TICK));
+}
+
+// ---- Templates (`template = true`): the test plays the template on its
+// control channel; starts it cannot take are done by exec.
+
+impl Rig {
+    /// Template `i` says `reply`, and the loop reads it.
+    fn template_says(&mut self, i: usize, reply: &charon_protocol::template::Reply) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.seen.borrow().templates[i].1);
+        send(
+            fd,
+            &charon_protocol::template::encode_reply(reply),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        self.m.read_template(0);
+        self.m.process_events();
+    }
+
+    /// The START template `i` was sent: its slot and the fds with it.
+    fn template_start(&self, i: usize) -> (u32, usize) {
+        use charon_protocol::template::{decode_command, Command};
+        use nix::sys::socket::{recvmsg, ControlMessageOwned};
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.seen.borrow().templates[i].1);
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+        let m = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT).unwrap();
+        let mut fds = 0;
+        for c in m.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                fds += raw.len();
+                for r in raw {
+                    nix::unistd::close(r).unwrap();
+                }
+            }
+        }
+        let n = m.bytes;
+        let Command::Start { slot } = decode_command(&buf[..n]).unwrap();
+        (slot, fds)
+    }
+
+    fn template_pid(&self, i: usize) -> i32 {
+        self.seen.borrow().templates[i].0
+    }
+
+    /// A ready template and one start sent to it: its slot and instance id.
+    fn start_one_via_template(&mut self) -> (u32, usize) {
+        use charon_protocol::template::Reply;
+        self.template_says(0, &Reply::Ready);
+        let execs = self.pids().len();
+        let id = self.m.spawn_one(0, StartWhy::Grow).unwrap();
+        assert_eq!(self.pids().len(), execs, "no exec: the template forks it");
+        let (slot, fds) = self.template_start(0);
+        assert_eq!(fds, 2, "its stderr and report channel go with the start");
+        assert_eq!(self.m.procs.get(id).unwrap().pid(), 0, "pid unknown yet");
+        (slot, id)
+    }
+}
+
+fn template_rig() -> Rig {
+    let mut r = rig(|c| {
+        // The knob under test.
+        c.template = true;
+        c.prestart_processes = true;
+    });
+    r.begin();
+    r
+}
+
+#[test]
+fn a_template_not_ready_yet_leaves_the_start_to_exec_and_a_ready_one_forks() {
+    use charon_protocol::template::Reply;
+    let mut r = template_rig();
+    assert_eq!(r.seen.borrow().templates.len(), 1, "started with the first");
+    assert_eq!(r.pids().len(), 1, "the first instance is exec'd meanwhile");
+    let (slot, id) = r.start_one_via_template();
+    assert_eq!(slot, 1);
+    assert_eq!(r.m.live_count(0), 2, "the start counts as capacity at once");
+    // A stop asked before the pid is known is sent once it is.
+    r.m.stop_instance(id, KillReason::Idle);
+    assert!(r.seen.borrow().signals.is_empty());
+    r.template_says(
+        0,
+        &Reply::Started {
+            slot,
+            pid: 60_000_001,
+        },
+    );
+    assert_eq!(r.m.procs.id_of(60_000_001), Some(id));
+    let board = r.m.services[0].board();
+    assert_eq!(
+        board.slot(slot).unwrap().pid.load(Ordering::Relaxed),
+        60_000_001
+    );
+    assert_eq!(r.seen.borrow().signals, [(60_000_001, Signal::SIGTERM)]);
+    assert_eq!(r.stats()["launches"], 2);
+}
+
+#[test]
+fn a_failed_fork_is_redone_by_exec_in_the_same_slot() {
+    use charon_protocol::template::Reply;
+    let mut r = template_rig();
+    let (slot, id) = r.start_one_via_template();
+    r.template_says(
+        0,
+        &Reply::Failed {
+            slot,
+            errno: libc::EAGAIN,
+        },
+    );
+    let seen = r.seen.borrow().spawned.clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].1, slot, "exec'd in the slot it was given");
+    assert_eq!(r.m.procs.id_of(seen[1].0), Some(id), "the same instance");
+    assert_eq!(
+        r.stats()["exits"]["launch_failed"],
+        0,
+        "not the service's failure"
+    );
+}
+
+#[test]
+fn a_template_that_dies_with_starts_pending_has_them_exec_d_and_is_restarted() {
+    let mut r = template_rig();
+    let (slot, id) = r.start_one_via_template();
+    r.exit(r.template_pid(0), WaitStatus::Signaled(libc::SIGKILL));
+    let seen = r.seen.borrow().spawned.clone();
+    assert_eq!(seen.last().unwrap().1, slot);
+    assert_eq!(r.m.procs.id_of(seen.last().unwrap().0), Some(id));
+    assert_eq!(r.stats()["exits"]["launch_failed"], 0);
+    assert_eq!(r.m.services[0].mode(), crate::service::state::Mode::Running);
+    // Restarted after its pace, by its own timer.
+    let due =
+        r.m.timers
+            .get(Timer::Template(0))
+            .expect("a restart is due");
+    r.m.on_deadlines(due);
+    assert_eq!(r.seen.borrow().templates.len(), 2, "a new template");
+}
+
+#[test]
+fn a_child_reaped_before_its_started_is_matched_when_it_comes() {
+    use charon_protocol::template::Reply;
+    let mut r = template_rig();
+    let (slot, id) = r.start_one_via_template();
+    let pid = 60_000_002;
+    // SIGCHLD read before the control channel: not an orphan, kept.
+    r.exit(pid, WaitStatus::Exited(3));
+    assert!(r.m.procs.get(id).is_some(), "still waiting for its pid");
+    r.template_says(
+        0,
+        &Reply::Started {
+            slot,
+            pid: pid as u32,
+        },
+    );
+    assert!(r.m.procs.get(id).is_none(), "its exit is taken now");
+    assert_eq!(r.stats()["exits"]["nonzero"], 1, "{:?}", r.stats()["exits"]);
+}
+
+#[test]
+fn a_template_that_cannot_fork_is_given_up_and_exec_serves() {
+    use charon_protocol::template::Reply;
+    let mut r = template_rig();
+    r.template_says(0, &Reply::NotForkable("2 threads".into()));
+    r.exit(r.template_pid(0), WaitStatus::Exited(1));
+    let execs = r.pids().len();
+    r.m.spawn_one(0, StartWhy::Grow).unwrap();
+    assert_eq!(r.pids().len(), execs + 1, "exec'd");
+    assert_eq!(r.m.timers.get(Timer::Template(0)), None, "not restarted");
+    assert_eq!(r.seen.borrow().templates.len(), 1);
+    assert_eq!(r.stats()["exits"]["launch_failed"], 0);
 }

@@ -43,6 +43,7 @@ mod scaling;
 mod setup;
 mod snapshot;
 mod starved;
+mod template;
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -120,6 +121,8 @@ pub(crate) struct Manager {
     starvation: crate::starved::Starvation,
     /// Processes instances left behind (charond is their subreaper).
     orphans: crate::orphans::Orphans,
+    /// The generations' templates (`template = true`).
+    templates: crate::templates::Templates,
     /// While stopping, something had to be SIGKILLed (stop-grace passed, or
     /// a second stop signal): the exit status says so.
     forced: bool,
@@ -174,6 +177,7 @@ impl Manager {
             broken_keys: crate::broken::BrokenKeys::default(),
             starvation: crate::starved::Starvation::new(),
             orphans: crate::orphans::Orphans::default(),
+            templates: crate::templates::Templates::default(),
             forced: false,
             broken: Vec::new(),
             notify: crate::notify::Notifier::from_env(),
@@ -207,6 +211,7 @@ impl Manager {
                 && self.procs.is_empty()
                 && self.services.is_empty()
                 && self.orphans.is_empty()
+                && self.templates.none_running()
             {
                 info!(
                     None,
@@ -270,6 +275,8 @@ impl Manager {
             Owner::ControlListen => self.control_accept(),
             Owner::ControlConn(c) => self.control_ready(c),
             Owner::Broken(b) => self.broken_keys.ready(b),
+            Owner::TemplateStderr(t) => self.read_template_stderr(t, false),
+            Owner::TemplateControl(t) => self.read_template(t),
         }
     }
 
@@ -372,6 +379,7 @@ impl Manager {
             Timer::Pace(s) if self.services.get(s).is_some() => self.replace_owed(s),
             Timer::Recycle(s) if self.services.get(s).is_some() => self.recycle_step(s),
             Timer::Instance(id) => self.check_life(id, now),
+            Timer::Template(t) => self.template_due(t, now),
             Timer::Unresponsive(id) => {
                 let ns = charon_protocol::scoreboard::now_ns();
                 self.check_unresponsive(id, now, ns);
@@ -423,6 +431,7 @@ impl Manager {
                 self.kill_instance(id, crate::service::state::KillReason::Shutdown);
             }
             self.orphans_kill_all();
+            self.kill_templates();
             return;
         }
         self.stopping = true;

@@ -19,9 +19,14 @@ impl Manager {
     /// and `stop-grace` of an instance just reaped: a child whose
     /// environment says nothing is taken as its descendant.
     pub(crate) fn find_orphans(&mut self, gone: Option<(&str, Duration)>) {
+        // A child forked by a template is an instance whose pid is not
+        // known yet: look again once every start is answered.
+        if self.templates.any_pending() {
+            return;
+        }
         let run_dir = self.paths.run_dir.to_string_lossy().into_owned();
         for pid in self.spawner.children() {
-            if self.procs.id_of(pid).is_some() || self.orphans.knows(pid) {
+            if self.procs.id_of(pid).is_some() || self.orphans.knows(pid) || self.is_template(pid) {
                 continue;
             }
             let (key, owner, grace) = match origin(pid) {

@@ -211,10 +211,37 @@ impl Manager {
                 "request_age_ms": request_age_ms,
             }));
         }
+        out.extend(self.template_rows(key, now));
         out.sort_by(|a, b| {
             (a["key"].as_str(), a["pid"].as_i64()).cmp(&(b["key"].as_str(), b["pid"].as_i64()))
         });
         Ok(json!({ "ok": true, "instances": out, "broken": broken }))
+    }
+
+    /// One `ps` row per running template, state "template".
+    fn template_rows(&self, key: Option<&str>, now: Instant) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (_, t) in self.templates.iter() {
+            let (Some(pid), Some(since)) = (t.pid(), t.since()) else {
+                continue;
+            };
+            let Some(svc) = t.service().and_then(|s| self.services.get(s)) else {
+                continue;
+            };
+            if key.is_some_and(|k| k != svc.key()) {
+                continue;
+            }
+            out.push(json!({
+                "pid": pid,
+                "key": svc.key(),
+                "generation": svc.generation(),
+                "state": "template",
+                "requests": 0,
+                "age_s": (now.saturating_duration_since(since).as_secs_f64() * 10.0).round() / 10.0,
+                "request_age_ms": null,
+            }));
+        }
+        out
     }
 }
 

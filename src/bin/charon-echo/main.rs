@@ -19,6 +19,9 @@
 //! one (or an unknown `echo.` name) is answered with fault 5, bad context,
 //! naming what would be valid.
 //!
+//! `--thread` starts an idle thread before serving: a program a template
+//! (`template = true`) refuses to fork, for tests.
+//!
 //! It runs in any of the service library's three modes (managed by
 //! `charond`, accept mode with `CHARON_ACCEPT_SOCKET=PATH`, or standalone
 //! with `charon-echo 3<request 4>response`). Exit status: 0 when told to
@@ -38,7 +41,7 @@ use charon_service::{fault, Request, Service};
 use nix::sys::signal::Signal;
 
 const USAGE: &str = "\
-usage: charon-echo [--help]
+usage: charon-echo [--help | --thread]
 
 The standard echo service (system.echo.0.raw): answers each request with
 its body. Run it under charond, or by hand:
@@ -56,6 +59,9 @@ Context controls (in the order they act; a bad value gives fault 5):
   echo.panic=TEXT        panic with TEXT (the process exits 101)
   echo.fault=CODE:TEXT   answer with fault CODE (>= 1) and TEXT
   echo.close-stdio=N     close fd N (0, 1 or 2) first, then go on
+
+--thread starts an idle thread before serving: a program that runs
+threads, which a template (template = true) refuses to fork.
 
 Exit status: 0 when told to stop (SIGTERM), 1 if serving fails,
 2 if it cannot start, or the status echo.exit asked for.
@@ -86,8 +92,15 @@ fn main() {
             print!("{USAGE}");
             return;
         }
+        Some("--thread") => {
+            std::thread::spawn(|| loop {
+                std::thread::park();
+            });
+        }
         Some(other) => {
-            eprintln!("charon-echo: unknown argument {other:?}; the only option is --help");
+            eprintln!(
+                "charon-echo: unknown argument {other:?}; the options are --help and --thread"
+            );
             std::process::exit(2);
         }
     }
