@@ -45,6 +45,8 @@ const FALSE_KEY: &str = "bench.false.0.raw";
 const BURST_KEY: &str = "bench.burst.0.raw";
 /// The echo with recycling on: `maximum-requests = 100`, default jitter.
 const RECYCLE_KEY: &str = "bench.recycle.0.raw";
+/// The same, its instances forked from a template (`template = true`).
+const TEMPLATE_KEY: &str = "bench.template.0.raw";
 /// Concurrency of the recycle-cost cell.
 const RECYCLE_CONC: usize = 4;
 const SIZES: [usize; 4] = [0, 1024, 64 * 1024, 1024 * 1024];
@@ -199,8 +201,8 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
     let per = Duration::from_secs_f64(o.seconds / f64::from(rounds));
     latency_cells(o, &d, &fl, &pfl, per, rounds, report)?;
     if o.only.as_ref().is_none_or(|only| only.recycle) {
-        let (off, on) = recycle_cost(&d, per, rounds);
-        report.recycle(RECYCLE_CONC, &off, &on);
+        let (off, exec, forked) = recycle_cost(&d, per, rounds);
+        report.recycle(RECYCLE_CONC, &off, &exec, &forked);
     }
     if let Some(only) = &o.only {
         if only.scale_up {
@@ -217,8 +219,8 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
 }
 
 /// The services under test: the echo for the cells, one that cannot
-/// start (fast fail), the echo recycled every 100 requests, one to burst,
-/// and the cold-start keys.
+/// start (fast fail), the echo recycled every 100 requests (exec'd, and
+/// forked from a template), one to burst, and the cold-start keys.
 fn services(n: usize, cold: &[String]) -> Vec<(String, String)> {
     let mut services = vec![
         (
@@ -236,6 +238,12 @@ fn services(n: usize, cold: &[String]) -> Vec<(String, String)> {
             RECYCLE_KEY.to_string(),
             echo_conf(&format!(
                 "prestart-processes = true\nminimum-processes = {n}\nmaximum-processes = {n}\nmaximum-requests = 100"
+            )),
+        ),
+        (
+            TEMPLATE_KEY.to_string(),
+            echo_conf(&format!(
+                "prestart-processes = true\nminimum-processes = {n}\nmaximum-processes = {n}\nmaximum-requests = 100\ntemplate = true"
             )),
         ),
         (
@@ -430,19 +438,24 @@ fn ping_cell(
     Ok((f, c, pings))
 }
 
-/// The same echo load with recycling off and at `maximum-requests = 100`,
-/// A B A B: what recycling costs in throughput.
-fn recycle_cost(d: &Daemon, per: Duration, rounds: u32) -> (Sample, Sample) {
-    let (mut off, mut on) = (Sample::new(), Sample::new());
+/// The same echo load with recycling off, at `maximum-requests = 100`
+/// with each instance exec'd, and the same with instances forked from a
+/// template, A B C A B C: what recycling costs in throughput.
+fn recycle_cost(d: &Daemon, per: Duration, rounds: u32) -> (Sample, Sample, Sample) {
+    let (mut off, mut exec, mut forked) = (Sample::new(), Sample::new(), Sample::new());
     for _ in 0..rounds {
-        for (key, s) in [(KEY, &mut off), (RECYCLE_KEY, &mut on)] {
+        for (key, s) in [
+            (KEY, &mut off),
+            (RECYCLE_KEY, &mut exec),
+            (TEMPLATE_KEY, &mut forked),
+        ] {
             s.merge(run_load(RECYCLE_CONC, per, || {
                 let mut cl = d.client();
                 move || check(cl.call(key, b""), 0)
             }));
         }
     }
-    (off, on)
+    (off, exec, forked)
 }
 
 /// A keep-affinity conversation against a persistent floor ping-pong, and

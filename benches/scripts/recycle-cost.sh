@@ -1,8 +1,10 @@
 #!/bin/bash
 # What one recycle costs, per side: CPU per request of the client (`charon
 # ping -p 4`), charond and the echo instances, with recycling off and at
-# maximum-requests = 100, in alternating rounds; then the CPU of one start
-# (the difference, over the starts counted in the log). Then what a bare
+# maximum-requests = 100 (instances exec'd, then forked from a template:
+# `template = true`), in alternating rounds; then the CPU of one start (the
+# difference, over the starts counted in the log; with a template, its own
+# CPU during the run counts with the instances'). Then what a bare
 # process start costs on this machine (posix_spawn + exec + exit of a few
 # programs), what a fork and exit costs (a recycle without exec), and what
 # one cpuid instruction costs, if a C compiler is at hand.
@@ -31,18 +33,23 @@ live_ns() {
 # Reaped children's CPU in ns (cutime + cstime, in clock ticks).
 reaped_ns() { awk -v hz="$(getconf CLK_TCK)" '{print ($16 + $17) * 1e9 / hz}' "/proc/$DPID/stat"; }
 
-one() { # MAXREQ -> "starts client_ns charond_ns instances_ns wall_s"
-  local mr=$1 d
+one() { # MAXREQ TEMPLATE -> "starts client_ns charond_ns instances_ns wall_s"
+  local mr=$1 tpl=${2:-false} d tp=
   d=$(mktemp -d "$DIR/r.XXXX")
   mkdir "$d/conf"
-  printf 'exec = "%s"\nprestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2\nmaximum-requests = %s\n' \
-    "$B/charon-echo" "$mr" > "$d/conf/system.echo.0.raw.toml"
+  printf 'exec = "%s"\nprestart-processes = true\nminimum-processes = 2\nmaximum-processes = 2\nmaximum-requests = %s\ntemplate = %s\n' \
+    "$B/charon-echo" "$mr" "$tpl" > "$d/conf/system.echo.0.raw.toml"
   "$B/charond" --config-dir "$d/conf" --run-dir "$d/run" 2>"$d/log" &
   DPID=$!
   while [ "$(grep -c 'started (slot' "$d/log" 2>/dev/null)" -lt 2 ]; do sleep 0.05; done
+  if [ "$tpl" = true ]; then
+    while ! grep -q 'template ready' "$d/log"; do sleep 0.05; done
+    tp=$(grep 'template started' "$d/log" | head -1 | sed 's/.*pid=\([0-9]*\).*/\1/')
+  fi
   "$B/charon" ping --run-dir "$d/run" -c 500 -p 4 -s 0 >/dev/null
   local n0 s0 l0 r0 t0 n1 s1 l1 r1 t1
   n0=$(grep -c 'started (slot' "$d/log"); s0=$(cpu_ns $DPID); l0=$(live_ns); r0=$(reaped_ns)
+  T0=0; [ -z "$tp" ] || T0=$(cpu_ns "$tp")
   t0=$(date +%s%N)
   /usr/bin/time -f "%U %S" -o "$d/client" "$B/charon" ping --run-dir "$d/run" -c "$COUNT" -p 4 -s 0 >/dev/null
   t1=$(date +%s%N)
@@ -50,7 +57,10 @@ one() { # MAXREQ -> "starts client_ns charond_ns instances_ns wall_s"
   kill -TERM $DPID; wait $DPID || true; DPID=
   # Without starts the same two instances ran throughout: their delta.
   # With starts, the live ones at the end were started during the run.
+  # With starts, the live ones at the end were started during the run, but
+  # for a template, whose CPU before the run is left out.
   [ "$n1" -eq "$n0" ] || l0=0
+  [ -z "$tp" ] || [ "$n1" -eq "$n0" ] || l0=$T0
   awk -v n=$((n1 - n0)) -v s=$((s1 - s0)) -v i="$(awk -v a="$r1" -v b="$r0" -v c="$l1" -v e="$l0" 'BEGIN{printf "%.0f", a - b + c - e}')" \
       -v w=$((t1 - t0)) '{printf "%d %.0f %d %s %.3f\n", n, ($1 + $2) * 1e9, s, i, w / 1e9}' "$d/client"
 }
@@ -58,12 +68,14 @@ one() { # MAXREQ -> "starts client_ns charond_ns instances_ns wall_s"
 echo "# $COUNT requests of 0 B at -p 4 per cell; per request in us: client charond instances = total; load average"
 for r in $(seq "$ROUNDS"); do
   read -r _ c0 d0 i0 w0 < <(one 0)
-  read -r n c1 d1 i1 w1 < <(one 100)
-  awk -v C="$COUNT" -v n="$n" -v c0="$c0" -v d0="$d0" -v i0="$i0" -v w0="$w0" -v c1="$c1" -v d1="$d1" -v i1="$i1" -v w1="$w1" \
-      -v load="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN {
-    printf "round: off %.1f %.2f %.1f = %.1f us (%.0f/s) | max-requests 100: %.1f %.2f %.1f = %.1f us (%.0f/s), %d starts | per start: charond %.0f us, instance %.0f us, client %.0f us | load %s\n",
-      c0/C/1e3, d0/C/1e3, i0/C/1e3, (c0+d0+i0)/C/1e3, C/w0, c1/C/1e3, d1/C/1e3, i1/C/1e3, (c1+d1+i1)/C/1e3, C/w1, n,
-      (d1-d0)/n/1e3, (i1-i0)/n/1e3, (c1-c0)/n/1e3, load }'
+  for tpl in false true; do
+    read -r n c1 d1 i1 w1 < <(one 100 $tpl)
+    awk -v C="$COUNT" -v n="$n" -v c0="$c0" -v d0="$d0" -v i0="$i0" -v w0="$w0" -v c1="$c1" -v d1="$d1" -v i1="$i1" -v w1="$w1" \
+        -v how="$([ $tpl = true ] && echo 'template' || echo 'exec')" -v load="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN {
+      printf "round: off %.1f %.2f %.1f = %.1f us (%.0f/s) | max-requests 100 by %s: %.1f %.2f %.1f = %.1f us (%.0f/s), %d starts | per start: charond %.0f us, instance %.0f us, client %.0f us | load %s\n",
+        c0/C/1e3, d0/C/1e3, i0/C/1e3, (c0+d0+i0)/C/1e3, C/w0, how, c1/C/1e3, d1/C/1e3, i1/C/1e3, (c1+d1+i1)/C/1e3, C/w1, n,
+        (d1-d0)/n/1e3, (i1-i0)/n/1e3, (c1-c0)/n/1e3, load }'
+  done
 done
 
 CC=$(command -v cc || true)
