@@ -1212,3 +1212,16 @@ fn a_template_that_cannot_fork_is_given_up_and_exec_serves() {
     assert_eq!(r.seen.borrow().templates.len(), 1);
     assert_eq!(r.stats()["exits"]["launch_failed"], 0);
 }
+
+#[test]
+fn a_restart_stops_the_template_and_starts_a_new_one() {
+    let mut r = template_rig();
+    let old = r.template_pid(0);
+    r.m.restart("system.echo.0.raw").unwrap();
+    r.m.process_events();
+    assert!(r.seen.borrow().signals.contains(&(old, Signal::SIGTERM)));
+    assert_eq!(r.seen.borrow().templates.len(), 2, "a new template");
+    // The old one, reaped later, is not restarted.
+    r.exit(old, WaitStatus::Exited(0));
+    assert_eq!(r.seen.borrow().templates.len(), 2);
+}

@@ -24,6 +24,7 @@ impl Manager {
         // The program may have been replaced on disk: once the instances
         // recycled here have left, it must serve again to be proven.
         self.services[s].unprove();
+        self.renew_template(s);
         let ids = self.procs.ids_of(s, false);
         let recycled = ids.len();
         for id in ids {

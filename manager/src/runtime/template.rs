@@ -474,6 +474,20 @@ impl Manager {
         self.template_event(tid, Event::Stop { grace }, Instant::now());
     }
 
+    /// `charon restart`: the program may have been replaced on disk, and
+    /// the template is the old one's image: it is stopped, and a new one
+    /// started at once (exec serves until it is READY).
+    pub(crate) fn renew_template(&mut self, s: usize) {
+        let Some(old) = self.templates.of_service(s) else {
+            return;
+        };
+        self.stop_template(s);
+        self.templates.detach(old);
+        let now = Instant::now();
+        let new = self.templates.create(s, now);
+        self.template_launch(new, now);
+    }
+
     /// Generation `s` is freed: its template, stopped, lives on until
     /// reaped.
     pub(crate) fn detach_template(&mut self, s: usize) {
