@@ -41,7 +41,7 @@ one() { # MAXREQ TEMPLATE -> "starts client_ns charond_ns instances_ns wall_s"
     "$B/charon-echo" "$mr" "$tpl" > "$d/conf/system.echo.0.raw.toml"
   "$B/charond" --config-dir "$d/conf" --run-dir "$d/run" 2>"$d/log" &
   DPID=$!
-  while [ "$(grep -c 'started (slot' "$d/log" 2>/dev/null)" -lt 2 ]; do sleep 0.05; done
+  while [ "$(cat "$d/log" 2>/dev/null | grep -c 'started (slot')" -lt 2 ]; do sleep 0.05; done
   if [ "$tpl" = true ]; then
     while ! grep -q 'template ready' "$d/log"; do sleep 0.05; done
     tp=$(grep 'template started' "$d/log" | head -1 | sed 's/.*pid=\([0-9]*\).*/\1/')
