@@ -34,13 +34,14 @@ STARTING, IDLE, BUSY, EXITING = 1, 2, 3, 4
 REPORT_VERSION = 1
 KIND_RECORDS, KIND_SATURATED, KIND_RETIRING = 1, 2, 3
 MAX_RECORDS = 64
+_LAST_RECORD = MAX_RECORDS - 1
 OUTCOME_OK, OUTCOME_FAULT, OUTCOME_ERROR, OUTCOME_NO_ANSWER = 0, 1, 2, 3
 
 FLUSH_AGE = 1.0
 _FLUSH_AGE_NS = 1_000_000_000
 HINT_GAP_NS = 2_000_000
 
-_RECORD = struct.Struct(">IIIBBH")
+_RECORD = struct.Struct(">IIIBBxx")
 _MSG_HEAD = struct.Struct(">BBH")
 _CLIENT_WORDS = struct.Struct("@4Q")
 _U32_MAX = 0xFFFFFFFF
@@ -80,18 +81,18 @@ class Records:
         """Adds one record (sizes and times saturate at u32's maximum);
         True when the batch is due: full, or its oldest record a second
         old."""
-        if (elapsed_us | request_bytes | response_bytes) > _U32_MAX:
-            elapsed_us, request_bytes, response_bytes = (
-                min(elapsed_us, _U32_MAX), min(request_bytes, _U32_MAX),
-                min(response_bytes, _U32_MAX))
         n = self.count
-        if n == 0:
+        if not n:
             self.oldest_ns = now_ns
-        self._pack(self._buf, 4 + 16 * n, elapsed_us, request_bytes, response_bytes, outcome,
-                   attempt, 0)
-        n += 1
-        self.count = n
-        return n >= MAX_RECORDS or now_ns - self.oldest_ns >= _FLUSH_AGE_NS
+        try:
+            self._pack(self._buf, 4 + 16 * n, elapsed_us, request_bytes, response_bytes, outcome,
+                       attempt)
+        except struct.error:  # a time or size over u32's maximum
+            self._pack(self._buf, 4 + 16 * n, min(elapsed_us, _U32_MAX),
+                       min(request_bytes, _U32_MAX), min(response_bytes, _U32_MAX), outcome,
+                       attempt)
+        self.count = n + 1
+        return n >= _LAST_RECORD or now_ns - self.oldest_ns >= _FLUSH_AGE_NS
 
     def take(self) -> bytes:
         """The message holding the batched records; the batch is then empty."""
