@@ -4,10 +4,12 @@ socket), side by side in one run.
 
 - **service**: the Python echo service (``echo_service.py``) run by
   charond, N instances prestarted, against a plain pre-forked Python
-  ``accept()`` server (N processes blocking in ``accept()`` on one
-  socket, reading the 8-byte header and the payload, writing an OK frame
-  back, closing). Both are driven by the same plain client, so the
-  difference is the service library.
+  ``accept()`` server (``plain_server.py``: N processes blocking in
+  ``accept()`` on one socket, reading the 8-byte header and the payload,
+  writing an OK frame back, closing), each a fresh ``python3`` given the
+  listening socket, as charond starts its instances (``--plain-start
+  fork`` forks them from the bench instead). Both are driven by the same
+  plain client, so the difference is the service library.
 - **client**: ``charon.Client.call`` against a plain Python socket client
   (a pre-encoded request frame, connect, ``sendall``, read the response,
   close), both calling the same plain server, so the difference is the
@@ -26,7 +28,7 @@ Run from the repository's root after ``cargo build --release --bins``
 (or set CHARON_BIN_DIR; target/debug works too, charond is not in the
 data path)::
 
-    python3 benches/python/bench.py [--seconds S] [--instances N] [--body B]
+    python3 benches/python/bench.py [--seconds S] [--instances N] [--body B] [--plain-start fork]
 """
 
 import argparse
@@ -35,7 +37,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -47,10 +48,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python"))
 
 import charon  # noqa: E402
+import plain_server  # noqa: E402
 from charon import frame  # noqa: E402
+from plain_server import HEADER, recv_exact  # noqa: E402
 
 KEY = "bench.echo.0.raw"
-HEADER = struct.Struct(">2sBBI")
 
 
 def bin_dir() -> Path:
@@ -65,59 +67,45 @@ def bin_dir() -> Path:
 
 # ------------------------------------------------------------ plain server
 
-def recv_exact(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
-
-
-def plain_server_loop(listener: socket.socket) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    while True:
-        conn, _ = listener.accept()
-        try:
-            head = recv_exact(conn, 8)
-            n = HEADER.unpack(head)[3]
-            payload = recv_exact(conn, n)
-            # Answer OK with the request's payload as the body.
-            conn.sendall(HEADER.pack(b"CH", 1, 2, 5 + n) + b"\0" + n.to_bytes(4, "big")
-                         + payload)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-
 class PlainServer:
-    """N forked processes accepting on one socket."""
+    """N processes accepting on one socket: fresh interpreters running
+    plain_server.py (``start="exec"``, as charond starts instances), or
+    forks of this process (``start="fork"``)."""
 
-    def __init__(self, path: Path, n: int) -> None:
+    def __init__(self, path: Path, n: int, start: str = "exec") -> None:
         self.path = path
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(path))
         listener.listen(128)
-        self.pids = []
+        self.procs: List[subprocess.Popen] = []  # type: ignore[type-arg]
+        self.forked: List[int] = []
         for _ in range(n):
+            if start == "exec":
+                fd = listener.fileno()
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, str(Path(__file__).with_name("plain_server.py")), str(fd)],
+                    pass_fds=(fd,)))
+                continue
             pid = os.fork()
             if pid == 0:
                 try:
-                    plain_server_loop(listener)
+                    plain_server.serve(listener)
                 finally:
                     os._exit(0)
-            self.pids.append(pid)
+            self.forked.append(pid)
+        # Every process's pid, for measurements.
+        self.pids = self.forked + [p.pid for p in self.procs]
         listener.close()
 
     def stop(self) -> None:
-        for pid in self.pids:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        for pid in self.forked:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for pid in self.pids:
             os.waitpid(pid, 0)
 
 
@@ -244,6 +232,9 @@ def main() -> None:
     ap.add_argument("--body", type=int, default=64, help="request body bytes")
     ap.add_argument("--rounds", type=int, default=4,
                     help="A B pairs per cell (each system gets S/rounds a turn)")
+    ap.add_argument("--plain-start", choices=("exec", "fork"), default="exec",
+                    help="start the plain server's processes as fresh interpreters, as "
+                    "charond starts instances (exec), or as forks of this process (fork)")
     args = ap.parse_args()
     bins = bin_dir()
     tmp = Path(tempfile.mkdtemp(prefix="chpybench", dir="/tmp"))
@@ -251,7 +242,7 @@ def main() -> None:
     plain_dir.mkdir()
     body = os.urandom(args.body)
     request = frame.encode_request(frame.Request(KEY, body, "bench"))
-    plain = PlainServer(plain_dir / f"{KEY}.sock", args.instances)
+    plain = PlainServer(plain_dir / f"{KEY}.sock", args.instances, args.plain_start)
     daemon = None
     rows = []
     try:
