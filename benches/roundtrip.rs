@@ -203,6 +203,10 @@ fn run(o: &Opts, report: &mut Report) -> Result<(), String> {
     if o.only.as_ref().is_none_or(|only| only.recycle) {
         let (off, exec, forked) = recycle_cost(&d, per, rounds);
         report.recycle(RECYCLE_CONC, &off, &exec, &forked);
+        let log = d.log();
+        for key in [RECYCLE_KEY, TEMPLATE_KEY] {
+            println!("{}", recycle_starts(&log, key));
+        }
     }
     if let Some(only) = &o.only {
         if only.scale_up {
@@ -456,6 +460,33 @@ fn recycle_cost(d: &Daemon, per: Duration, rounds: u32) -> (Sample, Sample, Samp
         }
     }
     (off, exec, forked)
+}
+
+/// How a recycling service's instances were started, from charond's log
+/// (a template that was not ready, or gave up, leaves them to exec), and
+/// what it warned about.
+fn recycle_starts(log: &str, key: &str) -> String {
+    let starts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(key) && l.contains(": started (slot"))
+        .collect();
+    let forked = starts
+        .iter()
+        .filter(|l| l.contains("forked by the template"))
+        .count();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("warn {key}")))
+        .collect();
+    format!(
+        "{key}: {} instance starts, {forked} forked by a template; {} warnings{}",
+        starts.len(),
+        warnings.len(),
+        warnings
+            .first()
+            .map(|w| format!(", the first: {w}"))
+            .unwrap_or_default()
+    )
 }
 
 /// A keep-affinity conversation against a persistent floor ping-pong, and
